@@ -1,0 +1,314 @@
+//! The command line: `serve`, `migrate`, `events verify|export`, `projections rebuild`.
+
+use crate::config::{Config, LogFormat, Overrides};
+use crate::domain::parse_timestamp;
+use crate::store::chain::{ChainBreak, ChainVerifier};
+use crate::store::{EventFilter, SqliteStore, Store};
+use crate::{App, StartError};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "sessiond",
+    version,
+    about = "Sessions, rotating refresh tokens and an event log"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the HTTP API (SQLite in the data directory unless configured otherwise).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on [env: SESSIOND_LISTEN] [default: 127.0.0.1:8080]
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Create the database and apply pending migrations, then exit.
+    Migrate {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Read and check the event log.
+    Events {
+        #[command(subcommand)]
+        command: EventsCmd,
+    },
+    /// Maintain the read models derived from the log.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// Walk the hash chain from the first event; name the first position that does not hold.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write events as NDJSON, oldest first.
+    Export {
+        #[command(flatten)]
+        common: Common,
+        /// Only this stream (e.g. session-<uuid>, user-<uuid>).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only these event types (repeat or comma-separate).
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Only events that occurred at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events that occurred before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCmd {
+    /// Empty the sessions, users and refresh-token tables and replay the whole log into them.
+    Rebuild {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Data directory [env: SESSIOND_DATA_DIR] [default: ./data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file
+    #[arg(long, env = "SESSIOND_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl Common {
+    fn config(&self, listen: Option<String>) -> Result<Config, StartError> {
+        let overrides = Overrides {
+            config_file: self.config.clone(),
+            listen,
+            data_dir: self.data_dir.clone(),
+        };
+        Ok(Config::load(&overrides, std::env::vars())?)
+    }
+
+    /// Opens the store of an existing data directory (never creates one by accident).
+    async fn store(&self) -> Result<Store, StartError> {
+        let config = self.config(None)?;
+        let path = config.database_path();
+        if !path.exists() {
+            return Err(StartError::Io(format!(
+                "no database at {} (wrong --data-dir?)",
+                path.display()
+            )));
+        }
+        Ok(Store::Sqlite(SqliteStore::open(&path).await?))
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sessiond: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sessiond: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, StartError> {
+    match cli.command {
+        Cmd::Serve { common, listen } => serve(common.config(listen)?).await,
+        Cmd::Migrate { common } => {
+            let config = common.config(None)?;
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::Io(e.to_string()))?;
+            SqliteStore::open(&config.database_path())
+                .await?
+                .close()
+                .await;
+            println!("migrations applied to {}", config.database_path().display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Events {
+            command: EventsCmd::Verify { common },
+        } => verify(&common.store().await?).await,
+        Cmd::Events {
+            command:
+                EventsCmd::Export {
+                    common,
+                    stream,
+                    types,
+                    since,
+                    until,
+                    output,
+                },
+        } => {
+            let filter = EventFilter {
+                stream_id: stream,
+                event_types: types,
+                since: since.as_deref().map(time_arg("--since")).transpose()?,
+                until: until.as_deref().map(time_arg("--until")).transpose()?,
+                ..Default::default()
+            };
+            export(&common.store().await?, filter, output).await
+        }
+        Cmd::Projections {
+            command: ProjectionsCmd::Rebuild { common },
+        } => {
+            let store = common.store().await?;
+            let n = store.rebuild_projections().await?;
+            println!("projections rebuilt from {n} events");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn time_arg(flag: &'static str) -> impl Fn(&str) -> Result<crate::domain::Timestamp, StartError> {
+    move |s| {
+        parse_timestamp(s)
+            .ok_or_else(|| StartError::Io(format!("{flag}: {s:?} is not an RFC 3339 time")))
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("sessiond=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn serve(config: Config) -> Result<ExitCode, StartError> {
+    init_logging(config.log_format);
+    let listen = config.listen;
+    let data_dir = config.data_dir.clone();
+    let app = App::build(config).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| StartError::Io(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    tracing::info!(
+        "sessiond listening on http://{addr}; data in {} (database sessiond.db, master key master.key unless {} is set)",
+        data_dir.display(),
+        crate::tokens::keys::MASTER_KEY_ENV,
+    );
+    app.serve_on(listener, shutdown_signal())
+        .await
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    tracing::info!("sessiond stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+const PAGE: i64 = 1000;
+
+async fn verify(store: &Store) -> Result<ExitCode, StartError> {
+    let mut verifier = ChainVerifier::default();
+    let mut after = 0;
+    loop {
+        let page = store
+            .events(&EventFilter {
+                after_position: after,
+                limit: Some(PAGE),
+                ..Default::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for e in &page {
+            if let Err((position, why)) = verifier.check(e) {
+                let reason = match why {
+                    ChainBreak::Gap { expected } => format!("position {expected} is missing"),
+                    ChainBreak::PrevHash => "prev_hash does not match the event before".to_owned(),
+                    ChainBreak::Hash => "the event's content does not match its hash".to_owned(),
+                };
+                println!("chain broken at position {position}: {reason}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    println!(
+        "chain ok: {} events, head at position {}",
+        verifier.checked(),
+        verifier.head().position
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn export(
+    store: &Store,
+    mut filter: EventFilter,
+    output: Option<PathBuf>,
+) -> Result<ExitCode, StartError> {
+    let io = |e: std::io::Error| StartError::Io(e.to_string());
+    let mut out: Box<dyn Write> = match &output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(io)?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    filter.limit = Some(PAGE);
+    loop {
+        let page = store.events(&filter).await?;
+        let Some(last) = page.last() else { break };
+        filter.after_position = last.position;
+        for e in &page {
+            serde_json::to_writer(&mut out, e).map_err(|e| StartError::Io(e.to_string()))?;
+            out.write_all(b"\n").map_err(io)?;
+        }
+    }
+    out.flush().map_err(io)?;
+    Ok(ExitCode::SUCCESS)
+}

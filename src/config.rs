@@ -1,0 +1,378 @@
+//! One typed configuration: built-in defaults, then a TOML file (`--config`), then `SESSIOND_*`
+//! environment variables, then command-line flags. Every value is checked at start; a bad one
+//! stops the start with a message naming its key.
+
+use crate::domain::Duration;
+use crate::domain::session::SessionPolicy;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_lifetime: Duration,
+    pub refresh_idle_lifetime: Duration,
+    pub refresh_absolute_lifetime: Duration,
+    pub refresh_grace_window: Duration,
+    pub refresh_max_grace_retries: u32,
+    pub registration_enabled: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Origins allowed to refresh by cookie; empty means "the origin this server is reached at".
+    pub cookie_allowed_origins: Vec<String>,
+    /// Commands the writer may commit in one transaction.
+    pub writer_max_batch: usize,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config: {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Every key a config file or the environment may set (env: `SESSIOND_` + upper case).
+pub const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "issuer",
+    "audience",
+    "access_token_lifetime",
+    "refresh_idle_lifetime",
+    "refresh_absolute_lifetime",
+    "refresh_grace_window",
+    "refresh_max_grace_retries",
+    "registration_enabled",
+    "trusted_proxies",
+    "cookie_allowed_origins",
+    "writer_max_batch",
+    "log_format",
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+            data_dir: PathBuf::from("./data"),
+            issuer: "sessiond".into(),
+            audience: "sessiond".into(),
+            access_token_lifetime: Duration::minutes(10),
+            refresh_idle_lifetime: Duration::days(7),
+            refresh_absolute_lifetime: Duration::days(30),
+            refresh_grace_window: Duration::seconds(30),
+            refresh_max_grace_retries: 3,
+            registration_enabled: true,
+            trusted_proxies: Vec::new(),
+            cookie_allowed_origins: Vec::new(),
+            writer_max_batch: 256,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Defaults, then the file, then `env` (pass `std::env::vars()`), then `overrides`.
+    pub fn load(
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw: BTreeMap<String, toml::Value> = BTreeMap::new();
+        if let Some(path) = &overrides.config_file {
+            raw.extend(read_file(path)?);
+        }
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("SESSIOND_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if KEYS.contains(&key.as_str()) {
+                raw.insert(key, toml::Value::String(value));
+            }
+        }
+        if let Some(listen) = &overrides.listen {
+            raw.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            raw.insert(
+                "data_dir".into(),
+                toml::Value::String(dir.display().to_string()),
+            );
+        }
+        Config::from_values(raw)
+    }
+
+    fn from_values(raw: BTreeMap<String, toml::Value>) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        for (key, value) in &raw {
+            let k = key.as_str();
+            match k {
+                "listen" => {
+                    c.listen = string(k, value)?
+                        .parse()
+                        .map_err(|_| err(k, "expected an address like 127.0.0.1:8080"))?
+                }
+                "data_dir" => c.data_dir = PathBuf::from(non_empty(k, value)?),
+                "issuer" => c.issuer = non_empty(k, value)?,
+                "audience" => c.audience = non_empty(k, value)?,
+                "access_token_lifetime" => c.access_token_lifetime = duration(k, value)?,
+                "refresh_idle_lifetime" => c.refresh_idle_lifetime = duration(k, value)?,
+                "refresh_absolute_lifetime" => c.refresh_absolute_lifetime = duration(k, value)?,
+                "refresh_grace_window" => c.refresh_grace_window = duration(k, value)?,
+                "refresh_max_grace_retries" => {
+                    c.refresh_max_grace_retries = integer(k, value, 0, 100)? as u32
+                }
+                "registration_enabled" => c.registration_enabled = boolean(k, value)?,
+                "trusted_proxies" => {
+                    c.trusted_proxies = list(k, value)?
+                        .iter()
+                        .map(|s| {
+                            parse_net(s)
+                                .ok_or_else(|| err(k, format!("{s:?} is not an address or CIDR")))
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                "cookie_allowed_origins" => c.cookie_allowed_origins = list(k, value)?,
+                "writer_max_batch" => c.writer_max_batch = integer(k, value, 1, 10_000)? as usize,
+                "log_format" => {
+                    c.log_format = match string(k, value)?.as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        _ => return Err(err(k, "expected \"text\" or \"json\"")),
+                    }
+                }
+                other => {
+                    return Err(err(
+                        other,
+                        format!("unknown key (known keys: {})", KEYS.join(", ")),
+                    ));
+                }
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |k: &str, d: Duration| {
+            if d <= Duration::zero() {
+                Err(err(k, "must be longer than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("access_token_lifetime", self.access_token_lifetime)?;
+        positive("refresh_idle_lifetime", self.refresh_idle_lifetime)?;
+        positive("refresh_absolute_lifetime", self.refresh_absolute_lifetime)?;
+        if self.access_token_lifetime > Duration::days(1) {
+            return Err(err(
+                "access_token_lifetime",
+                "must be at most 1d: access tokens cannot be recalled",
+            ));
+        }
+        if self.refresh_idle_lifetime > self.refresh_absolute_lifetime {
+            return Err(err(
+                "refresh_idle_lifetime",
+                "must not exceed refresh_absolute_lifetime",
+            ));
+        }
+        if self.refresh_grace_window < Duration::zero()
+            || self.refresh_grace_window > Duration::minutes(5)
+        {
+            return Err(err("refresh_grace_window", "must be between 0s and 5m"));
+        }
+        Ok(())
+    }
+
+    pub fn session_policy(&self) -> SessionPolicy {
+        SessionPolicy {
+            idle_lifetime: self.refresh_idle_lifetime,
+            absolute_lifetime: self.refresh_absolute_lifetime,
+            grace_window: self.refresh_grace_window,
+            max_grace_retries: self.refresh_max_grace_retries,
+        }
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("sessiond.db")
+    }
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, toml::Value>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        err("config", format!("{}: {}", path.display(), e.message()))
+    })?;
+    Ok(table.into_iter().collect())
+}
+
+fn string(k: &str, v: &toml::Value) -> Result<String, ConfigError> {
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| err(k, "expected a string"))
+}
+
+fn non_empty(k: &str, v: &toml::Value) -> Result<String, ConfigError> {
+    let s = string(k, v)?;
+    if s.trim().is_empty() {
+        Err(err(k, "must not be empty"))
+    } else {
+        Ok(s)
+    }
+}
+
+fn integer(k: &str, v: &toml::Value, min: i64, max: i64) -> Result<i64, ConfigError> {
+    let n = match v {
+        toml::Value::Integer(n) => *n,
+        toml::Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| err(k, "expected a whole number"))?,
+        _ => return Err(err(k, "expected a whole number")),
+    };
+    if n < min || n > max {
+        return Err(err(k, format!("must be between {min} and {max}")));
+    }
+    Ok(n)
+}
+
+fn boolean(k: &str, v: &toml::Value) -> Result<bool, ConfigError> {
+    match v {
+        toml::Value::Boolean(b) => Ok(*b),
+        toml::Value::String(s) => match s.trim() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(err(k, "expected true or false")),
+        },
+        _ => Err(err(k, "expected true or false")),
+    }
+}
+
+/// A TOML array of strings, or one comma-separated string (the environment's form).
+fn list(k: &str, v: &toml::Value) -> Result<Vec<String>, ConfigError> {
+    match v {
+        toml::Value::Array(items) => items.iter().map(|i| string(k, i)).collect(),
+        toml::Value::String(s) => Ok(s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        _ => Err(err(k, "expected a list of strings")),
+    }
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+/// `90s`, `10m`, `12h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: i64 = digits.parse().ok()?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (secs <= 10 * 365 * 86_400).then(|| Duration::seconds(secs))
+}
+
+fn duration(k: &str, v: &toml::Value) -> Result<Duration, ConfigError> {
+    let text = match v {
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::String(s) => s.clone(),
+        _ => return Err(err(k, "expected a duration like \"30s\", \"10m\", \"7d\"")),
+    };
+    parse_duration(&text).ok_or_else(|| {
+        err(
+            k,
+            format!("{text:?} is not a duration like \"30s\", \"10m\", \"7d\""),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessiond.toml");
+        let overrides = Overrides {
+            config_file: file.map(|text| {
+                std::fs::write(&path, text).unwrap();
+                path.clone()
+            }),
+            ..Default::default()
+        };
+        Config::load(
+            &overrides,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.access_token_lifetime, Duration::minutes(10));
+        assert_eq!(c.refresh_idle_lifetime, Duration::days(7));
+        assert_eq!(c.refresh_absolute_lifetime, Duration::days(30));
+        assert_eq!(c.refresh_grace_window, Duration::seconds(30));
+        assert_eq!(c.refresh_max_grace_retries, 3);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn environment_beats_file_and_bad_values_name_their_key() {
+        let c = load(
+            Some("refresh_grace_window = \"10s\"\n"),
+            &[("SESSIOND_REFRESH_GRACE_WINDOW", "20s")],
+        )
+        .unwrap();
+        assert_eq!(c.refresh_grace_window, Duration::seconds(20));
+        let e = load(Some("access_token_lifetime = \"ten minutes\"\n"), &[]).unwrap_err();
+        assert_eq!(e.key, "access_token_lifetime");
+        let e = load(Some("acess_token_lifetime = \"10m\"\n"), &[]).unwrap_err();
+        assert_eq!(e.key, "acess_token_lifetime");
+        let e = load(None, &[("SESSIOND_REFRESH_IDLE_LIFETIME", "60d")]).unwrap_err();
+        assert_eq!(e.key, "refresh_idle_lifetime");
+        let e = load(None, &[("SESSIOND_TRUSTED_PROXIES", "10.0.0.0/8,nonsense")]).unwrap_err();
+        assert_eq!(e.key, "trusted_proxies");
+        let e = load(None, &[("SESSIOND_LISTEN", "localhost")]).unwrap_err();
+        assert_eq!(e.key, "listen");
+    }
+}

@@ -1,0 +1,104 @@
+//! What the domain knows about the request that caused an event. Filled in by `crate::context`
+//! (client IP behind trusted proxies, User-Agent parsing); GeoIP arrives with the rule engine.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Device>,
+    /// Filled by GeoIP lookups once a database is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo: Option<Geo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub category: String,
+    pub os: String,
+    pub browser: String,
+    pub version: String,
+    pub vendor: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Geo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_radius_km: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn_org: Option<String>,
+}
+
+impl RequestContext {
+    /// The network a request came from: the /24 of an IPv4 address, the /64 of an IPv6 one.
+    /// Two requests from one household or one mobile carrier cell usually share it.
+    pub fn network(&self) -> Option<String> {
+        self.ip.map(network_prefix)
+    }
+
+    /// Device class for "is this the same client": category, OS and browser name, never versions.
+    pub fn device_class(&self) -> Option<String> {
+        self.device
+            .as_ref()
+            .map(|d| format!("{}/{}/{}", d.category, d.os, d.browser))
+    }
+
+    /// Same network and same device class. Unknown on both sides counts as the same: a client
+    /// that sends no User-Agent is not a different client on its second request.
+    pub fn same_client_as(&self, other: &RequestContext) -> bool {
+        self.network() == other.network() && self.device_class() == other.device_class()
+    }
+}
+
+pub fn network_prefix(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => network_prefix(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_group_neighbours_and_ignore_host_bits() {
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        let b: IpAddr = "203.0.113.250".parse().unwrap();
+        let c: IpAddr = "203.0.114.7".parse().unwrap();
+        assert_eq!(network_prefix(a), network_prefix(b));
+        assert_ne!(network_prefix(a), network_prefix(c));
+        let v6: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        assert_eq!(network_prefix(v6), "2001:db8:1:2::/64");
+        let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        assert_eq!(network_prefix(mapped), "203.0.113.0/24");
+    }
+}

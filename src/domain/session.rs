@@ -1,0 +1,621 @@
+//! A session is one login on one device; its refresh-token family shares its id. This module
+//! holds the session's state, the pure decisions over it and `evolve`, which is the only way the
+//! state changes: the live projection and a rebuild both run through it.
+
+use super::context::RequestContext;
+use super::event::{
+    Event, ExpiryKind, ReauthRequired, RefreshRetried, ReuseClass, ReuseDetected, RevokeReason,
+    SessionExpired, SessionRefreshed, SessionRevoked, SessionStarted,
+};
+use super::token::TokenHash;
+use super::{Duration, Timestamp};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Active => "active",
+            SessionStatus::Revoked => "revoked",
+            SessionStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(SessionStatus::Active),
+            "revoked" => Some(SessionStatus::Revoked),
+            "expired" => Some(SessionStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// Lifetimes and the grace rules a refresh is judged by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionPolicy {
+    pub idle_lifetime: Duration,
+    pub absolute_lifetime: Duration,
+    pub grace_window: Duration,
+    pub max_grace_retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub status: SessionStatus,
+    pub scope: String,
+    pub created_at: Timestamp,
+    pub auth_time: Timestamp,
+    pub last_seen_at: Timestamp,
+    pub idle_expires_at: Timestamp,
+    pub absolute_expires_at: Timestamp,
+    /// The generation whose tokens are current.
+    pub generation: u32,
+    /// Grace retries handed out within the current generation.
+    pub retries: u32,
+    /// When the current generation began, and the token whose use began it.
+    pub rotated_at: Option<Timestamp>,
+    pub rotated_from: Option<TokenHash>,
+    pub login_context: RequestContext,
+    pub last_context: RequestContext,
+    pub reauth_required: bool,
+    pub ended_at: Option<Timestamp>,
+    pub end_reason: Option<String>,
+    /// Version of the session stream this state reflects.
+    pub version: i64,
+}
+
+/// What the store knows about a presented refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresentedToken {
+    pub hash: TokenHash,
+    pub generation: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshGrant {
+    Rotated { generation: u32 },
+    Retried { generation: u32, retry: u32 },
+}
+
+/// Why a request on a session is refused. The HTTP layer maps these to codes; the reasons are
+/// for logs and tests, never for the client, which only learns `invalid_grant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The family is revoked or expired.
+    SessionEnded,
+    /// The session just ran out of its idle or absolute lifetime.
+    Expired(ExpiryKind),
+    /// A spent token came back: the family is now revoked.
+    Reuse(ReuseClass),
+    /// The previous token within the grace window, but the retry allowance is used up.
+    RetryLimit,
+    /// The session must prove the password again before it may refresh.
+    ReauthRequired,
+}
+
+/// Events to append and the answer for the caller. A refusal can still carry events
+/// (reuse revokes the family, a late refresh records the expiry).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision<T> {
+    pub events: Vec<Event>,
+    pub outcome: Result<T, Refusal>,
+}
+
+pub struct StartSession {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub scope: String,
+    pub token_hash: TokenHash,
+    pub context: RequestContext,
+}
+
+pub fn start(cmd: StartSession, now: Timestamp, policy: &SessionPolicy) -> Event {
+    let absolute_expires_at = now + policy.absolute_lifetime;
+    Event::SessionStarted(SessionStarted {
+        session_id: cmd.session_id,
+        user_id: cmd.user_id,
+        scope: cmd.scope,
+        generation: 1,
+        token_hash: cmd.token_hash,
+        auth_time: now,
+        idle_expires_at: (now + policy.idle_lifetime).min(absolute_expires_at),
+        absolute_expires_at,
+        context: cmd.context,
+    })
+}
+
+impl Session {
+    pub fn is_active(&self) -> bool {
+        self.status == SessionStatus::Active
+    }
+
+    /// The lifetime that has run out at `now`, if any. Absolute wins when both have.
+    pub fn expiry_due(&self, now: Timestamp) -> Option<(ExpiryKind, Timestamp)> {
+        if !self.is_active() {
+            None
+        } else if now >= self.absolute_expires_at {
+            Some((ExpiryKind::Absolute, self.absolute_expires_at))
+        } else if now >= self.idle_expires_at {
+            Some((ExpiryKind::Idle, self.idle_expires_at))
+        } else {
+            None
+        }
+    }
+
+    fn next_idle_expiry(&self, now: Timestamp, policy: &SessionPolicy) -> Timestamp {
+        (now + policy.idle_lifetime).min(self.absolute_expires_at)
+    }
+
+    /// The refresh decision (DESIGN §4): rotate the current token, allow a bounded concurrent
+    /// retry of the token just replaced, treat any other known generation as reuse.
+    pub fn decide_refresh(
+        &self,
+        presented: PresentedToken,
+        new_token: TokenHash,
+        context: &RequestContext,
+        now: Timestamp,
+        policy: &SessionPolicy,
+    ) -> Decision<RefreshGrant> {
+        if !self.is_active() {
+            return refuse(Refusal::SessionEnded);
+        }
+        if let Some(expired) = self.expire(now) {
+            return expired;
+        }
+        let since_rotation = self.rotated_at.map(|at| now - at);
+
+        if presented.generation == self.generation {
+            if self.reauth_required {
+                return refuse(Refusal::ReauthRequired);
+            }
+            let generation = self.generation + 1;
+            return Decision {
+                events: vec![Event::SessionRefreshed(SessionRefreshed {
+                    session_id: self.session_id,
+                    generation,
+                    token_hash: new_token,
+                    presented_hash: presented.hash,
+                    idle_expires_at: self.next_idle_expiry(now, policy),
+                    context: context.clone(),
+                })],
+                outcome: Ok(RefreshGrant::Rotated { generation }),
+            };
+        }
+
+        let previous = presented.generation + 1 == self.generation;
+        let within_grace = since_rotation.is_some_and(|d| d <= policy.grace_window);
+        let same_client = context.same_client_as(&self.last_context);
+        if previous && within_grace && same_client {
+            if self.reauth_required {
+                return refuse(Refusal::ReauthRequired);
+            }
+            if self.retries >= policy.max_grace_retries {
+                // A client hammering the same token is broken, not stolen: refuse, keep the family.
+                return refuse(Refusal::RetryLimit);
+            }
+            let retry = self.retries + 1;
+            return Decision {
+                events: vec![Event::RefreshRetried(RefreshRetried {
+                    session_id: self.session_id,
+                    generation: self.generation,
+                    token_hash: new_token,
+                    presented_hash: presented.hash,
+                    retry,
+                    idle_expires_at: self.next_idle_expiry(now, policy),
+                    context: context.clone(),
+                })],
+                outcome: Ok(RefreshGrant::Retried {
+                    generation: self.generation,
+                    retry,
+                }),
+            };
+        }
+
+        let class = if !previous {
+            ReuseClass::OlderGeneration
+        } else if self.rotated_from != Some(presented.hash) {
+            ReuseClass::DisplacedBranch
+        } else if within_grace {
+            ReuseClass::PreviousOtherContext
+        } else {
+            ReuseClass::PreviousAfterGrace
+        };
+        Decision {
+            events: vec![
+                Event::ReuseDetected(ReuseDetected {
+                    session_id: self.session_id,
+                    class,
+                    presented_hash: presented.hash,
+                    presented_generation: presented.generation,
+                    current_generation: self.generation,
+                    since_rotation_ms: since_rotation.map(|d| d.num_milliseconds()),
+                    context: context.clone(),
+                }),
+                Event::SessionRevoked(SessionRevoked {
+                    session_id: self.session_id,
+                    reason: RevokeReason::Reuse,
+                    context: Some(context.clone()),
+                }),
+            ],
+            outcome: Err(Refusal::Reuse(class)),
+        }
+    }
+
+    /// Ends the session for `reason`. Ending an ended session changes nothing.
+    pub fn decide_revoke(
+        &self,
+        reason: RevokeReason,
+        context: Option<&RequestContext>,
+    ) -> Vec<Event> {
+        if !self.is_active() {
+            return Vec::new();
+        }
+        vec![Event::SessionRevoked(SessionRevoked {
+            session_id: self.session_id,
+            reason,
+            context: context.cloned(),
+        })]
+    }
+
+    pub fn decide_require_reauth(&self, reason: &str) -> Vec<Event> {
+        if !self.is_active() || self.reauth_required {
+            return Vec::new();
+        }
+        vec![Event::ReauthRequired(ReauthRequired {
+            session_id: self.session_id,
+            reason: reason.to_owned(),
+        })]
+    }
+
+    /// The expiry to record if a lifetime has run out, for the refresh path and the sweep alike.
+    pub fn expire<T>(&self, now: Timestamp) -> Option<Decision<T>> {
+        let (kind, expired_at) = self.expiry_due(now)?;
+        Some(Decision {
+            events: vec![Event::SessionExpired(SessionExpired {
+                session_id: self.session_id,
+                kind,
+                expired_at,
+            })],
+            outcome: Err(Refusal::Expired(kind)),
+        })
+    }
+}
+
+fn refuse<T>(refusal: Refusal) -> Decision<T> {
+    Decision {
+        events: Vec::new(),
+        outcome: Err(refusal),
+    }
+}
+
+/// Applies one event to the session state. Events of other aggregates leave it alone.
+pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> Option<Session> {
+    if let Event::SessionStarted(e) = event {
+        return Some(Session {
+            session_id: e.session_id,
+            user_id: e.user_id,
+            status: SessionStatus::Active,
+            scope: e.scope.clone(),
+            created_at: occurred_at,
+            auth_time: e.auth_time,
+            last_seen_at: occurred_at,
+            idle_expires_at: e.idle_expires_at,
+            absolute_expires_at: e.absolute_expires_at,
+            generation: e.generation,
+            retries: 0,
+            rotated_at: None,
+            rotated_from: None,
+            login_context: e.context.clone(),
+            last_context: e.context.clone(),
+            reauth_required: false,
+            ended_at: None,
+            end_reason: None,
+            version: 1,
+        });
+    }
+    let mut s = state?;
+    match event {
+        Event::SessionRefreshed(e) => {
+            s.generation = e.generation;
+            s.retries = 0;
+            s.rotated_at = Some(occurred_at);
+            s.rotated_from = Some(e.presented_hash);
+            s.idle_expires_at = e.idle_expires_at;
+            s.last_seen_at = occurred_at;
+            s.last_context = e.context.clone();
+        }
+        Event::RefreshRetried(e) => {
+            s.retries = e.retry;
+            s.idle_expires_at = e.idle_expires_at;
+            s.last_seen_at = occurred_at;
+            s.last_context = e.context.clone();
+        }
+        Event::ReuseDetected(_) => {}
+        Event::ReauthRequired(_) => s.reauth_required = true,
+        Event::SessionRevoked(e) => {
+            s.status = SessionStatus::Revoked;
+            s.ended_at = Some(occurred_at);
+            s.end_reason = Some(e.reason.as_str().to_owned());
+        }
+        Event::SessionExpired(e) => {
+            s.status = SessionStatus::Expired;
+            s.ended_at = Some(e.expired_at);
+            s.end_reason = Some(match e.kind {
+                ExpiryKind::Idle => "idle".to_owned(),
+                ExpiryKind::Absolute => "absolute".to_owned(),
+            });
+        }
+        _ => return Some(s),
+    }
+    s.version += 1;
+    Some(s)
+}
+
+/// The refresh token an event hands out, with its generation: what the token index records.
+pub fn issued_token(event: &Event) -> Option<(Uuid, TokenHash, u32)> {
+    match event {
+        Event::SessionStarted(e) => Some((e.session_id, e.token_hash, e.generation)),
+        Event::SessionRefreshed(e) => Some((e.session_id, e.token_hash, e.generation)),
+        Event::RefreshRetried(e) => Some((e.session_id, e.token_hash, e.generation)),
+        _ => None,
+    }
+}
+
+/// The session an event belongs to, if any.
+pub fn session_of(event: &Event) -> Option<Uuid> {
+    match event {
+        Event::SessionStarted(e) => Some(e.session_id),
+        Event::SessionRefreshed(e) => Some(e.session_id),
+        Event::RefreshRetried(e) => Some(e.session_id),
+        Event::ReuseDetected(e) => Some(e.session_id),
+        Event::ReauthRequired(e) => Some(e.session_id),
+        Event::SessionRevoked(e) => Some(e.session_id),
+        Event::SessionExpired(e) => Some(e.session_id),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::context::Device;
+    use crate::domain::token::RefreshToken;
+    use chrono::TimeZone;
+
+    fn policy() -> SessionPolicy {
+        SessionPolicy {
+            idle_lifetime: Duration::days(7),
+            absolute_lifetime: Duration::days(30),
+            grace_window: Duration::seconds(30),
+            max_grace_retries: 3,
+        }
+    }
+
+    fn t0() -> Timestamp {
+        chrono::Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
+    }
+
+    fn ctx(ip: &str, browser: &str) -> RequestContext {
+        RequestContext {
+            ip: Some(ip.parse().unwrap()),
+            user_agent: Some(format!("{browser}/1.0")),
+            device: Some(Device {
+                category: "pc".into(),
+                os: "Linux".into(),
+                browser: browser.into(),
+                version: "1.0".into(),
+                vendor: "".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn token(n: u8) -> TokenHash {
+        RefreshToken::from_entropy([n; 32]).hash()
+    }
+
+    fn apply(state: Option<Session>, events: &[Event], at: Timestamp) -> Option<Session> {
+        events.iter().fold(state, |s, e| evolve(s, e, at))
+    }
+
+    fn started() -> Session {
+        let e = start(
+            StartSession {
+                session_id: Uuid::nil(),
+                user_id: Uuid::nil(),
+                scope: "session".into(),
+                token_hash: token(1),
+                context: ctx("198.51.100.4", "Firefox"),
+            },
+            t0(),
+            &policy(),
+        );
+        evolve(None, &e, t0()).unwrap()
+    }
+
+    fn presented(n: u8, generation: u32) -> PresentedToken {
+        PresentedToken {
+            hash: token(n),
+            generation,
+        }
+    }
+
+    #[test]
+    fn rotation_moves_idle_expiry_but_never_the_absolute_one() {
+        let s = started();
+        let now = t0() + Duration::days(3);
+        let d = s.decide_refresh(
+            presented(1, 1),
+            token(2),
+            &ctx("198.51.100.4", "Firefox"),
+            now,
+            &policy(),
+        );
+        assert_eq!(d.outcome, Ok(RefreshGrant::Rotated { generation: 2 }));
+        let s2 = apply(Some(s.clone()), &d.events, now).unwrap();
+        assert_eq!(s2.generation, 2);
+        assert_eq!(s2.idle_expires_at, now + Duration::days(7));
+        assert_eq!(s2.absolute_expires_at, s.absolute_expires_at);
+        // Refreshing every 6 days keeps the session alive, until the absolute lifetime caps it.
+        let mut s = s2;
+        for (i, day) in [9, 15, 21, 27].into_iter().enumerate() {
+            let at = t0() + Duration::days(day);
+            let n = i as u8 + 2;
+            let d = s.decide_refresh(
+                presented(n, s.generation),
+                token(n + 1),
+                &ctx("198.51.100.4", "Firefox"),
+                at,
+                &policy(),
+            );
+            assert!(d.outcome.is_ok(), "day {day}: {:?}", d.outcome);
+            s = apply(Some(s), &d.events, at).unwrap();
+        }
+        assert_eq!(s.idle_expires_at, s.absolute_expires_at);
+        let d = s.decide_refresh(
+            presented(6, s.generation),
+            token(7),
+            &ctx("198.51.100.4", "Firefox"),
+            t0() + Duration::days(30),
+            &policy(),
+        );
+        assert_eq!(d.outcome, Err(Refusal::Expired(ExpiryKind::Absolute)));
+    }
+
+    #[test]
+    fn the_previous_token_within_grace_from_the_same_client_is_a_bounded_retry() {
+        let s = started();
+        let c = ctx("198.51.100.4", "Firefox");
+        let d = s.decide_refresh(presented(1, 1), token(2), &c, t0(), &policy());
+        let mut s = apply(Some(s), &d.events, t0()).unwrap();
+        let near = t0() + Duration::seconds(5);
+        for retry in 1..=3 {
+            // A neighbour on the same /24 is the same network.
+            let d = s.decide_refresh(
+                presented(1, 1),
+                token(10 + retry as u8),
+                &ctx("198.51.100.77", "Firefox"),
+                near,
+                &policy(),
+            );
+            assert_eq!(
+                d.outcome,
+                Ok(RefreshGrant::Retried {
+                    generation: 2,
+                    retry
+                })
+            );
+            s = apply(Some(s), &d.events, near).unwrap();
+        }
+        let d = s.decide_refresh(presented(1, 1), token(20), &c, near, &policy());
+        assert_eq!(d.outcome, Err(Refusal::RetryLimit));
+        assert!(d.events.is_empty(), "the family survives a retry storm");
+    }
+
+    #[test]
+    fn reuse_is_classified_and_revokes_the_family() {
+        let c = ctx("198.51.100.4", "Firefox");
+        let s = started();
+        let d = s.decide_refresh(presented(1, 1), token(2), &c, t0(), &policy());
+        let s = apply(Some(s), &d.events, t0()).unwrap();
+
+        let after_grace = t0() + Duration::seconds(31);
+        let d = s.decide_refresh(presented(1, 1), token(9), &c, after_grace, &policy());
+        assert_eq!(
+            d.outcome,
+            Err(Refusal::Reuse(ReuseClass::PreviousAfterGrace))
+        );
+        let dead = apply(Some(s.clone()), &d.events, after_grace).unwrap();
+        assert_eq!(dead.status, SessionStatus::Revoked);
+        assert_eq!(dead.end_reason.as_deref(), Some("reuse"));
+        // The newest token is dead too.
+        let d = dead.decide_refresh(presented(2, 2), token(9), &c, after_grace, &policy());
+        assert_eq!(d.outcome, Err(Refusal::SessionEnded));
+
+        let elsewhere = ctx("203.0.113.9", "Firefox");
+        let d = s.decide_refresh(presented(1, 1), token(9), &elsewhere, t0(), &policy());
+        assert_eq!(
+            d.outcome,
+            Err(Refusal::Reuse(ReuseClass::PreviousOtherContext))
+        );
+        let other_browser = ctx("198.51.100.4", "Chrome");
+        let d = s.decide_refresh(presented(1, 1), token(9), &other_browser, t0(), &policy());
+        assert_eq!(
+            d.outcome,
+            Err(Refusal::Reuse(ReuseClass::PreviousOtherContext))
+        );
+
+        let d = s.decide_refresh(presented(2, 2), token(3), &c, t0(), &policy());
+        let s3 = apply(Some(s), &d.events, t0()).unwrap();
+        let d = s3.decide_refresh(presented(1, 1), token(9), &c, t0(), &policy());
+        assert_eq!(d.outcome, Err(Refusal::Reuse(ReuseClass::OlderGeneration)));
+    }
+
+    #[test]
+    fn a_sibling_left_behind_is_a_displaced_branch() {
+        let c = ctx("198.51.100.4", "Firefox");
+        let s = started();
+        let d = s.decide_refresh(presented(1, 1), token(2), &c, t0(), &policy());
+        let s = apply(Some(s), &d.events, t0()).unwrap();
+        let d = s.decide_refresh(presented(1, 1), token(3), &c, t0(), &policy());
+        assert!(matches!(d.outcome, Ok(RefreshGrant::Retried { .. })));
+        let s = apply(Some(s), &d.events, t0()).unwrap();
+        // Generation 2 now has tokens 2 and 3; token 3 moves on, token 2 is left behind.
+        let d = s.decide_refresh(presented(3, 2), token(4), &c, t0(), &policy());
+        let s = apply(Some(s), &d.events, t0()).unwrap();
+        let later = t0() + Duration::minutes(5);
+        let d = s.decide_refresh(presented(2, 2), token(5), &c, later, &policy());
+        assert_eq!(d.outcome, Err(Refusal::Reuse(ReuseClass::DisplacedBranch)));
+    }
+
+    #[test]
+    fn idle_and_absolute_expiry_are_recorded_when_noticed() {
+        let c = ctx("198.51.100.4", "Firefox");
+        let s = started();
+        let idle = t0() + Duration::days(7);
+        let d = s.decide_refresh(presented(1, 1), token(2), &c, idle, &policy());
+        assert_eq!(d.outcome, Err(Refusal::Expired(ExpiryKind::Idle)));
+        let ended = apply(Some(s.clone()), &d.events, idle).unwrap();
+        assert_eq!(ended.status, SessionStatus::Expired);
+        assert_eq!(ended.ended_at, Some(s.idle_expires_at));
+        assert_eq!(
+            s.expiry_due(t0() + Duration::days(31)).map(|x| x.0),
+            Some(ExpiryKind::Absolute)
+        );
+    }
+
+    #[test]
+    fn reauth_blocks_refresh_until_cleared() {
+        let s = started();
+        let events = s.decide_require_reauth("rule: new country");
+        let s = apply(Some(s), &events, t0()).unwrap();
+        let d = s.decide_refresh(
+            presented(1, 1),
+            token(2),
+            &ctx("198.51.100.4", "Firefox"),
+            t0(),
+            &policy(),
+        );
+        assert_eq!(d.outcome, Err(Refusal::ReauthRequired));
+        assert!(d.events.is_empty());
+    }
+
+    #[test]
+    fn revoking_twice_records_once() {
+        let s = started();
+        let events = s.decide_revoke(RevokeReason::Logout, None);
+        assert_eq!(events.len(), 1);
+        let s = apply(Some(s), &events, t0()).unwrap();
+        assert!(s.decide_revoke(RevokeReason::Logout, None).is_empty());
+        assert_eq!(s.version, 2);
+    }
+}

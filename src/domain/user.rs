@@ -1,0 +1,226 @@
+//! User state: registration, password changes, locking, and the user-wide "log out everywhere".
+
+use super::Timestamp;
+use super::context::RequestContext;
+use super::event::{
+    Event, LoginFailed, LoginFailure, PasswordChanged, UserLoggedOutEverywhere, UserRegistered,
+};
+use uuid::Uuid;
+
+pub const USERNAME_MAX: usize = 64;
+pub const PASSWORD_MIN: usize = 8;
+/// argon2 accepts more, but nobody types this much and hashing a megabyte costs the server.
+pub const PASSWORD_MAX: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStatus {
+    Active,
+    Locked,
+}
+
+impl UserStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Locked => "locked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(UserStatus::Active),
+            "locked" => Some(UserStatus::Locked),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub user_id: Uuid,
+    pub username: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub status: UserStatus,
+    pub created_at: Timestamp,
+    pub password_changed_at: Option<Timestamp>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("username must be 1 to {USERNAME_MAX} characters of letters, digits and . _ @ + -")]
+    InvalidUsername,
+    #[error("password must be {PASSWORD_MIN} to {PASSWORD_MAX} bytes")]
+    InvalidPassword,
+    #[error("that username is taken")]
+    UsernameTaken,
+    #[error("unknown role {0:?}")]
+    UnknownRole(String),
+}
+
+pub const ROLES: &[&str] = &["user", "security"];
+
+/// Usernames compare case-insensitively: `Alice` and `alice` are one account.
+pub fn normalize_username(raw: &str) -> Result<String, UserError> {
+    let name = raw.trim().to_lowercase();
+    let ok_char = |c: char| c.is_alphanumeric() || matches!(c, '.' | '_' | '@' | '+' | '-');
+    if name.is_empty() || name.chars().count() > USERNAME_MAX || !name.chars().all(ok_char) {
+        return Err(UserError::InvalidUsername);
+    }
+    Ok(name)
+}
+
+pub fn validate_password(password: &str) -> Result<(), UserError> {
+    if password.len() < PASSWORD_MIN || password.len() > PASSWORD_MAX {
+        return Err(UserError::InvalidPassword);
+    }
+    Ok(())
+}
+
+pub struct Register {
+    pub user_id: Uuid,
+    pub username: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub context: RequestContext,
+}
+
+/// `username_taken` is the store's answer for the normalized name, read in the same transaction.
+pub fn decide_register(cmd: Register, username_taken: bool) -> Result<Event, UserError> {
+    let username = normalize_username(&cmd.username)?;
+    if username_taken {
+        return Err(UserError::UsernameTaken);
+    }
+    if let Some(bad) = cmd.roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+        return Err(UserError::UnknownRole(bad.clone()));
+    }
+    Ok(Event::UserRegistered(UserRegistered {
+        user_id: cmd.user_id,
+        username,
+        password_hash: cmd.password_hash,
+        roles: cmd.roles,
+        context: cmd.context,
+    }))
+}
+
+pub fn login_failed(
+    username: &str,
+    user: Option<&User>,
+    reason: LoginFailure,
+    context: &RequestContext,
+) -> Event {
+    Event::LoginFailed(LoginFailed {
+        username: username.to_owned(),
+        user_id: user.map(|u| u.user_id),
+        reason,
+        context: context.clone(),
+    })
+}
+
+impl User {
+    pub fn can_log_in(&self) -> bool {
+        self.status == UserStatus::Active
+    }
+
+    pub fn decide_change_password(
+        &self,
+        password_hash: String,
+        kept_session: Option<Uuid>,
+        context: &RequestContext,
+    ) -> Event {
+        Event::PasswordChanged(PasswordChanged {
+            user_id: self.user_id,
+            password_hash,
+            kept_session,
+            context: context.clone(),
+        })
+    }
+
+    /// `sessions` are the user's active sessions, ended by the same transaction.
+    pub fn decide_logout_everywhere(
+        &self,
+        sessions: Vec<Uuid>,
+        context: Option<&RequestContext>,
+    ) -> Event {
+        Event::UserLoggedOutEverywhere(UserLoggedOutEverywhere {
+            user_id: self.user_id,
+            sessions,
+            context: context.cloned(),
+        })
+    }
+}
+
+/// Applies one event to the user state. Only events on the user's own stream change it.
+pub fn evolve(state: Option<User>, event: &Event, occurred_at: Timestamp) -> Option<User> {
+    if let Event::UserRegistered(e) = event {
+        return Some(User {
+            user_id: e.user_id,
+            username: e.username.clone(),
+            password_hash: e.password_hash.clone(),
+            roles: e.roles.clone(),
+            status: UserStatus::Active,
+            created_at: occurred_at,
+            password_changed_at: None,
+            version: 1,
+        });
+    }
+    let mut u = state?;
+    match event {
+        Event::PasswordChanged(e) => {
+            u.password_hash = e.password_hash.clone();
+            u.password_changed_at = Some(occurred_at);
+        }
+        Event::UserLocked(_) => u.status = UserStatus::Locked,
+        Event::UserUnlocked(_) => u.status = UserStatus::Active,
+        Event::LoginFailed(_) | Event::UserLoggedOutEverywhere(_) => {}
+        _ => return Some(u),
+    }
+    u.version += 1;
+    Some(u)
+}
+
+/// The user whose stream an event is appended to, if any.
+pub fn user_of(event: &Event) -> Option<Uuid> {
+    match event {
+        Event::UserRegistered(e) => Some(e.user_id),
+        Event::PasswordChanged(e) => Some(e.user_id),
+        Event::UserLocked(e) | Event::UserUnlocked(e) => Some(e.user_id),
+        Event::UserLoggedOutEverywhere(e) => Some(e.user_id),
+        Event::LoginFailed(e) => e.user_id,
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_normalized_and_checked() {
+        assert_eq!(
+            normalize_username("  Alice@Example.com ").unwrap(),
+            "alice@example.com"
+        );
+        assert!(normalize_username("").is_err());
+        assert!(normalize_username("a b").is_err());
+        assert!(normalize_username("<img src=x>").is_err());
+        assert!(normalize_username(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn registering_a_taken_name_is_refused() {
+        let cmd = || Register {
+            user_id: Uuid::nil(),
+            username: "bob".into(),
+            password_hash: "$argon2id$...".into(),
+            roles: vec!["user".into()],
+            context: RequestContext::default(),
+        };
+        assert_eq!(decide_register(cmd(), true), Err(UserError::UsernameTaken));
+        let e = decide_register(cmd(), false).unwrap();
+        let u = evolve(None, &e, chrono::Utc::now()).unwrap();
+        assert_eq!(u.username, "bob");
+        assert!(u.can_log_in());
+    }
+}

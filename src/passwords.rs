@@ -1,0 +1,58 @@
+//! argon2id with the OWASP parameters (19 MiB, 2 passes, 1 lane), always on the blocking pool:
+//! a hash costs ~15 ms of CPU, which must not stall the async workers.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::OnceLock;
+
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("OWASP argon2 parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+pub async fn hash(password: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        argon2()
+            .hash_password(password.as_bytes(), &salt)
+            .expect("argon2 hashing with valid parameters cannot fail")
+            .to_string()
+    })
+    .await
+    .expect("the hashing task does not panic")
+}
+
+/// Verifies `password` against `stored`. With no stored hash (unknown user) it verifies against
+/// a fixed dummy hash, so the answer takes as long as a real wrong password.
+pub async fn verify(stored: Option<String>, password: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let known = stored.is_some();
+        let phc = stored.unwrap_or_else(|| dummy_hash().to_owned());
+        let Ok(parsed) = PasswordHash::new(&phc) else {
+            return false;
+        };
+        argon2()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+            && known
+    })
+    .await
+    .expect("the verifying task does not panic")
+}
+
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        argon2()
+            .hash_password(b"no user has this password", &salt)
+            .expect("argon2 hashing with valid parameters cannot fail")
+            .to_string()
+    })
+}
+
+/// Computes the dummy hash ahead of the first login for an unknown name, so that first answer
+/// is not slower than a wrong password's.
+pub fn warm_up() {
+    let _ = dummy_hash();
+}

@@ -1,0 +1,99 @@
+//! Inline projections: the users, sessions and refresh_tokens tables. They change only here,
+//! through the domain's `evolve`, both live (in the transaction that appends the events) and in
+//! a rebuild from position 0, so the two cannot drift apart.
+
+use crate::domain::Timestamp;
+use crate::domain::event::Event;
+use crate::domain::session::{self, Session};
+use crate::domain::user::{self, User};
+use crate::store::writer::WriteSession;
+use crate::store::{EventFilter, Store, StoreError, TokenRecord, UnitOfWork};
+
+/// Applies events just appended to one session stream.
+pub async fn apply_session<U: UnitOfWork>(
+    uow: &mut U,
+    before: Option<Session>,
+    events: &[Event],
+    at: Timestamp,
+) -> Result<Option<Session>, StoreError> {
+    let mut state = before;
+    for event in events {
+        state = session::evolve(state, event, at);
+        if let Some((session_id, hash, generation)) = session::issued_token(event) {
+            uow.put_token(
+                &hash,
+                TokenRecord {
+                    session_id,
+                    generation,
+                },
+                at,
+            )
+            .await?;
+        }
+    }
+    if let Some(s) = &state {
+        uow.put_session(s).await?;
+    }
+    Ok(state)
+}
+
+/// Applies events just appended to one user stream.
+pub async fn apply_user<U: UnitOfWork>(
+    uow: &mut U,
+    before: Option<User>,
+    events: &[Event],
+    at: Timestamp,
+) -> Result<Option<User>, StoreError> {
+    let state = events.iter().fold(before, |s, e| user::evolve(s, e, at));
+    if let Some(u) = &state {
+        uow.put_user(u).await?;
+    }
+    Ok(state)
+}
+
+/// Empties the projections and replays the log into them, in one transaction. Returns the
+/// number of events replayed.
+pub async fn rebuild<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, StoreError> {
+    ws.begin().await?;
+    match replay_all(ws, store).await {
+        Ok(n) => {
+            ws.commit().await?;
+            Ok(n)
+        }
+        Err(e) => {
+            ws.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
+async fn replay_all<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, StoreError> {
+    ws.clear_projections().await?;
+    let mut after = 0;
+    let mut replayed = 0;
+    loop {
+        let page = store
+            .events(&EventFilter {
+                after_position: after,
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for recorded in &page {
+            let event = recorded.decode()?;
+            let at = recorded.occurred_at()?;
+            // Each event lands on exactly one stream: a session's or a user's (or neither).
+            if let Some(id) = session::session_of(&event) {
+                let before = ws.session(id).await?;
+                apply_session(ws, before, std::slice::from_ref(&event), at).await?;
+            } else if let Some(id) = user::user_of(&event) {
+                let before = ws.user_by_id(id).await?;
+                apply_user(ws, before, std::slice::from_ref(&event), at).await?;
+            }
+            replayed += 1;
+        }
+    }
+    Ok(replayed)
+}

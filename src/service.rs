@@ -1,0 +1,345 @@
+//! The session service: what each auth endpoint does, independent of HTTP. Each function checks
+//! its input, asks the writer to run one command, and turns the reply into an answer.
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::domain::Timestamp;
+use crate::domain::context::RequestContext;
+use crate::domain::event::{Actor, EventMetadata, LoginFailure, RevokeReason};
+use crate::domain::session::{Refusal, Session};
+use crate::domain::token::RefreshToken;
+use crate::domain::user::{self, User, UserError};
+use crate::error::Error;
+use crate::passwords;
+use crate::store::Store;
+use crate::store::commands::{Command, RegisterUser, Rejection, Reply};
+use crate::store::writer::Writer;
+use crate::tokens::{AccessClaims, AccessGrant, TokenService};
+use rand::RngCore;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub const DEFAULT_SCOPE: &str = "session";
+
+pub struct Sessiond {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub writer: Writer,
+    pub tokens: TokenService,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What login and refresh hand back.
+#[derive(Debug)]
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub refresh_token: RefreshToken,
+    pub session_id: Uuid,
+    /// When the refresh token's family ends at the latest (the cookie's lifetime).
+    pub absolute_expires_at: Timestamp,
+}
+
+/// The caller behind a valid access token of a live session.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub claims: AccessClaims,
+    pub session: Session,
+}
+
+impl Principal {
+    pub fn user_id(&self) -> Uuid {
+        self.claims.sub
+    }
+}
+
+fn meta(actor: Actor, ctx: &RequestContext) -> EventMetadata {
+    EventMetadata::new(actor, ctx.request_id.clone())
+}
+
+fn new_refresh_token() -> RefreshToken {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    RefreshToken::from_entropy(bytes)
+}
+
+fn user_error(e: UserError) -> Error {
+    match e {
+        UserError::InvalidUsername => Error::InvalidField("invalid_username", e.to_string()),
+        UserError::InvalidPassword => Error::InvalidField("invalid_password", e.to_string()),
+        UserError::UsernameTaken => Error::Conflict("username_taken", e.to_string()),
+        UserError::UnknownRole(_) => Error::InvalidField("invalid_role", e.to_string()),
+    }
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::Internal(format!("unexpected writer reply {reply:?}"))
+}
+
+impl Sessiond {
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub async fn register(
+        &self,
+        username: &str,
+        password: String,
+        roles: Vec<String>,
+        ctx: &RequestContext,
+    ) -> Result<User, Error> {
+        let username = user::normalize_username(username).map_err(user_error)?;
+        user::validate_password(&password).map_err(user_error)?;
+        let password_hash = passwords::hash(password).await;
+        let user_id = Uuid::new_v4();
+        let cmd = Command::Register(RegisterUser {
+            user_id,
+            username,
+            password_hash,
+            roles,
+            context: ctx.clone(),
+        });
+        match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
+            Reply::Registered(user) => Ok(user),
+            Reply::Rejected(Rejection::User(e)) => Err(user_error(e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Checks the password and starts a session. An unknown name costs the same argon2
+    /// verification as a wrong password and gets the same answer.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: String,
+        ctx: &RequestContext,
+    ) -> Result<IssuedTokens, Error> {
+        let name = user::normalize_username(username).ok();
+        let user = match &name {
+            Some(n) => self.store.user_by_name(n).await?,
+            None => None,
+        };
+        let ok = passwords::verify(user.as_ref().map(|u| u.password_hash.clone()), password).await;
+        let recorded_name =
+            name.unwrap_or_else(|| username.chars().take(user::USERNAME_MAX).collect());
+        let failure = match &user {
+            None => Some(LoginFailure::UnknownUser),
+            Some(_) if !ok => Some(LoginFailure::BadPassword),
+            Some(u) if !u.can_log_in() => Some(LoginFailure::Locked),
+            Some(_) => None,
+        };
+        if let Some(reason) = failure {
+            let actor = user
+                .as_ref()
+                .map_or(Actor::Anonymous, |u| Actor::User(u.user_id));
+            let cmd = Command::RecordLoginFailure {
+                username: recorded_name,
+                reason,
+                context: ctx.clone(),
+            };
+            self.writer.submit(cmd, meta(actor, ctx)).await?;
+            return Err(match reason {
+                LoginFailure::Locked => Error::AccountLocked,
+                _ => Error::InvalidCredentials,
+            });
+        }
+        let user = user.expect("a successful login has a user");
+        let token = new_refresh_token();
+        let cmd = Command::StartSession {
+            user_id: user.user_id,
+            session_id: Uuid::now_v7(),
+            scope: DEFAULT_SCOPE.to_owned(),
+            token: token.hash(),
+            context: ctx.clone(),
+        };
+        match self
+            .writer
+            .submit(cmd, meta(Actor::User(user.user_id), ctx))
+            .await?
+        {
+            Reply::SessionStarted(session) => Ok(self.issue(&session, &user.roles, token)),
+            Reply::Rejected(Rejection::UserLocked) => Err(Error::AccountLocked),
+            Reply::Rejected(Rejection::UnknownUser) => Err(Error::InvalidCredentials),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn refresh(
+        &self,
+        presented: &str,
+        ctx: &RequestContext,
+    ) -> Result<IssuedTokens, Error> {
+        let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
+        let token = new_refresh_token();
+        let cmd = Command::Refresh {
+            presented: presented.hash(),
+            new_token: token.hash(),
+            context: ctx.clone(),
+        };
+        match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
+            Reply::Refreshed { session, grant } => {
+                tracing::debug!(session_id = %session.session_id, ?grant, "refresh granted");
+                let roles = self
+                    .store
+                    .user_by_id(session.user_id)
+                    .await?
+                    .map(|u| u.roles)
+                    .unwrap_or_default();
+                Ok(self.issue(&session, &roles, token))
+            }
+            Reply::Rejected(Rejection::Session(Refusal::ReauthRequired)) => {
+                Err(Error::ReauthRequired)
+            }
+            Reply::Rejected(rejection) => {
+                tracing::info!(?rejection, "refresh refused");
+                Err(Error::InvalidGrant)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn issue(
+        &self,
+        session: &Session,
+        roles: &[String],
+        refresh_token: RefreshToken,
+    ) -> IssuedTokens {
+        let grant = AccessGrant {
+            user_id: session.user_id,
+            session_id: session.session_id,
+            scope: &session.scope,
+            roles,
+            auth_time: session.auth_time,
+        };
+        let (access_token, expires_in) = self.tokens.issue(&grant, self.now());
+        IssuedTokens {
+            access_token,
+            expires_in,
+            refresh_token,
+            session_id: session.session_id,
+            absolute_expires_at: session.absolute_expires_at,
+        }
+    }
+
+    /// A valid access token of a session that is still alive: a revoked session's token is
+    /// refused here even before it expires.
+    pub async fn authenticate(&self, bearer: &str) -> Result<Principal, Error> {
+        let now = self.now();
+        let claims = self.tokens.verify(bearer, now)?;
+        let session = self
+            .store
+            .session(claims.sid)
+            .await?
+            .ok_or(Error::SessionEnded)?;
+        if session.user_id != claims.sub
+            || !session.is_active()
+            || session.expiry_due(now).is_some()
+        {
+            return Err(Error::SessionEnded);
+        }
+        Ok(Principal { claims, session })
+    }
+
+    pub async fn logout(&self, principal: &Principal, ctx: &RequestContext) -> Result<(), Error> {
+        let cmd = Command::EndSession {
+            session_id: principal.session.session_id,
+            owner: Some(principal.user_id()),
+            reason: RevokeReason::Logout,
+            context: Some(ctx.clone()),
+        };
+        self.expect_ended(cmd, Actor::User(principal.user_id()), ctx)
+            .await
+    }
+
+    pub async fn logout_by_refresh_token(
+        &self,
+        presented: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), Error> {
+        let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
+        let cmd = Command::EndSessionByToken {
+            presented: presented.hash(),
+            context: ctx.clone(),
+        };
+        self.expect_ended(cmd, Actor::Anonymous, ctx).await
+    }
+
+    pub async fn logout_everywhere(
+        &self,
+        principal: &Principal,
+        ctx: &RequestContext,
+    ) -> Result<(), Error> {
+        let cmd = Command::LogoutEverywhere {
+            user_id: principal.user_id(),
+            except: None,
+            context: Some(ctx.clone()),
+        };
+        self.expect_ended(cmd, Actor::User(principal.user_id()), ctx)
+            .await
+    }
+
+    async fn expect_ended(
+        &self,
+        cmd: Command,
+        actor: Actor,
+        ctx: &RequestContext,
+    ) -> Result<(), Error> {
+        match self.writer.submit(cmd, meta(actor, ctx)).await? {
+            Reply::SessionsEnded(_) => Ok(()),
+            Reply::Rejected(Rejection::UnknownToken) => Err(Error::InvalidGrant),
+            Reply::Rejected(Rejection::UnknownSession | Rejection::UnknownUser) => {
+                Err(Error::SessionEnded)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes the password after checking the current one; every other session of the user ends.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current: String,
+        new: String,
+        ctx: &RequestContext,
+    ) -> Result<(), Error> {
+        user::validate_password(&new).map_err(user_error)?;
+        let user = self
+            .store
+            .user_by_id(principal.user_id())
+            .await?
+            .ok_or(Error::SessionEnded)?;
+        if !passwords::verify(Some(user.password_hash.clone()), current).await {
+            let cmd = Command::RecordLoginFailure {
+                username: user.username.clone(),
+                reason: LoginFailure::BadPassword,
+                context: ctx.clone(),
+            };
+            self.writer
+                .submit(cmd, meta(Actor::User(user.user_id), ctx))
+                .await?;
+            return Err(Error::InvalidCredentials);
+        }
+        let password_hash = passwords::hash(new).await;
+        let cmd = Command::ChangePassword {
+            user_id: user.user_id,
+            password_hash,
+            keep_session: Some(principal.session.session_id),
+            context: ctx.clone(),
+        };
+        match self
+            .writer
+            .submit(cmd, meta(Actor::User(user.user_id), ctx))
+            .await?
+        {
+            Reply::PasswordChanged { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn user(&self, user_id: Uuid) -> Result<User, Error> {
+        self.store
+            .user_by_id(user_id)
+            .await?
+            .ok_or(Error::SessionEnded)
+    }
+}

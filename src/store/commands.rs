@@ -1,0 +1,442 @@
+//! What the writer can be asked to do. Each command loads the state it needs inside the
+//! transaction, asks the domain to decide, appends the events and updates the inline projections,
+//! all through [`UnitOfWork`], so every backend runs the same logic.
+
+use super::{NewEvent, StoreError, UnitOfWork};
+use crate::domain::Timestamp;
+use crate::domain::context::RequestContext;
+use crate::domain::event::{
+    Event, EventMetadata, LoginFailure, RevokeReason, login_attempt_stream, session_stream,
+    user_stream,
+};
+use crate::domain::session::{
+    self, PresentedToken, RefreshGrant, Refusal, Session, SessionPolicy, StartSession,
+};
+use crate::domain::token::TokenHash;
+use crate::domain::user::{self, Register, User, UserError};
+use crate::projection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub enum Command {
+    Register(RegisterUser),
+    StartSession {
+        user_id: Uuid,
+        session_id: Uuid,
+        scope: String,
+        token: TokenHash,
+        context: RequestContext,
+    },
+    RecordLoginFailure {
+        username: String,
+        reason: LoginFailure,
+        context: RequestContext,
+    },
+    Refresh {
+        presented: TokenHash,
+        new_token: TokenHash,
+        context: RequestContext,
+    },
+    /// Ends one session. With `owner`, only if the session belongs to that user.
+    EndSession {
+        session_id: Uuid,
+        owner: Option<Uuid>,
+        reason: RevokeReason,
+        context: Option<RequestContext>,
+    },
+    /// Ends the session a refresh token belongs to (logout by refresh token).
+    EndSessionByToken {
+        presented: TokenHash,
+        context: RequestContext,
+    },
+    /// Ends every active session of a user but `except`.
+    LogoutEverywhere {
+        user_id: Uuid,
+        except: Option<Uuid>,
+        context: Option<RequestContext>,
+    },
+    ChangePassword {
+        user_id: Uuid,
+        password_hash: String,
+        keep_session: Option<Uuid>,
+        context: RequestContext,
+    },
+    RequireReauth {
+        session_id: Uuid,
+        reason: String,
+    },
+    /// Records expiry of a session whose lifetime ran out (the sweep).
+    ExpireIfDue {
+        session_id: Uuid,
+    },
+    /// Appends events to a stream that has no aggregate (signing keys), at its current version.
+    Record {
+        stream_id: String,
+        events: Vec<Event>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RegisterUser {
+    pub user_id: Uuid,
+    pub username: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub context: RequestContext,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Registered(User),
+    SessionStarted(Session),
+    Refreshed {
+        session: Session,
+        grant: RefreshGrant,
+    },
+    /// Sessions that this command ended (empty if they had already ended).
+    SessionsEnded(Vec<Uuid>),
+    PasswordChanged {
+        ended: Vec<Uuid>,
+    },
+    Recorded,
+    Rejected(Rejection),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    User(UserError),
+    UnknownUser,
+    UserLocked,
+    UnknownToken,
+    UnknownSession,
+    Session(Refusal),
+}
+
+pub async fn execute<U: UnitOfWork>(
+    uow: &mut U,
+    command: Command,
+    meta: &EventMetadata,
+    now: Timestamp,
+    policy: &SessionPolicy,
+) -> Result<Reply, StoreError> {
+    match command {
+        Command::Register(cmd) => {
+            let name = match user::normalize_username(&cmd.username) {
+                Ok(n) => n,
+                Err(e) => return Ok(Reply::Rejected(Rejection::User(e))),
+            };
+            let taken = uow.user_by_name(&name).await?.is_some();
+            let register = Register {
+                user_id: cmd.user_id,
+                username: name,
+                password_hash: cmd.password_hash,
+                roles: cmd.roles,
+                context: cmd.context,
+            };
+            match user::decide_register(register, taken) {
+                Err(e) => Ok(Reply::Rejected(Rejection::User(e))),
+                Ok(event) => {
+                    let user = record_user(uow, None, cmd.user_id, vec![event], meta, now).await?;
+                    Ok(Reply::Registered(
+                        user.expect("registration creates the user"),
+                    ))
+                }
+            }
+        }
+
+        Command::StartSession {
+            user_id,
+            session_id,
+            scope,
+            token,
+            context,
+        } => {
+            let Some(user) = uow.user_by_id(user_id).await? else {
+                return Ok(Reply::Rejected(Rejection::UnknownUser));
+            };
+            if !user.can_log_in() {
+                return Ok(Reply::Rejected(Rejection::UserLocked));
+            }
+            let start = StartSession {
+                session_id,
+                user_id,
+                scope,
+                token_hash: token,
+                context,
+            };
+            let event = session::start(start, now, policy);
+            let session = record_session(uow, None, session_id, vec![event], meta, now).await?;
+            Ok(Reply::SessionStarted(
+                session.expect("a started session exists"),
+            ))
+        }
+
+        Command::RecordLoginFailure {
+            username,
+            reason,
+            context,
+        } => {
+            let user = uow.user_by_name(&username).await?;
+            let event = user::login_failed(&username, user.as_ref(), reason, &context);
+            match user {
+                Some(u) => {
+                    let id = u.user_id;
+                    record_user(uow, Some(u), id, vec![event], meta, now).await?;
+                }
+                None => {
+                    let stream_id = login_attempt_stream(Uuid::new_v4());
+                    append_all(uow, &stream_id, 0, vec![event], meta, now).await?;
+                }
+            }
+            Ok(Reply::Recorded)
+        }
+
+        Command::Refresh {
+            presented,
+            new_token,
+            context,
+        } => {
+            let Some(token) = uow.token(&presented).await? else {
+                return Ok(Reply::Rejected(Rejection::UnknownToken));
+            };
+            let session = load_session(uow, token.session_id).await?;
+            let presented = PresentedToken {
+                hash: presented,
+                generation: token.generation,
+            };
+            let decision = session.decide_refresh(presented, new_token, &context, now, policy);
+            let after = record_session(
+                uow,
+                Some(session),
+                token.session_id,
+                decision.events,
+                meta,
+                now,
+            )
+            .await?;
+            Ok(match decision.outcome {
+                Ok(grant) => Reply::Refreshed {
+                    session: after.expect("refreshed session exists"),
+                    grant,
+                },
+                Err(refusal) => Reply::Rejected(Rejection::Session(refusal)),
+            })
+        }
+
+        Command::EndSession {
+            session_id,
+            owner,
+            reason,
+            context,
+        } => {
+            let Some(session) = uow.session(session_id).await? else {
+                return Ok(Reply::Rejected(Rejection::UnknownSession));
+            };
+            if owner.is_some_and(|o| o != session.user_id) {
+                return Ok(Reply::Rejected(Rejection::UnknownSession));
+            }
+            let events = session.decide_revoke(reason, context.as_ref());
+            let ended = if events.is_empty() {
+                vec![]
+            } else {
+                vec![session_id]
+            };
+            record_session(uow, Some(session), session_id, events, meta, now).await?;
+            Ok(Reply::SessionsEnded(ended))
+        }
+
+        Command::EndSessionByToken { presented, context } => {
+            let Some(token) = uow.token(&presented).await? else {
+                return Ok(Reply::Rejected(Rejection::UnknownToken));
+            };
+            let session = load_session(uow, token.session_id).await?;
+            let events = session.decide_revoke(RevokeReason::Logout, Some(&context));
+            let ended = if events.is_empty() {
+                vec![]
+            } else {
+                vec![token.session_id]
+            };
+            record_session(uow, Some(session), token.session_id, events, meta, now).await?;
+            Ok(Reply::SessionsEnded(ended))
+        }
+
+        Command::LogoutEverywhere {
+            user_id,
+            except,
+            context,
+        } => {
+            let Some(user) = uow.user_by_id(user_id).await? else {
+                return Ok(Reply::Rejected(Rejection::UnknownUser));
+            };
+            let ended = end_sessions(
+                uow,
+                user_id,
+                except,
+                RevokeReason::LogoutEverywhere,
+                context.as_ref(),
+                meta,
+                now,
+            )
+            .await?;
+            let event = user.decide_logout_everywhere(ended.clone(), context.as_ref());
+            record_user(uow, Some(user), user_id, vec![event], meta, now).await?;
+            Ok(Reply::SessionsEnded(ended))
+        }
+
+        Command::ChangePassword {
+            user_id,
+            password_hash,
+            keep_session,
+            context,
+        } => {
+            let Some(user) = uow.user_by_id(user_id).await? else {
+                return Ok(Reply::Rejected(Rejection::UnknownUser));
+            };
+            let event = user.decide_change_password(password_hash, keep_session, &context);
+            record_user(uow, Some(user), user_id, vec![event], meta, now).await?;
+            let ended = end_sessions(
+                uow,
+                user_id,
+                keep_session,
+                RevokeReason::PasswordChange,
+                Some(&context),
+                meta,
+                now,
+            )
+            .await?;
+            Ok(Reply::PasswordChanged { ended })
+        }
+
+        Command::RequireReauth { session_id, reason } => {
+            let Some(session) = uow.session(session_id).await? else {
+                return Ok(Reply::Rejected(Rejection::UnknownSession));
+            };
+            let events = session.decide_require_reauth(&reason);
+            record_session(uow, Some(session), session_id, events, meta, now).await?;
+            Ok(Reply::Recorded)
+        }
+
+        Command::ExpireIfDue { session_id } => {
+            let Some(session) = uow.session(session_id).await? else {
+                return Ok(Reply::Rejected(Rejection::UnknownSession));
+            };
+            let events = session
+                .expire::<()>(now)
+                .map(|d| d.events)
+                .unwrap_or_default();
+            let ended = if events.is_empty() {
+                vec![]
+            } else {
+                vec![session_id]
+            };
+            record_session(uow, Some(session), session_id, events, meta, now).await?;
+            Ok(Reply::SessionsEnded(ended))
+        }
+
+        Command::Record { stream_id, events } => {
+            let version = uow.stream_version(&stream_id).await?;
+            append_all(uow, &stream_id, version, events, meta, now).await?;
+            Ok(Reply::Recorded)
+        }
+    }
+}
+
+async fn load_session<U: UnitOfWork>(uow: &mut U, session_id: Uuid) -> Result<Session, StoreError> {
+    uow.session(session_id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("token of unknown session {session_id}")))
+}
+
+/// Revokes every active session of `user_id` but `except`; returns the ids it ended.
+async fn end_sessions<U: UnitOfWork>(
+    uow: &mut U,
+    user_id: Uuid,
+    except: Option<Uuid>,
+    reason: RevokeReason,
+    context: Option<&RequestContext>,
+    meta: &EventMetadata,
+    now: Timestamp,
+) -> Result<Vec<Uuid>, StoreError> {
+    let mut ended = Vec::new();
+    for s in uow.active_sessions_of(user_id).await? {
+        if Some(s.session_id) == except {
+            continue;
+        }
+        let id = s.session_id;
+        let events = s.decide_revoke(reason, context);
+        if !events.is_empty() {
+            ended.push(id);
+        }
+        record_session(uow, Some(s), id, events, meta, now).await?;
+    }
+    Ok(ended)
+}
+
+async fn append_all<U: UnitOfWork>(
+    uow: &mut U,
+    stream_id: &str,
+    mut version: i64,
+    events: Vec<Event>,
+    meta: &EventMetadata,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for event in events {
+        uow.append(NewEvent {
+            stream_id: stream_id.to_owned(),
+            expected_version: version,
+            event,
+            metadata: meta.clone(),
+            occurred_at: now,
+        })
+        .await?;
+        version += 1;
+    }
+    Ok(())
+}
+
+/// Appends to a session stream and brings the session projection along.
+async fn record_session<U: UnitOfWork>(
+    uow: &mut U,
+    before: Option<Session>,
+    session_id: Uuid,
+    events: Vec<Event>,
+    meta: &EventMetadata,
+    now: Timestamp,
+) -> Result<Option<Session>, StoreError> {
+    if events.is_empty() {
+        return Ok(before);
+    }
+    let version = before.as_ref().map_or(0, |s| s.version);
+    append_all(
+        uow,
+        &session_stream(session_id),
+        version,
+        events.clone(),
+        meta,
+        now,
+    )
+    .await?;
+    projection::apply_session(uow, before, &events, now).await
+}
+
+/// Appends to a user stream and brings the user projection along.
+async fn record_user<U: UnitOfWork>(
+    uow: &mut U,
+    before: Option<User>,
+    user_id: Uuid,
+    events: Vec<Event>,
+    meta: &EventMetadata,
+    now: Timestamp,
+) -> Result<Option<User>, StoreError> {
+    let version = before.as_ref().map_or(0, |u| u.version);
+    append_all(
+        uow,
+        &user_stream(user_id),
+        version,
+        events.clone(),
+        meta,
+        now,
+    )
+    .await?;
+    projection::apply_user(uow, before, &events, now).await
+}

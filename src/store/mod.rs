@@ -1,0 +1,295 @@
+//! The event store and the inline read models.
+//!
+//! Writes go through one [`writer::Writer`] task that applies commands in batches (group commit);
+//! the command logic is written once against [`UnitOfWork`], which each backend implements over
+//! one of its transactions. Reads that need no transaction use [`Store`] directly.
+
+pub mod chain;
+pub mod commands;
+pub mod sqlite;
+pub mod writer;
+
+use crate::domain::event::{DecodeError, Event, EventMetadata};
+use crate::domain::session::Session;
+use crate::domain::token::TokenHash;
+use crate::domain::user::User;
+use crate::domain::{Timestamp, format_timestamp};
+use std::future::Future;
+use uuid::Uuid;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended to the stream first; the command must reload and decide again.
+    #[error("stream {stream_id} moved past version {expected}")]
+    Conflict { stream_id: String, expected: i64 },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is not what this build expects: {0}")]
+    Corrupt(String),
+    #[error("the writer has stopped")]
+    WriterStopped,
+}
+
+impl From<DecodeError> for StoreError {
+    fn from(e: DecodeError) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// An event on its way into the log.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub stream_id: String,
+    /// The stream's version before this event; the event becomes `expected_version + 1`.
+    pub expected_version: i64,
+    pub event: Event,
+    pub metadata: EventMetadata,
+    pub occurred_at: Timestamp,
+}
+
+/// An event as the log holds it: the exact stored text, so its hash can be checked.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub schema_version: i64,
+    #[serde(serialize_with = "raw_json")]
+    pub data: String,
+    #[serde(serialize_with = "raw_json")]
+    pub metadata: String,
+    pub occurred_at: String,
+    pub recorded_at: String,
+    #[serde(serialize_with = "hex_bytes")]
+    pub prev_hash: Vec<u8>,
+    #[serde(serialize_with = "hex_bytes")]
+    pub hash: Vec<u8>,
+}
+
+fn raw_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match serde_json::value::RawValue::from_string(text.to_owned()) {
+        Ok(raw) => raw.serialize(s),
+        // A tampered row may no longer be JSON; export it as a string rather than fail.
+        Err(_) => s.serialize_str(text),
+    }
+}
+
+fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::domain::token::hex(b))
+}
+
+impl RecordedEvent {
+    pub fn decode(&self) -> Result<Event, StoreError> {
+        let data: serde_json::Value = serde_json::from_str(&self.data)
+            .map_err(|e| StoreError::Corrupt(format!("position {}: {e}", self.position)))?;
+        let version = u32::try_from(self.schema_version).map_err(|_| {
+            StoreError::Corrupt(format!("position {}: schema version", self.position))
+        })?;
+        Ok(Event::decode(&self.event_type, version, data)?)
+    }
+
+    pub fn occurred_at(&self) -> Result<Timestamp, StoreError> {
+        crate::domain::parse_timestamp(&self.occurred_at)
+            .ok_or_else(|| StoreError::Corrupt(format!("position {}: occurred_at", self.position)))
+    }
+
+    /// Builds the stored form of `new` at `position`, chained to `prev_hash`.
+    pub fn seal(
+        new: &NewEvent,
+        position: i64,
+        prev_hash: [u8; 32],
+        recorded_at: Timestamp,
+    ) -> Self {
+        let mut e = RecordedEvent {
+            position,
+            stream_id: new.stream_id.clone(),
+            stream_version: new.expected_version + 1,
+            event_type: new.event.event_type().to_owned(),
+            schema_version: i64::from(new.event.schema_version()),
+            data: new.event.data().to_string(),
+            metadata: serde_json::to_string(&new.metadata).expect("metadata serializes"),
+            occurred_at: format_timestamp(new.occurred_at),
+            recorded_at: format_timestamp(recorded_at),
+            prev_hash: prev_hash.to_vec(),
+            hash: Vec::new(),
+        };
+        e.hash = chain::event_hash(&e).to_vec();
+        e
+    }
+}
+
+/// The last event of the log: where the next append chains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    pub position: i64,
+    pub hash: [u8; 32],
+}
+
+impl ChainHead {
+    pub const GENESIS: ChainHead = ChainHead {
+        position: 0,
+        hash: [0u8; 32],
+    };
+}
+
+/// Which refresh-token family and generation a token hash belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub session_id: Uuid,
+    pub generation: u32,
+}
+
+/// One transaction of one backend, as the command logic and the projections see it.
+/// Methods return `Send` futures so the writer can run on any tokio worker.
+pub trait UnitOfWork: Send {
+    fn user_by_id(
+        &mut self,
+        user_id: Uuid,
+    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
+    fn user_by_name(
+        &mut self,
+        username: &str,
+    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
+    fn session(
+        &mut self,
+        session_id: Uuid,
+    ) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
+    fn token(
+        &mut self,
+        hash: &TokenHash,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
+    fn active_sessions_of(
+        &mut self,
+        user_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send;
+    /// The version of the last event in a stream, 0 for a stream with none.
+    fn stream_version(
+        &mut self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Appends one event, or fails with [`StoreError::Conflict`] if the stream moved.
+    fn append(
+        &mut self,
+        event: NewEvent,
+    ) -> impl Future<Output = Result<RecordedEvent, StoreError>> + Send;
+    fn put_user(&mut self, user: &User) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put_session(
+        &mut self,
+        session: &Session,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put_token(
+        &mut self,
+        hash: &TokenHash,
+        token: TokenRecord,
+        issued_at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The store behind the service: one variant per backend (PostgreSQL joins SQLite here).
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+/// Filters for reading the log back (export, timelines).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub stream_id: Option<String>,
+    pub event_types: Vec<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    pub after_position: i64,
+    pub limit: Option<i64>,
+}
+
+impl Store {
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.user_by_name(username).await,
+        }
+    }
+
+    pub async fn user_by_id(&self, user_id: Uuid) -> Result<Option<User>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.user_by_id(user_id).await,
+        }
+    }
+
+    pub async fn session(&self, session_id: Uuid) -> Result<Option<Session>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.session(session_id).await,
+        }
+    }
+
+    pub async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.token(hash).await,
+        }
+    }
+
+    /// A page of events in position order.
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.events(filter).await,
+        }
+    }
+
+    pub async fn head(&self) -> Result<ChainHead, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.head().await,
+        }
+    }
+
+    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.signing_keys().await,
+        }
+    }
+
+    pub async fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.insert_signing_key(key).await,
+        }
+    }
+
+    /// Empties the inline projections and replays the whole log into them, in one transaction.
+    pub async fn rebuild_projections(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                crate::projection::rebuild(&mut s.write_session().await?, self).await
+            }
+        }
+    }
+
+    /// Every row of every inline projection in a fixed order, for comparing live and rebuilt.
+    pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.projection_snapshot().await,
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+/// A signing key as stored: the private half sealed with the master key.
+#[derive(Debug, Clone)]
+pub struct StoredSigningKey {
+    pub kid: String,
+    pub algorithm: String,
+    pub public_key: Vec<u8>,
+    pub private_key_sealed: Vec<u8>,
+    pub status: String,
+    pub created_at: Timestamp,
+    pub activated_at: Option<Timestamp>,
+    pub retired_at: Option<Timestamp>,
+}

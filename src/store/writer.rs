@@ -1,0 +1,187 @@
+//! Group commit: one task owns the write connection, takes commands from a channel, applies as
+//! many as are waiting (up to a cap) in one transaction, and answers each caller only after the
+//! commit is durable. One fsync serves the whole batch.
+//!
+//! If a batch fails as a whole (a conflicting append from another process, a database error),
+//! it is rolled back and its commands are run again one per transaction, each reloading its state
+//! and deciding afresh, so one bad command never takes others down with it.
+
+use super::commands::{Command, Reply, execute};
+use super::{StoreError, UnitOfWork};
+use crate::clock::Clock;
+use crate::domain::event::EventMetadata;
+use crate::domain::session::SessionPolicy;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The writer's transaction control over its unit of work.
+pub trait WriteSession: UnitOfWork + 'static {
+    fn begin(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn rollback(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn committed_position(&self) -> i64;
+    /// Empties the inline projections (for a rebuild), inside the current transaction.
+    fn clear_projections(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+struct Job {
+    command: Command,
+    metadata: EventMetadata,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// Counters for the benchmark report and, later, metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    pub commands: AtomicU64,
+    pub largest_batch: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+    committed: watch::Receiver<i64>,
+    pub stats: Arc<WriterStats>,
+}
+
+/// How many times a command is decided again after losing a race for its stream.
+const CONFLICT_RETRIES: usize = 5;
+
+impl Writer {
+    pub fn spawn<W: WriteSession>(
+        session: W,
+        clock: Arc<dyn Clock>,
+        policy: SessionPolicy,
+        max_batch: usize,
+    ) -> (Writer, tokio::task::JoinHandle<()>) {
+        let (jobs, rx) = mpsc::channel(max_batch * 8);
+        let (committed_tx, committed) = watch::channel(session.committed_position());
+        let stats = Arc::new(WriterStats::default());
+        let task = WriterTask {
+            session,
+            clock,
+            policy,
+            max_batch: max_batch.max(1),
+            committed: committed_tx,
+            stats: stats.clone(),
+        };
+        let handle = tokio::spawn(task.run(rx));
+        (
+            Writer {
+                jobs,
+                committed,
+                stats,
+            },
+            handle,
+        )
+    }
+
+    /// Runs `command` in the next batch and returns its reply once the batch is durable.
+    pub async fn submit(
+        &self,
+        command: Command,
+        metadata: EventMetadata,
+    ) -> Result<Reply, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                command,
+                metadata,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// The position of the last committed event; followers wait on its changes.
+    pub fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.clone()
+    }
+}
+
+struct WriterTask<W> {
+    session: W,
+    clock: Arc<dyn Clock>,
+    policy: SessionPolicy,
+    max_batch: usize,
+    committed: watch::Sender<i64>,
+    stats: Arc<WriterStats>,
+}
+
+impl<W: WriteSession> WriterTask<W> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        // Ends when every `Writer` handle is dropped and the queue is drained.
+        while rx.recv_many(&mut batch, self.max_batch).await > 0 {
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .commands
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.stats
+                .largest_batch
+                .fetch_max(batch.len() as u64, Ordering::Relaxed);
+            match self.try_batch(&batch).await {
+                Ok(replies) => {
+                    for (job, reply) in batch.drain(..).zip(replies) {
+                        let _ = job.reply.send(Ok(reply));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, size = batch.len(), "batch failed; running its commands one by one");
+                    for job in batch.drain(..) {
+                        let result = self.run_alone(&job).await;
+                        let _ = job.reply.send(result);
+                    }
+                }
+            }
+            let _ = self.committed.send(self.session.committed_position());
+        }
+    }
+
+    async fn try_batch(&mut self, batch: &[Job]) -> Result<Vec<Reply>, StoreError> {
+        self.session.begin().await?;
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            let now = self.clock.now();
+            match execute(
+                &mut self.session,
+                job.command.clone(),
+                &job.metadata,
+                now,
+                &self.policy,
+            )
+            .await
+            {
+                Ok(r) => replies.push(r),
+                Err(e) => {
+                    self.session.rollback().await?;
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = self.session.commit().await {
+            self.session.rollback().await?;
+            return Err(e);
+        }
+        Ok(replies)
+    }
+
+    async fn run_alone(&mut self, job: &Job) -> Result<Reply, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_batch(std::slice::from_ref(job)).await {
+                Ok(mut replies) => return Ok(replies.remove(0)),
+                Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "command failed");
+                    return Err(e);
+                }
+            }
+        }
+    }
+}

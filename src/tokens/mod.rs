@@ -1,0 +1,221 @@
+//! Access tokens: EdDSA JWTs with the signing key's `kid` in the header, and the JWKS that
+//! publishes the keys to verify them.
+
+pub mod keys;
+
+use crate::domain::event::{Event, SigningKeyChanged, SigningKeyCreated, signing_key_stream};
+use crate::domain::{Duration, Timestamp};
+use jsonwebtoken::{Algorithm, Header, Validation};
+use keys::{KeyError, MasterKey, SigningKey};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: Uuid,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: Uuid,
+    pub sid: Uuid,
+    pub scope: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub auth_time: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the access token is malformed")]
+    Malformed,
+    #[error("the access token was not signed by a key of this server")]
+    UnknownKey,
+    #[error("the access token's signature or claims are invalid")]
+    Invalid,
+    #[error("the access token has expired")]
+    Expired,
+    #[error("the access token is not valid yet")]
+    NotYetValid,
+}
+
+/// What a fresh access token needs to know about its session.
+pub struct AccessGrant<'a> {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub scope: &'a str,
+    pub roles: &'a [String],
+    pub auth_time: Timestamp,
+}
+
+struct KeyRing {
+    active: Arc<SigningKey>,
+    /// Every key whose tokens may still be alive, by kid.
+    published: HashMap<String, Arc<SigningKey>>,
+}
+
+pub struct TokenService {
+    issuer: String,
+    audience: String,
+    lifetime: Duration,
+    keys: RwLock<Arc<KeyRing>>,
+    validation: Validation,
+}
+
+/// Tokens are valid a little earlier than `iat` to absorb clock skew between servers.
+const NBF_SKEW_SECS: i64 = 5;
+
+impl TokenService {
+    pub fn new(
+        issuer: String,
+        audience: String,
+        lifetime: Duration,
+        active: SigningKey,
+        others: Vec<SigningKey>,
+    ) -> Self {
+        let active = Arc::new(active);
+        let mut published: HashMap<String, Arc<SigningKey>> = others
+            .into_iter()
+            .map(|k| (k.kid.clone(), Arc::new(k)))
+            .collect();
+        published.insert(active.kid.clone(), active.clone());
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        // Time claims are checked against the service clock below, not the system clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        validation.set_audience(&[audience.as_str()]);
+        validation.set_issuer(&[issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iat", "nbf", "sub", "aud", "iss"]);
+        TokenService {
+            issuer,
+            audience,
+            lifetime,
+            keys: RwLock::new(Arc::new(KeyRing { active, published })),
+            validation,
+        }
+    }
+
+    fn ring(&self) -> Arc<KeyRing> {
+        self.keys.read().expect("key ring lock").clone()
+    }
+
+    /// Signs an access token; returns it with its lifetime in seconds. The lifetime is shortened
+    /// by a random 0–10% (at most a minute) so clients do not all refresh at the same moment.
+    pub fn issue(&self, grant: &AccessGrant<'_>, now: Timestamp) -> (String, i64) {
+        let base = self.lifetime.num_seconds();
+        let max_jitter = (base / 10).min(60);
+        let lifetime = base - rand::thread_rng().gen_range(0..=max_jitter);
+        let iat = now.timestamp();
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: grant.user_id,
+            aud: self.audience.clone(),
+            exp: iat + lifetime,
+            iat,
+            nbf: iat - NBF_SKEW_SECS,
+            jti: Uuid::new_v4(),
+            sid: grant.session_id,
+            scope: grant.scope.to_owned(),
+            roles: grant.roles.to_vec(),
+            auth_time: grant.auth_time.timestamp(),
+        };
+        let ring = self.ring();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(ring.active.kid.clone());
+        let jwt = jsonwebtoken::encode(&header, &claims, &ring.active.encoding)
+            .expect("signing with a loaded Ed25519 key cannot fail");
+        (jwt, lifetime)
+    }
+
+    /// Checks signature, issuer, audience and times. Whether the session is still alive is the
+    /// caller's next question.
+    pub fn verify(&self, token: &str, now: Timestamp) -> Result<AccessClaims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Invalid);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let ring = self.ring();
+        let key = ring.published.get(&kid).ok_or(TokenError::UnknownKey)?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &self.validation)
+            .map_err(|_| TokenError::Invalid)?;
+        let claims = data.claims;
+        let now = now.timestamp();
+        if now >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if now < claims.nbf {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    pub fn jwks(&self) -> serde_json::Value {
+        let ring = self.ring();
+        let mut keys: Vec<_> = ring.published.values().collect();
+        keys.sort_by(|a, b| a.kid.cmp(&b.kid));
+        serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })
+    }
+
+    pub fn active_kid(&self) -> String {
+        self.ring().active.kid.clone()
+    }
+}
+
+/// The keys in the store, unsealed: the active one first. When there is none yet, a new key
+/// is generated; the caller stores it and records its events.
+pub struct LoadedKeys {
+    pub active: SigningKey,
+    pub others: Vec<SigningKey>,
+    /// Set when `active` was just created and must be stored and announced.
+    pub created: Option<(crate::store::StoredSigningKey, Vec<Event>)>,
+}
+
+pub fn load_keys(
+    stored: &[crate::store::StoredSigningKey],
+    master: &MasterKey,
+    now: Timestamp,
+) -> Result<LoadedKeys, KeyError> {
+    let mut active = None;
+    let mut others = Vec::new();
+    for s in stored.iter().filter(|s| s.status != "expired") {
+        let key = SigningKey::unseal(s, master)?;
+        if s.status == "active" && active.is_none() {
+            active = Some(key);
+        } else {
+            others.push(key);
+        }
+    }
+    if let Some(active) = active {
+        return Ok(LoadedKeys {
+            active,
+            others,
+            created: None,
+        });
+    }
+    let (key, stored) = SigningKey::generate(master, now);
+    let events = vec![
+        Event::SigningKeyCreated(SigningKeyCreated {
+            kid: key.kid.clone(),
+            algorithm: "EdDSA".into(),
+            public_key: key.public_key_b64(),
+        }),
+        Event::SigningKeyActivated(SigningKeyChanged {
+            kid: key.kid.clone(),
+        }),
+    ];
+    Ok(LoadedKeys {
+        active: key,
+        others,
+        created: Some((stored, events)),
+    })
+}
+
+pub fn key_stream(kid: &str) -> String {
+    signing_key_stream(kid)
+}
