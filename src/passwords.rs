@@ -1,9 +1,28 @@
 //! argon2id with the OWASP parameters (19 MiB, 2 passes, 1 lane), always on the blocking pool:
-//! a hash costs ~15 ms of CPU, which must not stall the async workers.
+//! a hash costs ~15 ms of CPU, which must not stall the async workers. Each one also holds
+//! 19 MiB while it runs, so at most one per core runs at a time: a burst of logins queues
+//! instead of multiplying memory (64 at once would hold 1.2 GiB).
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use std::sync::OnceLock;
+use tokio::sync::Semaphore;
+
+fn permits() -> &'static Semaphore {
+    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Semaphore::new(cores)
+    })
+}
+
+/// Runs one argon2 computation on the blocking pool, within the concurrency limit.
+async fn run_limited<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let _permit = permits().acquire().await.expect("the semaphore is never closed");
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("argon2 tasks do not panic")
+}
 
 fn argon2() -> Argon2<'static> {
     let params = Params::new(19 * 1024, 2, 1, None).expect("OWASP argon2 parameters are valid");
@@ -11,7 +30,7 @@ fn argon2() -> Argon2<'static> {
 }
 
 pub async fn hash(password: String) -> String {
-    tokio::task::spawn_blocking(move || {
+    run_limited(move || {
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         argon2()
             .hash_password(password.as_bytes(), &salt)
@@ -19,13 +38,12 @@ pub async fn hash(password: String) -> String {
             .to_string()
     })
     .await
-    .expect("the hashing task does not panic")
 }
 
 /// Verifies `password` against `stored`. With no stored hash (unknown user) it verifies against
 /// a fixed dummy hash, so the answer takes as long as a real wrong password.
 pub async fn verify(stored: Option<String>, password: String) -> bool {
-    tokio::task::spawn_blocking(move || {
+    run_limited(move || {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| dummy_hash().to_owned());
         let Ok(parsed) = PasswordHash::new(&phc) else {
@@ -37,7 +55,6 @@ pub async fn verify(stored: Option<String>, password: String) -> bool {
             && known
     })
     .await
-    .expect("the verifying task does not panic")
 }
 
 fn dummy_hash() -> &'static str {

@@ -68,7 +68,23 @@ impl Writer {
             committed: committed_tx,
             stats: stats.clone(),
         };
-        let handle = tokio::spawn(task.run(rx));
+        // The writer gets a thread of its own: it is the one serial path of the service, and
+        // on a shared runtime every statement's wake-up would queue behind HTTP work.
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("sessiond-writer".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the writer runtime starts");
+                runtime.block_on(task.run(rx));
+                let _ = done_tx.send(());
+            })
+            .expect("the writer thread starts");
+        let handle = tokio::spawn(async move {
+            let _ = done_rx.await;
+        });
         (
             Writer {
                 jobs,
@@ -124,7 +140,10 @@ impl<W: WriteSession> WriterTask<W> {
             self.stats
                 .largest_batch
                 .fetch_max(batch.len() as u64, Ordering::Relaxed);
-            match self.try_batch(&batch).await {
+            let started = std::time::Instant::now();
+            let result = self.try_batch(&batch).await;
+            tracing::trace!(size = batch.len(), micros = started.elapsed().as_micros() as u64, "batch");
+            match result {
                 Ok(replies) => {
                     for (job, reply) in batch.drain(..).zip(replies) {
                         let _ = job.reply.send(Ok(reply));
