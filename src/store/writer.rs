@@ -142,7 +142,11 @@ impl<W: WriteSession> WriterTask<W> {
                 .fetch_max(batch.len() as u64, Ordering::Relaxed);
             let started = std::time::Instant::now();
             let result = self.try_batch(&batch).await;
-            tracing::trace!(size = batch.len(), micros = started.elapsed().as_micros() as u64, "batch");
+            tracing::trace!(
+                size = batch.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "batch"
+            );
             match result {
                 Ok(replies) => {
                     for (job, reply) in batch.drain(..).zip(replies) {

@@ -1,0 +1,195 @@
+//! The command line against a real data directory: chain verification, export, rebuild, and a
+//! start refused for a bad configuration value.
+
+use crate::helpers::*;
+use sqlx::Connection;
+
+/// Some history with every kind of session event in it.
+async fn busy_history(app: &TestApp) {
+    app.register("alice").await;
+    app.register("bob").await;
+    let a = app.login("alice").await;
+    let a2 = app.refresh_ok(&a.refresh).await;
+    app.refresh_ok(&a.refresh).await; // retry
+    let b = app.login("bob").await;
+    app.refresh_ok(&b.refresh).await;
+    app.clock.advance(sessiond::domain::Duration::minutes(2));
+    app.refresh(&b.refresh).await; // reuse
+    assert_eq!(app.login_as("alice", "wrong password").await.status(), 401);
+    app.login("alice").await;
+    app.http
+        .post(app.url("/v1/auth/logout-all"))
+        .bearer_auth(&a2.access)
+        .send()
+        .await
+        .unwrap();
+    app.login("bob").await;
+}
+
+async fn raw(app: &TestApp) -> sqlx::SqliteConnection {
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db_path().display()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn verify_names_the_first_tampered_position() {
+    let app = spawn_app().await;
+    busy_history(&app).await;
+    let (ok, out, _) = sessiond_cli(&["events", "verify"], app.data_dir.path());
+    assert!(ok, "{out}");
+    let total = app.event_count().await;
+    assert!(out.contains(&format!("{total} events")), "{out}");
+
+    let target = 7;
+    let mut conn = raw(&app).await;
+    sqlx::query(
+        "UPDATE events SET data = replace(data, '127.0.0.1', '10.6.6.6') WHERE position = ?",
+    )
+    .bind(target)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (ok, out, _) = sessiond_cli(&["events", "verify"], app.data_dir.path());
+    assert!(!ok, "a tampered log must fail verification");
+    assert!(out.contains(&format!("position {target}:")), "{out}");
+
+    // Re-hashing the edited row does not help: the next row no longer chains onto it.
+    let row = app
+        .events(sessiond::store::EventFilter {
+            after_position: target - 1,
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await;
+    let rehashed = sessiond::store::chain::event_hash(&row[0]);
+    sqlx::query("UPDATE events SET hash = ? WHERE position = ?")
+        .bind(rehashed.to_vec())
+        .bind(target)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (ok, out, _) = sessiond_cli(&["events", "verify"], app.data_dir.path());
+    assert!(!ok);
+    assert!(out.contains(&format!("position {}:", target + 1)), "{out}");
+}
+
+#[tokio::test]
+async fn a_rebuild_reproduces_the_live_projections() {
+    let app = spawn_app().await;
+    busy_history(&app).await;
+    let live = app.service.store.projection_snapshot().await.unwrap();
+    assert!(
+        live.iter()
+            .any(|r| r.starts_with("sessions|") && r.contains("'revoked'"))
+    );
+    assert!(
+        live.iter()
+            .filter(|r| r.starts_with("refresh_tokens|"))
+            .count()
+            >= 7
+    );
+
+    // Damage the read models so that a rebuild that did nothing would be caught.
+    let mut conn = raw(&app).await;
+    sqlx::query("UPDATE sessions SET status = 'active', end_reason = NULL")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM refresh_tokens WHERE generation = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET password_hash = 'x'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_ne!(app.service.store.projection_snapshot().await.unwrap(), live);
+
+    let (ok, out, err) = sessiond_cli(&["projections", "rebuild"], app.data_dir.path());
+    assert!(ok, "{out}{err}");
+    let rebuilt = app.service.store.projection_snapshot().await.unwrap();
+    assert_eq!(rebuilt, live);
+}
+
+#[tokio::test]
+async fn export_writes_filtered_ndjson() {
+    let app = spawn_app().await;
+    busy_history(&app).await;
+    let (ok, out, _) = sessiond_cli(
+        &[
+            "events",
+            "export",
+            "--type",
+            "session.refreshed,session.reuse_detected",
+        ],
+        app.data_dir.path(),
+    );
+    assert!(ok);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(
+        lines.iter().all(|l| l["event_type"] == "session.refreshed"
+            || l["event_type"] == "session.reuse_detected")
+    );
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| w[0]["position"].as_i64() < w[1]["position"].as_i64())
+    );
+    assert!(
+        lines[0]["data"]["context"]["ip"].is_string(),
+        "data is exported as JSON, not as a string"
+    );
+
+    let stream = lines[0]["stream_id"].as_str().unwrap();
+    let (_, out, _) = sessiond_cli(
+        &["events", "export", "--stream", stream],
+        app.data_dir.path(),
+    );
+    assert!(out.lines().all(|l| l.contains(stream)));
+    assert!(out.lines().count() >= 2);
+
+    let (_, all, _) = sessiond_cli(&["events", "export"], app.data_dir.path());
+    let (_, future, _) = sessiond_cli(
+        &["events", "export", "--since", "2999-01-01T00:00:00Z"],
+        app.data_dir.path(),
+    );
+    assert_eq!(all.lines().count(), app.event_count().await);
+    assert_eq!(future.lines().count(), 0);
+    let (ok, _, err) = sessiond_cli(
+        &["events", "export", "--since", "yesterday"],
+        app.data_dir.path(),
+    );
+    assert!(!ok && err.contains("--since"), "{err}");
+}
+
+#[test]
+fn a_bad_configuration_value_stops_the_start_and_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sessiond.toml");
+    std::fs::write(&config, "refresh_grace_window = \"half a minute\"\n").unwrap();
+    let (ok, _, err) = sessiond_cli(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(err.contains("refresh_grace_window"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("SESSIOND_ACCESS_TOKEN_LIFETIME", "0s")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("access_token_lifetime"));
+}
