@@ -12,100 +12,76 @@ async fn malformed_requests_are_refused_and_write_nothing() {
     app.register("alice").await;
     let t = app.login("alice").await;
     let before = app.event_count().await;
-    let post = |path: &'static str, content_type: &'static str, body: Vec<u8>| {
-        app.http
+    let json = "application/json";
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "/v1/auth/login",
+            json,
+            b"{\"username\": \"alice\",".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/auth/login",
+            "text/plain",
+            br#"{"username":"alice","password":"x"}"#.to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/auth/register",
+            json,
+            vec![b' '; 10 * 1024 * 1024],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "/v1/auth/login",
+            json,
+            br#"{"username":"alice"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/auth/login",
+            json,
+            br#"{"username":["alice"],"password":"x"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/auth/refresh",
+            json,
+            br#"{"refresh_token":42}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/auth/register",
+            json,
+            br#"{"username":"bad name!","password":"long enough"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_username",
+        ),
+        (
+            "/v1/auth/register",
+            json,
+            br#"{"username":"shorty","password":"short"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_password",
+        ),
+    ];
+    for (path, content_type, body, status, code) in cases {
+        let r = app
+            .http
             .post(app.url(path))
             .header("content-type", content_type)
             .body(body)
             .send()
-    };
-
-    let r = post(
-        "/v1/auth/login",
-        "application/json",
-        b"{\"username\": \"alice\",".to_vec(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "invalid_request"
-    );
-    let r = post(
-        "/v1/auth/login",
-        "text/plain",
-        br#"{"username":"alice","password":"x"}"#.to_vec(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await,
-        "unsupported_media_type"
-    );
-    let r = post(
-        "/v1/auth/register",
-        "application/json",
-        vec![b' '; 10 * 1024 * 1024],
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::PAYLOAD_TOO_LARGE).await,
-        "payload_too_large"
-    );
-    let r = post(
-        "/v1/auth/login",
-        "application/json",
-        br#"{"username":"alice"}"#.to_vec(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "invalid_request"
-    );
-    let r = post(
-        "/v1/auth/login",
-        "application/json",
-        br#"{"username":["alice"],"password":"x"}"#.to_vec(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "invalid_request"
-    );
-    let r = post(
-        "/v1/auth/refresh",
-        "application/json",
-        br#"{"refresh_token":42}"#.to_vec(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "invalid_request"
-    );
-    let r = app
-        .post_json(
-            "/v1/auth/register",
-            json!({ "username": "bad name!", "password": PASSWORD }),
-        )
-        .await;
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "invalid_username"
-    );
-    let r = app
-        .post_json(
-            "/v1/auth/register",
-            json!({ "username": "shorty", "password": "short" }),
-        )
-        .await;
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "invalid_password"
-    );
+            .await
+            .unwrap();
+        assert_eq!(error_code(r, status).await, code, "{path} {content_type}");
+    }
 
     for garbage in [
         "",
