@@ -9,3 +9,4 @@ mod cli;
 mod expiry;
 mod refresh;
 mod secrets;
+mod startup;
