@@ -18,7 +18,10 @@ fn permits() -> &'static Semaphore {
 
 /// Runs one argon2 computation on the blocking pool, within the concurrency limit.
 async fn run_limited<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    let _permit = permits().acquire().await.expect("the semaphore is never closed");
+    let _permit = permits()
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     tokio::task::spawn_blocking(work)
         .await
         .expect("argon2 tasks do not panic")

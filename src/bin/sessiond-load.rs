@@ -63,22 +63,38 @@ impl Client {
             .map_err(|e| e.to_string())?;
         let status = r.status();
         let body: Value = r.json().await.unwrap_or(Value::Null);
-        if status.is_success() { Ok(body) } else { Err(format!("{status}: {body}")) }
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{status}: {body}"))
+        }
     }
 
     async fn login(&mut self) -> Result<(), String> {
         let body = self
-            .post("/v1/auth/login", json!({ "username": self.username, "password": self.password }))
+            .post(
+                "/v1/auth/login",
+                json!({ "username": self.username, "password": self.password }),
+            )
             .await?;
-        self.refresh_token = body["refresh_token"].as_str().ok_or("no refresh_token")?.to_owned();
+        self.refresh_token = body["refresh_token"]
+            .as_str()
+            .ok_or("no refresh_token")?
+            .to_owned();
         Ok(())
     }
 
     async fn refresh(&mut self) -> Result<(), String> {
         let body = self
-            .post("/v1/auth/refresh", json!({ "refresh_token": self.refresh_token }))
+            .post(
+                "/v1/auth/refresh",
+                json!({ "refresh_token": self.refresh_token }),
+            )
             .await?;
-        self.refresh_token = body["refresh_token"].as_str().ok_or("no refresh_token")?.to_owned();
+        self.refresh_token = body["refresh_token"]
+            .as_str()
+            .ok_or("no refresh_token")?
+            .to_owned();
         Ok(())
     }
 
@@ -120,7 +136,11 @@ async fn run(args: Args) -> Result<(), String> {
             refresh_token: String::new(),
         };
         setup.push(tokio::spawn(async move {
-            c.post("/v1/auth/register", json!({ "username": c.username, "password": c.password })).await?;
+            c.post(
+                "/v1/auth/register",
+                json!({ "username": c.username, "password": c.password }),
+            )
+            .await?;
             c.login().await?;
             Ok::<_, String>(c)
         }));

@@ -11,6 +11,7 @@ use super::{StoreError, UnitOfWork};
 use crate::clock::Clock;
 use crate::domain::event::EventMetadata;
 use crate::domain::session::SessionPolicy;
+use crate::domain::token::TokenHash;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// The writer's transaction control over its unit of work.
 pub trait WriteSession: UnitOfWork + 'static {
-    fn begin(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Starts a transaction and reads ahead, in the same go, the refresh tokens the batch will
+    /// look up (and their sessions).
+    fn begin(
+        &mut self,
+        prefetch: &[TokenHash],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn rollback(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn committed_position(&self) -> i64;
@@ -142,7 +148,11 @@ impl<W: WriteSession> WriterTask<W> {
                 .fetch_max(batch.len() as u64, Ordering::Relaxed);
             let started = std::time::Instant::now();
             let result = self.try_batch(&batch).await;
-            tracing::trace!(size = batch.len(), micros = started.elapsed().as_micros() as u64, "batch");
+            tracing::trace!(
+                size = batch.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "batch"
+            );
             match result {
                 Ok(replies) => {
                     for (job, reply) in batch.drain(..).zip(replies) {
@@ -162,7 +172,15 @@ impl<W: WriteSession> WriterTask<W> {
     }
 
     async fn try_batch(&mut self, batch: &[Job]) -> Result<Vec<Reply>, StoreError> {
-        self.session.begin().await?;
+        let tokens: Vec<TokenHash> = batch
+            .iter()
+            .filter_map(|j| j.command.presented_token())
+            .copied()
+            .collect();
+        if let Err(e) = self.session.begin(&tokens).await {
+            self.session.rollback().await?;
+            return Err(e);
+        }
         let mut replies = Vec::with_capacity(batch.len());
         for job in batch {
             let now = self.clock.now();
