@@ -28,6 +28,10 @@ pub trait WriteSession: UnitOfWork + 'static {
     fn commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn rollback(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn committed_position(&self) -> i64;
+    /// Housekeeping that must not run inside a batch, called after its callers are answered.
+    fn between_batches(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// Empties the inline projections (for a rebuild), inside the current transaction.
     fn clear_projections(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -168,6 +172,7 @@ impl<W: WriteSession> WriterTask<W> {
                 }
             }
             let _ = self.committed.send(self.session.committed_position());
+            self.session.between_batches().await;
         }
     }
 
