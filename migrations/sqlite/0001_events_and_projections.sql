@@ -14,7 +14,8 @@ CREATE TABLE events (
     UNIQUE (stream_id, stream_version)            -- the optimistic-concurrency guard
 );
 CREATE INDEX events_type_time ON events (event_type, occurred_at);
-CREATE INDEX events_time ON events (occurred_at);
+-- No index on occurred_at alone: every append would write to it, and a time-bounded export
+-- pages by position anyway (a scan of the rowid order), or uses events_type_time with a type.
 
 -- Inline projections, written in the same transaction as their events and rebuilt from them.
 CREATE TABLE users (
@@ -58,7 +59,8 @@ CREATE TABLE refresh_tokens (
     generation  INTEGER NOT NULL,
     issued_at   TEXT    NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX refresh_tokens_by_session ON refresh_tokens (session_id, generation);
+-- Looked up by hash only. No (session_id, generation) index until something reads by family:
+-- it was one more randomly placed page written per refresh.
 
 -- Signing keys: not a projection. The private key is encrypted with the master key and never
 -- enters the event log; the log records each key's creation and activation.

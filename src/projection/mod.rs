@@ -54,7 +54,7 @@ pub async fn apply_user<U: UnitOfWork>(
 /// Empties the projections and replays the log into them, in one transaction. Returns the
 /// number of events replayed.
 pub async fn rebuild<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, StoreError> {
-    ws.begin().await?;
+    ws.begin(&[]).await?;
     match replay_all(ws, store).await {
         Ok(n) => {
             ws.commit().await?;

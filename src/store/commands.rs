@@ -76,6 +76,18 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The refresh token this command will look up, if any.
+    pub fn presented_token(&self) -> Option<&TokenHash> {
+        match self {
+            Command::Refresh { presented, .. } | Command::EndSessionByToken { presented, .. } => {
+                Some(presented)
+            }
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RegisterUser {
     pub user_id: Uuid,

@@ -11,6 +11,7 @@ use super::{StoreError, UnitOfWork};
 use crate::clock::Clock;
 use crate::domain::event::EventMetadata;
 use crate::domain::session::SessionPolicy;
+use crate::domain::token::TokenHash;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,10 +19,19 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// The writer's transaction control over its unit of work.
 pub trait WriteSession: UnitOfWork + 'static {
-    fn begin(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Starts a transaction and reads ahead, in the same go, the refresh tokens the batch will
+    /// look up (and their sessions).
+    fn begin(
+        &mut self,
+        prefetch: &[TokenHash],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn rollback(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn committed_position(&self) -> i64;
+    /// Housekeeping that must not run inside a batch, called after its callers are answered.
+    fn between_batches(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// Empties the inline projections (for a rebuild), inside the current transaction.
     fn clear_projections(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -162,11 +172,20 @@ impl<W: WriteSession> WriterTask<W> {
                 }
             }
             let _ = self.committed.send(self.session.committed_position());
+            self.session.between_batches().await;
         }
     }
 
     async fn try_batch(&mut self, batch: &[Job]) -> Result<Vec<Reply>, StoreError> {
-        self.session.begin().await?;
+        let tokens: Vec<TokenHash> = batch
+            .iter()
+            .filter_map(|j| j.command.presented_token())
+            .copied()
+            .collect();
+        if let Err(e) = self.session.begin(&tokens).await {
+            self.session.rollback().await?;
+            return Err(e);
+        }
         let mut replies = Vec::with_capacity(batch.len());
         for job in batch {
             let now = self.clock.now();
