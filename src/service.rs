@@ -149,6 +149,7 @@ impl Sessiond {
             user_id: user.user_id,
             session_id: Uuid::now_v7(),
             scope: DEFAULT_SCOPE.to_owned(),
+            roles: user.roles.clone(),
             token: token.hash(),
             context: ctx.clone(),
         };
@@ -157,7 +158,7 @@ impl Sessiond {
             .submit(cmd, meta(Actor::User(user.user_id), ctx))
             .await?
         {
-            Reply::SessionStarted(session) => Ok(self.issue(&session, &user.roles, token)),
+            Reply::SessionStarted(session) => Ok(self.issue(&session, token)),
             Reply::Rejected(Rejection::UserLocked) => Err(Error::AccountLocked),
             Reply::Rejected(Rejection::UnknownUser) => Err(Error::InvalidCredentials),
             other => Err(unexpected(other)),
@@ -179,13 +180,7 @@ impl Sessiond {
         match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
             Reply::Refreshed { session, grant } => {
                 tracing::debug!(session_id = %session.session_id, ?grant, "refresh granted");
-                let roles = self
-                    .store
-                    .user_by_id(session.user_id)
-                    .await?
-                    .map(|u| u.roles)
-                    .unwrap_or_default();
-                Ok(self.issue(&session, &roles, token))
+                Ok(self.issue(&session, token))
             }
             Reply::Rejected(Rejection::Session(Refusal::ReauthRequired)) => {
                 Err(Error::ReauthRequired)
@@ -198,17 +193,12 @@ impl Sessiond {
         }
     }
 
-    fn issue(
-        &self,
-        session: &Session,
-        roles: &[String],
-        refresh_token: RefreshToken,
-    ) -> IssuedTokens {
+    fn issue(&self, session: &Session, refresh_token: RefreshToken) -> IssuedTokens {
         let grant = AccessGrant {
             user_id: session.user_id,
             session_id: session.session_id,
             scope: &session.scope,
-            roles,
+            roles: &session.roles,
             auth_time: session.auth_time,
         };
         let (access_token, expires_in) = self.tokens.issue(&grant, self.now());

@@ -34,6 +34,7 @@ CREATE TABLE sessions (
     user_id             TEXT    NOT NULL,
     status              TEXT    NOT NULL,
     scope               TEXT    NOT NULL,
+    roles               TEXT    NOT NULL,         -- JSON array, granted at login
     created_at          TEXT    NOT NULL,
     auth_time           TEXT    NOT NULL,
     last_seen_at        TEXT    NOT NULL,

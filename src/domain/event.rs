@@ -129,6 +129,10 @@ pub struct SessionStarted {
     pub session_id: Uuid,
     pub user_id: Uuid,
     pub scope: String,
+    /// The roles granted at login; access tokens of this session carry them. A role change
+    /// applies from the next login (revoke the sessions to apply it at once).
+    #[serde(default)]
+    pub roles: Vec<String>,
     pub generation: u32,
     pub token_hash: TokenHash,
     #[serde(with = "super::ts_format")]

@@ -24,6 +24,7 @@ pub enum Command {
         user_id: Uuid,
         session_id: Uuid,
         scope: String,
+        roles: Vec<String>,
         token: TokenHash,
         context: RequestContext,
     },
@@ -160,6 +161,7 @@ pub async fn execute<U: UnitOfWork>(
             user_id,
             session_id,
             scope,
+            roles,
             token,
             context,
         } => {
@@ -173,6 +175,7 @@ pub async fn execute<U: UnitOfWork>(
                 session_id,
                 user_id,
                 scope,
+                roles,
                 token_hash: token,
                 context,
             };

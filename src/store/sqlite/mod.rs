@@ -142,16 +142,8 @@ impl SqliteStore {
     }
 
     pub async fn head(&self) -> Result<ChainHead, StoreError> {
-        let row = sqlx::query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            None => Ok(ChainHead::GENESIS),
-            Some(r) => Ok(ChainHead {
-                position: r.get("position"),
-                hash: hash32(r.get::<Vec<u8>, _>("hash"))?,
-            }),
-        }
+        let mut conn = self.pool.acquire().await?;
+        queries::head(&mut conn).await
     }
 
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {

@@ -5,7 +5,7 @@ use crate::domain::session::{Session, SessionStatus};
 use crate::domain::token::TokenHash;
 use crate::domain::user::{User, UserStatus};
 use crate::domain::{Timestamp, parse_timestamp};
-use crate::store::{RecordedEvent, StoreError, TokenRecord};
+use crate::store::{ChainHead, RecordedEvent, StoreError, TokenRecord};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use uuid::Uuid;
@@ -13,6 +13,19 @@ use uuid::Uuid;
 /// Reads shared by the pool and the writer's own transaction.
 pub(super) mod queries {
     use super::*;
+
+    pub async fn head(c: &mut SqliteConnection) -> Result<ChainHead, StoreError> {
+        let row = sqlx::query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+            .fetch_optional(c)
+            .await?;
+        match row {
+            None => Ok(ChainHead::GENESIS),
+            Some(r) => Ok(ChainHead {
+                position: r.get("position"),
+                hash: hash32(r.get::<Vec<u8>, _>("hash"))?,
+            }),
+        }
+    }
 
     pub async fn user_by_id(
         c: &mut SqliteConnection,
@@ -91,13 +104,16 @@ pub(super) fn context(s: String) -> Result<RequestContext, StoreError> {
     serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("context: {e}")))
 }
 
+pub(super) fn roles(s: String) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("roles: {e}")))
+}
+
 pub(super) fn user_row(r: &SqliteRow) -> Result<User, StoreError> {
     Ok(User {
         user_id: uuid(r.get("user_id"))?,
         username: r.get("username"),
         password_hash: r.get("password_hash"),
-        roles: serde_json::from_str(&r.get::<String, _>("roles"))
-            .map_err(|e| StoreError::Corrupt(format!("roles: {e}")))?,
+        roles: roles(r.get("roles"))?,
         status: UserStatus::parse(&r.get::<String, _>("status"))
             .ok_or_else(|| StoreError::Corrupt("user status".into()))?,
         created_at: ts(r.get("created_at"))?,
@@ -116,6 +132,7 @@ pub(super) fn session_row(r: &SqliteRow) -> Result<Session, StoreError> {
         status: SessionStatus::parse(&r.get::<String, _>("status"))
             .ok_or_else(|| StoreError::Corrupt("session status".into()))?,
         scope: r.get("scope"),
+        roles: roles(r.get("roles"))?,
         created_at: ts(r.get("created_at"))?,
         auth_time: ts(r.get("auth_time"))?,
         last_seen_at: ts(r.get("last_seen_at"))?,

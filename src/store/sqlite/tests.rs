@@ -51,6 +51,7 @@ fn script() -> Vec<Command> {
         user_id,
         session_id,
         scope: "openid".into(),
+        roles: vec!["user".into()],
         token,
         context: ctx.clone(),
     };
@@ -158,6 +159,7 @@ async fn a_rebuild_larger_than_the_overlay_flushes_as_it_goes() {
             user_id: Uuid::from_u128(1),
             session_id: Uuid::from_u128(1000 + i),
             scope: "openid".into(),
+            roles: vec!["user".into()],
             token: numbered_token(i as u32),
             context: RequestContext::default(),
         })
@@ -208,6 +210,24 @@ async fn appending_twice_at_one_version_is_a_conflict_in_the_batch_and_across_wr
     );
     b.rollback().await.unwrap();
     assert_eq!(all_events(&store).await.len(), 1);
+
+    // Writers that take turns on other streams both land, on one unbroken chain.
+    let other = |stream: &str| NewEvent {
+        stream_id: stream.into(),
+        ..record("k3")
+    };
+    for i in 0..3 {
+        let ws = if i % 2 == 0 { &mut a } else { &mut b };
+        ws.begin(&[]).await.unwrap();
+        ws.append(other(&format!("signing-key-{i}"))).await.unwrap();
+        ws.commit().await.unwrap();
+    }
+    let events = all_events(&store).await;
+    assert_eq!(events.len(), 4);
+    let mut chain = crate::store::chain::ChainVerifier::default();
+    for e in &events {
+        chain.check(e).unwrap();
+    }
 }
 
 #[tokio::test]

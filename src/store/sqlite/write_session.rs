@@ -309,7 +309,7 @@ fn push_tokens<'a>(
 
 fn push_sessions<'a>(q: &mut QueryBuilder<'a, Sqlite>, rows: &'a [Session], set_status: bool) {
     q.push(
-        "INSERT INTO sessions (session_id, user_id, status, scope, created_at, auth_time, \
+        "INSERT INTO sessions (session_id, user_id, status, scope, roles, created_at, auth_time, \
          last_seen_at, idle_expires_at, absolute_expires_at, generation, retries, rotated_at, \
          rotated_from, login_context, last_context, reauth_required, ended_at, end_reason, \
          version) ",
@@ -319,6 +319,7 @@ fn push_sessions<'a>(q: &mut QueryBuilder<'a, Sqlite>, rows: &'a [Session], set_
             .push_bind(s.user_id.to_string())
             .push_bind(s.status.as_str())
             .push_bind(&s.scope)
+            .push_bind(json(&s.roles))
             .push_bind(format_timestamp(s.created_at))
             .push_bind(format_timestamp(s.auth_time))
             .push_bind(format_timestamp(s.last_seen_at))
@@ -379,10 +380,14 @@ impl crate::store::writer::WriteSession for SqliteWriteSession {
         // IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock later.
         if prefetch.is_empty() {
             self.conn.execute("BEGIN IMMEDIATE").await?;
-            Ok(())
         } else {
-            self.load_tokens(prefetch, true).await
+            self.load_tokens(prefetch, true).await?;
         }
+        // Another process (a second server, a CLI tool) may have appended since our last
+        // commit: chain onto what is really there, under the lock we now hold.
+        self.committed = queries::head(&mut self.conn).await?;
+        self.head = self.committed;
+        Ok(())
     }
 
     async fn commit(&mut self) -> Result<(), StoreError> {
