@@ -47,8 +47,15 @@ impl Default for Options {
 
 pub struct App {
     pub service: Arc<Sessiond>,
-    writer_task: JoinHandle<()>,
+    writer_task: Option<JoinHandle<()>>,
     checkpointer: JoinHandle<()>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        // The checkpoint loop would otherwise keep the store open for the life of the runtime.
+        self.checkpointer.abort();
+    }
 }
 
 impl App {
@@ -103,7 +110,7 @@ impl App {
         });
         Ok(App {
             service,
-            writer_task,
+            writer_task: Some(writer_task),
             checkpointer,
         })
     }
@@ -115,17 +122,13 @@ impl App {
     /// Serves until `shutdown` resolves, then finishes in-flight requests, lets the writer
     /// commit what it holds, and closes the store.
     pub async fn serve_on(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
-        let App {
-            service,
-            writer_task,
-            checkpointer,
-        } = self;
-        let store = service.store.clone();
+        let writer_task = self.writer_task.take();
+        let store = self.service.store.clone();
         axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -133,9 +136,10 @@ impl App {
         .with_graceful_shutdown(shutdown)
         .await?;
         // The writer ends when its last handle is gone and its queue is empty.
-        drop(service);
-        let _ = writer_task.await;
-        checkpointer.abort();
+        drop(self);
+        if let Some(task) = writer_task {
+            let _ = task.await;
+        }
         store.close().await;
         Ok(())
     }
