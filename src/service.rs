@@ -58,8 +58,10 @@ fn meta(actor: Actor, ctx: &RequestContext) -> EventMetadata {
 }
 
 fn new_refresh_token() -> RefreshToken {
+    // thread_rng is a ChaCha CSPRNG seeded and periodically reseeded from the OS: as good as
+    // OsRng for a token, without a getrandom syscall per request.
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    rand::thread_rng().fill_bytes(&mut bytes);
     RefreshToken::new(Uuid::now_v7(), bytes)
 }
 
