@@ -58,9 +58,11 @@ fn meta(actor: Actor, ctx: &RequestContext) -> EventMetadata {
 }
 
 fn new_refresh_token() -> RefreshToken {
+    // thread_rng is a ChaCha CSPRNG seeded and periodically reseeded from the OS: as good as
+    // OsRng for a token, without a getrandom syscall per request.
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    RefreshToken::from_entropy(bytes)
+    rand::thread_rng().fill_bytes(&mut bytes);
+    RefreshToken::new(Uuid::now_v7(), bytes)
 }
 
 fn user_error(e: UserError) -> Error {
@@ -150,7 +152,7 @@ impl Sessiond {
             session_id: Uuid::now_v7(),
             scope: DEFAULT_SCOPE.to_owned(),
             roles: user.roles.clone(),
-            token: token.hash(),
+            token: token.key(),
             context: ctx.clone(),
         };
         match self
@@ -173,8 +175,8 @@ impl Sessiond {
         let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
         let token = new_refresh_token();
         let cmd = Command::Refresh {
-            presented: presented.hash(),
-            new_token: token.hash(),
+            presented: presented.key(),
+            new_token: token.key(),
             context: ctx.clone(),
         };
         match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
@@ -248,7 +250,7 @@ impl Sessiond {
     ) -> Result<(), Error> {
         let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
         let cmd = Command::EndSessionByToken {
-            presented: presented.hash(),
+            presented: presented.key(),
             context: ctx.clone(),
         };
         self.expect_ended(cmd, Actor::Anonymous, ctx).await

@@ -53,14 +53,18 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_by_user ON sessions (user_id, status);
 
--- Every refresh token ever issued, by its SHA-256: which family and generation it belongs to.
+-- Every refresh token ever issued: which family and generation it belongs to. Keyed by the
+-- token's public id (16-byte UUIDv7, time-ordered), so a new token is appended at the right
+-- edge of the b-tree; keyed by the random SHA-256 it dirtied a random page per refresh. A
+-- lookup by id is accepted only if token_hash matches the presented token's hash.
 CREATE TABLE refresh_tokens (
-    token_hash  BLOB    PRIMARY KEY,
+    token_id    BLOB    PRIMARY KEY,
+    token_hash  BLOB    NOT NULL,
     session_id  TEXT    NOT NULL,
     generation  INTEGER NOT NULL,
     issued_at   TEXT    NOT NULL
 ) WITHOUT ROWID;
--- Looked up by hash only. No (session_id, generation) index until something reads by family:
+-- Looked up by id only. No (session_id, generation) index until something reads by family:
 -- it was one more randomly placed page written per refresh.
 
 -- Signing keys: not a projection. The private key is encrypted with the master key and never

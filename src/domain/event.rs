@@ -134,6 +134,8 @@ pub struct SessionStarted {
     #[serde(default)]
     pub roles: Vec<String>,
     pub generation: u32,
+    /// The new token's public id (the token index's key) and its hash.
+    pub token_id: Uuid,
     pub token_hash: TokenHash,
     #[serde(with = "super::ts_format")]
     pub auth_time: Timestamp,
@@ -149,6 +151,7 @@ pub struct SessionRefreshed {
     pub session_id: Uuid,
     /// The generation the new token belongs to.
     pub generation: u32,
+    pub token_id: Uuid,
     pub token_hash: TokenHash,
     pub presented_hash: TokenHash,
     #[serde(with = "super::ts_format")]
@@ -161,6 +164,7 @@ pub struct RefreshRetried {
     pub session_id: Uuid,
     /// The current generation; the new token is a sibling within it.
     pub generation: u32,
+    pub token_id: Uuid,
     pub token_hash: TokenHash,
     pub presented_hash: TokenHash,
     /// 1 for the first retry of this generation.

@@ -7,7 +7,7 @@ use super::event::{
     Event, ExpiryKind, ReauthRequired, RefreshRetried, ReuseClass, ReuseDetected, RevokeReason,
     SessionExpired, SessionRefreshed, SessionRevoked, SessionStarted,
 };
-use super::token::TokenHash;
+use super::token::{TokenHash, TokenKey};
 use super::{Duration, Timestamp};
 use uuid::Uuid;
 
@@ -116,7 +116,7 @@ pub struct StartSession {
     pub user_id: Uuid,
     pub scope: String,
     pub roles: Vec<String>,
-    pub token_hash: TokenHash,
+    pub token: TokenKey,
     pub context: RequestContext,
 }
 
@@ -128,7 +128,8 @@ pub fn start(cmd: StartSession, now: Timestamp, policy: &SessionPolicy) -> Event
         scope: cmd.scope,
         roles: cmd.roles,
         generation: 1,
-        token_hash: cmd.token_hash,
+        token_id: cmd.token.id,
+        token_hash: cmd.token.hash,
         auth_time: now,
         idle_expires_at: (now + policy.idle_lifetime).min(absolute_expires_at),
         absolute_expires_at,
@@ -163,7 +164,7 @@ impl Session {
     pub fn decide_refresh(
         &self,
         presented: PresentedToken,
-        new_token: TokenHash,
+        new_token: TokenKey,
         context: &RequestContext,
         now: Timestamp,
         policy: &SessionPolicy,
@@ -185,7 +186,8 @@ impl Session {
                 events: vec![Event::SessionRefreshed(SessionRefreshed {
                     session_id: self.session_id,
                     generation,
-                    token_hash: new_token,
+                    token_id: new_token.id,
+                    token_hash: new_token.hash,
                     presented_hash: presented.hash,
                     idle_expires_at: self.next_idle_expiry(now, policy),
                     context: context.clone(),
@@ -210,7 +212,8 @@ impl Session {
                 events: vec![Event::RefreshRetried(RefreshRetried {
                     session_id: self.session_id,
                     generation: self.generation,
-                    token_hash: new_token,
+                    token_id: new_token.id,
+                    token_hash: new_token.hash,
                     presented_hash: presented.hash,
                     retry,
                     idle_expires_at: self.next_idle_expiry(now, policy),
@@ -365,11 +368,18 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
 }
 
 /// The refresh token an event hands out, with its generation: what the token index records.
-pub fn issued_token(event: &Event) -> Option<(Uuid, TokenHash, u32)> {
+pub fn issued_token(event: &Event) -> Option<(Uuid, TokenKey, u32)> {
+    let key = |id, hash| TokenKey { id, hash };
     match event {
-        Event::SessionStarted(e) => Some((e.session_id, e.token_hash, e.generation)),
-        Event::SessionRefreshed(e) => Some((e.session_id, e.token_hash, e.generation)),
-        Event::RefreshRetried(e) => Some((e.session_id, e.token_hash, e.generation)),
+        Event::SessionStarted(e) => {
+            Some((e.session_id, key(e.token_id, e.token_hash), e.generation))
+        }
+        Event::SessionRefreshed(e) => {
+            Some((e.session_id, key(e.token_id, e.token_hash), e.generation))
+        }
+        Event::RefreshRetried(e) => {
+            Some((e.session_id, key(e.token_id, e.token_hash), e.generation))
+        }
         _ => None,
     }
 }
@@ -423,8 +433,8 @@ mod tests {
         }
     }
 
-    fn token(n: u8) -> TokenHash {
-        RefreshToken::from_entropy([n; 32]).hash()
+    fn token(n: u8) -> TokenKey {
+        RefreshToken::new(Uuid::from_u128(u128::from(n)), [n; 32]).key()
     }
 
     fn apply(state: Option<Session>, events: &[Event], at: Timestamp) -> Option<Session> {
@@ -438,7 +448,7 @@ mod tests {
                 user_id: Uuid::nil(),
                 scope: "session".into(),
                 roles: vec!["user".into()],
-                token_hash: token(1),
+                token: token(1),
                 context: ctx("198.51.100.4", "Firefox"),
             },
             t0(),
@@ -449,7 +459,7 @@ mod tests {
 
     fn presented(n: u8, generation: u32) -> PresentedToken {
         PresentedToken {
-            hash: token(n),
+            hash: token(n).hash,
             generation,
         }
     }

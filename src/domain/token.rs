@@ -1,52 +1,91 @@
 //! Refresh tokens: opaque, 256 random bits, base64url with a prefix. Only the SHA-256 of a
 //! token is ever stored or logged; the token itself exists in the response and nowhere else.
+//!
+//! The body is `id ‖ entropy`: a 16-byte UUIDv7 id, then 32 random bytes. The id is not a
+//! secret; it is the token index's key, so a new token is appended at the right edge of the
+//! b-tree instead of dirtying a random page per refresh (the SHA-256 is random by nature).
+//! A lookup finds the row by id and accepts it only if the stored hash matches.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use uuid::Uuid;
 
 /// Lets a leaked token be recognised by secret scanners and by people.
 pub const REFRESH_TOKEN_PREFIX: &str = "sdrt_";
+const ID_BYTES: usize = 16;
 const ENTROPY_BYTES: usize = 32;
+/// base64url without padding of `ID_BYTES + ENTROPY_BYTES` (48) bytes.
+const BODY_CHARS: usize = 64;
 
 #[derive(Clone, PartialEq, Eq)]
-pub struct RefreshToken(String);
+pub struct RefreshToken {
+    text: String,
+    id: Uuid,
+}
+
+/// How the store finds a token: its public id, and the hash that proves the token itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    pub id: Uuid,
+    pub hash: TokenHash,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("not a sessiond refresh token")]
 pub struct MalformedToken;
 
 impl RefreshToken {
-    /// Builds a token from fresh randomness supplied by the caller (the domain reads no RNG).
-    pub fn from_entropy(bytes: [u8; ENTROPY_BYTES]) -> Self {
-        RefreshToken(format!(
-            "{REFRESH_TOKEN_PREFIX}{}",
-            URL_SAFE_NO_PAD.encode(bytes)
-        ))
+    /// Builds a token from an id (a UUIDv7, for index locality) and fresh randomness, both
+    /// supplied by the caller (the domain reads no clock or RNG).
+    pub fn new(id: Uuid, entropy: [u8; ENTROPY_BYTES]) -> Self {
+        let mut bytes = [0u8; ID_BYTES + ENTROPY_BYTES];
+        bytes[..ID_BYTES].copy_from_slice(id.as_bytes());
+        bytes[ID_BYTES..].copy_from_slice(&entropy);
+        let mut text = String::with_capacity(REFRESH_TOKEN_PREFIX.len() + BODY_CHARS);
+        text.push_str(REFRESH_TOKEN_PREFIX);
+        URL_SAFE_NO_PAD.encode_string(bytes, &mut text);
+        RefreshToken { text, id }
     }
 
     /// Checks the shape only; whether the token is known is the store's question.
     pub fn parse(s: &str) -> Result<Self, MalformedToken> {
         let body = s.strip_prefix(REFRESH_TOKEN_PREFIX).ok_or(MalformedToken)?;
-        if body.len() != 43 {
+        if body.len() != BODY_CHARS {
             return Err(MalformedToken);
         }
         let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| MalformedToken)?;
-        if bytes.len() != ENTROPY_BYTES {
+        if bytes.len() != ID_BYTES + ENTROPY_BYTES {
             return Err(MalformedToken);
         }
-        Ok(RefreshToken(s.to_owned()))
+        let id = Uuid::from_slice(&bytes[..ID_BYTES]).map_err(|_| MalformedToken)?;
+        Ok(RefreshToken {
+            text: s.to_owned(),
+            id,
+        })
     }
 
+    /// SHA-256 of the whole token text, id included.
     pub fn hash(&self) -> TokenHash {
-        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+        TokenHash(Sha256::digest(self.text.as_bytes()).into())
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub fn key(&self) -> TokenKey {
+        TokenKey {
+            id: self.id,
+            hash: self.hash(),
+        }
     }
 
     /// The secret itself, for the one place that hands it to the client.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 
@@ -63,6 +102,20 @@ pub struct TokenHash(pub [u8; 32]);
 impl TokenHash {
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         <[u8; 32]>::try_from(bytes).ok().map(TokenHash)
+    }
+
+    /// Compares with a stored hash without an early exit, so a lookup by the (public) id does
+    /// not tell a guesser how much of the hash matched.
+    pub fn matches(&self, stored: &[u8]) -> bool {
+        if stored.len() != self.0.len() {
+            return false;
+        }
+        let diff = self
+            .0
+            .iter()
+            .zip(stored)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
     }
 
     pub fn to_hex(&self) -> String {
@@ -122,15 +175,30 @@ mod tests {
 
     #[test]
     fn a_token_round_trips_and_its_debug_form_hides_it() {
-        let t = RefreshToken::from_entropy([7u8; 32]);
+        let id = Uuid::now_v7();
+        let t = RefreshToken::new(id, [7u8; 32]);
         assert!(t.expose().starts_with(REFRESH_TOKEN_PREFIX));
-        assert_eq!(RefreshToken::parse(t.expose()).unwrap(), t);
+        assert_eq!(t.expose().len(), REFRESH_TOKEN_PREFIX.len() + BODY_CHARS);
+        let back = RefreshToken::parse(t.expose()).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.id(), id);
+        assert_eq!(back.key(), t.key());
         assert!(!format!("{t:?}").contains(t.expose()));
         assert_ne!(
-            RefreshToken::from_entropy([8u8; 32]).hash(),
+            RefreshToken::new(id, [8u8; 32]).hash(),
             t.hash(),
             "different randomness, different hash"
         );
+    }
+
+    #[test]
+    fn a_hash_matches_only_itself() {
+        let h = RefreshToken::new(Uuid::now_v7(), [3u8; 32]).hash();
+        assert!(h.matches(&h.0));
+        let mut other = h.0;
+        other[31] ^= 1;
+        assert!(!h.matches(&other));
+        assert!(!h.matches(&h.0[..31]));
     }
 
     #[test]
@@ -139,8 +207,10 @@ mod tests {
             "",
             "sdrt_",
             "sdrt_abc",
-            "xxxx_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-            "sdrt_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+            "xxxx_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "sdrt_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+            // The old shape (32 bytes, no id) is no longer a token.
+            "sdrt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
             assert!(RefreshToken::parse(bad).is_err(), "{bad:?}");
         }
@@ -148,7 +218,7 @@ mod tests {
 
     #[test]
     fn hex_round_trips() {
-        let h = RefreshToken::from_entropy([1u8; 32]).hash();
+        let h = RefreshToken::new(Uuid::nil(), [1u8; 32]).hash();
         let json = serde_json::to_string(&h).unwrap();
         let back: TokenHash = serde_json::from_str(&json).unwrap();
         assert_eq!(back, h);

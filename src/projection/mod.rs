@@ -19,9 +19,9 @@ pub async fn apply_session<U: UnitOfWork>(
     let mut state = before;
     for event in events {
         state = session::evolve(state, event, at);
-        if let Some((session_id, hash, generation)) = session::issued_token(event) {
+        if let Some((session_id, key, generation)) = session::issued_token(event) {
             uow.put_token(
-                &hash,
+                &key,
                 TokenRecord {
                     session_id,
                     generation,

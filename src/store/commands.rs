@@ -12,7 +12,7 @@ use crate::domain::event::{
 use crate::domain::session::{
     self, PresentedToken, RefreshGrant, Refusal, Session, SessionPolicy, StartSession,
 };
-use crate::domain::token::TokenHash;
+use crate::domain::token::TokenKey;
 use crate::domain::user::{self, Register, User, UserError};
 use crate::projection;
 use uuid::Uuid;
@@ -25,7 +25,7 @@ pub enum Command {
         session_id: Uuid,
         scope: String,
         roles: Vec<String>,
-        token: TokenHash,
+        token: TokenKey,
         context: RequestContext,
     },
     RecordLoginFailure {
@@ -34,8 +34,8 @@ pub enum Command {
         context: RequestContext,
     },
     Refresh {
-        presented: TokenHash,
-        new_token: TokenHash,
+        presented: TokenKey,
+        new_token: TokenKey,
         context: RequestContext,
     },
     /// Ends one session. With `owner`, only if the session belongs to that user.
@@ -47,7 +47,7 @@ pub enum Command {
     },
     /// Ends the session a refresh token belongs to (logout by refresh token).
     EndSessionByToken {
-        presented: TokenHash,
+        presented: TokenKey,
         context: RequestContext,
     },
     /// Ends every active session of a user but `except`.
@@ -79,7 +79,7 @@ pub enum Command {
 
 impl Command {
     /// The refresh token this command will look up, if any.
-    pub fn presented_token(&self) -> Option<&TokenHash> {
+    pub fn presented_token(&self) -> Option<&TokenKey> {
         match self {
             Command::Refresh { presented, .. } | Command::EndSessionByToken { presented, .. } => {
                 Some(presented)
@@ -176,7 +176,7 @@ pub async fn execute<U: UnitOfWork>(
                 user_id,
                 scope,
                 roles,
-                token_hash: token,
+                token,
                 context,
             };
             let event = session::start(start, now, policy);
@@ -216,7 +216,7 @@ pub async fn execute<U: UnitOfWork>(
             };
             let session = load_session(uow, token.session_id).await?;
             let presented = PresentedToken {
-                hash: presented,
+                hash: presented.hash,
                 generation: token.generation,
             };
             let decision = session.decide_refresh(presented, new_token, &context, now, policy);

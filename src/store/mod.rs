@@ -11,7 +11,7 @@ pub mod writer;
 
 use crate::domain::event::{DecodeError, Event, EventMetadata};
 use crate::domain::session::Session;
-use crate::domain::token::TokenHash;
+use crate::domain::token::TokenKey;
 use crate::domain::user::User;
 use crate::domain::{Timestamp, format_timestamp};
 use std::future::Future;
@@ -160,9 +160,10 @@ pub trait UnitOfWork: Send {
         &mut self,
         session_id: Uuid,
     ) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
+    /// The token with this id, if its stored hash is `key.hash` (else `None`, as if unknown).
     fn token(
         &mut self,
-        hash: &TokenHash,
+        key: &TokenKey,
     ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
     fn active_sessions_of(
         &mut self,
@@ -185,7 +186,7 @@ pub trait UnitOfWork: Send {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn put_token(
         &mut self,
-        hash: &TokenHash,
+        key: &TokenKey,
         token: TokenRecord,
         issued_at: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -227,9 +228,9 @@ impl Store {
         }
     }
 
-    pub async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+    pub async fn token(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.token(hash).await,
+            Store::Sqlite(s) => s.token(key).await,
         }
     }
 

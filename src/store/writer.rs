@@ -11,7 +11,7 @@ use super::{StoreError, UnitOfWork};
 use crate::clock::Clock;
 use crate::domain::event::EventMetadata;
 use crate::domain::session::SessionPolicy;
-use crate::domain::token::TokenHash;
+use crate::domain::token::TokenKey;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,7 @@ pub trait WriteSession: UnitOfWork + 'static {
     /// look up (and their sessions).
     fn begin(
         &mut self,
-        prefetch: &[TokenHash],
+        prefetch: &[TokenKey],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn rollback(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -177,7 +177,7 @@ impl<W: WriteSession> WriterTask<W> {
     }
 
     async fn try_batch(&mut self, batch: &[Job]) -> Result<Vec<Reply>, StoreError> {
-        let tokens: Vec<TokenHash> = batch
+        let tokens: Vec<TokenKey> = batch
             .iter()
             .filter_map(|j| j.command.presented_token())
             .copied()

@@ -156,7 +156,8 @@ impl TokenService {
             exp: iat + lifetime,
             iat,
             nbf: iat - NBF_SKEW_SECS,
-            jti: Uuid::new_v4(),
+            // From the userspace CSPRNG: Uuid::new_v4 makes a getrandom syscall per token.
+            jti: uuid::Builder::from_random_bytes(rand::thread_rng().r#gen()).into_uuid(),
             sid: grant.session_id,
             scope: grant.scope.to_owned(),
             roles: grant.roles.to_vec(),

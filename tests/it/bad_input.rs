@@ -83,12 +83,24 @@ async fn malformed_requests_are_refused_and_write_nothing() {
         assert_eq!(error_code(r, status).await, code, "{path} {content_type}");
     }
 
+    // The real token's public id with another random part: found by id, refused by hash.
+    let forged = {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut body = URL_SAFE_NO_PAD
+            .decode(t.refresh.strip_prefix("sdrt_").unwrap())
+            .unwrap();
+        body[16..].fill(0);
+        format!("sdrt_{}", URL_SAFE_NO_PAD.encode(body))
+    };
     for garbage in [
         "",
         "garbage",
         "sdrt_",
         "sdrt_AAAA",
         &format!("sdrt_{}", "A".repeat(43)),
+        &format!("sdrt_{}", "A".repeat(64)),
+        &forged,
     ] {
         let r = app.refresh(garbage).await;
         assert_eq!(

@@ -11,7 +11,7 @@ pub use write_session::SqliteWriteSession;
 
 use crate::domain::format_timestamp;
 use crate::domain::session::Session;
-use crate::domain::token::TokenHash;
+use crate::domain::token::TokenKey;
 use crate::domain::user::User;
 use crate::store::{
     ChainHead, EventFilter, RecordedEvent, StoreError, StoredSigningKey, TokenRecord,
@@ -161,9 +161,9 @@ impl SqliteStore {
         queries::session(&mut conn, session_id).await
     }
 
-    pub async fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+    pub async fn token(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        queries::token(&mut conn, hash).await
+        queries::token(&mut conn, key).await
     }
 
     pub async fn events(&self, f: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -245,7 +245,7 @@ impl SqliteStore {
         for (table, key) in [
             ("users", "user_id"),
             ("sessions", "session_id"),
-            ("refresh_tokens", "token_hash"),
+            ("refresh_tokens", "token_id"),
         ] {
             let cols: Vec<String> = sqlx::query(&format!("PRAGMA table_info({table})"))
                 .fetch_all(&self.pool)

@@ -2,7 +2,7 @@
 
 use crate::domain::context::RequestContext;
 use crate::domain::session::{Session, SessionStatus};
-use crate::domain::token::TokenHash;
+use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::{User, UserStatus};
 use crate::domain::{Timestamp, parse_timestamp};
 use crate::store::{ChainHead, RecordedEvent, StoreError, TokenRecord};
@@ -62,21 +62,24 @@ pub(super) mod queries {
 
     pub async fn token(
         c: &mut SqliteConnection,
-        hash: &TokenHash,
+        key: &TokenKey,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        let row =
-            sqlx::query("SELECT session_id, generation FROM refresh_tokens WHERE token_hash = ?")
-                .bind(hash.0.as_slice())
-                .fetch_optional(c)
-                .await?;
-        row.map(|r| {
-            Ok(TokenRecord {
-                session_id: uuid(r.get("session_id"))?,
-                generation: u32::try_from(r.get::<i64, _>("generation"))
-                    .map_err(|_| StoreError::Corrupt("token generation".into()))?,
+        let row = sqlx::query(
+            "SELECT token_hash, session_id, generation FROM refresh_tokens WHERE token_id = ?",
+        )
+        .bind(key.id.as_bytes().as_slice())
+        .fetch_optional(c)
+        .await?;
+        // A known id with another hash is a forged token: as unknown as any other.
+        row.filter(|r| key.hash.matches(&r.get::<Vec<u8>, _>("token_hash")))
+            .map(|r| {
+                Ok(TokenRecord {
+                    session_id: uuid(r.get("session_id"))?,
+                    generation: u32::try_from(r.get::<i64, _>("generation"))
+                        .map_err(|_| StoreError::Corrupt("token generation".into()))?,
+                })
             })
-        })
-        .transpose()
+            .transpose()
     }
 }
 

@@ -7,6 +7,7 @@ use crate::domain::context::RequestContext;
 use crate::domain::event::{Actor, EventMetadata};
 use crate::domain::parse_timestamp;
 use crate::domain::session::SessionPolicy;
+use crate::domain::token::{RefreshToken, TokenKey};
 use crate::store::NewEvent;
 use crate::store::Store;
 use crate::store::UnitOfWork;
@@ -31,14 +32,12 @@ fn meta() -> EventMetadata {
     }
 }
 
-fn hash(n: u8) -> TokenHash {
-    TokenHash([n; 32])
+fn hash(n: u8) -> TokenKey {
+    RefreshToken::new(Uuid::from_u128(u128::from(n)), [n; 32]).key()
 }
 
-fn numbered_token(n: u32) -> TokenHash {
-    let mut h = [7u8; 32];
-    h[..4].copy_from_slice(&n.to_be_bytes());
-    TokenHash(h)
+fn numbered_token(n: u32) -> TokenKey {
+    RefreshToken::new(Uuid::from_u128((1 << 64) + u128::from(n)), [7; 32]).key()
 }
 
 /// Register, log in twice, rotate, reuse an old token, log out everywhere: every kind of
@@ -89,7 +88,7 @@ async fn open(dir: &tempfile::TempDir, name: &str) -> SqliteStore {
 
 async fn run(ws: &mut SqliteWriteSession, commands: &[Command]) -> Vec<Reply> {
     let now = parse_timestamp("2026-01-01T00:00:00.000Z").unwrap();
-    let prefetch: Vec<TokenHash> = commands
+    let prefetch: Vec<TokenKey> = commands
         .iter()
         .filter_map(|c| c.presented_token())
         .copied()
@@ -261,4 +260,20 @@ async fn rollback_discards_the_overlay() {
         store.head().await.unwrap().position,
         ws.committed_position()
     );
+}
+
+/// The id only finds the row; a token with a known id and another body is unknown.
+#[tokio::test]
+async fn a_known_id_with_another_body_is_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "d.db").await;
+    let mut ws = store.write_session().await.unwrap();
+    run(&mut ws, &script()[..2]).await;
+    let forged = RefreshToken::new(hash(1).id, [9; 32]).key();
+    ws.begin(&[forged]).await.unwrap();
+    assert!(ws.token(&forged).await.unwrap().is_none());
+    assert!(ws.token(&hash(1)).await.unwrap().is_some());
+    ws.rollback().await.unwrap();
+    assert!(store.token(&forged).await.unwrap().is_none());
+    assert!(store.token(&hash(1)).await.unwrap().is_some());
 }

@@ -3,7 +3,7 @@
 
 use super::rows::*;
 use crate::domain::session::Session;
-use crate::domain::token::TokenHash;
+use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::User;
 use crate::domain::{Timestamp, format_timestamp};
 use crate::store::{ChainHead, NewEvent, RecordedEvent, StoreError, TokenRecord, UnitOfWork};
@@ -37,11 +37,12 @@ struct Overlay {
     /// (stream, version) of every event in `events`: the in-memory side of the UNIQUE guard.
     versions: HashSet<(String, i64)>,
     stream_max: HashMap<String, i64>,
-    tokens: Vec<(TokenHash, TokenRecord, Timestamp)>,
+    tokens: Vec<(TokenKey, TokenRecord, Timestamp)>,
     token_index: HashMap<TokenHash, TokenRecord>,
     sessions: HashMap<Uuid, Session>,
     users: HashMap<Uuid, User>,
-    /// Rows as SQLite holds them now (`None`: known to be absent).
+    /// Rows as SQLite holds them now (`None`: known to be absent). Tokens are remembered by
+    /// hash, which also fixes the id (it is part of the hashed text).
     read_tokens: HashMap<TokenHash, Option<TokenRecord>>,
     read_sessions: HashMap<Uuid, Option<Session>>,
     read_users: HashMap<Uuid, Option<User>>,
@@ -165,8 +166,8 @@ impl SqliteWriteSession {
         drop(q);
 
         let o = &mut self.overlay;
-        for (hash, t, _) in tokens {
-            o.read_tokens.insert(hash, Some(t));
+        for (key, t, _) in tokens {
+            o.read_tokens.insert(key.hash, Some(t));
         }
         for s in same_status.into_iter().chain(other) {
             o.read_sessions.insert(s.session_id, Some(s));
@@ -215,30 +216,40 @@ impl SqliteWriteSession {
 
     /// Reads tokens and, in the same statement, their sessions: a refresh needs both. With
     /// `begin`, the transaction starts in the same round trip.
-    async fn load_tokens(&mut self, hashes: &[TokenHash], begin: bool) -> Result<(), StoreError> {
-        for (i, chunk) in hashes.chunks(ROWS_PER_STATEMENT).enumerate() {
+    async fn load_tokens(&mut self, keys: &[TokenKey], begin: bool) -> Result<(), StoreError> {
+        for (i, chunk) in keys.chunks(ROWS_PER_STATEMENT).enumerate() {
             let mut q = QueryBuilder::<Sqlite>::new(if begin && i == 0 {
                 "BEGIN IMMEDIATE; "
             } else {
                 ""
             });
             q.push(
-                "SELECT t.token_hash AS t_hash, t.session_id AS t_session, \
+                "SELECT t.token_id AS t_id, t.token_hash AS t_hash, t.session_id AS t_session, \
                  t.generation AS t_generation, s.* FROM refresh_tokens t \
-                 LEFT JOIN sessions s ON s.session_id = t.session_id WHERE t.token_hash IN (",
+                 LEFT JOIN sessions s ON s.session_id = t.session_id WHERE t.token_id IN (",
             );
             let mut sep = q.separated(", ");
-            for h in chunk {
-                sep.push_bind(h.0.to_vec());
+            for k in chunk {
+                sep.push_bind(k.id.as_bytes().to_vec());
             }
             q.push(")");
             let rows = q.build().fetch_all(&mut self.conn).await?;
-            for h in chunk {
-                self.overlay.read_tokens.entry(*h).or_insert(None);
+            for k in chunk {
+                self.overlay.read_tokens.entry(k.hash).or_insert(None);
             }
             for r in &rows {
-                let hash = TokenHash::from_slice(&r.get::<Vec<u8>, _>("t_hash"))
-                    .ok_or_else(|| StoreError::Corrupt("token hash length".into()))?;
+                let id = Uuid::from_slice(&r.get::<Vec<u8>, _>("t_id"))
+                    .map_err(|_| StoreError::Corrupt("token id length".into()))?;
+                let stored: Vec<u8> = r.get("t_hash");
+                // The row is the presented token's only if the whole token hashes to what is
+                // stored; a known id with another body stays unknown (and loads nothing).
+                let Some(hash) = chunk
+                    .iter()
+                    .find(|k| k.id == id && k.hash.matches(&stored))
+                    .map(|k| k.hash)
+                else {
+                    continue;
+                };
                 let record = TokenRecord {
                     session_id: uuid(r.get("t_session"))?,
                     generation: u32::try_from(r.get::<i64, _>("t_generation"))
@@ -296,11 +307,12 @@ fn push_events<'a>(q: &mut QueryBuilder<'a, Sqlite>, rows: &'a [RecordedEvent]) 
 
 fn push_tokens<'a>(
     q: &mut QueryBuilder<'a, Sqlite>,
-    rows: &'a [(TokenHash, TokenRecord, Timestamp)],
+    rows: &'a [(TokenKey, TokenRecord, Timestamp)],
 ) {
-    q.push("INSERT INTO refresh_tokens (token_hash, session_id, generation, issued_at) ");
-    q.push_values(rows, |mut b, (hash, t, at)| {
-        b.push_bind(hash.0.as_slice())
+    q.push("INSERT INTO refresh_tokens (token_id, token_hash, session_id, generation, issued_at) ");
+    q.push_values(rows, |mut b, (key, t, at)| {
+        b.push_bind(key.id.as_bytes().as_slice())
+            .push_bind(key.hash.0.as_slice())
             .push_bind(t.session_id.to_string())
             .push_bind(i64::from(t.generation))
             .push_bind(format_timestamp(*at));
@@ -374,7 +386,7 @@ fn push_users<'a>(q: &mut QueryBuilder<'a, Sqlite>, rows: &'a [User]) {
 }
 
 impl crate::store::writer::WriteSession for SqliteWriteSession {
-    async fn begin(&mut self, prefetch: &[TokenHash]) -> Result<(), StoreError> {
+    async fn begin(&mut self, prefetch: &[TokenKey]) -> Result<(), StoreError> {
         self.overlay = Overlay::default();
         self.head = self.committed;
         // IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock later.
@@ -481,14 +493,14 @@ impl UnitOfWork for SqliteWriteSession {
         Ok(session)
     }
 
-    async fn token(&mut self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        if let Some(t) = self.overlay.token_index.get(hash) {
+    async fn token(&mut self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
+        if let Some(t) = self.overlay.token_index.get(&key.hash) {
             return Ok(Some(*t));
         }
-        if !self.overlay.read_tokens.contains_key(hash) {
-            self.load_tokens(std::slice::from_ref(hash), false).await?;
+        if !self.overlay.read_tokens.contains_key(&key.hash) {
+            self.load_tokens(std::slice::from_ref(key), false).await?;
         }
-        Ok(self.overlay.read_tokens.get(hash).copied().flatten())
+        Ok(self.overlay.read_tokens.get(&key.hash).copied().flatten())
     }
 
     async fn active_sessions_of(&mut self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
@@ -561,12 +573,12 @@ impl UnitOfWork for SqliteWriteSession {
 
     async fn put_token(
         &mut self,
-        hash: &TokenHash,
+        key: &TokenKey,
         token: TokenRecord,
         issued_at: Timestamp,
     ) -> Result<(), StoreError> {
-        self.overlay.token_index.insert(*hash, token);
-        self.overlay.tokens.push((*hash, token, issued_at));
+        self.overlay.token_index.insert(key.hash, token);
+        self.overlay.tokens.push((*key, token, issued_at));
         self.flush_if_full().await
     }
 }
