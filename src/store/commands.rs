@@ -251,13 +251,7 @@ pub async fn execute<U: UnitOfWork>(
                 return Ok(Reply::Rejected(Rejection::UnknownSession));
             }
             let events = session.decide_revoke(reason, context.as_ref());
-            let ended = if events.is_empty() {
-                vec![]
-            } else {
-                vec![session_id]
-            };
-            record_session(uow, Some(session), session_id, events, meta, now).await?;
-            Ok(Reply::SessionsEnded(ended))
+            record_ending(uow, session, events, meta, now).await
         }
 
         Command::EndSessionByToken { presented, context } => {
@@ -266,13 +260,7 @@ pub async fn execute<U: UnitOfWork>(
             };
             let session = load_session(uow, token.session_id).await?;
             let events = session.decide_revoke(RevokeReason::Logout, Some(&context));
-            let ended = if events.is_empty() {
-                vec![]
-            } else {
-                vec![token.session_id]
-            };
-            record_session(uow, Some(session), token.session_id, events, meta, now).await?;
-            Ok(Reply::SessionsEnded(ended))
+            record_ending(uow, session, events, meta, now).await
         }
 
         Command::LogoutEverywhere {
@@ -339,13 +327,7 @@ pub async fn execute<U: UnitOfWork>(
                 .expire::<()>(now)
                 .map(|d| d.events)
                 .unwrap_or_default();
-            let ended = if events.is_empty() {
-                vec![]
-            } else {
-                vec![session_id]
-            };
-            record_session(uow, Some(session), session_id, events, meta, now).await?;
-            Ok(Reply::SessionsEnded(ended))
+            record_ending(uow, session, events, meta, now).await
         }
 
         Command::Record { stream_id, events } => {
@@ -354,6 +336,20 @@ pub async fn execute<U: UnitOfWork>(
             Ok(Reply::Recorded)
         }
     }
+}
+
+/// Records the events that end one session; the reply names it if they did end it.
+async fn record_ending<U: UnitOfWork>(
+    uow: &mut U,
+    session: Session,
+    events: Vec<Event>,
+    meta: &EventMetadata,
+    now: Timestamp,
+) -> Result<Reply, StoreError> {
+    let id = session.session_id;
+    let ended = if events.is_empty() { vec![] } else { vec![id] };
+    record_session(uow, Some(session), id, events, meta, now).await?;
+    Ok(Reply::SessionsEnded(ended))
 }
 
 async fn load_session<U: UnitOfWork>(uow: &mut U, session_id: Uuid) -> Result<Session, StoreError> {
