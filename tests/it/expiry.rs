@@ -68,3 +68,44 @@ async fn an_expired_access_token_is_refused() {
         "invalid_token"
     );
 }
+
+#[tokio::test]
+async fn the_expiry_command_records_only_what_is_due() {
+    use sessiond::domain::event::{Actor, EventMetadata};
+    use sessiond::store::commands::{Command, Reply};
+    let app = spawn_app().await;
+    app.register("dave").await;
+    let t = app.login("dave").await;
+    let session_id = t.session_id.parse().unwrap();
+    let expire = || {
+        app.service.writer.submit(
+            Command::ExpireIfDue { session_id },
+            EventMetadata::new(Actor::System, None),
+        )
+    };
+    assert_eq!(
+        expire().await.unwrap(),
+        Reply::SessionsEnded(vec![]),
+        "not due yet"
+    );
+    app.clock.advance(Duration::days(7));
+    assert_eq!(
+        expire().await.unwrap(),
+        Reply::SessionsEnded(vec![session_id])
+    );
+    assert_eq!(
+        expire().await.unwrap(),
+        Reply::SessionsEnded(vec![]),
+        "recorded once"
+    );
+    let events = app.session_events(&t.session_id).await;
+    assert_eq!(types(&events), ["session.started", "session.expired"]);
+    let session = app
+        .service
+        .store
+        .session(session_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.end_reason.as_deref(), Some("idle"));
+}
