@@ -70,32 +70,22 @@ impl Client {
         }
     }
 
-    async fn login(&mut self) -> Result<(), String> {
-        let body = self
-            .post(
-                "/v1/auth/login",
-                json!({ "username": self.username, "password": self.password }),
-            )
-            .await?;
-        self.refresh_token = body["refresh_token"]
-            .as_str()
-            .ok_or("no refresh_token")?
-            .to_owned();
+    /// Posts `body` and keeps the refresh token of the answer: both scenarios end this way.
+    async fn take_token(&mut self, path: &str, body: Value) -> Result<(), String> {
+        let answer = self.post(path, body).await?;
+        let token = answer["refresh_token"].as_str().ok_or("no refresh_token")?;
+        self.refresh_token = token.to_owned();
         Ok(())
     }
 
+    async fn login(&mut self) -> Result<(), String> {
+        let body = json!({ "username": self.username, "password": self.password });
+        self.take_token("/v1/auth/login", body).await
+    }
+
     async fn refresh(&mut self) -> Result<(), String> {
-        let body = self
-            .post(
-                "/v1/auth/refresh",
-                json!({ "refresh_token": self.refresh_token }),
-            )
-            .await?;
-        self.refresh_token = body["refresh_token"]
-            .as_str()
-            .ok_or("no refresh_token")?
-            .to_owned();
-        Ok(())
+        let body = json!({ "refresh_token": self.refresh_token });
+        self.take_token("/v1/auth/refresh", body).await
     }
 
     async fn once(&mut self, scenario: Scenario) -> Result<(), String> {
