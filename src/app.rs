@@ -4,6 +4,7 @@
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::domain::event::{Actor, EventMetadata};
+use crate::jobs::JobGuards;
 use crate::service::Sessiond;
 use crate::store::commands::Command;
 use crate::store::writer::Writer;
@@ -15,7 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_cron_scheduler::JobScheduler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -34,6 +37,10 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// The master key as `SESSIOND_MASTER_KEY` would give it; `None` uses the key file.
     pub master_key: Option<String>,
+    /// Run the scheduled jobs on their schedules (tests run them by hand instead).
+    pub start_jobs: bool,
+    /// Deliver events to webhook subscribers (not from one-off CLI commands).
+    pub start_delivery: bool,
 }
 
 impl Default for Options {
@@ -41,6 +48,8 @@ impl Default for Options {
         Options {
             clock: Arc::new(SystemClock),
             master_key: std::env::var(MASTER_KEY_ENV).ok().filter(|v| !v.is_empty()),
+            start_jobs: true,
+            start_delivery: true,
         }
     }
 }
@@ -49,12 +58,16 @@ pub struct App {
     pub service: Arc<Sessiond>,
     writer_task: Option<JoinHandle<()>>,
     checkpointer: JoinHandle<()>,
+    scheduler: Option<JobScheduler>,
+    delivery: Option<JoinHandle<()>>,
+    stop_delivery: watch::Sender<bool>,
 }
 
 impl Drop for App {
     fn drop(&mut self) {
         // The checkpoint loop would otherwise keep the store open for the life of the runtime.
         self.checkpointer.abort();
+        let _ = self.stop_delivery.send(true);
     }
 }
 
@@ -64,6 +77,7 @@ impl App {
     }
 
     pub async fn build_with(config: Config, options: Options) -> Result<App, StartError> {
+        crate::metrics::install();
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Io(format!("data directory {}: {e}", config.data_dir.display()))
         })?;
@@ -107,11 +121,29 @@ impl App {
             writer,
             tokens,
             clock: options.clock,
+            master_key: Arc::new(master),
+            job_guards: JobGuards::default(),
         });
+        let scheduler = if options.start_jobs {
+            Some(
+                crate::jobs::start_scheduler(&service)
+                    .await
+                    .map_err(|e| StartError::Io(format!("job scheduler: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let (stop_delivery, stop) = watch::channel(false);
+        let delivery = options
+            .start_delivery
+            .then(|| crate::delivery::spawn(service.clone(), stop));
         Ok(App {
             service,
             writer_task: Some(writer_task),
             checkpointer,
+            scheduler,
+            delivery,
+            stop_delivery,
         })
     }
 
@@ -122,26 +154,43 @@ impl App {
     /// Serves until `shutdown` resolves, then finishes in-flight requests, lets the writer
     /// commit what it holds, and closes the store.
     pub async fn serve_on(
-        mut self,
+        self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
-        let writer_task = self.writer_task.take();
-        let store = self.service.store.clone();
         axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await?;
+        tracing::info!("no longer accepting requests; in-flight requests finished");
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Stops the jobs and delivery, lets the writer commit everything it was given, and
+    /// closes the store.
+    pub async fn shutdown(mut self) {
+        // Nothing may hold the service (and so the writer) past this point: the scheduled
+        // jobs hold it weakly and stop here, delivery stops between attempts.
+        if let Some(mut scheduler) = self.scheduler.take() {
+            let _ = scheduler.shutdown().await;
+        }
+        let _ = self.stop_delivery.send(true);
+        if let Some(delivery) = self.delivery.take() {
+            let _ = delivery.await;
+        }
+        let writer_task = self.writer_task.take();
+        let store = self.service.store.clone();
         // The writer ends when its last handle is gone and its queue is empty.
         drop(self);
         if let Some(task) = writer_task {
             let _ = task.await;
+            tracing::info!("writer flushed");
         }
         store.close().await;
-        Ok(())
     }
 }
 

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `events verify|export`, `projections rebuild`.
+//! The command line: `serve`, `migrate`, `events verify|export`, `projections rebuild`,
+//! `keys list|rotate`, `webhooks create|list|delete`.
 
 use crate::config::{Config, LogFormat, Overrides};
 use crate::domain::parse_timestamp;
@@ -46,6 +47,61 @@ enum Cmd {
     Projections {
         #[command(subcommand)]
         command: ProjectionsCmd,
+    },
+    /// Signing keys: list them, or start a rotation by hand.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
+    /// Webhook subscriptions: event delivery to other systems.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Every signing key with its status (published, active, retired, expired).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Publish a new signing key now; the server makes it the signer once it has been in the
+    /// JWKS for signing_key_publish_ahead, and retires the current one.
+    Rotate {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCmd {
+    /// Subscribe a URL; prints the subscription and its signing secret (shown only once).
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// Where to POST the events.
+        #[arg(long)]
+        url: String,
+        /// Only these event types (repeat or comma-separate); none means every type.
+        #[arg(long = "event-type", value_delimiter = ',')]
+        event_types: Vec<String>,
+        /// `json` (each event as JSON) or `caep` (session revocations as CAEP security event tokens).
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+    /// Every subscription and how its delivery stands.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Remove a subscription; delivery to it stops.
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        /// The subscription id.
+        id: String,
     },
 }
 
@@ -107,8 +163,8 @@ impl Common {
         Ok(Config::load(&overrides, std::env::vars())?)
     }
 
-    /// Opens the store of an existing data directory (never creates one by accident).
-    async fn store(&self) -> Result<Store, StartError> {
+    /// The configuration of an existing data directory (never creates one by accident).
+    fn existing_config(&self) -> Result<Config, StartError> {
         let config = self.config(None)?;
         let path = config.database_path();
         if !path.exists() {
@@ -117,7 +173,15 @@ impl Common {
                 path.display()
             )));
         }
-        Ok(Store::Sqlite(SqliteStore::open(&path).await?))
+        Ok(config)
+    }
+
+    /// Opens the store of an existing data directory.
+    async fn store(&self) -> Result<Store, StartError> {
+        let config = self.existing_config()?;
+        Ok(Store::Sqlite(
+            SqliteStore::open(&config.database_path()).await?,
+        ))
     }
 }
 
@@ -178,12 +242,115 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
             };
             export(&common.store().await?, filter, output).await
         }
+        Cmd::Keys { command } => keys(command).await,
+        Cmd::Webhooks { command } => webhooks(command).await,
         Cmd::Projections {
             command: ProjectionsCmd::Rebuild { common },
         } => {
             let store = common.store().await?;
             let n = store.rebuild_projections().await?;
             println!("projections rebuilt from {n} events");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn keys(command: KeysCmd) -> Result<ExitCode, StartError> {
+    match command {
+        KeysCmd::List { common } => {
+            let store = common.store().await?;
+            for k in store.signing_keys().await? {
+                let when = |t: Option<crate::domain::Timestamp>| {
+                    t.map(crate::domain::format_timestamp)
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!(
+                    "{}\t{}\tcreated {}\tactivated {}\tretired {}",
+                    k.kid,
+                    k.status,
+                    crate::domain::format_timestamp(k.created_at),
+                    when(k.activated_at),
+                    when(k.retired_at)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCmd::Rotate { common } => {
+            let app = App::build_with(
+                common.existing_config()?,
+                crate::app::Options {
+                    start_jobs: false,
+                    start_delivery: false,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let report = crate::tokens::rotation::rotate(&app.service, true).await;
+            app.shutdown().await;
+            let report = report.map_err(|e| StartError::Io(e.to_string()))?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn webhooks(command: WebhooksCmd) -> Result<ExitCode, StartError> {
+    use crate::delivery::subscriptions;
+    let fail = |e: crate::error::Error| StartError::Io(e.to_string());
+    match command {
+        WebhooksCmd::Create {
+            common,
+            url,
+            event_types,
+            format,
+        } => {
+            let config = common.existing_config()?;
+            let store = common.store().await?;
+            let master = crate::tokens::keys::MasterKey::load(
+                std::env::var(crate::tokens::keys::MASTER_KEY_ENV)
+                    .ok()
+                    .filter(|v| !v.is_empty()),
+                &config.data_dir,
+            )?;
+            let new = subscriptions::NewSubscription {
+                url,
+                event_types,
+                format,
+            };
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            let (view, secret) = subscriptions::create(&store, &master, now, new)
+                .await
+                .map_err(fail)?;
+            println!("subscription {}", view.subscription_id);
+            println!("secret {secret}");
+            println!(
+                "(the secret is not shown again; deliveries carry sessiond-signature: v1=HMAC-SHA256(secret, \"<sessiond-timestamp>.<body>\"))"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        WebhooksCmd::List { common } => {
+            let store = common.store().await?;
+            for view in subscriptions::list(&store).await.map_err(fail)? {
+                println!(
+                    "{}",
+                    serde_json::to_string(&view).expect("a view serializes")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WebhooksCmd::Delete { common, id } => {
+            let id = uuid::Uuid::parse_str(id.trim())
+                .map_err(|_| StartError::Io(format!("{id:?} is not a subscription id")))?;
+            let store = common.store().await?;
+            subscriptions::delete(&store, id)
+                .await
+                .map_err(|e| match e {
+                    crate::error::Error::NotFound => {
+                        StartError::Io(format!("no subscription {id}"))
+                    }
+                    other => fail(other),
+                })?;
+            println!("subscription {id} deleted");
             Ok(ExitCode::SUCCESS)
         }
     }

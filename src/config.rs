@@ -27,6 +27,23 @@ pub struct Config {
     /// Commands the writer may commit in one transaction.
     pub writer_max_batch: usize,
     pub log_format: LogFormat,
+    /// Cron schedules (six fields, seconds first; `off` disables the job).
+    pub expiry_sweep_schedule: Option<String>,
+    pub key_rotation_schedule: Option<String>,
+    pub retention_schedule: Option<String>,
+    /// How long a signing key signs before the next one takes over.
+    pub signing_key_rotation_interval: Duration,
+    /// How long a new key is published in the JWKS before it signs (default: one access-token
+    /// lifetime, so verifiers that cache the JWKS have it before they see a token of it).
+    pub signing_key_publish_ahead: Option<Duration>,
+    /// Projection rows of sessions that ended longer ago than this are pruned.
+    pub retention_period: Duration,
+    /// First retry delay of a failed webhook delivery; it doubles up to `webhook_retry_max`.
+    pub webhook_retry_initial: Duration,
+    pub webhook_retry_max: Duration,
+    /// How often delivery looks for new events when no commit woke it.
+    pub webhook_poll_interval: Duration,
+    pub webhook_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +82,16 @@ pub const KEYS: &[&str] = &[
     "cookie_allowed_origins",
     "writer_max_batch",
     "log_format",
+    "expiry_sweep_schedule",
+    "key_rotation_schedule",
+    "retention_schedule",
+    "signing_key_rotation_interval",
+    "signing_key_publish_ahead",
+    "retention_period",
+    "webhook_retry_initial",
+    "webhook_retry_max",
+    "webhook_poll_interval",
+    "webhook_timeout",
 ];
 
 impl Default for Config {
@@ -84,6 +111,16 @@ impl Default for Config {
             cookie_allowed_origins: Vec::new(),
             writer_max_batch: 256,
             log_format: LogFormat::Text,
+            expiry_sweep_schedule: Some("0 * * * * *".into()),
+            key_rotation_schedule: Some("30 * * * * *".into()),
+            retention_schedule: Some("0 17 3 * * *".into()),
+            signing_key_rotation_interval: Duration::days(30),
+            signing_key_publish_ahead: None,
+            retention_period: Duration::days(90),
+            webhook_retry_initial: Duration::seconds(1),
+            webhook_retry_max: Duration::minutes(10),
+            webhook_poll_interval: Duration::seconds(5),
+            webhook_timeout: Duration::seconds(10),
         }
     }
 }
@@ -166,6 +203,20 @@ impl Config {
                         _ => return Err(err(k, "expected \"text\" or \"json\"")),
                     }
                 }
+                "expiry_sweep_schedule" => c.expiry_sweep_schedule = schedule(k, value)?,
+                "key_rotation_schedule" => c.key_rotation_schedule = schedule(k, value)?,
+                "retention_schedule" => c.retention_schedule = schedule(k, value)?,
+                "signing_key_rotation_interval" => {
+                    c.signing_key_rotation_interval = duration(k, value)?
+                }
+                "signing_key_publish_ahead" => {
+                    c.signing_key_publish_ahead = Some(duration(k, value)?)
+                }
+                "retention_period" => c.retention_period = duration(k, value)?,
+                "webhook_retry_initial" => c.webhook_retry_initial = duration_ms(k, value)?,
+                "webhook_retry_max" => c.webhook_retry_max = duration_ms(k, value)?,
+                "webhook_poll_interval" => c.webhook_poll_interval = duration_ms(k, value)?,
+                "webhook_timeout" => c.webhook_timeout = duration_ms(k, value)?,
                 other => {
                     return Err(err(
                         other,
@@ -206,7 +257,32 @@ impl Config {
         {
             return Err(err("refresh_grace_window", "must be between 0s and 5m"));
         }
+        if self.signing_key_rotation_interval < Duration::hours(1) {
+            return Err(err("signing_key_rotation_interval", "must be at least 1h"));
+        }
+        if self.publish_ahead() >= self.signing_key_rotation_interval {
+            return Err(err(
+                "signing_key_publish_ahead",
+                "must be shorter than signing_key_rotation_interval",
+            ));
+        }
+        positive("retention_period", self.retention_period)?;
+        positive("webhook_retry_initial", self.webhook_retry_initial)?;
+        positive("webhook_poll_interval", self.webhook_poll_interval)?;
+        positive("webhook_timeout", self.webhook_timeout)?;
+        if self.webhook_retry_max < self.webhook_retry_initial {
+            return Err(err(
+                "webhook_retry_max",
+                "must not be shorter than webhook_retry_initial",
+            ));
+        }
         Ok(())
+    }
+
+    /// How long a new signing key is published before it signs.
+    pub fn publish_ahead(&self) -> Duration {
+        self.signing_key_publish_ahead
+            .unwrap_or(self.access_token_lifetime)
     }
 
     pub fn session_policy(&self) -> SessionPolicy {
@@ -308,6 +384,36 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     (secs <= 10 * 365 * 86_400).then(|| Duration::seconds(secs))
+}
+
+/// A six-field cron expression (seconds first), or `off`.
+fn schedule(k: &str, v: &toml::Value) -> Result<Option<String>, ConfigError> {
+    let text = string(k, v)?.trim().to_owned();
+    if text == "off" {
+        return Ok(None);
+    }
+    tokio_cron_scheduler::Job::new_async(text.as_str(), |_, _| Box::pin(async {}))
+        .map_err(|_| {
+            err(
+                k,
+                format!("{text:?} is not a cron schedule like \"0 * * * * *\" (seconds first) or \"off\""),
+            )
+        })?;
+    Ok(Some(text))
+}
+
+/// A duration that may also be given in milliseconds (`250ms`), for retry timings.
+fn duration_ms(k: &str, v: &toml::Value) -> Result<Duration, ConfigError> {
+    if let Some(ms) = v.as_str().and_then(|s| s.trim().strip_suffix("ms")) {
+        return ms
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Duration::milliseconds)
+            .ok_or_else(|| err(k, format!("{ms:?} is not a number of milliseconds")));
+    }
+    duration(k, v)
 }
 
 fn duration(k: &str, v: &toml::Value) -> Result<Duration, ConfigError> {

@@ -14,6 +14,7 @@ use crate::passwords;
 use crate::store::Store;
 use crate::store::commands::{Command, RegisterUser, Rejection, Reply};
 use crate::store::writer::Writer;
+use crate::tokens::keys::MasterKey;
 use crate::tokens::{AccessClaims, AccessGrant, TokenService};
 use rand::RngCore;
 use std::sync::Arc;
@@ -27,6 +28,10 @@ pub struct Sessiond {
     pub writer: Writer,
     pub tokens: TokenService,
     pub clock: Arc<dyn Clock>,
+    /// Seals signing keys and webhook secrets at rest.
+    pub master_key: Arc<MasterKey>,
+    /// Keeps each scheduled job from overlapping itself.
+    pub job_guards: crate::jobs::JobGuards,
 }
 
 /// What login and refresh hand back.

@@ -221,6 +221,21 @@ pub struct SigningKeyChanged {
     pub kid: String,
 }
 
+// Operations (issue 5): retention and the end of a signing key's publication.
+
+/// The stream retention prunes are recorded on.
+pub const RETENTION_STREAM: &str = "retention";
+
+/// Projection rows of sessions that ended before `ended_before` were deleted (the events stay).
+/// A projection rebuild applies the same prune at the same point of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetentionPruned {
+    #[serde(with = "super::ts_format")]
+    pub ended_before: Timestamp,
+    pub sessions: u64,
+    pub refresh_tokens: u64,
+}
+
 macro_rules! catalogue {
     ($( $variant:ident($payload:ty) = $name:literal, version $version:literal; )*) => {
         /// Every event sessiond records.
@@ -280,6 +295,8 @@ catalogue! {
     SigningKeyCreated(SigningKeyCreated) = "signing_key.created", version 1;
     SigningKeyActivated(SigningKeyChanged) = "signing_key.activated", version 1;
     SigningKeyRetired(SigningKeyChanged) = "signing_key.retired", version 1;
+    SigningKeyExpired(SigningKeyChanged) = "signing_key.expired", version 1;
+    RetentionPruned(RetentionPruned) = "retention.pruned", version 1;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -3,17 +3,19 @@
 
 pub mod auth;
 pub mod extract;
+pub mod ops;
 pub mod wellknown;
 
 use crate::error::Error;
 use crate::service::Sessiond;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 pub type AppState = Arc<Sessiond>;
 
@@ -24,6 +26,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(auth::router())
         .merge(wellknown::router())
+        .merge(ops::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -52,11 +55,23 @@ async fn request_log(mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
     // The path only: query strings may carry things that do not belong in logs.
     let path = req.uri().path().to_owned();
+    // The route template, not the raw path: ids in paths would make a series per request.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
     let started = Instant::now();
-    let mut response = next.run(req).await;
+    // Every line logged while the request runs carries its id.
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    let micros = started.elapsed().as_micros() as u64;
-    tracing::info!(target: "sessiond::access", request_id = %id, %method, %path, status, micros, "request");
+    let elapsed = started.elapsed();
+    let micros = elapsed.as_micros() as u64;
+    span.in_scope(|| {
+        tracing::info!(target: "sessiond::access", %method, %path, %route, status, micros, "request");
+    });
+    crate::metrics::observe_request(&route, method.as_str(), status, elapsed.as_secs_f64());
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }

@@ -84,8 +84,11 @@ async fn replay_all<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, S
         for recorded in &page {
             let event = recorded.decode()?;
             let at = recorded.occurred_at()?;
-            // Each event lands on exactly one stream: a session's or a user's (or neither).
-            if let Some(id) = session::session_of(&event) {
+            // Each event lands on exactly one stream: a session's or a user's (or neither); a
+            // retention prune is replayed where it happened, so pruned rows stay pruned.
+            if let Event::RetentionPruned(p) = &event {
+                ws.prune_ended_before(p.ended_before).await?;
+            } else if let Some(id) = session::session_of(&event) {
                 let before = ws.session(id).await?;
                 apply_session(ws, before, std::slice::from_ref(&event), at).await?;
             } else if let Some(id) = user::user_of(&event) {

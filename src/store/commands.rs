@@ -2,12 +2,12 @@
 //! transaction, asks the domain to decide, appends the events and updates the inline projections,
 //! all through [`UnitOfWork`], so every backend runs the same logic.
 
-use super::{NewEvent, StoreError, UnitOfWork};
+use super::{NewEvent, PruneCounts, StoreError, UnitOfWork};
 use crate::domain::Timestamp;
 use crate::domain::context::RequestContext;
 use crate::domain::event::{
-    Event, EventMetadata, LoginFailure, RevokeReason, login_attempt_stream, session_stream,
-    user_stream,
+    Event, EventMetadata, LoginFailure, RETENTION_STREAM, RetentionPruned, RevokeReason,
+    login_attempt_stream, session_stream, user_stream,
 };
 use crate::domain::session::{
     self, PresentedToken, RefreshGrant, Refusal, Session, SessionPolicy, StartSession,
@@ -70,6 +70,11 @@ pub enum Command {
     ExpireIfDue {
         session_id: Uuid,
     },
+    /// Retention: deletes the projection rows of sessions that ended before `ended_before` and
+    /// records `retention.pruned` when there were any.
+    PruneEndedSessions {
+        ended_before: Timestamp,
+    },
     /// Appends events to a stream that has no aggregate (signing keys), at its current version.
     Record {
         stream_id: String,
@@ -112,6 +117,7 @@ pub enum Reply {
         ended: Vec<Uuid>,
     },
     Recorded,
+    Pruned(PruneCounts),
     Rejected(Rejection),
 }
 
@@ -328,6 +334,20 @@ pub async fn execute<U: UnitOfWork>(
                 .map(|d| d.events)
                 .unwrap_or_default();
             record_ending(uow, session, events, meta, now).await
+        }
+
+        Command::PruneEndedSessions { ended_before } => {
+            let counts = uow.prune_ended_before(ended_before).await?;
+            if counts != PruneCounts::default() {
+                let event = Event::RetentionPruned(RetentionPruned {
+                    ended_before,
+                    sessions: counts.sessions,
+                    refresh_tokens: counts.refresh_tokens,
+                });
+                let version = uow.stream_version(RETENTION_STREAM).await?;
+                append_all(uow, RETENTION_STREAM, version, vec![event], meta, now).await?;
+            }
+            Ok(Reply::Pruned(counts))
         }
 
         Command::Record { stream_id, events } => {

@@ -190,6 +190,19 @@ pub trait UnitOfWork: Send {
         token: TokenRecord,
         issued_at: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes the session rows, and their refresh-token rows, of sessions that ended before
+    /// `cutoff` (retention). The events stay.
+    fn prune_ended_before(
+        &mut self,
+        cutoff: Timestamp,
+    ) -> impl Future<Output = Result<PruneCounts, StoreError>> + Send;
+}
+
+/// What a retention prune removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneCounts {
+    pub sessions: u64,
+    pub refresh_tokens: u64,
 }
 
 /// The store behind the service: one variant per backend (PostgreSQL joins SQLite here).
@@ -275,6 +288,68 @@ impl Store {
         }
     }
 
+    /// Active sessions past their idle or absolute expiry at `now`, soonest first.
+    pub async fn sessions_due(&self, now: Timestamp, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.sessions_due(now, limit).await,
+        }
+    }
+
+    pub async fn count_active_sessions(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.count_active_sessions().await,
+        }
+    }
+
+    /// Fails unless the database answers and this build's migrations are all applied.
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.check_ready().await,
+        }
+    }
+
+    /// Writes a key's status, activation and retirement times.
+    pub async fn update_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.update_signing_key(key).await,
+        }
+    }
+
+    pub async fn insert_webhook(&self, w: &WebhookSubscription) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.insert_webhook(w).await,
+        }
+    }
+
+    pub async fn webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.webhooks().await,
+        }
+    }
+
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delete_webhook(id).await,
+        }
+    }
+
+    /// One delivery attempt: on success (`error` None) the checkpoint moves to
+    /// `delivered_position` and the failure count resets; a failure counts up.
+    pub async fn record_webhook_attempt(
+        &self,
+        id: Uuid,
+        delivered_position: i64,
+        error: Option<&str>,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.record_webhook_attempt(id, delivered_position, error, at)
+                    .await
+            }
+        }
+    }
+
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
@@ -293,4 +368,24 @@ pub struct StoredSigningKey {
     pub created_at: Timestamp,
     pub activated_at: Option<Timestamp>,
     pub retired_at: Option<Timestamp>,
+}
+
+/// A webhook subscription and where its delivery stands.
+#[derive(Debug, Clone)]
+pub struct WebhookSubscription {
+    pub subscription_id: Uuid,
+    pub url: String,
+    /// The HMAC secret, sealed with the master key (the subscription id as associated data).
+    pub secret_sealed: Vec<u8>,
+    /// Event types delivered; empty means every type.
+    pub event_types: Vec<String>,
+    /// `json` (each event as JSON) or `caep` (session revocations as CAEP security event tokens).
+    pub format: String,
+    pub created_at: Timestamp,
+    /// The last log position delivered (or passed over as not subscribed).
+    pub delivered_position: i64,
+    /// Consecutive failed attempts since the last success.
+    pub failures: i64,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<Timestamp>,
 }

@@ -123,6 +123,11 @@ impl Writer {
         answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
+    /// False once the writer task has ended (its queue is closed).
+    pub fn is_running(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+
     /// The position of the last committed event; followers wait on its changes.
     pub fn committed(&self) -> watch::Receiver<i64> {
         self.committed.clone()
@@ -157,9 +162,11 @@ impl<W: WriteSession> WriterTask<W> {
                 micros = started.elapsed().as_micros() as u64,
                 "batch"
             );
+            let size = batch.len();
             match result {
                 Ok(replies) => {
                     for (job, reply) in batch.drain(..).zip(replies) {
+                        crate::metrics::observe_command(&job.command, &reply);
                         let _ = job.reply.send(Ok(reply));
                     }
                 }
@@ -167,11 +174,16 @@ impl<W: WriteSession> WriterTask<W> {
                     tracing::debug!(error = %e, size = batch.len(), "batch failed; running its commands one by one");
                     for job in batch.drain(..) {
                         let result = self.run_alone(&job).await;
+                        if let Ok(reply) = &result {
+                            crate::metrics::observe_command(&job.command, reply);
+                        }
                         let _ = job.reply.send(result);
                     }
                 }
             }
-            let _ = self.committed.send(self.session.committed_position());
+            let head = self.session.committed_position();
+            crate::metrics::observe_batch(size, started.elapsed().as_secs_f64(), head);
+            let _ = self.committed.send(head);
             self.session.between_batches().await;
         }
     }

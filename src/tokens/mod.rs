@@ -2,6 +2,7 @@
 //! publishes the keys to verify them.
 
 pub mod keys;
+pub mod rotation;
 
 use crate::domain::event::{Event, SigningKeyChanged, SigningKeyCreated, signing_key_stream};
 use crate::domain::{Duration, Timestamp};
@@ -198,6 +199,44 @@ impl TokenService {
 
     pub fn active_kid(&self) -> String {
         self.ring().active.kid.clone()
+    }
+
+    /// Every kid in the JWKS, sorted.
+    pub fn published_kids(&self) -> Vec<String> {
+        let mut kids: Vec<String> = self.ring().published.keys().cloned().collect();
+        kids.sort();
+        kids
+    }
+
+    /// Swaps in a new key ring: `active` signs from now on, `active` and `others` verify.
+    pub fn replace_keys(&self, active: SigningKey, others: Vec<SigningKey>) {
+        let active = Arc::new(active);
+        let mut published: HashMap<String, Arc<SigningKey>> = others
+            .into_iter()
+            .map(|k| (k.kid.clone(), Arc::new(k)))
+            .collect();
+        published.insert(active.kid.clone(), active.clone());
+        *self.keys.write().expect("key ring lock") = Arc::new(KeyRing::new(active, published));
+    }
+
+    /// Signs `claims` with the active key under the given JWT `typ` (e.g. `secevent+jwt` for
+    /// a security event token, RFC 8417).
+    pub fn sign_typed<T: Serialize>(&self, typ: &str, claims: &T) -> String {
+        let ring = self.ring();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(ring.active.kid.clone());
+        header.typ = Some(typ.to_owned());
+        jsonwebtoken::encode(&header, claims, &ring.active.encoding)
+            .expect("an Ed25519 key signs any serializable claims")
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The longest an access token lives (the jitter only shortens it).
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
     }
 }
 

@@ -74,6 +74,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         Options {
             clock: clock.clone(),
             master_key: None,
+            // Jobs run by hand in tests (`sessiond::jobs::run_job`), against the manual clock.
+            start_jobs: false,
+            start_delivery: true,
         },
     )
     .await

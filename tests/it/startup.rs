@@ -14,6 +14,8 @@ fn options(master_key: Option<String>) -> Options {
     Options {
         clock: Arc::new(ManualClock::default()),
         master_key,
+        start_jobs: false,
+        start_delivery: false,
     }
 }
 

@@ -6,7 +6,9 @@ use crate::domain::session::Session;
 use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::User;
 use crate::domain::{Timestamp, format_timestamp};
-use crate::store::{ChainHead, NewEvent, RecordedEvent, StoreError, TokenRecord, UnitOfWork};
+use crate::store::{
+    ChainHead, NewEvent, PruneCounts, RecordedEvent, StoreError, TokenRecord, UnitOfWork,
+};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Executor, QueryBuilder, Row, Sqlite};
 use std::collections::{HashMap, HashSet};
@@ -580,5 +582,37 @@ impl UnitOfWork for SqliteWriteSession {
         self.overlay.token_index.insert(key.hash, token);
         self.overlay.tokens.push((*key, token, issued_at));
         self.flush_if_full().await
+    }
+
+    async fn prune_ended_before(&mut self, cutoff: Timestamp) -> Result<PruneCounts, StoreError> {
+        // Statements over many rows: let SQLite see every write of the batch first.
+        self.flush(false).await?;
+        let cutoff_text = format_timestamp(cutoff);
+        // A session's tokens were issued before it ended, so their UUIDv7 ids all sort below
+        // an id made of the cutoff's milliseconds and zeros: the scan stays among old tokens.
+        let mut id_bound = [0u8; 16];
+        let millis = cutoff.timestamp_millis().max(0) as u64;
+        id_bound[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        let tokens = sqlx::query(
+            "DELETE FROM refresh_tokens WHERE token_id < ? AND session_id IN \
+             (SELECT session_id FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?)",
+        )
+        .bind(id_bound.as_slice())
+        .bind(&cutoff_text)
+        .execute(&mut self.conn)
+        .await?
+        .rows_affected();
+        let sessions =
+            sqlx::query("DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?")
+                .bind(&cutoff_text)
+                .execute(&mut self.conn)
+                .await?
+                .rows_affected();
+        self.overlay.read_sessions.clear();
+        self.overlay.read_tokens.clear();
+        Ok(PruneCounts {
+            sessions,
+            refresh_tokens: tokens,
+        })
     }
 }

@@ -1,0 +1,81 @@
+//! Operator endpoints: liveness, readiness and Prometheus metrics.
+
+use super::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The process is up and answering.
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Ready for traffic: the store answers with every migration applied, a signing key is loaded,
+/// and the writer is running.
+async fn readyz(State(app): State<AppState>) -> Response {
+    let store = match app.store.check_ready().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: store not ready");
+            Err("store unreachable or migrations not applied")
+        }
+    };
+    let checks = [
+        ("store", store),
+        (
+            "signing_key",
+            if app.tokens.active_kid().is_empty() {
+                Err("no signing key loaded")
+            } else {
+                Ok(())
+            },
+        ),
+        (
+            "writer",
+            if app.writer.is_running() {
+                Ok(())
+            } else {
+                Err("the writer has stopped")
+            },
+        ),
+    ];
+    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": checks.iter().map(|(name, r)| (name.to_string(), json!(match r {
+            Ok(()) => "ok",
+            Err(why) => why,
+        }))).collect::<serde_json::Map<_, _>>(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    match app.store.count_active_sessions().await {
+        Ok(n) => metrics::gauge!(crate::metrics::ACTIVE_SESSIONS).set(n as f64),
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count active sessions"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}

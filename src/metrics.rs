@@ -1,0 +1,205 @@
+//! Prometheus metrics: the process-wide recorder, the names, and the one place where a writer
+//! command's outcome becomes counters.
+//!
+//! The recorder is global to the process (the `metrics` crate has one), so it is installed once
+//! and every `App` in the process shares its handle; counters therefore add up across apps run
+//! in one process, and tests assert on deltas.
+
+use crate::domain::event::{ExpiryKind, LoginFailure, ReuseClass, RevokeReason};
+use crate::domain::session::{RefreshGrant, Refusal};
+use crate::store::commands::{Command, Rejection, Reply};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const HTTP_REQUESTS: &str = "sessiond_http_requests_total";
+pub const HTTP_DURATION: &str = "sessiond_http_request_duration_seconds";
+pub const LOGINS: &str = "sessiond_logins_total";
+pub const REFRESHES: &str = "sessiond_refreshes_total";
+pub const GRACE_RETRIES: &str = "sessiond_refresh_grace_retries_total";
+pub const REUSE: &str = "sessiond_refresh_reuse_total";
+pub const REVOCATIONS: &str = "sessiond_session_revocations_total";
+pub const EXPIRATIONS: &str = "sessiond_session_expirations_total";
+pub const ACTIVE_SESSIONS: &str = "sessiond_active_sessions";
+pub const WRITER_BATCH: &str = "sessiond_writer_batch_size";
+pub const WRITER_COMMIT: &str = "sessiond_writer_commit_duration_seconds";
+pub const LOG_HEAD: &str = "sessiond_event_log_head_position";
+pub const WEBHOOK_LAG: &str = "sessiond_webhook_lag_events";
+pub const WEBHOOK_DELIVERIES: &str = "sessiond_webhook_deliveries_total";
+pub const JOB_RUNS: &str = "sessiond_job_runs_total";
+pub const JOB_LAST_SUCCESS: &str = "sessiond_job_last_success_timestamp_seconds";
+pub const JOB_DURATION: &str = "sessiond_job_duration_seconds";
+pub const SIGNING_KEYS: &str = "sessiond_signing_keys";
+
+/// Latency buckets, in seconds: sub-millisecond commits up to slow password hashes.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder the first time (later calls share it) and returns its handle.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(WRITER_BATCH.into()), BATCH_BUCKETS)
+            })
+            .expect("bucket lists are non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests by route template, method and status"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        "HTTP request latency by route template, method and status"
+    );
+    describe_counter!(LOGINS, "Login attempts by outcome");
+    describe_counter!(REFRESHES, "Refresh attempts by outcome");
+    describe_counter!(
+        GRACE_RETRIES,
+        "Concurrent retries of the previous refresh token within the grace window"
+    );
+    describe_counter!(REUSE, "Refresh-token reuse detected, by class");
+    describe_counter!(REVOCATIONS, "Sessions revoked, by reason");
+    describe_counter!(EXPIRATIONS, "Sessions expired, by kind (idle, absolute)");
+    describe_gauge!(
+        ACTIVE_SESSIONS,
+        "Sessions currently active (as of the last scrape)"
+    );
+    describe_histogram!(WRITER_BATCH, "Commands per group commit");
+    describe_histogram!(WRITER_COMMIT, "Time to apply and commit one batch");
+    describe_gauge!(LOG_HEAD, "Position of the last committed event");
+    describe_gauge!(
+        WEBHOOK_LAG,
+        "Events between the log head and a subscription's checkpoint"
+    );
+    describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts by outcome");
+    describe_counter!(JOB_RUNS, "Scheduled job runs by job and outcome");
+    describe_gauge!(
+        JOB_LAST_SUCCESS,
+        "Unix time of each job's last successful run"
+    );
+    describe_histogram!(JOB_DURATION, "Scheduled job run time");
+    describe_gauge!(SIGNING_KEYS, "Signing keys in the key ring, by status");
+}
+
+/// The Prometheus text exposition of every metric recorded in this process.
+pub fn render() -> String {
+    let handle = install();
+    handle.run_upkeep();
+    handle.render()
+}
+
+pub fn observe_request(route: &str, method: &str, status: u16, seconds: f64) {
+    let labels = [
+        ("route", route.to_owned()),
+        ("method", method.to_owned()),
+        ("status", status.to_string()),
+    ];
+    counter!(HTTP_REQUESTS, &labels).increment(1);
+    histogram!(HTTP_DURATION, &labels).record(seconds);
+}
+
+pub fn observe_batch(size: usize, seconds: f64, head: i64) {
+    histogram!(WRITER_BATCH).record(size as f64);
+    histogram!(WRITER_COMMIT).record(seconds);
+    gauge!(LOG_HEAD).set(head as f64);
+}
+
+pub fn observe_expiry(kind: ExpiryKind) {
+    counter!(EXPIRATIONS, "kind" => expiry_kind(kind)).increment(1);
+}
+
+fn expiry_kind(kind: ExpiryKind) -> &'static str {
+    match kind {
+        ExpiryKind::Idle => "idle",
+        ExpiryKind::Absolute => "absolute",
+    }
+}
+
+fn reuse_class(class: ReuseClass) -> &'static str {
+    match class {
+        ReuseClass::PreviousAfterGrace => "previous_after_grace",
+        ReuseClass::PreviousOtherContext => "previous_other_context",
+        ReuseClass::DisplacedBranch => "displaced_branch",
+        ReuseClass::OlderGeneration => "older_generation",
+    }
+}
+
+fn revoked(reason: RevokeReason, sessions: usize) {
+    if sessions > 0 {
+        counter!(REVOCATIONS, "reason" => reason.as_str()).increment(sessions as u64);
+    }
+}
+
+/// Counts what a committed command did. Called by the writer once the batch is durable, so a
+/// batch that is rolled back and re-run is counted once.
+pub fn observe_command(command: &Command, reply: &Reply) {
+    match (command, reply) {
+        (Command::StartSession { .. }, Reply::SessionStarted(_)) => {
+            counter!(LOGINS, "outcome" => "success").increment(1)
+        }
+        (Command::RecordLoginFailure { reason, .. }, _) => {
+            let outcome = match reason {
+                LoginFailure::UnknownUser => "unknown_user",
+                LoginFailure::BadPassword => "bad_password",
+                LoginFailure::Locked => "locked",
+            };
+            counter!(LOGINS, "outcome" => outcome).increment(1)
+        }
+        (Command::Refresh { .. }, Reply::Refreshed { grant, .. }) => match grant {
+            RefreshGrant::Rotated { .. } => {
+                counter!(REFRESHES, "outcome" => "rotated").increment(1)
+            }
+            RefreshGrant::Retried { .. } => {
+                counter!(REFRESHES, "outcome" => "grace_retry").increment(1);
+                counter!(GRACE_RETRIES).increment(1);
+            }
+        },
+        (Command::Refresh { .. }, Reply::Rejected(rejection)) => {
+            let outcome = match rejection {
+                Rejection::Session(Refusal::Reuse(class)) => {
+                    counter!(REUSE, "class" => reuse_class(*class)).increment(1);
+                    revoked(RevokeReason::Reuse, 1);
+                    "reuse"
+                }
+                Rejection::Session(Refusal::Expired(kind)) => {
+                    observe_expiry(*kind);
+                    "expired"
+                }
+                Rejection::Session(Refusal::RetryLimit) => "retry_limit",
+                Rejection::Session(Refusal::ReauthRequired) => "reauth_required",
+                Rejection::Session(Refusal::SessionEnded) => "session_ended",
+                _ => "unknown_token",
+            };
+            counter!(REFRESHES, "outcome" => outcome).increment(1)
+        }
+        (Command::EndSession { reason, .. }, Reply::SessionsEnded(ended)) => {
+            revoked(*reason, ended.len())
+        }
+        (Command::EndSessionByToken { .. }, Reply::SessionsEnded(ended)) => {
+            revoked(RevokeReason::Logout, ended.len())
+        }
+        (Command::LogoutEverywhere { .. }, Reply::SessionsEnded(ended)) => {
+            revoked(RevokeReason::LogoutEverywhere, ended.len())
+        }
+        (Command::ChangePassword { .. }, Reply::PasswordChanged { ended }) => {
+            revoked(RevokeReason::PasswordChange, ended.len())
+        }
+        _ => {}
+    }
+}
