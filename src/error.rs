@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 pub enum Error {
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("{0}")]
+    #[error("{1}")]
     InvalidField(&'static str, String),
     #[error("the body must be JSON, sent with Content-Type: application/json")]
     UnsupportedMediaType,

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod extract;
 pub mod ops;
+pub mod webhooks;
 pub mod wellknown;
 
 use crate::error::Error;
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(wellknown::router())
         .merge(ops::router())
+        .merge(webhooks::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -7,6 +7,8 @@ mod auth_api;
 mod bad_input;
 mod cli;
 mod expiry;
+mod jobs;
 mod refresh;
 mod secrets;
 mod startup;
+mod webhooks;
