@@ -209,3 +209,18 @@ pub async fn start_scheduler(app: &Arc<Sessiond>) -> Result<JobScheduler, JobSch
     scheduler.start().await?;
     Ok(scheduler)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_cannot_overlap_itself_but_others_may_run() {
+        let guards = JobGuards::default();
+        let sweep = guards.try_start(JobKind::ExpirySweep).expect("free");
+        assert!(guards.try_start(JobKind::ExpirySweep).is_none());
+        assert!(guards.try_start(JobKind::Retention).is_some());
+        drop(sweep);
+        assert!(guards.try_start(JobKind::ExpirySweep).is_some());
+    }
+}
