@@ -481,4 +481,39 @@ mod tests {
         let e = load(None, &[("SESSIOND_LISTEN", "localhost")]).unwrap_err();
         assert_eq!(e.key, "listen");
     }
+
+    #[test]
+    fn operations_keys_parse_and_bad_ones_name_their_key() {
+        let c = load(
+            Some(
+                "expiry_sweep_schedule = \"off\"\nretention_schedule = \"0 0 4 * * *\"\n\
+                 webhook_retry_initial = \"250ms\"\nsigning_key_publish_ahead = \"1h\"\n",
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.expiry_sweep_schedule, None);
+        assert_eq!(c.retention_schedule.as_deref(), Some("0 0 4 * * *"));
+        assert_eq!(c.webhook_retry_initial, Duration::milliseconds(250));
+        assert_eq!(c.publish_ahead(), Duration::hours(1));
+        assert_eq!(
+            load(None, &[]).unwrap().publish_ahead(),
+            Duration::minutes(10)
+        );
+        for (key, value) in [
+            ("SESSIOND_EXPIRY_SWEEP_SCHEDULE", "every minute"),
+            ("SESSIOND_KEY_ROTATION_SCHEDULE", "* * * * *"),
+            ("SESSIOND_SIGNING_KEY_PUBLISH_AHEAD", "30d"),
+            ("SESSIOND_SIGNING_KEY_ROTATION_INTERVAL", "10m"),
+            ("SESSIOND_WEBHOOK_RETRY_MAX", "0s"),
+            ("SESSIOND_WEBHOOK_TIMEOUT", "xms"),
+        ] {
+            let e = load(None, &[(key, value)]).unwrap_err();
+            assert_eq!(
+                e.key,
+                key.strip_prefix("SESSIOND_").unwrap().to_ascii_lowercase(),
+                "{value}"
+            );
+        }
+    }
 }
