@@ -285,11 +285,18 @@ async fn keys(command: KeysCmd) -> Result<ExitCode, StartError> {
                 },
             )
             .await?;
-            let report = crate::tokens::rotation::rotate(&app.service, true).await;
+            let outcome = crate::jobs::rotate_keys_now(&app.service).await;
             app.shutdown().await;
-            let report = report.map_err(|e| StartError::Io(e.to_string()))?;
-            println!("{report}");
-            Ok(ExitCode::SUCCESS)
+            match outcome.map_err(|e| StartError::Io(e.to_string()))? {
+                crate::jobs::JobOutcome::Done(report) => {
+                    println!("{report}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                crate::jobs::JobOutcome::Skipped => {
+                    println!("a rotation is already running; try again");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
     }
 }

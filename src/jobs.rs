@@ -75,8 +75,20 @@ pub enum JobOutcome {
     Skipped,
 }
 
-/// Runs one job now. The only way a job runs.
+/// Runs one job now (the scheduler calls this on each tick).
 pub async fn run_job(app: &Sessiond, job: JobKind) -> Result<JobOutcome, Error> {
+    run(app, job, false).await
+}
+
+/// `sessiond keys rotate`: the key-rotation job, publishing the next key even if the active
+/// one is not due yet.
+pub async fn rotate_keys_now(app: &Sessiond) -> Result<JobOutcome, Error> {
+    run(app, JobKind::KeyRotation, true).await
+}
+
+/// The one way a job runs, scheduled or by hand: no overlap with itself, one log line, the
+/// job metrics. (A cross-node lock goes here.)
+async fn run(app: &Sessiond, job: JobKind, start_rotation_now: bool) -> Result<JobOutcome, Error> {
     let name = job.name();
     let Some(_running) = app.job_guards.try_start(job) else {
         tracing::info!(job = name, "job skipped: the previous run is still going");
@@ -87,7 +99,7 @@ pub async fn run_job(app: &Sessiond, job: JobKind) -> Result<JobOutcome, Error> 
     let started = Instant::now();
     let result = match job {
         JobKind::ExpirySweep => expiry_sweep(app).await,
-        JobKind::KeyRotation => crate::tokens::rotation::rotate(app, false)
+        JobKind::KeyRotation => crate::tokens::rotation::rotate(app, start_rotation_now)
             .await
             .map(|r| r.to_string())
             .map_err(|e| Error::Internal(e.to_string())),

@@ -214,7 +214,11 @@ async fn deliver_with_retries(
     let max = to_std(app.config.webhook_retry_max);
     let mut attempt = 1u32;
     loop {
-        let result = send(app, http, target, event, attempt).await;
+        let result = tokio::select! {
+            r = send(app, http, target, event, attempt) => r,
+            // Shutdown does not wait for a slow subscriber; the event is sent again later.
+            _ = stop.wait_for(|s| *s) => return None,
+        };
         let now = app.clock.now();
         match result {
             Ok(()) => {
