@@ -134,9 +134,17 @@ async fn sigterm_under_load_loses_no_acknowledged_refresh() {
             last
         }));
     }
-    while acknowledged.load(Ordering::SeqCst) < 200 {
+    // Load for a while (a deadline only so that a broken server fails the test, not hangs it).
+    for _ in 0..6000 {
+        if acknowledged.load(Ordering::SeqCst) >= 200 || clients.iter().all(|c| c.is_finished()) {
+            break;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    assert!(
+        clients.iter().all(|c| !c.is_finished()),
+        "every client should still be refreshing when SIGTERM is sent"
+    );
     assert!(terminate(&mut server).await, "exit status after SIGTERM");
     let mut last_tokens = Vec::new();
     for c in clients {
