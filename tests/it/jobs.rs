@@ -29,6 +29,8 @@ async fn the_sweep_records_idle_and_absolute_expiry() {
     app.clock.advance(Duration::days(6));
     keeper = app.refresh_ok(&keeper.refresh).await;
     assert_eq!(run(&app, JobKind::ExpirySweep).await, "0 sessions expired");
+    let active = || async { app.service.store.count_active_sessions().await.unwrap() };
+    assert_eq!(active().await, 2);
 
     // The idler's seven idle days are up; the keeper refreshed a day ago.
     app.clock.advance(Duration::days(1) + Duration::minutes(1));
@@ -36,6 +38,7 @@ async fn the_sweep_records_idle_and_absolute_expiry() {
     let e = last_event(&app, &idler.session_id).await;
     assert_eq!(e.event_type, "session.expired");
     assert_eq!(data(&e)["kind"], "idle");
+    assert_eq!(active().await, 1);
     assert_eq!(
         last_event(&app, &keeper.session_id).await.event_type,
         "session.refreshed"
@@ -58,6 +61,7 @@ async fn the_sweep_records_idle_and_absolute_expiry() {
     let e = last_event(&app, &keeper.session_id).await;
     assert_eq!(e.event_type, "session.expired");
     assert_eq!(data(&e)["kind"], "absolute");
+    assert_eq!(active().await, 0);
 
     // Recorded once: a second sweep finds nothing.
     let before = app.event_count().await;
