@@ -129,6 +129,7 @@ async fn load_target(app: &Sessiond, id: Uuid) -> Result<Option<(Target, i64)>, 
 
 async fn deliver_loop(app: Arc<Sessiond>, id: Uuid, mut stop: watch::Receiver<bool>) {
     let mut committed = app.writer.committed();
+    let mut writer_alive = true;
     let poll = to_std(app.config.webhook_poll_interval);
     let http = reqwest::Client::builder()
         .timeout(to_std(app.config.webhook_timeout))
@@ -168,13 +169,19 @@ async fn deliver_loop(app: Arc<Sessiond>, id: Uuid, mut stop: watch::Receiver<bo
                 .set((head.position - checkpoint).max(0) as f64);
         }
         if page.is_empty() {
-            tokio::select! {
+            let woken_by_commit = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
-                _ = committed.changed() => {}
-                _ = tokio::time::sleep(poll) => {}
-            }
-            // A deleted subscription ends its worker.
-            if !matches!(load_target(&app, id).await, Ok(Some(_))) {
+                // Err: the writer is gone; polling carries on.
+                r = committed.changed(), if writer_alive => {
+                    writer_alive = r.is_ok();
+                    writer_alive
+                }
+                _ = tokio::time::sleep(poll) => false,
+            };
+            // A deleted subscription ends its worker (checked at the poll's pace, not on
+            // every commit).
+            if !woken_by_commit && matches!(load_target(&app, id).await, Ok(None)) {
+                metrics::gauge!(crate::metrics::WEBHOOK_LAG, "subscription" => label).set(0.0);
                 return;
             }
             continue;
