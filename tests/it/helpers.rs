@@ -61,6 +61,15 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn(configure, false).await
+}
+
+/// An app whose scheduled jobs run on their configured schedules (set them in `configure`).
+pub async fn spawn_app_scheduled(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn(configure, true).await
+}
+
+async fn spawn(configure: impl FnOnce(&mut Config), start_jobs: bool) -> TestApp {
     capture_logs();
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = Config {
@@ -74,8 +83,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         Options {
             clock: clock.clone(),
             master_key: None,
-            // Jobs run by hand in tests (`sessiond::jobs::run_job`), against the manual clock.
-            start_jobs: false,
+            // Jobs mostly run by hand in tests (`sessiond::jobs::run_job`), so that they run
+            // exactly when the test has moved the manual clock.
+            start_jobs,
             start_delivery: true,
         },
     )

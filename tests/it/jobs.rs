@@ -292,3 +292,24 @@ async fn retention_prunes_rows_of_long_ended_sessions_and_records_it() {
     store.rebuild_projections().await.unwrap();
     assert_eq!(store.projection_snapshot().await.unwrap(), live_rows);
 }
+
+#[tokio::test]
+async fn the_scheduler_runs_the_sweep_on_its_schedule() {
+    let app = spawn_app_scheduled(|c| {
+        c.expiry_sweep_schedule = Some("* * * * * *".into());
+        c.key_rotation_schedule = None;
+        c.retention_schedule = None;
+    })
+    .await;
+    app.register("sleeper").await;
+    let t = app.login("sleeper").await;
+    app.clock.advance(Duration::days(8));
+    // Nothing here runs the job: the scheduler does, within a second or two.
+    for _ in 0..2000 {
+        if last_event(&app, &t.session_id).await.event_type == "session.expired" {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the scheduled sweep never expired the session");
+}
