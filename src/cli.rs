@@ -1,4 +1,7 @@
-//! The command line: `serve`, `migrate`, `events verify|export`, `projections rebuild`.
+//! The command line: `serve`, `migrate`, `users`, `keys`, `events verify|export`,
+//! `projections rebuild`.
+
+mod accounts;
 
 use crate::config::{Config, LogFormat, Overrides};
 use crate::domain::parse_timestamp;
@@ -36,6 +39,16 @@ enum Cmd {
     Migrate {
         #[command(flatten)]
         common: Common,
+    },
+    /// Manage users (the first security analyst, for one).
+    Users {
+        #[command(subcommand)]
+        command: accounts::UsersCmd,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: accounts::KeysCmd,
     },
     /// Read and check the event log.
     Events {
@@ -88,7 +101,7 @@ enum ProjectionsCmd {
 }
 
 #[derive(Args, Clone)]
-struct Common {
+pub struct Common {
     /// Data directory [env: SESSIOND_DATA_DIR] [default: ./data]
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -155,6 +168,8 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
             println!("migrations applied to {}", config.database_path().display());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Users { command } => accounts::users(command).await,
+        Cmd::Keys { command } => accounts::keys(command).await,
         Cmd::Events {
             command: EventsCmd::Verify { common },
         } => verify(&common.store().await?).await,
@@ -224,6 +239,12 @@ async fn serve(config: Config) -> Result<ExitCode, StartError> {
         data_dir.display(),
         crate::tokens::keys::MASTER_KEY_ENV,
     );
+    if !app.service.store.has_user_with_role("security").await? {
+        tracing::info!(
+            "no security user yet: create the first with `sessiond users create NAME --role security --data-dir {}` (it prints the password once)",
+            data_dir.display()
+        );
+    }
     app.serve_on(listener, shutdown_signal())
         .await
         .map_err(|e| StartError::Io(e.to_string()))?;

@@ -27,6 +27,11 @@ pub struct Config {
     /// Commands the writer may commit in one transaction.
     pub writer_max_batch: usize,
     pub log_format: LogFormat,
+    /// The URL clients reach this server at, for absolute links (OAuth metadata); `None` means
+    /// `http://` + the listen address.
+    pub public_url: Option<String>,
+    /// Whether `/oauth/token` accepts `grant_type=password` (first-party clients).
+    pub oauth_password_grant: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +70,8 @@ pub const KEYS: &[&str] = &[
     "cookie_allowed_origins",
     "writer_max_batch",
     "log_format",
+    "public_url",
+    "oauth_password_grant",
 ];
 
 impl Default for Config {
@@ -84,6 +91,8 @@ impl Default for Config {
             cookie_allowed_origins: Vec::new(),
             writer_max_batch: 256,
             log_format: LogFormat::Text,
+            public_url: None,
+            oauth_password_grant: true,
         }
     }
 }
@@ -166,6 +175,16 @@ impl Config {
                         _ => return Err(err(k, "expected \"text\" or \"json\"")),
                     }
                 }
+                "public_url" => {
+                    let url = non_empty(k, value)?;
+                    if !(url.starts_with("https://") || url.starts_with("http://"))
+                        || url.contains(['?', '#'])
+                    {
+                        return Err(err(k, "expected an http(s) URL without query or fragment"));
+                    }
+                    c.public_url = Some(url.trim_end_matches('/').to_owned());
+                }
+                "oauth_password_grant" => c.oauth_password_grant = boolean(k, value)?,
                 other => {
                     return Err(err(
                         other,
@@ -216,6 +235,13 @@ impl Config {
             grace_window: self.refresh_grace_window,
             max_grace_retries: self.refresh_max_grace_retries,
         }
+    }
+
+    /// The base of this server's absolute URLs, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
     }
 
     pub fn database_path(&self) -> PathBuf {

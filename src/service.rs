@@ -19,6 +19,10 @@ use rand::RngCore;
 use std::sync::Arc;
 use uuid::Uuid;
 
+pub mod api_keys;
+pub mod devices;
+pub mod oauth;
+
 pub const DEFAULT_SCOPE: &str = "session";
 
 pub struct Sessiond {

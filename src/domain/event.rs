@@ -221,6 +221,18 @@ pub struct SigningKeyChanged {
     pub kid: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    pub key_id: Uuid,
+    pub name: String,
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRevoked {
+    pub key_id: Uuid,
+}
+
 macro_rules! catalogue {
     ($( $variant:ident($payload:ty) = $name:literal, version $version:literal; )*) => {
         /// Every event sessiond records.
@@ -280,6 +292,8 @@ catalogue! {
     SigningKeyCreated(SigningKeyCreated) = "signing_key.created", version 1;
     SigningKeyActivated(SigningKeyChanged) = "signing_key.activated", version 1;
     SigningKeyRetired(SigningKeyChanged) = "signing_key.retired", version 1;
+    ApiKeyCreated(ApiKeyCreated) = "api_key.created", version 1;
+    ApiKeyRevoked(ApiKeyRevoked) = "api_key.revoked", version 1;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -318,6 +332,8 @@ pub fn upcast(
 pub enum Actor {
     User(Uuid),
     Admin(Uuid),
+    /// A caller of the security API or a resource server, by API key id.
+    ApiKey(Uuid),
     Rule(String),
     System,
     Anonymous,

@@ -3,6 +3,9 @@
 
 pub mod auth;
 pub mod extract;
+pub mod me;
+pub mod oauth;
+pub mod revocations;
 pub mod wellknown;
 
 use crate::error::Error;
@@ -24,6 +27,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(auth::router())
         .merge(wellknown::router())
+        .merge(me::router())
+        .merge(oauth::router())
+        .merge(revocations::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -241,6 +241,45 @@ impl Store {
         }
     }
 
+    /// A user's live sessions, oldest first.
+    pub async fn active_sessions_of(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.active_sessions_of(user_id).await,
+        }
+    }
+
+    /// Whether any user holds `role` (the first start says how to make a security user).
+    pub async fn has_user_with_role(&self, role: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.has_user_with_role(role).await,
+        }
+    }
+
+    pub async fn insert_api_key(&self, key: &StoredApiKey) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.insert_api_key(key).await,
+        }
+    }
+
+    /// The API key with this id whose stored hash matches; `None` for any other.
+    pub async fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.api_key(key).await,
+        }
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.api_keys().await,
+        }
+    }
+
+    pub async fn revoke_api_key(&self, key_id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.revoke_api_key(key_id, at).await,
+        }
+    }
+
     pub async fn head(&self) -> Result<ChainHead, StoreError> {
         match self {
             Store::Sqlite(s) => s.head().await,
@@ -293,4 +332,15 @@ pub struct StoredSigningKey {
     pub created_at: Timestamp,
     pub activated_at: Option<Timestamp>,
     pub retired_at: Option<Timestamp>,
+}
+
+/// An API key as stored: its hash, never the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredApiKey {
+    pub key_id: Uuid,
+    pub name: String,
+    pub key_hash: [u8; 32],
+    pub roles: Vec<String>,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
 }

@@ -2,6 +2,7 @@
 //! group-commit writer) appends and projects; a small pool serves reads. The WAL is checkpointed
 //! from the pool, never by the writer, so a checkpoint never stalls a commit.
 
+mod access;
 mod rows;
 #[cfg(test)]
 mod tests;
