@@ -19,6 +19,7 @@ use rand::RngCore;
 use std::sync::Arc;
 use uuid::Uuid;
 
+pub mod admin;
 pub mod api_keys;
 pub mod devices;
 pub mod oauth;

@@ -1,6 +1,7 @@
 //! HTTP surfaces, one router each, merged here with the layers every route shares: request ids,
 //! one access-log line per request, a body limit and JSON answers for unknown routes.
 
+pub mod admin;
 pub mod auth;
 pub mod extract;
 pub mod me;
@@ -28,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(wellknown::router())
         .merge(me::router())
+        .merge(admin::router())
         .merge(oauth::router())
         .merge(revocations::router())
         .fallback(|| async { Error::NotFound })

@@ -202,10 +202,16 @@ pub enum Store {
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub stream_id: Option<String>,
+    /// Any of these streams (a user's own stream and its sessions', say); empty means all.
+    pub stream_ids: Vec<String>,
     pub event_types: Vec<String>,
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
     pub after_position: i64,
+    /// Only positions below this one (paging newest first).
+    pub before_position: Option<i64>,
+    /// Newest first instead of position order.
+    pub newest_first: bool,
     pub limit: Option<i64>,
 }
 
@@ -245,6 +251,13 @@ impl Store {
     pub async fn active_sessions_of(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
         match self {
             Store::Sqlite(s) => s.active_sessions_of(user_id).await,
+        }
+    }
+
+    /// Every session a user ever had (ended ones too), newest first.
+    pub async fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.session_ids_of(user_id).await,
         }
     }
 

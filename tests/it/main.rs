@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin;
 mod auth_api;
 mod bad_input;
 mod cli;

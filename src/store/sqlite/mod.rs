@@ -176,6 +176,17 @@ impl SqliteStore {
         if let Some(stream) = &f.stream_id {
             q.push(" AND stream_id = ").push_bind(stream.clone());
         }
+        if !f.stream_ids.is_empty() {
+            q.push(" AND stream_id IN (");
+            let mut sep = q.separated(", ");
+            for s in &f.stream_ids {
+                sep.push_bind(s.clone());
+            }
+            q.push(")");
+        }
+        if let Some(before) = f.before_position {
+            q.push(" AND position < ").push_bind(before);
+        }
         if !f.event_types.is_empty() {
             q.push(" AND event_type IN (");
             let mut sep = q.separated(", ");
@@ -192,7 +203,11 @@ impl SqliteStore {
             q.push(" AND occurred_at < ")
                 .push_bind(format_timestamp(until));
         }
-        q.push(" ORDER BY position");
+        q.push(if f.newest_first {
+            " ORDER BY position DESC"
+        } else {
+            " ORDER BY position"
+        });
         if let Some(limit) = f.limit {
             q.push(" LIMIT ").push_bind(limit);
         }
