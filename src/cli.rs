@@ -1,5 +1,7 @@
-//! The command line: `serve`, `migrate`, `events verify|export`, `projections rebuild`,
-//! `keys list|rotate`, `webhooks create|list|delete`.
+//! The command line: `serve`, `migrate`, `users create`, `keys list|rotate|…-api-key`,
+//! `webhooks create|list|delete`, `events verify|export`, `projections rebuild`.
+
+mod accounts;
 
 use crate::config::{Config, LogFormat, Overrides};
 use crate::domain::parse_timestamp;
@@ -38,6 +40,11 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Manage users (the first security analyst, for one).
+    Users {
+        #[command(subcommand)]
+        command: accounts::UsersCmd,
+    },
     /// Read and check the event log.
     Events {
         #[command(subcommand)]
@@ -48,7 +55,7 @@ enum Cmd {
         #[command(subcommand)]
         command: ProjectionsCmd,
     },
-    /// Signing keys: list them, or start a rotation by hand.
+    /// Signing keys (list, rotate by hand) and API keys.
     Keys {
         #[command(subcommand)]
         command: KeysCmd,
@@ -73,6 +80,8 @@ enum KeysCmd {
         #[command(flatten)]
         common: Common,
     },
+    #[command(flatten)]
+    ApiKeys(accounts::ApiKeysCmd),
 }
 
 #[derive(Subcommand)]
@@ -144,7 +153,7 @@ enum ProjectionsCmd {
 }
 
 #[derive(Args, Clone)]
-struct Common {
+pub struct Common {
     /// Data directory [env: SESSIOND_DATA_DIR] [default: ./data]
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -219,6 +228,7 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
             println!("migrations applied to {}", config.database_path().display());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Users { command } => accounts::users(command).await,
         Cmd::Events {
             command: EventsCmd::Verify { common },
         } => verify(&common.store().await?).await,
@@ -257,6 +267,7 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
 
 async fn keys(command: KeysCmd) -> Result<ExitCode, StartError> {
     match command {
+        KeysCmd::ApiKeys(command) => accounts::api_keys(command).await,
         KeysCmd::List { common } => {
             let store = common.store().await?;
             for k in store.signing_keys().await? {
@@ -398,6 +409,12 @@ async fn serve(config: Config) -> Result<ExitCode, StartError> {
         data_dir.display(),
         crate::tokens::keys::MASTER_KEY_ENV,
     );
+    if !app.service.store.has_user_with_role("security").await? {
+        tracing::info!(
+            "no security user yet: create the first with `sessiond users create NAME --role security --data-dir {}` (it prints the password once)",
+            data_dir.display()
+        );
+    }
     app.serve_on(listener, shutdown_signal())
         .await
         .map_err(|e| StartError::Io(e.to_string()))?;

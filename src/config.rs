@@ -44,6 +44,11 @@ pub struct Config {
     /// How often delivery looks for new events when no commit woke it.
     pub webhook_poll_interval: Duration,
     pub webhook_timeout: Duration,
+    /// The URL clients reach this server at, for absolute links (OAuth metadata); `None` means
+    /// `http://` + the listen address.
+    pub public_url: Option<String>,
+    /// Whether `/oauth/token` accepts `grant_type=password` (first-party clients).
+    pub oauth_password_grant: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +97,8 @@ pub const KEYS: &[&str] = &[
     "webhook_retry_max",
     "webhook_poll_interval",
     "webhook_timeout",
+    "public_url",
+    "oauth_password_grant",
 ];
 
 impl Default for Config {
@@ -121,6 +128,8 @@ impl Default for Config {
             webhook_retry_max: Duration::minutes(10),
             webhook_poll_interval: Duration::seconds(5),
             webhook_timeout: Duration::seconds(10),
+            public_url: None,
+            oauth_password_grant: true,
         }
     }
 }
@@ -217,6 +226,16 @@ impl Config {
                 "webhook_retry_max" => c.webhook_retry_max = duration_ms(k, value)?,
                 "webhook_poll_interval" => c.webhook_poll_interval = duration_ms(k, value)?,
                 "webhook_timeout" => c.webhook_timeout = duration_ms(k, value)?,
+                "public_url" => {
+                    let url = non_empty(k, value)?;
+                    if !(url.starts_with("https://") || url.starts_with("http://"))
+                        || url.contains(['?', '#'])
+                    {
+                        return Err(err(k, "expected an http(s) URL without query or fragment"));
+                    }
+                    c.public_url = Some(url.trim_end_matches('/').to_owned());
+                }
+                "oauth_password_grant" => c.oauth_password_grant = boolean(k, value)?,
                 other => {
                     return Err(err(
                         other,
@@ -292,6 +311,13 @@ impl Config {
             grace_window: self.refresh_grace_window,
             max_grace_retries: self.refresh_max_grace_retries,
         }
+    }
+
+    /// The base of this server's absolute URLs, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
     }
 
     pub fn database_path(&self) -> PathBuf {

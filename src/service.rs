@@ -20,6 +20,11 @@ use rand::RngCore;
 use std::sync::Arc;
 use uuid::Uuid;
 
+pub mod admin;
+pub mod api_keys;
+pub mod devices;
+pub mod oauth;
+
 pub const DEFAULT_SCOPE: &str = "session";
 
 pub struct Sessiond {

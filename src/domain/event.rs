@@ -236,6 +236,18 @@ pub struct RetentionPruned {
     pub refresh_tokens: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    pub key_id: Uuid,
+    pub name: String,
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRevoked {
+    pub key_id: Uuid,
+}
+
 macro_rules! catalogue {
     ($( $variant:ident($payload:ty) = $name:literal, version $version:literal; )*) => {
         /// Every event sessiond records.
@@ -297,6 +309,8 @@ catalogue! {
     SigningKeyRetired(SigningKeyChanged) = "signing_key.retired", version 1;
     SigningKeyExpired(SigningKeyChanged) = "signing_key.expired", version 1;
     RetentionPruned(RetentionPruned) = "retention.pruned", version 1;
+    ApiKeyCreated(ApiKeyCreated) = "api_key.created", version 1;
+    ApiKeyRevoked(ApiKeyRevoked) = "api_key.revoked", version 1;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -335,6 +349,8 @@ pub fn upcast(
 pub enum Actor {
     User(Uuid),
     Admin(Uuid),
+    /// A caller of the security API or a resource server, by API key id.
+    ApiKey(Uuid),
     Rule(String),
     System,
     Anonymous,

@@ -15,16 +15,43 @@ use uuid::Uuid;
 
 /// Lets a leaked token be recognised by secret scanners and by people.
 pub const REFRESH_TOKEN_PREFIX: &str = "sdrt_";
+/// API keys for the security API and resource servers: the same format, another prefix.
+pub const API_KEY_PREFIX: &str = "sdak_";
 const ID_BYTES: usize = 16;
 const ENTROPY_BYTES: usize = 32;
 /// base64url without padding of `ID_BYTES + ENTROPY_BYTES` (48) bytes.
 const BODY_CHARS: usize = 64;
 
+/// What an opaque secret is for: its prefix and the name its `Debug` form shows.
+pub trait SecretKind {
+    const PREFIX: &'static str;
+    const NAME: &'static str;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refresh;
+impl SecretKind for Refresh {
+    const PREFIX: &'static str = REFRESH_TOKEN_PREFIX;
+    const NAME: &'static str = "RefreshToken";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiKeyKind;
+impl SecretKind for ApiKeyKind {
+    const PREFIX: &'static str = API_KEY_PREFIX;
+    const NAME: &'static str = "ApiKey";
+}
+
+/// An opaque secret: `prefix ‖ base64url(id ‖ entropy)`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RefreshToken {
+pub struct OpaqueSecret<K> {
     text: String,
     id: Uuid,
+    kind: std::marker::PhantomData<K>,
 }
+
+pub type RefreshToken = OpaqueSecret<Refresh>;
+pub type ApiKey = OpaqueSecret<ApiKeyKind>;
 
 /// How the store finds a token: its public id, and the hash that proves the token itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,25 +61,29 @@ pub struct TokenKey {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("not a sessiond refresh token")]
+#[error("not a sessiond token")]
 pub struct MalformedToken;
 
-impl RefreshToken {
-    /// Builds a token from an id (a UUIDv7, for index locality) and fresh randomness, both
+impl<K: SecretKind> OpaqueSecret<K> {
+    /// Builds a secret from an id (a UUIDv7, for index locality) and fresh randomness, both
     /// supplied by the caller (the domain reads no clock or RNG).
     pub fn new(id: Uuid, entropy: [u8; ENTROPY_BYTES]) -> Self {
         let mut bytes = [0u8; ID_BYTES + ENTROPY_BYTES];
         bytes[..ID_BYTES].copy_from_slice(id.as_bytes());
         bytes[ID_BYTES..].copy_from_slice(&entropy);
-        let mut text = String::with_capacity(REFRESH_TOKEN_PREFIX.len() + BODY_CHARS);
-        text.push_str(REFRESH_TOKEN_PREFIX);
+        let mut text = String::with_capacity(K::PREFIX.len() + BODY_CHARS);
+        text.push_str(K::PREFIX);
         URL_SAFE_NO_PAD.encode_string(bytes, &mut text);
-        RefreshToken { text, id }
+        OpaqueSecret {
+            text,
+            id,
+            kind: std::marker::PhantomData,
+        }
     }
 
-    /// Checks the shape only; whether the token is known is the store's question.
+    /// Checks the shape only; whether the secret is known is the store's question.
     pub fn parse(s: &str) -> Result<Self, MalformedToken> {
-        let body = s.strip_prefix(REFRESH_TOKEN_PREFIX).ok_or(MalformedToken)?;
+        let body = s.strip_prefix(K::PREFIX).ok_or(MalformedToken)?;
         if body.len() != BODY_CHARS {
             return Err(MalformedToken);
         }
@@ -61,13 +92,14 @@ impl RefreshToken {
             return Err(MalformedToken);
         }
         let id = Uuid::from_slice(&bytes[..ID_BYTES]).map_err(|_| MalformedToken)?;
-        Ok(RefreshToken {
+        Ok(OpaqueSecret {
             text: s.to_owned(),
             id,
+            kind: std::marker::PhantomData,
         })
     }
 
-    /// SHA-256 of the whole token text, id included.
+    /// SHA-256 of the whole text, id included.
     pub fn hash(&self) -> TokenHash {
         TokenHash(Sha256::digest(self.text.as_bytes()).into())
     }
@@ -83,15 +115,15 @@ impl RefreshToken {
         }
     }
 
-    /// The secret itself, for the one place that hands it to the client.
+    /// The secret itself, for the one place that hands it to its owner.
     pub fn expose(&self) -> &str {
         &self.text
     }
 }
 
-impl fmt::Debug for RefreshToken {
+impl<K: SecretKind> fmt::Debug for OpaqueSecret<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RefreshToken({})", self.hash().short())
+        write!(f, "{}({})", K::NAME, self.hash().short())
     }
 }
 
@@ -214,6 +246,15 @@ mod tests {
         ] {
             assert!(RefreshToken::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_api_key_is_not_a_refresh_token() {
+        let key = ApiKey::new(Uuid::now_v7(), [5u8; 32]);
+        assert!(key.expose().starts_with(API_KEY_PREFIX));
+        assert!(RefreshToken::parse(key.expose()).is_err());
+        assert_eq!(ApiKey::parse(key.expose()).unwrap().key(), key.key());
+        assert!(format!("{key:?}").starts_with("ApiKey("));
     }
 
     #[test]

@@ -138,3 +138,17 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<String>, Error> {
     }
     Ok(Some(token.trim().to_owned()))
 }
+
+/// A Bearer credential that must be present (an access token or an API key); who it names is
+/// the handler's question.
+pub struct RequiredBearer(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequiredBearer {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        bearer(&parts.headers)?
+            .map(RequiredBearer)
+            .ok_or(Error::MissingToken)
+    }
+}

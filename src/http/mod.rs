@@ -1,9 +1,13 @@
 //! HTTP surfaces, one router each, merged here with the layers every route shares: request ids,
 //! one access-log line per request, a body limit and JSON answers for unknown routes.
 
+pub mod admin;
 pub mod auth;
 pub mod extract;
+pub mod me;
+pub mod oauth;
 pub mod ops;
+pub mod revocations;
 pub mod webhooks;
 pub mod wellknown;
 
@@ -29,6 +33,10 @@ pub fn router(state: AppState) -> Router {
         .merge(wellknown::router())
         .merge(ops::router())
         .merge(webhooks::router())
+        .merge(me::router())
+        .merge(admin::router())
+        .merge(oauth::router())
+        .merge(revocations::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

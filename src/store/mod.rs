@@ -215,10 +215,16 @@ pub enum Store {
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub stream_id: Option<String>,
+    /// Any of these streams (a user's own stream and its sessions', say); empty means all.
+    pub stream_ids: Vec<String>,
     pub event_types: Vec<String>,
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
     pub after_position: i64,
+    /// Only positions below this one (paging newest first).
+    pub before_position: Option<i64>,
+    /// Newest first instead of position order.
+    pub newest_first: bool,
     pub limit: Option<i64>,
 }
 
@@ -251,6 +257,52 @@ impl Store {
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
         match self {
             Store::Sqlite(s) => s.events(filter).await,
+        }
+    }
+
+    /// A user's live sessions, oldest first.
+    pub async fn active_sessions_of(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.active_sessions_of(user_id).await,
+        }
+    }
+
+    /// Every session a user ever had (ended ones too), newest first.
+    pub async fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.session_ids_of(user_id).await,
+        }
+    }
+
+    /// Whether any user holds `role` (the first start says how to make a security user).
+    pub async fn has_user_with_role(&self, role: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.has_user_with_role(role).await,
+        }
+    }
+
+    pub async fn insert_api_key(&self, key: &StoredApiKey) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.insert_api_key(key).await,
+        }
+    }
+
+    /// The API key with this id whose stored hash matches; `None` for any other.
+    pub async fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.api_key(key).await,
+        }
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.api_keys().await,
+        }
+    }
+
+    pub async fn revoke_api_key(&self, key_id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.revoke_api_key(key_id, at).await,
         }
     }
 
@@ -388,4 +440,15 @@ pub struct WebhookSubscription {
     pub failures: i64,
     pub last_error: Option<String>,
     pub last_attempt_at: Option<Timestamp>,
+}
+
+/// An API key as stored: its hash, never the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredApiKey {
+    pub key_id: Uuid,
+    pub name: String,
+    pub key_hash: [u8; 32],
+    pub roles: Vec<String>,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
 }

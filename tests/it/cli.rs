@@ -193,3 +193,90 @@ fn a_bad_configuration_value_stops_the_start_and_names_its_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("access_token_lifetime"));
 }
+
+/// Runs the CLI off the test's runtime, so the server it shares the data directory with goes on.
+async fn cli(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sessiond_cli(&args, &dir)
+    })
+    .await
+    .unwrap()
+}
+
+fn field<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name:?} in {out}"))
+        .trim()
+}
+
+#[tokio::test]
+async fn the_first_security_user_and_api_keys_are_made_from_the_command_line() {
+    let app = spawn_app().await;
+    let dir = app.data_dir.path();
+
+    let (ok, out, err) = cli(&["users", "create", "Analyst", "--role", "security"], dir).await;
+    assert!(ok, "{err}");
+    let password = field(&out, "password:").to_owned();
+    let r = app.login_as("analyst", &password).await;
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let analyst = Tokens::from_json(&r.json().await.unwrap());
+    let r = app
+        .http
+        .get(app.url("/v1/revocations"))
+        .bearer_auth(&analyst.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        reqwest::StatusCode::OK,
+        "the security role reads the feed"
+    );
+    let (ok, _, err) = cli(&["users", "create", "someone", "--role", "root"], dir).await;
+    assert!(!ok && err.contains("role"), "{err}");
+
+    let (ok, out, err) = cli(
+        &[
+            "keys",
+            "create-api-key",
+            "--name",
+            "gateway",
+            "--role",
+            "resource_server",
+        ],
+        dir,
+    )
+    .await;
+    assert!(ok, "{err}");
+    let key = field(&out, "key:").to_owned();
+    assert!(key.starts_with("sdak_"));
+    let introspect = |credential: String| {
+        let app = &app;
+        let token = analyst.access.clone();
+        async move {
+            app.http
+                .post(app.url("/oauth/introspect"))
+                .bearer_auth(credential)
+                .form(&[("token", token)])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(introspect(key.clone()).await, reqwest::StatusCode::OK);
+
+    let (ok, listing, _) = cli(&["keys", "list-api-keys"], dir).await;
+    assert!(ok && listing.contains("gateway") && listing.contains("active"));
+    assert!(!listing.contains(&key), "a listing never shows the key");
+    let key_id = listing.split('\t').next().unwrap().trim().to_owned();
+    let (ok, _, err) = cli(&["keys", "revoke-api-key", &key_id], dir).await;
+    assert!(ok, "{err}");
+    assert_eq!(introspect(key).await, reqwest::StatusCode::UNAUTHORIZED);
+    let (ok, _, err) = cli(&["keys", "revoke-api-key", &key_id], dir).await;
+    assert!(!ok && err.contains("no active API key"), "{err}");
+}

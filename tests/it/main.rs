@@ -3,11 +3,14 @@
 
 mod helpers;
 
+mod admin;
 mod auth_api;
 mod bad_input;
 mod cli;
+mod devices;
 mod expiry;
 mod jobs;
+mod oauth;
 mod ops;
 mod refresh;
 mod secrets;

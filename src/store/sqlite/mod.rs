@@ -2,6 +2,7 @@
 //! group-commit writer) appends and projects; a small pool serves reads. The WAL is checkpointed
 //! from the pool, never by the writer, so a checkpoint never stalls a commit.
 
+mod access;
 mod operations;
 mod rows;
 #[cfg(test)]
@@ -176,6 +177,17 @@ impl SqliteStore {
         if let Some(stream) = &f.stream_id {
             q.push(" AND stream_id = ").push_bind(stream.clone());
         }
+        if !f.stream_ids.is_empty() {
+            q.push(" AND stream_id IN (");
+            let mut sep = q.separated(", ");
+            for s in &f.stream_ids {
+                sep.push_bind(s.clone());
+            }
+            q.push(")");
+        }
+        if let Some(before) = f.before_position {
+            q.push(" AND position < ").push_bind(before);
+        }
         if !f.event_types.is_empty() {
             q.push(" AND event_type IN (");
             let mut sep = q.separated(", ");
@@ -192,7 +204,11 @@ impl SqliteStore {
             q.push(" AND occurred_at < ")
                 .push_bind(format_timestamp(until));
         }
-        q.push(" ORDER BY position");
+        q.push(if f.newest_first {
+            " ORDER BY position DESC"
+        } else {
+            " ORDER BY position"
+        });
         if let Some(limit) = f.limit {
             q.push(" LIMIT ").push_bind(limit);
         }

@@ -60,6 +60,19 @@ pub(super) mod queries {
         row.as_ref().map(session_row).transpose()
     }
 
+    pub async fn active_sessions_of(
+        c: &mut SqliteConnection,
+        user_id: Uuid,
+    ) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM sessions WHERE user_id = ? AND status = 'active' ORDER BY created_at",
+        )
+        .bind(user_id.to_string())
+        .fetch_all(c)
+        .await?;
+        rows.iter().map(session_row).collect()
+    }
+
     pub async fn token(
         c: &mut SqliteConnection,
         key: &TokenKey,

@@ -508,16 +508,7 @@ impl UnitOfWork for SqliteWriteSession {
     async fn active_sessions_of(&mut self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
         // A query over many rows: let SQLite answer it with every write of the batch applied.
         self.flush(false).await?;
-        let rows = sqlx::query(
-            "SELECT * FROM sessions WHERE user_id = ? AND status = 'active' ORDER BY created_at",
-        )
-        .bind(user_id.to_string())
-        .fetch_all(&mut self.conn)
-        .await?;
-        let sessions = rows
-            .iter()
-            .map(session_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let sessions = queries::active_sessions_of(&mut self.conn, user_id).await?;
         for s in &sessions {
             self.overlay
                 .read_sessions

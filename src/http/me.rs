@@ -1,0 +1,46 @@
+//! The end user's devices: `/v1/me/sessions`.
+
+use super::AppState;
+use super::extract::{Authenticated, Context};
+use crate::error::Error;
+use crate::service::devices::DeviceSession;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/me/sessions", get(list).delete(revoke_others))
+        .route("/v1/me/sessions/{session_id}", delete(revoke_one))
+}
+
+async fn list(
+    State(app): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<Json<Vec<DeviceSession>>, Error> {
+    Ok(Json(app.my_sessions(&principal).await?))
+}
+
+async fn revoke_one(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    Authenticated(principal): Authenticated,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, Error> {
+    // Not an id at all is as unknown as someone else's id.
+    let session_id = Uuid::parse_str(&session_id).map_err(|_| Error::NotFound)?;
+    app.revoke_my_session(&principal, session_id, &ctx).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_others(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    Authenticated(principal): Authenticated,
+) -> Result<Json<Value>, Error> {
+    let revoked = app.revoke_my_other_sessions(&principal, &ctx).await?;
+    Ok(Json(json!({ "revoked": revoked })))
+}

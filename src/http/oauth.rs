@@ -1,0 +1,300 @@
+//! OAuth 2.0 endpoints for ordinary client libraries: the token endpoint (RFC 6749 §5),
+//! revocation (RFC 7009), introspection (RFC 7662) and server metadata (RFC 8414).
+//! Bodies are form-encoded and errors use OAuth's codes and shape, not the JSON API's.
+
+use super::AppState;
+use super::extract::{Context, bearer};
+use crate::error::Error;
+use crate::service::api_keys::{RESOURCE_SERVER_ROLE, SECURITY_ROLE};
+use crate::service::{DEFAULT_SCOPE, IssuedTokens};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::collections::HashMap;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/token", post(token))
+        .route("/oauth/revoke", post(revoke))
+        .route("/oauth/introspect", post(introspect))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+}
+
+/// An OAuth error response: `{"error", "error_description"}`, never cached.
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    code: &'static str,
+    description: String,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        OAuthError {
+            status,
+            code,
+            description: description.into(),
+        }
+    }
+
+    fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+}
+
+impl From<Error> for OAuthError {
+    fn from(e: Error) -> Self {
+        let status = e.status();
+        let code = match &e {
+            Error::InvalidGrant
+            | Error::InvalidCredentials
+            | Error::AccountLocked
+            | Error::ReauthRequired => {
+                return Self::new(StatusCode::BAD_REQUEST, "invalid_grant", e.to_string());
+            }
+            Error::MissingToken | Error::InvalidToken(_) | Error::SessionEnded => "invalid_token",
+            Error::Forbidden(..) => "insufficient_scope",
+            Error::Unavailable => "temporarily_unavailable",
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                return Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error",
+                );
+            }
+            _ => "invalid_request",
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": self.code, "error_description": self.description }));
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        response
+    }
+}
+
+/// Form parameters as RFC 6749 §3.2 reads them: `application/x-www-form-urlencoded`, an
+/// empty value counts as absent, and a parameter may not repeat.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Params, OAuthError> {
+        let form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !form {
+            return Err(OAuthError::invalid_request(
+                "the body must be application/x-www-form-urlencoded",
+            ));
+        }
+        let pairs: Vec<(String, String)> = form_pairs(body)
+            .ok_or_else(|| OAuthError::invalid_request("the form body is malformed"))?;
+        let mut map = HashMap::new();
+        for (k, v) in pairs {
+            if v.is_empty() {
+                continue;
+            }
+            if map.insert(k.clone(), v).is_some() {
+                return Err(OAuthError::invalid_request(format!(
+                    "parameter {k:?} is repeated"
+                )));
+            }
+        }
+        Ok(Params(map))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn required(&self, name: &str) -> Result<&str, OAuthError> {
+        self.get(name)
+            .ok_or_else(|| OAuthError::invalid_request(format!("missing parameter {name:?}")))
+    }
+}
+
+/// Decodes a form body into its pairs, in order.
+fn form_pairs(body: &Bytes) -> Option<Vec<(String, String)>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut out = Vec::new();
+    for part in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        out.push((form_decode(k)?, form_decode(v)?));
+    }
+    Some(out)
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte, UTF-8 overall.
+fn form_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn token(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let params = Params::parse(&headers, &body)?;
+    let bad_scope = params.get("scope").is_some_and(|scope| {
+        scope
+            .split(' ')
+            .any(|s| !s.is_empty() && s != DEFAULT_SCOPE)
+    });
+    if bad_scope {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            format!("the only scope is {DEFAULT_SCOPE:?}"),
+        ));
+    }
+    let issued = match params.required("grant_type")? {
+        "refresh_token" => app.refresh(params.required("refresh_token")?, &ctx).await?,
+        "password" if app.config.oauth_password_grant => {
+            let username = params.required("username")?;
+            let password = params.required("password")?.to_owned();
+            app.login(username, password, &ctx).await?
+        }
+        other => {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!(
+                    "grant_type {:?} is not supported here",
+                    other.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+    };
+    Ok(token_response(issued))
+}
+
+fn token_response(issued: IssuedTokens) -> Response {
+    let body = Json(json!({
+        "access_token": issued.access_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "refresh_token": issued.refresh_token.expose(),
+        "scope": DEFAULT_SCOPE,
+    }));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+async fn revoke(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, OAuthError> {
+    let params = Params::parse(&headers, &body)?;
+    // token_type_hint only speeds up a search; sessiond tells the two kinds apart by shape.
+    app.revoke_token(params.required("token")?, &ctx).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn introspect(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    // RFC 7662 §2.1: the caller must be authorized; here by an API key (or a security user).
+    let credential = bearer(&headers)?.ok_or(Error::MissingToken)?;
+    app.caller_with_role(&credential, &[RESOURCE_SERVER_ROLE, SECURITY_ROLE])
+        .await?;
+    let params = Params::parse(&headers, &body)?;
+    let answer = app.introspect(params.required("token")?).await?;
+    let mut response = Json(answer).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+async fn metadata(State(app): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    // Without a configured public URL, links point where this request was sent.
+    let base = match (&app.config.public_url, headers.get(header::HOST)) {
+        (Some(url), _) => url.clone(),
+        (None, Some(host)) if host.to_str().is_ok_and(is_host) => {
+            format!("http://{}", host.to_str().unwrap_or_default())
+        }
+        _ => app.config.base_url(),
+    };
+    Json(crate::service::oauth::authorization_server_metadata(
+        &app.config.issuer,
+        &base,
+        app.config.oauth_password_grant,
+    ))
+}
+
+/// `host[:port]`, nothing that could smuggle a path or a scheme into a link.
+fn is_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_bodies_decode_as_rfc_6749_reads_them() {
+        let pairs = form_pairs(&Bytes::from_static(
+            b"grant_type=refresh_token&refresh_token=sdrt_a%2Bb&scope=a+b&empty=",
+        ))
+        .unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("grant_type".into(), "refresh_token".into()),
+                ("refresh_token".into(), "sdrt_a+b".into()),
+                ("scope".into(), "a b".into()),
+                ("empty".into(), String::new()),
+            ]
+        );
+        assert!(form_pairs(&Bytes::from_static(b"a=%zz")).is_none());
+        assert!(form_pairs(&Bytes::from_static(b"a=%e2%28")).is_none());
+    }
+}

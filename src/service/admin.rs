@@ -1,0 +1,427 @@
+//! The security team's reads and actions: event search and timelines, a session's refresh-family
+//! lineage, and revoking on someone else's behalf. Every action is recorded with the caller as
+//! its actor.
+
+use super::api_keys::Caller;
+use super::{Sessiond, unexpected};
+use crate::domain::context::RequestContext;
+use crate::domain::event::{Event, EventMetadata, RevokeReason};
+use crate::domain::format_timestamp;
+use crate::domain::session::Session;
+use crate::domain::user::User;
+use crate::error::Error;
+use crate::store::commands::{Command, Rejection, Reply};
+use crate::store::{EventFilter, RecordedEvent};
+use ipnet::IpNet;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::net::IpAddr;
+use uuid::Uuid;
+
+/// Rows read from the log per round while filtering on fields inside the events.
+const SCAN_PAGE: i64 = 500;
+/// Rows one search request may read before it answers with a cursor to continue from.
+const SCAN_BUDGET: usize = 20_000;
+/// Rows per chunk of a streamed export: memory stays at one chunk whatever the export's size.
+const EXPORT_PAGE: i64 = 1000;
+
+/// A search over the log. Stream, type and time narrow the read in the database; address,
+/// country and rule are fields inside the events, checked as rows go by.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub user: Option<Uuid>,
+    pub session: Option<Uuid>,
+    pub types: Vec<String>,
+    pub ip: Option<IpNet>,
+    pub country: Option<String>,
+    pub rule: Option<String>,
+    pub since: Option<crate::domain::Timestamp>,
+    pub until: Option<crate::domain::Timestamp>,
+    /// Newest first: only events before this position.
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventPage {
+    pub events: Vec<EventView>,
+    /// Pass as `before` for the next (older) page; `null` when the log has nothing older.
+    pub next_cursor: Option<i64>,
+}
+
+/// An event as the security API shows it: the stored payload minus password hashes.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub position: i64,
+    pub stream_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: String,
+    pub actor: Value,
+    pub request_id: Option<String>,
+    pub data: Value,
+}
+
+impl EventView {
+    pub fn of(e: &RecordedEvent) -> EventView {
+        let mut data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+        if let Some(obj) = data.as_object_mut() {
+            // Needed to rebuild the users table, useless to an analyst, valuable to a cracker.
+            obj.remove("password_hash");
+        }
+        let meta: Option<EventMetadata> = serde_json::from_str(&e.metadata).ok();
+        EventView {
+            position: e.position,
+            stream_id: e.stream_id.clone(),
+            event_type: e.event_type.clone(),
+            occurred_at: e.occurred_at.clone(),
+            actor: meta
+                .as_ref()
+                .and_then(|m| serde_json::to_value(&m.actor).ok())
+                .unwrap_or(Value::Null),
+            request_id: meta.and_then(|m| m.request_id),
+            data,
+        }
+    }
+}
+
+impl EventQuery {
+    /// Whether an event's own fields match the filters the database could not apply.
+    fn matches(&self, view: &EventView) -> bool {
+        let ctx = &view.data["context"];
+        if let Some(net) = &self.ip {
+            let ip = ctx["ip"].as_str().and_then(|s| s.parse::<IpAddr>().ok());
+            if !ip.is_some_and(|ip| net.contains(&ip)) {
+                return false;
+            }
+        }
+        let country = ctx["geo"]["country"].as_str();
+        if self
+            .country
+            .as_ref()
+            .is_some_and(|want| !country.is_some_and(|c| c.eq_ignore_ascii_case(want)))
+        {
+            return false;
+        }
+        if let Some(rule) = &self.rule {
+            let id = view.data["rule_id"]
+                .as_str()
+                .or_else(|| view.data["rule"]["id"].as_str());
+            if id != Some(rule.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A user as the console finds them, with every session they had.
+#[derive(Debug, Serialize)]
+pub struct UserDetail {
+    pub user_id: Uuid,
+    pub username: String,
+    pub roles: Vec<String>,
+    pub status: String,
+    pub created_at: String,
+    pub sessions: Vec<SessionSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionSummary {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub status: &'static str,
+    pub created_at: String,
+    pub last_seen_at: String,
+    pub ended_at: Option<String>,
+    pub end_reason: Option<String>,
+    pub generation: u32,
+    pub login_context: RequestContext,
+    pub last_context: RequestContext,
+    pub reauth_required: bool,
+}
+
+impl SessionSummary {
+    fn of(s: &Session) -> Self {
+        SessionSummary {
+            session_id: s.session_id,
+            user_id: s.user_id,
+            status: s.status.as_str(),
+            created_at: format_timestamp(s.created_at),
+            last_seen_at: format_timestamp(s.last_seen_at),
+            ended_at: s.ended_at.map(format_timestamp),
+            end_reason: s.end_reason.clone(),
+            generation: s.generation,
+            login_context: s.login_context.clone(),
+            last_context: s.last_context.clone(),
+            reauth_required: s.reauth_required,
+        }
+    }
+}
+
+/// One session with its whole stream and the refresh family's lineage read from it.
+#[derive(Debug, Serialize)]
+pub struct SessionDetail {
+    pub session: SessionSummary,
+    pub lineage: Vec<Generation>,
+    pub reuse: Vec<Value>,
+    pub timeline: Vec<EventView>,
+}
+
+/// One generation of a refresh family: when its token was issued, retried and rotated away.
+#[derive(Debug, Serialize)]
+pub struct Generation {
+    pub generation: u32,
+    pub issued_at: String,
+    /// First 12 hex digits of the token's SHA-256: enough to tell tokens apart.
+    pub token: String,
+    pub rotated_at: Option<String>,
+    pub retries: Vec<Value>,
+}
+
+/// Reads the lineage of a refresh family off its session's events.
+fn lineage(events: &[RecordedEvent]) -> Result<(Vec<Generation>, Vec<Value>), Error> {
+    let mut generations: Vec<Generation> = Vec::new();
+    let mut reuse = Vec::new();
+    for e in events {
+        let at = e.occurred_at.clone();
+        match e.decode()? {
+            Event::SessionStarted(s) => generations.push(Generation {
+                generation: s.generation,
+                issued_at: at,
+                token: s.token_hash.short(),
+                rotated_at: None,
+                retries: Vec::new(),
+            }),
+            Event::SessionRefreshed(r) => {
+                if let Some(prev) = generations.last_mut() {
+                    prev.rotated_at = Some(at.clone());
+                }
+                generations.push(Generation {
+                    generation: r.generation,
+                    issued_at: at,
+                    token: r.token_hash.short(),
+                    rotated_at: None,
+                    retries: Vec::new(),
+                });
+            }
+            Event::RefreshRetried(r) => {
+                if let Some(g) = generations
+                    .iter_mut()
+                    .rfind(|g| g.generation == r.generation)
+                {
+                    g.retries.push(json!({
+                        "at": at, "retry": r.retry, "token": r.token_hash.short(),
+                        "ip": r.context.ip,
+                    }));
+                }
+            }
+            Event::ReuseDetected(r) => reuse.push(json!({
+                "at": at,
+                "class": r.class,
+                "presented": r.presented_hash.short(),
+                "presented_generation": r.presented_generation,
+                "current_generation": r.current_generation,
+                "since_rotation_ms": r.since_rotation_ms,
+                "context": r.context,
+            })),
+            _ => {}
+        }
+    }
+    Ok((generations, reuse))
+}
+
+impl Sessiond {
+    /// What the database can filter on for `q`.
+    async fn store_filter(&self, q: &EventQuery) -> Result<EventFilter, Error> {
+        let mut filter = EventFilter {
+            event_types: q.types.clone(),
+            since: q.since,
+            until: q.until,
+            ..Default::default()
+        };
+        if let Some(session) = q.session {
+            filter.stream_ids = vec![format!("session-{session}")];
+        } else if let Some(user) = q.user {
+            filter.stream_ids = self.streams_of_user(user).await?;
+        }
+        Ok(filter)
+    }
+
+    /// One page of a search, newest first.
+    pub async fn search_events(&self, q: &EventQuery) -> Result<EventPage, Error> {
+        let mut filter = EventFilter {
+            before_position: q.before,
+            newest_first: true,
+            limit: Some(SCAN_PAGE),
+            ..self.store_filter(q).await?
+        };
+        let mut events = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let page = self.store.events(&filter).await?;
+            let Some(last) = page.last() else {
+                return Ok(EventPage {
+                    events,
+                    next_cursor: None,
+                });
+            };
+            filter.before_position = Some(last.position);
+            for e in &page {
+                scanned += 1;
+                let view = EventView::of(e);
+                if q.matches(&view) {
+                    events.push(view);
+                    if events.len() == q.limit {
+                        return Ok(EventPage {
+                            next_cursor: Some(e.position),
+                            events,
+                        });
+                    }
+                }
+            }
+            if scanned >= SCAN_BUDGET {
+                // Enough reading for one request: the caller continues from here.
+                return Ok(EventPage {
+                    events,
+                    next_cursor: Some(last.position),
+                });
+            }
+        }
+    }
+
+    /// The matches among the next `page` events after `after`, oldest first, as NDJSON lines,
+    /// and where to go on from (`None` at the end of the log). For streaming an export.
+    pub async fn export_chunk(
+        &self,
+        filter: &EventFilter,
+        q: &EventQuery,
+        after: i64,
+    ) -> Result<(Vec<u8>, Option<i64>), Error> {
+        let page = self
+            .store
+            .events(&EventFilter {
+                after_position: after,
+                limit: Some(EXPORT_PAGE),
+                ..filter.clone()
+            })
+            .await?;
+        let mut out = Vec::new();
+        for e in &page {
+            let view = EventView::of(e);
+            if q.matches(&view) {
+                serde_json::to_writer(&mut out, &view)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                out.push(b'\n');
+            }
+        }
+        Ok((out, page.last().map(|e| e.position)))
+    }
+
+    /// The store filter of an export: stream, type and time, oldest first.
+    pub async fn export_filter(&self, q: &EventQuery) -> Result<EventFilter, Error> {
+        self.store_filter(q).await
+    }
+
+    /// The user's own stream and every one of their sessions' streams.
+    pub async fn streams_of_user(&self, user_id: Uuid) -> Result<Vec<String>, Error> {
+        let mut streams = vec![format!("user-{user_id}")];
+        streams.extend(
+            self.store
+                .session_ids_of(user_id)
+                .await?
+                .into_iter()
+                .map(|s| format!("session-{s}")),
+        );
+        Ok(streams)
+    }
+
+    /// A user by id or by name, with all their sessions, newest first.
+    pub async fn user_detail(&self, id_or_name: &str) -> Result<UserDetail, Error> {
+        let user: Option<User> = match Uuid::parse_str(id_or_name) {
+            Ok(id) => self.store.user_by_id(id).await?,
+            Err(_) => match crate::domain::user::normalize_username(id_or_name) {
+                Ok(name) => self.store.user_by_name(&name).await?,
+                Err(_) => None,
+            },
+        };
+        let user = user.ok_or(Error::NotFound)?;
+        let mut sessions = Vec::new();
+        for id in self.store.session_ids_of(user.user_id).await? {
+            if let Some(s) = self.store.session(id).await? {
+                sessions.push(SessionSummary::of(&s));
+            }
+        }
+        Ok(UserDetail {
+            user_id: user.user_id,
+            username: user.username.clone(),
+            roles: user.roles.clone(),
+            status: user.status.as_str().to_owned(),
+            created_at: format_timestamp(user.created_at),
+            sessions,
+        })
+    }
+
+    pub async fn session_detail(&self, session_id: Uuid) -> Result<SessionDetail, Error> {
+        let session = self
+            .store
+            .session(session_id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        let events = self
+            .store
+            .events(&EventFilter {
+                stream_id: Some(format!("session-{session_id}")),
+                ..Default::default()
+            })
+            .await?;
+        let (lineage, reuse) = lineage(&events)?;
+        Ok(SessionDetail {
+            session: SessionSummary::of(&session),
+            lineage,
+            reuse,
+            timeline: events.iter().map(EventView::of).collect(),
+        })
+    }
+
+    /// Revokes any user's session on behalf of the security team.
+    pub async fn admin_revoke_session(
+        &self,
+        caller: &Caller,
+        session_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<(), Error> {
+        let cmd = Command::EndSession {
+            session_id,
+            owner: None,
+            reason: RevokeReason::Admin,
+            context: Some(ctx.clone()),
+        };
+        let meta = EventMetadata::new(caller.actor(), ctx.request_id.clone());
+        match self.writer.submit(cmd, meta).await? {
+            Reply::SessionsEnded(_) => Ok(()),
+            Reply::Rejected(Rejection::UnknownSession) => Err(Error::NotFound),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Logs a user out of every session on behalf of the security team.
+    pub async fn admin_logout_everywhere(
+        &self,
+        caller: &Caller,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<usize, Error> {
+        let cmd = Command::LogoutEverywhere {
+            user_id,
+            except: None,
+            context: Some(ctx.clone()),
+        };
+        let meta = EventMetadata::new(caller.actor(), ctx.request_id.clone());
+        match self.writer.submit(cmd, meta).await? {
+            Reply::SessionsEnded(ended) => Ok(ended.len()),
+            Reply::Rejected(Rejection::UnknownUser) => Err(Error::NotFound),
+            other => Err(unexpected(other)),
+        }
+    }
+}

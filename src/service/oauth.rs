@@ -1,0 +1,187 @@
+//! Token introspection (RFC 7662), revocation (RFC 7009) and the revocation feed for resource
+//! servers that verify access tokens locally.
+
+use super::{Sessiond, meta};
+use crate::domain::context::RequestContext;
+use crate::domain::event::{Actor, Event, RevokeReason};
+use crate::domain::session::Session;
+use crate::domain::token::RefreshToken;
+use crate::error::Error;
+use crate::store::EventFilter;
+use crate::store::commands::{Command, Rejection, Reply};
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A page of the revocation feed.
+#[derive(Debug, Serialize)]
+pub struct RevocationPage {
+    pub revocations: Vec<Revocation>,
+    /// Pass as `after` to get what follows; unchanged when nothing new was revoked.
+    pub next_cursor: i64,
+    /// How long an entry matters: an access token lives at most this long.
+    pub window_seconds: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Revocation {
+    pub session_id: Uuid,
+    pub reason: RevokeReason,
+    pub revoked_at: String,
+    pub position: i64,
+}
+
+/// Allowed clock difference between sessiond and a resource server, added to the window.
+const FEED_LEEWAY_SECONDS: i64 = 60;
+
+impl Sessiond {
+    /// RFC 7662: what a token is, or `{"active": false}` for anything not live (unknown,
+    /// expired, spent, or of a session that has ended), without saying which.
+    pub async fn introspect(&self, token: &str) -> Result<Value, Error> {
+        let now = self.now();
+        if let Ok(refresh) = RefreshToken::parse(token) {
+            let Some(record) = self.store.token(&refresh.key()).await? else {
+                return Ok(inactive());
+            };
+            let Some(session) = self.live_session(record.session_id).await? else {
+                return Ok(inactive());
+            };
+            // Only the current generation can still be used; an older one would be reuse.
+            if record.generation != session.generation {
+                return Ok(inactive());
+            }
+            let exp = session.idle_expires_at.min(session.absolute_expires_at);
+            return Ok(json!({
+                "active": true,
+                "token_type": "refresh_token",
+                "scope": session.scope,
+                "sub": session.user_id,
+                "sid": session.session_id,
+                "iss": self.config.issuer,
+                "exp": exp.timestamp(),
+                "iat": session.rotated_at.unwrap_or(session.created_at).timestamp(),
+            }));
+        }
+        let Ok(claims) = self.tokens.verify(token, now) else {
+            return Ok(inactive());
+        };
+        match self.live_session(claims.sid).await? {
+            Some(s) if s.user_id == claims.sub => Ok(json!({
+                "active": true,
+                "token_type": "Bearer",
+                "scope": claims.scope,
+                "sub": claims.sub,
+                "sid": claims.sid,
+                "aud": claims.aud,
+                "iss": claims.iss,
+                "exp": claims.exp,
+                "iat": claims.iat,
+                "nbf": claims.nbf,
+                "jti": claims.jti,
+                "auth_time": claims.auth_time,
+                "roles": claims.roles,
+            })),
+            _ => Ok(inactive()),
+        }
+    }
+
+    async fn live_session(&self, session_id: Uuid) -> Result<Option<Session>, Error> {
+        let now = self.now();
+        Ok(self
+            .store
+            .session(session_id)
+            .await?
+            .filter(|s| s.is_active() && s.expiry_due(now).is_none()))
+    }
+
+    /// RFC 7009: ends the session of a refresh or access token. An unknown, expired or
+    /// already revoked token is not an error: the client's goal is reached either way.
+    pub async fn revoke_token(&self, token: &str, ctx: &RequestContext) -> Result<(), Error> {
+        if RefreshToken::parse(token).is_ok() {
+            return match self.logout_by_refresh_token(token, ctx).await {
+                Ok(()) | Err(Error::InvalidGrant | Error::SessionEnded) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        // An expired access token's session may still be alive: revoking it is still wanted,
+        // so the signature is what counts here, not the expiry.
+        let Ok(claims) = self.tokens.verify_signature_only(token) else {
+            return Ok(());
+        };
+        let cmd = Command::EndSession {
+            session_id: claims.sid,
+            owner: Some(claims.sub),
+            reason: RevokeReason::Logout,
+            context: Some(ctx.clone()),
+        };
+        match self
+            .writer
+            .submit(cmd, meta(Actor::User(claims.sub), ctx))
+            .await?
+        {
+            Reply::SessionsEnded(_) | Reply::Rejected(Rejection::UnknownSession) => Ok(()),
+            other => Err(super::unexpected(other)),
+        }
+    }
+
+    /// Sessions revoked after `after` (a log position) whose access tokens may still be in use.
+    pub async fn revocations(&self, after: i64, limit: i64) -> Result<RevocationPage, Error> {
+        let window = self.config.access_token_lifetime.num_seconds() + FEED_LEEWAY_SECONDS;
+        let since = self.now() - chrono::Duration::seconds(window);
+        let events = self
+            .store
+            .events(&EventFilter {
+                event_types: vec!["session.revoked".into()],
+                since: Some(since),
+                after_position: after,
+                limit: Some(limit),
+                ..Default::default()
+            })
+            .await?;
+        let mut next_cursor = after;
+        let mut revocations = Vec::with_capacity(events.len());
+        for e in &events {
+            next_cursor = e.position;
+            if let Event::SessionRevoked(r) = e.decode()? {
+                revocations.push(Revocation {
+                    session_id: r.session_id,
+                    reason: r.reason,
+                    revoked_at: e.occurred_at.clone(),
+                    position: e.position,
+                });
+            }
+        }
+        Ok(RevocationPage {
+            revocations,
+            next_cursor,
+            window_seconds: window,
+        })
+    }
+}
+
+fn inactive() -> Value {
+    json!({ "active": false })
+}
+
+/// RFC 8414 metadata for this server, with absolute endpoint URLs under `base`.
+pub fn authorization_server_metadata(issuer: &str, base: &str, password_grant: bool) -> Value {
+    let mut grants = vec!["refresh_token"];
+    if password_grant {
+        grants.push("password");
+    }
+    json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{base}/oauth/token"),
+        "revocation_endpoint": format!("{base}/oauth/revoke"),
+        "introspection_endpoint": format!("{base}/oauth/introspect"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "grant_types_supported": grants,
+        // There is no authorization endpoint: clients are first-party and log in directly.
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "scopes_supported": [super::DEFAULT_SCOPE],
+        "service_documentation": format!("{base}/openapi.json"),
+    })
+}
