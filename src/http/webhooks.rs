@@ -1,10 +1,10 @@
-//! Webhook subscriptions over HTTP, for holders of the `security` role.
+//! Webhook subscriptions over HTTP, for holders of the `security` role (user or API key).
 
 use super::AppState;
-use super::extract::{ApiJson, Authenticated};
+use super::admin::SecurityCaller;
+use super::extract::ApiJson;
 use crate::delivery::subscriptions::{self, FORMAT_JSON, NewSubscription};
 use crate::error::Error;
-use crate::service::Principal;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,23 +13,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-pub const SECURITY_ROLE: &str = "security";
-
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/webhooks", get(list).post(create))
         .route("/v1/admin/webhooks/{id}", delete(remove))
-}
-
-fn require_security(principal: &Principal) -> Result<(), Error> {
-    if principal.claims.roles.iter().any(|r| r == SECURITY_ROLE) {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(
-            "insufficient_role",
-            "this needs the security role".into(),
-        ))
-    }
 }
 
 #[derive(Deserialize)]
@@ -44,10 +31,9 @@ struct CreateBody {
 
 async fn create(
     State(app): State<AppState>,
-    Authenticated(principal): Authenticated,
+    _: SecurityCaller,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, Error> {
-    require_security(&principal)?;
     let new = NewSubscription {
         url: body.url,
         event_types: body.event_types,
@@ -60,21 +46,16 @@ async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn list(
-    State(app): State<AppState>,
-    Authenticated(principal): Authenticated,
-) -> Result<Response, Error> {
-    require_security(&principal)?;
+async fn list(State(app): State<AppState>, _: SecurityCaller) -> Result<Response, Error> {
     let subs = subscriptions::list(&app.store).await?;
     Ok(Json(json!({ "subscriptions": subs })).into_response())
 }
 
 async fn remove(
     State(app): State<AppState>,
-    Authenticated(principal): Authenticated,
+    _: SecurityCaller,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    require_security(&principal)?;
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| Error::InvalidRequest("the subscription id is not a UUID".into()))?;
     subscriptions::delete(&app.store, id).await?;

@@ -313,10 +313,7 @@ async fn the_admin_api_is_for_the_security_role_and_checks_its_input() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::FORBIDDEN).await,
-        "insufficient_role"
-    );
+    assert_eq!(error_code(r, StatusCode::FORBIDDEN).await, "forbidden");
     let r = app
         .http
         .get(app.url("/v1/admin/webhooks"))
