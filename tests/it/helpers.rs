@@ -32,7 +32,7 @@ impl Write for Capture {
     }
 }
 
-fn capture_logs() {
+pub fn capture_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         tracing_subscriber::fmt()
@@ -61,6 +61,17 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_node(configure, Arc::new(ManualClock::default()), None).await
+}
+
+/// A server built with `configure`, reading time from `clock`, with the master key given (as
+/// `SESSIOND_MASTER_KEY` would give it) or a `master.key` of its own. Several nodes of one
+/// PostgreSQL database need the same master key.
+pub async fn spawn_node(
+    configure: impl FnOnce(&mut Config),
+    clock: Arc<ManualClock>,
+    master_key: Option<String>,
+) -> TestApp {
     capture_logs();
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = Config {
@@ -68,16 +79,20 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         ..Config::default()
     };
     configure(&mut config);
-    let clock = Arc::new(ManualClock::default());
     let app = App::build_with(
         config,
         Options {
             clock: clock.clone(),
-            master_key: None,
+            master_key,
         },
     )
     .await
     .expect("the app builds");
+    serve(app, clock, data_dir).await
+}
+
+/// Serves a built app on 127.0.0.1:0.
+pub async fn serve(app: App, clock: Arc<ManualClock>, data_dir: TempDir) -> TestApp {
     let service = app.service.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

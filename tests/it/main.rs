@@ -1,12 +1,16 @@
 //! The integration suite: one binary, each test against a real server on 127.0.0.1:0 with its
-//! own SQLite file. Logs are captured (and searched for secrets); set TEST_LOG=1 to see them.
+//! own SQLite file (or its own PostgreSQL database, see `pg.rs`). Logs are captured (and
+//! searched for secrets); set TEST_LOG=1 to see them.
 
 mod helpers;
+mod pg;
 
 mod auth_api;
 mod bad_input;
 mod cli;
 mod expiry;
+mod nodes;
 mod refresh;
 mod secrets;
 mod startup;
+mod store_contract;
