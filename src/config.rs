@@ -411,4 +411,22 @@ mod tests {
         let e = load(None, &[("SESSIOND_LISTEN", "localhost")]).unwrap_err();
         assert_eq!(e.key, "listen");
     }
+
+    #[test]
+    fn a_postgres_url_chooses_postgres_and_is_never_printed() {
+        assert_eq!(load(None, &[]).unwrap().database_url, None);
+        let url = "postgres://sessiond:hunter22@db:5432/sessiond";
+        let c = load(None, &[("SESSIOND_DATABASE_URL", url)]).unwrap();
+        assert_eq!(c.database_url.as_ref().unwrap().as_str(), url);
+        assert!(!format!("{c:?}").contains("hunter22"));
+        let c = load(Some("database_url = \"postgresql://db/s\"\n"), &[]).unwrap();
+        assert!(c.database_url.is_some());
+        let e = load(
+            None,
+            &[("SESSIOND_DATABASE_URL", "mysql://u:hunter22@db/s")],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "database_url");
+        assert!(!e.to_string().contains("hunter22"));
+    }
 }

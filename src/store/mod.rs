@@ -6,6 +6,7 @@
 
 pub mod chain;
 pub mod commands;
+pub(crate) mod overlay;
 pub mod postgres;
 pub mod sqlite;
 pub mod writer;

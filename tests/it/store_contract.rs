@@ -525,3 +525,37 @@ async fn follow(store: Store, until: i64) -> Vec<i64> {
     }
     seen
 }
+
+/// A batch bigger than one multi-row statement and than the overlay's early-flush threshold
+/// (a rebuild of a long log is one): written in pieces, read back whole, rebuilt alike.
+#[tokio::test]
+async fn a_batch_larger_than_the_overlay_is_written_in_pieces_and_rebuilt_alike() {
+    const SESSIONS: u128 = 1_500;
+    for b in backends("a_batch_larger_than_the_overlay").await {
+        let name = b.name;
+        let mut commands = script()[..1].to_vec();
+        commands.extend((0..SESSIONS).map(|i| Command::StartSession {
+            user_id: ALICE,
+            session_id: Uuid::from_u128(1_000 + i),
+            scope: "openid".into(),
+            roles: vec!["user".into()],
+            token: RefreshToken::new(Uuid::from_u128((1 << 64) + i), [3; 32]).key(),
+            context: context(),
+        }));
+        with_write_session!(&b.store, |ws| run_batch(&mut ws, &commands, t0()).await);
+        let events = all_events(&b.store).await;
+        assert_eq!(events.len() as u128, 1 + SESSIONS, "{name}");
+        assert_chain(name, &events);
+        let last = b
+            .store
+            .session(Uuid::from_u128(1_000 + SESSIONS - 1))
+            .await
+            .unwrap();
+        assert!(last.is_some_and(|s| s.is_active()), "{name}");
+
+        let live = b.store.projection_snapshot().await.unwrap();
+        assert_eq!(live.len() as u128, 1 + 2 * SESSIONS, "{name}");
+        b.store.rebuild_projections().await.unwrap();
+        assert_eq!(b.store.projection_snapshot().await.unwrap(), live, "{name}");
+    }
+}

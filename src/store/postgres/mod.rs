@@ -49,10 +49,14 @@ impl PostgresStore {
 
     /// The writer's session; its connection is opened by its first transaction.
     pub async fn write_session(&self) -> Result<PostgresWriteSession, StoreError> {
-        Ok(PostgresWriteSession::new(
-            self.options.clone(),
-            self.head().await?,
-        ))
+        // A batch never idles inside its transaction; if a node stalls there (paused VM, lost
+        // network), the server ends the transaction so the append lock it holds does not stop
+        // every other node's writer for longer than this.
+        let options = self
+            .options
+            .clone()
+            .options([("idle_in_transaction_session_timeout", "10s")]);
+        Ok(PostgresWriteSession::new(options, self.head().await?))
     }
 
     pub async fn close(&self) {

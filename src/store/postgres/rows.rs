@@ -1,6 +1,8 @@
 //! Every statement of the PostgreSQL store, next to each other: the reads shared by the pool and
 //! the writer's transaction, the writes of the writer, and the row mapping.
 //!
+//! The writer sends a batch's rows as multi-row statements at commit (see `writes::write_rows`).
+//!
 //! The build has no sqlx `uuid`/`chrono` features, so values cross the wire in their text form
 //! and the SQL casts them: uuids as `$n::uuid` / `col::text`, timestamps written as RFC 3339 text
 //! (`$n::timestamptz`, exact at millisecond precision) and read as epoch milliseconds.
@@ -12,7 +14,7 @@ use crate::domain::user::{User, UserStatus};
 use crate::domain::{Timestamp, format_timestamp};
 use crate::store::{ChainHead, RecordedEvent, StoreError, StoredSigningKey, TokenRecord};
 use sqlx::postgres::{PgConnection, PgRow};
-use sqlx::{Executor, Row};
+use sqlx::{Executor, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 pub(super) const USER_COLUMNS: &str = "user_id::text AS user_id, username, password_hash, \
@@ -129,6 +131,40 @@ pub(super) mod queries {
             .transpose()
     }
 
+    /// The tokens with these ids and, in the same statement, their sessions (a refresh needs
+    /// both): (id, stored hash, record, session). Hashes are checked by the caller.
+    pub async fn tokens_with_sessions(
+        c: &mut PgConnection,
+        keys: &[TokenKey],
+    ) -> Result<Vec<(Uuid, Vec<u8>, TokenRecord, Option<Session>)>, StoreError> {
+        let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT t.t_id, t.t_hash, t.t_session, t.t_generation, s.* FROM \
+             (SELECT token_id::text AS t_id, token_hash AS t_hash, session_id AS t_sid, \
+              session_id::text AS t_session, generation AS t_generation FROM refresh_tokens \
+              WHERE token_id = ANY($1::text[]::uuid[])) t \
+             LEFT JOIN LATERAL (SELECT {SESSION_COLUMNS} FROM sessions \
+              WHERE sessions.session_id = t.t_sid) s ON true"
+        ))
+        .bind(ids)
+        .fetch_all(c)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let record = TokenRecord {
+                    session_id: uuid(r.get("t_session"))?,
+                    generation: u32::try_from(r.get::<i64, _>("t_generation"))
+                        .map_err(|_| StoreError::Corrupt("token generation".into()))?,
+                };
+                let session = match r.get::<Option<String>, _>("session_id") {
+                    Some(_) => Some(session_row(r)?),
+                    None => None,
+                };
+                Ok((uuid(r.get("t_id"))?, r.get("t_hash"), record, session))
+            })
+            .collect()
+    }
+
     pub async fn stream_version(c: &mut PgConnection, stream_id: &str) -> Result<i64, StoreError> {
         let v: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(stream_version), 0)::bigint FROM events WHERE stream_id = $1",
@@ -153,112 +189,182 @@ pub(super) mod queries {
 pub(super) mod writes {
     use super::*;
 
-    /// Inserts one event; a unique violation is mapped by the caller.
-    pub async fn insert_event(c: &mut PgConnection, e: &RecordedEvent) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO events (position, stream_id, stream_version, event_type, \
-             schema_version, data_text, metadata_text, occurred_at, recorded_at, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9::timestamptz, $10, $11)",
-        )
-        .bind(e.position)
-        .bind(&e.stream_id)
-        .bind(e.stream_version)
-        .bind(&e.event_type)
-        .bind(e.schema_version)
-        .bind(&e.data)
-        .bind(&e.metadata)
-        .bind(&e.occurred_at)
-        .bind(&e.recorded_at)
-        .bind(&e.prev_hash)
-        .bind(&e.hash)
-        .execute(c)
-        .await?;
-        Ok(())
-    }
+    /// Rows per table per statement: at most 20 parameters a row, far below PostgreSQL's
+    /// 65,535 per statement.
+    const ROWS_PER_STATEMENT: usize = 512;
 
-    pub async fn insert_token(
+    /// Writes a batch's rows in as few statements as possible: one statement (data-modifying
+    /// CTEs, one multi-row INSERT per table) per 512 rows of each table, so one round trip for a
+    /// batch of any usual size. A unique violation (a lost race on a stream) is left to the
+    /// caller to map.
+    pub async fn write_rows(
         c: &mut PgConnection,
-        key: &TokenKey,
-        t: TokenRecord,
-        issued_at: Timestamp,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_id, token_hash, session_id, generation, issued_at) \
-             VALUES ($1::uuid, $2, $3::uuid, $4, $5::timestamptz)",
-        )
-        .bind(key.id.to_string())
-        .bind(key.hash.0.as_slice())
-        .bind(t.session_id.to_string())
-        .bind(i64::from(t.generation))
-        .bind(format_timestamp(issued_at))
-        .execute(c)
-        .await?;
-        Ok(())
+        events: &[RecordedEvent],
+        tokens: &[(TokenKey, TokenRecord, Timestamp)],
+        sessions: &[Session],
+        users: &[User],
+    ) -> Result<(), sqlx::Error> {
+        let mut events = events.chunks(ROWS_PER_STATEMENT);
+        let mut tokens = tokens.chunks(ROWS_PER_STATEMENT);
+        let mut sessions = sessions.chunks(ROWS_PER_STATEMENT);
+        let mut users = users.chunks(ROWS_PER_STATEMENT);
+        loop {
+            let mut q = QueryBuilder::<Postgres>::new("WITH ");
+            let mut parts = 0;
+            if let Some(rows) = events.next() {
+                part(&mut q, &mut parts);
+                push_events(&mut q, rows);
+                q.push(")");
+            }
+            if let Some(rows) = tokens.next() {
+                part(&mut q, &mut parts);
+                push_tokens(&mut q, rows);
+                q.push(")");
+            }
+            if let Some(rows) = sessions.next() {
+                part(&mut q, &mut parts);
+                push_sessions(&mut q, rows);
+                q.push(")");
+            }
+            if let Some(rows) = users.next() {
+                part(&mut q, &mut parts);
+                push_users(&mut q, rows);
+                q.push(")");
+            }
+            if parts == 0 {
+                return Ok(());
+            }
+            q.push(" SELECT 1");
+            q.build().execute(&mut *c).await?;
+        }
     }
 
-    pub async fn upsert_session(c: &mut PgConnection, s: &Session) -> Result<(), StoreError> {
-        sqlx::query(
+    fn part(q: &mut QueryBuilder<'_, Postgres>, parts: &mut usize) {
+        if *parts > 0 {
+            q.push(", ");
+        }
+        q.push(format!("w{parts} AS ("));
+        *parts += 1;
+    }
+
+    fn push_events<'a>(q: &mut QueryBuilder<'a, Postgres>, rows: &'a [RecordedEvent]) {
+        q.push(
+            "INSERT INTO events (position, stream_id, stream_version, event_type, \
+             schema_version, data_text, metadata_text, occurred_at, recorded_at, prev_hash, hash) ",
+        );
+        q.push_values(rows, |mut b, e| {
+            b.push_bind(e.position)
+                .push_bind(&e.stream_id)
+                .push_bind(e.stream_version)
+                .push_bind(&e.event_type)
+                .push_bind(e.schema_version)
+                .push_bind(&e.data)
+                .push_bind(&e.metadata)
+                .push_bind(&e.occurred_at)
+                .push_unseparated("::timestamptz")
+                .push_bind(&e.recorded_at)
+                .push_unseparated("::timestamptz")
+                .push_bind(&e.prev_hash)
+                .push_bind(&e.hash);
+        });
+    }
+
+    fn push_tokens<'a>(
+        q: &mut QueryBuilder<'a, Postgres>,
+        rows: &'a [(TokenKey, TokenRecord, Timestamp)],
+    ) {
+        q.push(
+            "INSERT INTO refresh_tokens (token_id, token_hash, session_id, generation, issued_at) ",
+        );
+        q.push_values(rows, |mut b, (key, t, at)| {
+            b.push_bind(key.id.to_string())
+                .push_unseparated("::uuid")
+                .push_bind(key.hash.0.as_slice())
+                .push_bind(t.session_id.to_string())
+                .push_unseparated("::uuid")
+                .push_bind(i64::from(t.generation))
+                .push_bind(format_timestamp(*at))
+                .push_unseparated("::timestamptz");
+        });
+    }
+
+    fn push_sessions<'a>(q: &mut QueryBuilder<'a, Postgres>, rows: &'a [Session]) {
+        q.push(
             "INSERT INTO sessions (session_id, user_id, status, scope, roles, created_at, \
              auth_time, last_seen_at, idle_expires_at, absolute_expires_at, generation, retries, \
              rotated_at, rotated_from, login_context, last_context, reauth_required, ended_at, \
-             end_reason, version) \
-             VALUES ($1::uuid, $2::uuid, $3, $4, $5::jsonb, $6::timestamptz, $7::timestamptz, \
-             $8::timestamptz, $9::timestamptz, $10::timestamptz, $11, $12, $13::timestamptz, $14, \
-             $15::jsonb, $16::jsonb, $17, $18::timestamptz, $19, $20) \
-             ON CONFLICT (session_id) DO UPDATE SET status = excluded.status, \
+             end_reason, version) ",
+        );
+        q.push_values(rows, |mut b, s| {
+            b.push_bind(s.session_id.to_string())
+                .push_unseparated("::uuid")
+                .push_bind(s.user_id.to_string())
+                .push_unseparated("::uuid")
+                .push_bind(s.status.as_str())
+                .push_bind(&s.scope)
+                .push_bind(json(&s.roles))
+                .push_unseparated("::jsonb");
+            for t in [
+                s.created_at,
+                s.auth_time,
+                s.last_seen_at,
+                s.idle_expires_at,
+                s.absolute_expires_at,
+            ] {
+                b.push_bind(format_timestamp(t))
+                    .push_unseparated("::timestamptz");
+            }
+            b.push_bind(i64::from(s.generation))
+                .push_bind(i64::from(s.retries))
+                .push_bind(s.rotated_at.map(format_timestamp))
+                .push_unseparated("::timestamptz")
+                .push_bind(s.rotated_from.as_ref().map(|h| h.0.as_slice()))
+                .push_bind(json(&s.login_context))
+                .push_unseparated("::jsonb")
+                .push_bind(json(&s.last_context))
+                .push_unseparated("::jsonb")
+                .push_bind(s.reauth_required)
+                .push_bind(s.ended_at.map(format_timestamp))
+                .push_unseparated("::timestamptz")
+                .push_bind(&s.end_reason)
+                .push_bind(s.version);
+        });
+        q.push(
+            " ON CONFLICT (session_id) DO UPDATE SET status = excluded.status, \
              last_seen_at = excluded.last_seen_at, idle_expires_at = excluded.idle_expires_at, \
              generation = excluded.generation, retries = excluded.retries, \
              rotated_at = excluded.rotated_at, rotated_from = excluded.rotated_from, \
              last_context = excluded.last_context, reauth_required = excluded.reauth_required, \
              ended_at = excluded.ended_at, end_reason = excluded.end_reason, \
              version = excluded.version",
-        )
-        .bind(s.session_id.to_string())
-        .bind(s.user_id.to_string())
-        .bind(s.status.as_str())
-        .bind(&s.scope)
-        .bind(json(&s.roles))
-        .bind(format_timestamp(s.created_at))
-        .bind(format_timestamp(s.auth_time))
-        .bind(format_timestamp(s.last_seen_at))
-        .bind(format_timestamp(s.idle_expires_at))
-        .bind(format_timestamp(s.absolute_expires_at))
-        .bind(i64::from(s.generation))
-        .bind(i64::from(s.retries))
-        .bind(s.rotated_at.map(format_timestamp))
-        .bind(s.rotated_from.as_ref().map(|h| h.0.to_vec()))
-        .bind(json(&s.login_context))
-        .bind(json(&s.last_context))
-        .bind(s.reauth_required)
-        .bind(s.ended_at.map(format_timestamp))
-        .bind(&s.end_reason)
-        .bind(s.version)
-        .execute(c)
-        .await?;
-        Ok(())
+        );
     }
 
-    pub async fn upsert_user(c: &mut PgConnection, u: &User) -> Result<(), StoreError> {
-        sqlx::query(
+    fn push_users<'a>(q: &mut QueryBuilder<'a, Postgres>, rows: &'a [User]) {
+        q.push(
             "INSERT INTO users (user_id, username, password_hash, roles, status, created_at, \
-             password_changed_at, version) \
-             VALUES ($1::uuid, $2, $3, $4::jsonb, $5, $6::timestamptz, $7::timestamptz, $8) \
-             ON CONFLICT (user_id) DO UPDATE SET username = excluded.username, \
+             password_changed_at, version) ",
+        );
+        q.push_values(rows, |mut b, u| {
+            b.push_bind(u.user_id.to_string())
+                .push_unseparated("::uuid")
+                .push_bind(&u.username)
+                .push_bind(&u.password_hash)
+                .push_bind(json(&u.roles))
+                .push_unseparated("::jsonb")
+                .push_bind(u.status.as_str())
+                .push_bind(format_timestamp(u.created_at))
+                .push_unseparated("::timestamptz")
+                .push_bind(u.password_changed_at.map(format_timestamp))
+                .push_unseparated("::timestamptz")
+                .push_bind(u.version);
+        });
+        q.push(
+            " ON CONFLICT (user_id) DO UPDATE SET username = excluded.username, \
              password_hash = excluded.password_hash, roles = excluded.roles, \
              status = excluded.status, password_changed_at = excluded.password_changed_at, \
              version = excluded.version",
-        )
-        .bind(u.user_id.to_string())
-        .bind(&u.username)
-        .bind(&u.password_hash)
-        .bind(json(&u.roles))
-        .bind(u.status.as_str())
-        .bind(format_timestamp(u.created_at))
-        .bind(u.password_changed_at.map(format_timestamp))
-        .bind(u.version)
-        .execute(c)
-        .await?;
-        Ok(())
+        );
     }
 
     pub async fn clear_projections(c: &mut PgConnection) -> Result<(), StoreError> {
