@@ -7,6 +7,7 @@
 mod locks;
 mod rows;
 mod write_session;
+mod writes;
 
 pub use locks::HeldJobLock;
 pub use write_session::PostgresWriteSession;

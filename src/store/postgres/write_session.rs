@@ -9,7 +9,8 @@
 //! the lock is released by COMMIT, so positions become visible in the order they were assigned.
 
 use super::locks::{APPEND_LOCK, COMMIT_CHANNEL};
-use super::rows::{queries, writes};
+use super::rows::queries;
+use super::writes;
 use crate::domain::Timestamp;
 use crate::domain::session::Session;
 use crate::domain::token::TokenKey;
@@ -61,9 +62,7 @@ impl PostgresWriteSession {
         self.head = self.committed;
         Ok(())
     }
-}
 
-impl PostgresWriteSession {
     /// Sends every pending row (inside the open transaction). Reads stay cached: they now match
     /// what the database holds.
     async fn flush(&mut self) -> Result<(), StoreError> {
