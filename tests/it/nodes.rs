@@ -292,3 +292,42 @@ async fn on_sqlite_a_job_lock_is_always_granted() {
     assert!(first.is_some());
     assert!(store.try_job_lock("expiry-sweep").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn the_command_line_works_on_postgres() {
+    let Some(db) = fresh_database("the_command_line_works_on_postgres").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = ["--database-url", db.url.as_str()];
+    let cli = |args: &[&str]| sessiond_cli(&[args, &url[..]].concat(), dir.path());
+    let (ok, out, err) = cli(&["migrate"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        !out.contains(&db.url) && !err.contains(&db.url),
+        "the URL is not printed"
+    );
+
+    let (a, _b) = two_nodes(&db).await;
+    a.register("trent").await;
+    let t = a.login("trent").await;
+    a.refresh_ok(&t.refresh).await;
+    let live = a.service.store.projection_snapshot().await.unwrap();
+
+    let (ok, out, err) = cli(&["projections", "rebuild"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(a.service.store.projection_snapshot().await.unwrap(), live);
+    let (ok, out, err) = cli(&["events", "export", "--type", "session.refreshed"]);
+    assert!(ok, "{err}");
+    let exported: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(exported.len(), 1);
+    assert_eq!(
+        exported[0]["stream_id"],
+        format!("session-{}", t.session_id)
+    );
+    let (ok, out, _) = cli(&["events", "verify"]);
+    assert!(ok && out.starts_with("chain ok"), "{out}");
+}
