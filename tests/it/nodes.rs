@@ -331,3 +331,37 @@ async fn the_command_line_works_on_postgres() {
     let (ok, out, _) = cli(&["events", "verify"]);
     assert!(ok && out.starts_with("chain ok"), "{out}");
 }
+
+/// A database restart or failover cuts every connection: the writer opens a new one for its
+/// next batch and the pool replaces its own, so the node carries on without a restart.
+#[tokio::test]
+async fn a_node_carries_on_after_its_database_connections_are_cut() {
+    let Some(db) = fresh_database("a_node_carries_on_after_its_connections_are_cut").await else {
+        return;
+    };
+    use sqlx::Connection;
+    let app = spawn_node(on(&db), Arc::new(ManualClock::default()), None).await;
+    app.register("victor").await;
+    let t1 = app.login("victor").await;
+
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        cut.len() >= 2,
+        "the writer's and the pool's connections were cut"
+    );
+
+    let t2 = app.refresh_ok(&t1.refresh).await;
+    assert_eq!(app.me(&t2.access).await.status(), StatusCode::OK);
+    assert_eq!(
+        types(&app.session_events(&t1.session_id).await),
+        ["session.started", "session.refreshed"]
+    );
+    assert_sound_log(&app).await;
+}
