@@ -36,6 +36,18 @@ pub async fn fresh_database(test: &str) -> Option<TestDatabase> {
     })
 }
 
+impl TestDatabase {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs one statement on the administration connection (e.g. `ALTER DATABASE`).
+    pub async fn execute_admin(&self, sql: &str) {
+        let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
+        admin.execute(sql).await.unwrap();
+    }
+}
+
 /// `url` with its database (the path) replaced by `name`, the query string kept.
 fn with_database(url: &str, name: &str) -> String {
     let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");

@@ -453,9 +453,37 @@ async fn cursor_paging_walks_the_log_in_order_and_filters_narrow_it() {
 /// good. Slow writers (holding their transaction open) and fast ones interleave here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn followers_reading_by_position_never_skip_an_event_committed_late() {
+    for b in backends("followers_reading_by_position_never_skip").await {
+        interleave_writers_under_a_follower(&b).await;
+    }
+}
+
+/// The same on a PostgreSQL database whose transactions default to REPEATABLE READ: the writer
+/// must still read the head after the append lock is granted, not from an older snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_append_lock_holds_when_the_database_defaults_to_repeatable_read() {
+    let Some(db) = fresh_database("the_append_lock_holds_under_repeatable_read").await else {
+        return;
+    };
+    db.execute_admin(&format!(
+        "ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'",
+        db.name()
+    ))
+    .await;
+    let store = Store::Postgres(PostgresStore::open(&db.url).await.unwrap());
+    let b = Backend {
+        name: "postgres (repeatable read)",
+        store,
+        _sqlite_dir: None,
+        _postgres: Some(db),
+    };
+    interleave_writers_under_a_follower(&b).await;
+}
+
+async fn interleave_writers_under_a_follower(b: &Backend) {
     const WRITERS: usize = 4;
     const APPENDS: usize = 12;
-    for b in backends("followers_reading_by_position_never_skip").await {
+    {
         let name = b.name;
         let total = (WRITERS * APPENDS) as i64;
         let follower = tokio::spawn(follow(b.store.clone(), total));

@@ -127,6 +127,10 @@ impl PostgresStore {
     /// empty database end up with one key. True if `k` was inserted.
     pub async fn create_first_signing_key(&self, k: &StoredSigningKey) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // See the writer's BEGIN: the insert must see what was committed while we waited.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
             .bind(SIGNING_KEY_LOCK.0)
             .bind(SIGNING_KEY_LOCK.1)

@@ -50,8 +50,11 @@ impl PostgresWriteSession {
         if self.conn.is_none() {
             self.conn = Some(PgConnection::connect_with(&self.options).await?);
         }
+        // READ COMMITTED whatever the database's default: each statement after the lock must
+        // see what the previous holder committed (under REPEATABLE READ the snapshot would date
+        // from the lock statement, taken before the lock was granted).
         let lock = format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({}, {});",
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({}, {});",
             APPEND_LOCK.0, APPEND_LOCK.1
         );
         let conn = self.conn()?;
