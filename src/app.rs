@@ -7,8 +7,7 @@ use crate::domain::event::{Actor, EventMetadata};
 use crate::jobs::JobGuards;
 use crate::service::Sessiond;
 use crate::store::commands::Command;
-use crate::store::writer::Writer;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 use crate::tokens::keys::{KeyError, MASTER_KEY_ENV, MasterKey};
 use crate::tokens::{TokenService, key_stream, load_keys};
 use std::future::Future;
@@ -57,7 +56,8 @@ impl Default for Options {
 pub struct App {
     pub service: Arc<Sessiond>,
     writer_task: Option<JoinHandle<()>>,
-    checkpointer: JoinHandle<()>,
+    /// SQLite's WAL checkpoint loop (PostgreSQL checkpoints by itself).
+    checkpointer: Option<JoinHandle<()>>,
     scheduler: Option<JobScheduler>,
     delivery: Option<JoinHandle<()>>,
     stop_delivery: watch::Sender<bool>,
@@ -66,9 +66,31 @@ pub struct App {
 impl Drop for App {
     fn drop(&mut self) {
         // The checkpoint loop would otherwise keep the store open for the life of the runtime.
-        self.checkpointer.abort();
+        if let Some(task) = &self.checkpointer {
+            task.abort();
+        }
         let _ = self.stop_delivery.send(true);
     }
+}
+
+/// The store the configuration names: PostgreSQL for a `database_url`, otherwise SQLite in the
+/// data directory (created if `create`, else it must exist).
+pub async fn open_store(config: &Config, create: bool) -> Result<Store, StartError> {
+    if let Some(url) = &config.database_url {
+        return Ok(Store::Postgres(PostgresStore::open(url.as_str()).await?));
+    }
+    let path = config.database_path();
+    if create {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StartError::Io(format!("data directory {}: {e}", config.data_dir.display()))
+        })?;
+    } else if !path.exists() {
+        return Err(StartError::Io(format!(
+            "no database at {} (wrong --data-dir?)",
+            path.display()
+        )));
+    }
+    Ok(Store::Sqlite(SqliteStore::open(&path).await?))
 }
 
 impl App {
@@ -78,34 +100,49 @@ impl App {
 
     pub async fn build_with(config: Config, options: Options) -> Result<App, StartError> {
         crate::metrics::install();
+        // The data directory holds the SQLite file and, unless given in the environment, the
+        // master key: PostgreSQL nodes need it too.
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Io(format!("data directory {}: {e}", config.data_dir.display()))
         })?;
-        let sqlite = SqliteStore::open(&config.database_path()).await?;
-        let store = Store::Sqlite(sqlite.clone());
-        let (writer, writer_task) = Writer::spawn(
-            sqlite.write_session().await?,
-            options.clock.clone(),
-            config.session_policy(),
-            config.writer_max_batch,
-        );
-        let checkpointer = tokio::spawn(checkpoint_loop(sqlite));
+        let store = open_store(&config, true).await?;
+        let (writer, writer_task) = store
+            .spawn_writer(
+                options.clock.clone(),
+                config.session_policy(),
+                config.writer_max_batch,
+            )
+            .await?;
+        let commits = store.follow_commits(writer.committed()).await?;
+        let checkpointer = match &store {
+            Store::Sqlite(sqlite) => Some(tokio::spawn(checkpoint_loop(sqlite.clone()))),
+            Store::Postgres(_) => None,
+        };
 
         let master = MasterKey::load(options.master_key, &config.data_dir)?;
-        let loaded = load_keys(&store.signing_keys().await?, &master, options.clock.now())?;
-        if let Some((stored, events)) = loaded.created {
-            store.insert_signing_key(&stored).await?;
-            let meta = EventMetadata::new(Actor::System, None);
-            writer
-                .submit(
-                    Command::Record {
-                        stream_id: key_stream(&stored.kid),
-                        events,
-                    },
-                    meta,
-                )
-                .await?;
-            tracing::info!(kid = %stored.kid, "created the first signing key");
+        let mut loaded = load_keys(&store.signing_keys().await?, &master, options.clock.now())?;
+        if let Some((stored, events)) = loaded.created.take() {
+            if store.create_first_signing_key(&stored).await? {
+                let meta = EventMetadata::new(Actor::System, None);
+                writer
+                    .submit(
+                        Command::Record {
+                            stream_id: key_stream(&stored.kid),
+                            events,
+                        },
+                        meta,
+                    )
+                    .await?;
+                tracing::info!(kid = %stored.kid, "created the first signing key");
+            } else {
+                // Another node created one while we were starting: use that one.
+                loaded = load_keys(&store.signing_keys().await?, &master, options.clock.now())?;
+                if loaded.created.is_some() {
+                    return Err(StartError::Io(
+                        "another node created a signing key, but no active key is stored".into(),
+                    ));
+                }
+            }
         }
         let tokens = TokenService::new(
             config.issuer.clone(),
@@ -123,6 +160,7 @@ impl App {
             clock: options.clock,
             master_key: Arc::new(master),
             job_guards: JobGuards::default(),
+            commits,
         });
         let scheduler = if options.start_jobs {
             Some(

@@ -3,10 +3,11 @@
 
 mod accounts;
 
+use crate::app::open_store;
 use crate::config::{Config, LogFormat, Overrides};
 use crate::domain::parse_timestamp;
 use crate::store::chain::{ChainBreak, ChainVerifier};
-use crate::store::{EventFilter, SqliteStore, Store};
+use crate::store::{EventFilter, Store};
 use crate::{App, StartError};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -157,6 +158,9 @@ pub struct Common {
     /// Data directory [env: SESSIOND_DATA_DIR] [default: ./data]
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// PostgreSQL instead of SQLite: postgres://user@host:port/database [env: SESSIOND_DATABASE_URL]
+    #[arg(long)]
+    database_url: Option<String>,
     /// TOML configuration file
     #[arg(long, env = "SESSIOND_CONFIG")]
     config: Option<PathBuf>,
@@ -168,15 +172,16 @@ impl Common {
             config_file: self.config.clone(),
             listen,
             data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
         };
         Ok(Config::load(&overrides, std::env::vars())?)
     }
 
-    /// The configuration of an existing data directory (never creates one by accident).
+    /// The configuration of an existing store (a SQLite file is never created by accident).
     fn existing_config(&self) -> Result<Config, StartError> {
         let config = self.config(None)?;
         let path = config.database_path();
-        if !path.exists() {
+        if config.database_url.is_none() && !path.exists() {
             return Err(StartError::Io(format!(
                 "no database at {} (wrong --data-dir?)",
                 path.display()
@@ -185,12 +190,9 @@ impl Common {
         Ok(config)
     }
 
-    /// Opens the store of an existing data directory.
+    /// Opens the configured store; a SQLite file must exist already (never created by accident).
     async fn store(&self) -> Result<Store, StartError> {
-        let config = self.existing_config()?;
-        Ok(Store::Sqlite(
-            SqliteStore::open(&config.database_path()).await?,
-        ))
+        open_store(&self.config(None)?, false).await
     }
 }
 
@@ -220,12 +222,11 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
         Cmd::Serve { common, listen } => serve(common.config(listen)?).await,
         Cmd::Migrate { common } => {
             let config = common.config(None)?;
-            std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::Io(e.to_string()))?;
-            SqliteStore::open(&config.database_path())
-                .await?
-                .close()
-                .await;
-            println!("migrations applied to {}", config.database_path().display());
+            open_store(&config, true).await?.close().await;
+            match &config.database_url {
+                Some(_) => println!("migrations applied to the PostgreSQL database"),
+                None => println!("migrations applied to {}", config.database_path().display()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Users { command } => accounts::users(command).await,
@@ -397,6 +398,10 @@ async fn serve(config: Config) -> Result<ExitCode, StartError> {
     init_logging(config.log_format);
     let listen = config.listen;
     let data_dir = config.data_dir.clone();
+    let database = match &config.database_url {
+        Some(_) => "PostgreSQL (database_url)".to_owned(),
+        None => "sessiond.db".to_owned(),
+    };
     let app = App::build(config).await?;
     let listener = TcpListener::bind(listen)
         .await
@@ -405,7 +410,7 @@ async fn serve(config: Config) -> Result<ExitCode, StartError> {
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
     tracing::info!(
-        "sessiond listening on http://{addr}; data in {} (database sessiond.db, master key master.key unless {} is set)",
+        "sessiond listening on http://{addr}; data in {} (database {database}, master key master.key unless {} is set)",
         data_dir.display(),
         crate::tokens::keys::MASTER_KEY_ENV,
     );

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// `postgres://…` to use PostgreSQL (several nodes may share it); unset, SQLite in
+    /// `data_dir`.
+    pub database_url: Option<DatabaseUrl>,
     pub issuer: String,
     pub audience: String,
     pub access_token_lifetime: Duration,
@@ -51,6 +54,27 @@ pub struct Config {
     pub oauth_password_grant: bool,
 }
 
+/// A database URL. It may carry a password, so it is never printed: `Debug` shows the scheme.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Option<DatabaseUrl> {
+        crate::store::is_postgres_url(url.trim()).then(|| DatabaseUrl(url.trim().to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.0.split("://").next().unwrap_or("");
+        write!(f, "DatabaseUrl({scheme}://…)")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -75,6 +99,7 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
 pub const KEYS: &[&str] = &[
     "listen",
     "data_dir",
+    "database_url",
     "issuer",
     "audience",
     "access_token_lifetime",
@@ -106,6 +131,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8080".parse().expect("literal address"),
             data_dir: PathBuf::from("./data"),
+            database_url: None,
             issuer: "sessiond".into(),
             audience: "sessiond".into(),
             access_token_lifetime: Duration::minutes(10),
@@ -140,6 +166,7 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
 }
 
 impl Config {
@@ -170,6 +197,9 @@ impl Config {
                 toml::Value::String(dir.display().to_string()),
             );
         }
+        if let Some(url) = &overrides.database_url {
+            raw.insert("database_url".into(), toml::Value::String(url.clone()));
+        }
         Config::from_values(raw)
     }
 
@@ -184,6 +214,12 @@ impl Config {
                         .map_err(|_| err(k, "expected an address like 127.0.0.1:8080"))?
                 }
                 "data_dir" => c.data_dir = PathBuf::from(non_empty(k, value)?),
+                // The value is not echoed back: it may hold a password.
+                "database_url" => {
+                    c.database_url = Some(DatabaseUrl::parse(&string(k, value)?).ok_or_else(
+                        || err(k, "expected postgres://user@host:port/database (SQLite needs no URL: it lives in data_dir)"),
+                    )?)
+                }
                 "issuer" => c.issuer = non_empty(k, value)?,
                 "audience" => c.audience = non_empty(k, value)?,
                 "access_token_lifetime" => c.access_token_lifetime = duration(k, value)?,
@@ -541,5 +577,23 @@ mod tests {
                 "{value}"
             );
         }
+    }
+
+    #[test]
+    fn a_postgres_url_chooses_postgres_and_is_never_printed() {
+        assert_eq!(load(None, &[]).unwrap().database_url, None);
+        let url = "postgres://sessiond:hunter22@db:5432/sessiond";
+        let c = load(None, &[("SESSIOND_DATABASE_URL", url)]).unwrap();
+        assert_eq!(c.database_url.as_ref().unwrap().as_str(), url);
+        assert!(!format!("{c:?}").contains("hunter22"));
+        let c = load(Some("database_url = \"postgresql://db/s\"\n"), &[]).unwrap();
+        assert!(c.database_url.is_some());
+        let e = load(
+            None,
+            &[("SESSIOND_DATABASE_URL", "mysql://u:hunter22@db/s")],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "database_url");
+        assert!(!e.to_string().contains("hunter22"));
     }
 }

@@ -96,6 +96,13 @@ async fn run(app: &Sessiond, job: JobKind, start_rotation_now: bool) -> Result<J
             .increment(1);
         return Ok(JobOutcome::Skipped);
     };
+    // One node at a time: on PostgreSQL the others skip this run (SQLite has one node).
+    let Some(lock) = app.store.try_job_lock(name).await? else {
+        tracing::info!(job = name, "job skipped: another node is running it");
+        metrics::counter!(crate::metrics::JOB_RUNS, "job" => name, "outcome" => "skipped")
+            .increment(1);
+        return Ok(JobOutcome::Skipped);
+    };
     let started = Instant::now();
     let result = match job {
         JobKind::ExpirySweep => expiry_sweep(app).await,
@@ -105,6 +112,7 @@ async fn run(app: &Sessiond, job: JobKind, start_rotation_now: bool) -> Result<J
             .map_err(|e| Error::Internal(e.to_string())),
         JobKind::Retention => retention(app).await,
     };
+    lock.release().await;
     let elapsed = started.elapsed();
     let millis = elapsed.as_millis() as u64;
     metrics::histogram!(crate::metrics::JOB_DURATION, "job" => name).record(elapsed.as_secs_f64());

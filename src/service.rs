@@ -37,6 +37,9 @@ pub struct Sessiond {
     pub master_key: Arc<MasterKey>,
     /// Keeps each scheduled job from overlapping itself.
     pub job_guards: crate::jobs::JobGuards,
+    /// The last committed position, moved by this node's writer and (on PostgreSQL) by every
+    /// other node's commits: what followers of the log wait on.
+    pub commits: tokio::sync::watch::Receiver<i64>,
 }
 
 /// What login and refresh hand back.

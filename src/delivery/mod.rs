@@ -128,7 +128,7 @@ async fn load_target(app: &Sessiond, id: Uuid) -> Result<Option<(Target, i64)>, 
 }
 
 async fn deliver_loop(app: Arc<Sessiond>, id: Uuid, mut stop: watch::Receiver<bool>) {
-    let mut committed = app.writer.committed();
+    let mut committed = app.commits.clone();
     let mut writer_alive = true;
     let poll = to_std(app.config.webhook_poll_interval);
     let http = reqwest::Client::builder()

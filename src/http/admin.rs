@@ -276,7 +276,7 @@ async fn stream(
         Some(a) => a,
         None => app.store.head().await?.position,
     };
-    let committed = app.writer.committed();
+    let committed = app.commits.clone();
     let state = (app, after, VecDeque::new(), committed);
     let events = futures_util::stream::unfold(
         state,
@@ -305,7 +305,7 @@ async fn stream(
                         buffer.extend(page.iter().map(crate::service::admin::EventView::of));
                     }
                     Ok(_) => {
-                        // Woken by this node's commits; the timeout catches other writers.
+                        // Woken by any node's commits; the timeout catches a lost notification.
                         let _ =
                             tokio::time::timeout(Duration::from_secs(1), committed.changed()).await;
                     }

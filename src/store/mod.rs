@@ -6,17 +6,25 @@
 
 pub mod chain;
 pub mod commands;
+pub(crate) mod overlay;
+pub mod postgres;
 pub mod sqlite;
 pub mod writer;
 
+use crate::clock::Clock;
 use crate::domain::event::{DecodeError, Event, EventMetadata};
 use crate::domain::session::Session;
+use crate::domain::session::SessionPolicy;
 use crate::domain::token::TokenKey;
 use crate::domain::user::User;
 use crate::domain::{Timestamp, format_timestamp};
 use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::watch;
 use uuid::Uuid;
+use writer::Writer;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -205,10 +213,31 @@ pub struct PruneCounts {
     pub refresh_tokens: u64,
 }
 
-/// The store behind the service: one variant per backend (PostgreSQL joins SQLite here).
+/// The store behind the service: one variant per backend.
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+/// Whether a database URL names PostgreSQL (the only backend chosen by URL; SQLite is the
+/// default and lives in the data directory).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A background job's lock, held until released or dropped. On SQLite (one node) it is
+/// always granted and holds nothing.
+pub struct JobLock {
+    held: Option<postgres::HeldJobLock>,
+}
+
+impl JobLock {
+    pub async fn release(self) {
+        if let Some(held) = self.held {
+            held.release().await;
+        }
+    }
 }
 
 /// Filters for reading the log back (export, timelines).
@@ -232,24 +261,28 @@ impl Store {
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
         match self {
             Store::Sqlite(s) => s.user_by_name(username).await,
+            Store::Postgres(p) => p.user_by_name(username).await,
         }
     }
 
     pub async fn user_by_id(&self, user_id: Uuid) -> Result<Option<User>, StoreError> {
         match self {
             Store::Sqlite(s) => s.user_by_id(user_id).await,
+            Store::Postgres(p) => p.user_by_id(user_id).await,
         }
     }
 
     pub async fn session(&self, session_id: Uuid) -> Result<Option<Session>, StoreError> {
         match self {
             Store::Sqlite(s) => s.session(session_id).await,
+            Store::Postgres(p) => p.session(session_id).await,
         }
     }
 
     pub async fn token(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.token(key).await,
+            Store::Postgres(p) => p.token(key).await,
         }
     }
 
@@ -257,6 +290,7 @@ impl Store {
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
         match self {
             Store::Sqlite(s) => s.events(filter).await,
+            Store::Postgres(p) => p.events(filter).await,
         }
     }
 
@@ -264,6 +298,7 @@ impl Store {
     pub async fn active_sessions_of(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
         match self {
             Store::Sqlite(s) => s.active_sessions_of(user_id).await,
+            Store::Postgres(s) => s.active_sessions_of(user_id).await,
         }
     }
 
@@ -271,6 +306,7 @@ impl Store {
     pub async fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
         match self {
             Store::Sqlite(s) => s.session_ids_of(user_id).await,
+            Store::Postgres(s) => s.session_ids_of(user_id).await,
         }
     }
 
@@ -278,12 +314,14 @@ impl Store {
     pub async fn has_user_with_role(&self, role: &str) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => s.has_user_with_role(role).await,
+            Store::Postgres(s) => s.has_user_with_role(role).await,
         }
     }
 
     pub async fn insert_api_key(&self, key: &StoredApiKey) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.insert_api_key(key).await,
+            Store::Postgres(s) => s.insert_api_key(key).await,
         }
     }
 
@@ -291,36 +329,42 @@ impl Store {
     pub async fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError> {
         match self {
             Store::Sqlite(s) => s.api_key(key).await,
+            Store::Postgres(s) => s.api_key(key).await,
         }
     }
 
     pub async fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError> {
         match self {
             Store::Sqlite(s) => s.api_keys().await,
+            Store::Postgres(s) => s.api_keys().await,
         }
     }
 
     pub async fn revoke_api_key(&self, key_id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => s.revoke_api_key(key_id, at).await,
+            Store::Postgres(s) => s.revoke_api_key(key_id, at).await,
         }
     }
 
     pub async fn head(&self) -> Result<ChainHead, StoreError> {
         match self {
             Store::Sqlite(s) => s.head().await,
+            Store::Postgres(p) => p.head().await,
         }
     }
 
     pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
         match self {
             Store::Sqlite(s) => s.signing_keys().await,
+            Store::Postgres(p) => p.signing_keys().await,
         }
     }
 
     pub async fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.insert_signing_key(key).await,
+            Store::Postgres(p) => p.insert_signing_key(key).await,
         }
     }
 
@@ -330,6 +374,59 @@ impl Store {
             Store::Sqlite(s) => {
                 crate::projection::rebuild(&mut s.write_session().await?, self).await
             }
+            Store::Postgres(p) => {
+                crate::projection::rebuild(&mut p.write_session().await?, self).await
+            }
+        }
+    }
+
+    /// Inserts `key` unless an active signing key exists; true if it was inserted. Nodes that
+    /// start together on an empty database end up with one key.
+    pub async fn create_first_signing_key(
+        &self,
+        key: &StoredSigningKey,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.create_first_signing_key(key).await,
+            Store::Postgres(p) => p.create_first_signing_key(key).await,
+        }
+    }
+
+    /// Starts the group-commit writer on a connection of its own.
+    pub async fn spawn_writer(
+        &self,
+        clock: Arc<dyn Clock>,
+        policy: SessionPolicy,
+        max_batch: usize,
+    ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
+        Ok(match self {
+            Store::Sqlite(s) => Writer::spawn(s.write_session().await?, clock, policy, max_batch),
+            Store::Postgres(p) => Writer::spawn(p.write_session().await?, clock, policy, max_batch),
+        })
+    }
+
+    /// Wakes followers of the log: the highest committed position known, fed by this node's
+    /// writer (`local`, from [`Writer::committed`]) and, on PostgreSQL, by every other node's
+    /// commits (LISTEN/NOTIFY). Followers still poll now and then: a notification can be lost
+    /// with its connection.
+    pub async fn follow_commits(
+        &self,
+        local: watch::Receiver<i64>,
+    ) -> Result<watch::Receiver<i64>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(local),
+            Store::Postgres(p) => p.follow_commits(local).await,
+        }
+    }
+
+    /// The lock for one run of a background job, or `None` if another node is running it.
+    pub async fn try_job_lock(&self, job: &str) -> Result<Option<JobLock>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(Some(JobLock { held: None })),
+            Store::Postgres(p) => Ok(p
+                .try_job_lock(job)
+                .await?
+                .map(|held| JobLock { held: Some(held) })),
         }
     }
 
@@ -337,6 +434,7 @@ impl Store {
     pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
         match self {
             Store::Sqlite(s) => s.projection_snapshot().await,
+            Store::Postgres(p) => p.projection_snapshot().await,
         }
     }
 
@@ -344,12 +442,14 @@ impl Store {
     pub async fn sessions_due(&self, now: Timestamp, limit: i64) -> Result<Vec<Uuid>, StoreError> {
         match self {
             Store::Sqlite(s) => s.sessions_due(now, limit).await,
+            Store::Postgres(s) => s.sessions_due(now, limit).await,
         }
     }
 
     pub async fn count_active_sessions(&self) -> Result<i64, StoreError> {
         match self {
             Store::Sqlite(s) => s.count_active_sessions().await,
+            Store::Postgres(s) => s.count_active_sessions().await,
         }
     }
 
@@ -357,6 +457,7 @@ impl Store {
     pub async fn check_ready(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.check_ready().await,
+            Store::Postgres(s) => s.check_ready().await,
         }
     }
 
@@ -364,24 +465,28 @@ impl Store {
     pub async fn update_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.update_signing_key(key).await,
+            Store::Postgres(s) => s.update_signing_key(key).await,
         }
     }
 
     pub async fn insert_webhook(&self, w: &WebhookSubscription) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.insert_webhook(w).await,
+            Store::Postgres(s) => s.insert_webhook(w).await,
         }
     }
 
     pub async fn webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
         match self {
             Store::Sqlite(s) => s.webhooks().await,
+            Store::Postgres(s) => s.webhooks().await,
         }
     }
 
     pub async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => s.delete_webhook(id).await,
+            Store::Postgres(s) => s.delete_webhook(id).await,
         }
     }
 
@@ -399,12 +504,17 @@ impl Store {
                 s.record_webhook_attempt(id, delivered_position, error, at)
                     .await
             }
+            Store::Postgres(s) => {
+                s.record_webhook_attempt(id, delivered_position, error, at)
+                    .await
+            }
         }
     }
 
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(p) => p.close().await,
         }
     }
 }

@@ -32,7 +32,7 @@ impl Write for Capture {
     }
 }
 
-fn capture_logs() {
+pub fn capture_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         tracing_subscriber::fmt()
@@ -61,15 +61,31 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
-    spawn(configure, false).await
+    spawn_node_with(configure, Arc::new(ManualClock::default()), None, false).await
 }
 
 /// An app whose scheduled jobs run on their configured schedules (set them in `configure`).
 pub async fn spawn_app_scheduled(configure: impl FnOnce(&mut Config)) -> TestApp {
-    spawn(configure, true).await
+    spawn_node_with(configure, Arc::new(ManualClock::default()), None, true).await
 }
 
-async fn spawn(configure: impl FnOnce(&mut Config), start_jobs: bool) -> TestApp {
+/// A server built with `configure`, reading time from `clock`, with the master key given (as
+/// `SESSIOND_MASTER_KEY` would give it) or a `master.key` of its own. Several nodes of one
+/// PostgreSQL database need the same master key.
+pub async fn spawn_node(
+    configure: impl FnOnce(&mut Config),
+    clock: Arc<ManualClock>,
+    master_key: Option<String>,
+) -> TestApp {
+    spawn_node_with(configure, clock, master_key, false).await
+}
+
+async fn spawn_node_with(
+    configure: impl FnOnce(&mut Config),
+    clock: Arc<ManualClock>,
+    master_key: Option<String>,
+    start_jobs: bool,
+) -> TestApp {
     capture_logs();
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = Config {
@@ -77,12 +93,11 @@ async fn spawn(configure: impl FnOnce(&mut Config), start_jobs: bool) -> TestApp
         ..Config::default()
     };
     configure(&mut config);
-    let clock = Arc::new(ManualClock::default());
     let app = App::build_with(
         config,
         Options {
             clock: clock.clone(),
-            master_key: None,
+            master_key,
             // Jobs mostly run by hand in tests (`sessiond::jobs::run_job`), so that they run
             // exactly when the test has moved the manual clock.
             start_jobs,
@@ -91,6 +106,11 @@ async fn spawn(configure: impl FnOnce(&mut Config), start_jobs: bool) -> TestApp
     )
     .await
     .expect("the app builds");
+    serve(app, clock, data_dir).await
+}
+
+/// Serves a built app on 127.0.0.1:0.
+pub async fn serve(app: App, clock: Arc<ManualClock>, data_dir: TempDir) -> TestApp {
     let service = app.service.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

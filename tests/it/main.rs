@@ -1,7 +1,9 @@
 //! The integration suite: one binary, each test against a real server on 127.0.0.1:0 with its
-//! own SQLite file. Logs are captured (and searched for secrets); set TEST_LOG=1 to see them.
+//! own SQLite file (or its own PostgreSQL database, see `pg.rs`). Logs are captured (and
+//! searched for secrets); set TEST_LOG=1 to see them.
 
 mod helpers;
+mod pg;
 
 mod admin;
 mod auth_api;
@@ -10,10 +12,12 @@ mod cli;
 mod devices;
 mod expiry;
 mod jobs;
+mod nodes;
 mod oauth;
 mod ops;
 mod refresh;
 mod secrets;
 mod shutdown;
 mod startup;
+mod store_contract;
 mod webhooks;

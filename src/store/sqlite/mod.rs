@@ -257,6 +257,27 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Inserts `k` unless an active key exists; true if it was inserted. One statement, so
+    /// SQLite's single write lock makes the check and the insert one step.
+    pub async fn create_first_signing_key(&self, k: &StoredSigningKey) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
+             created_at, activated_at, retired_at) SELECT ?, ?, ?, ?, ?, ?, ?, ? \
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status = 'active')",
+        )
+        .bind(&k.kid)
+        .bind(&k.algorithm)
+        .bind(&k.public_key)
+        .bind(&k.private_key_sealed)
+        .bind(&k.status)
+        .bind(format_timestamp(k.created_at))
+        .bind(k.activated_at.map(format_timestamp))
+        .bind(k.retired_at.map(format_timestamp))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
         for (table, key) in [

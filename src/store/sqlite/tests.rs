@@ -1,7 +1,6 @@
 //! The overlay against SQLite itself: a batch equals one transaction per command, rebuilds
 //! match, conflicts surface, rollbacks forget.
 
-use super::write_session::OVERLAY_FLUSH_ROWS;
 use super::*;
 use crate::domain::context::RequestContext;
 use crate::domain::event::{Actor, EventMetadata};
@@ -12,6 +11,7 @@ use crate::store::NewEvent;
 use crate::store::Store;
 use crate::store::UnitOfWork;
 use crate::store::commands::{Command, RegisterUser, Reply, execute};
+use crate::store::overlay::OVERLAY_FLUSH_ROWS;
 use crate::store::writer::WriteSession;
 use chrono::Duration;
 

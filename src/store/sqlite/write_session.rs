@@ -3,15 +3,15 @@
 
 use super::rows::*;
 use crate::domain::session::Session;
-use crate::domain::token::{TokenHash, TokenKey};
+use crate::domain::token::TokenKey;
 use crate::domain::user::User;
 use crate::domain::{Timestamp, format_timestamp};
+use crate::store::overlay::Overlay;
 use crate::store::{
     ChainHead, NewEvent, PruneCounts, RecordedEvent, StoreError, TokenRecord, UnitOfWork,
 };
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Executor, QueryBuilder, Row, Sqlite};
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
@@ -31,62 +31,8 @@ pub struct SqliteWriteSession {
     wal_restart_due: Arc<AtomicBool>,
 }
 
-/// Writes not yet sent to SQLite, and rows already read, for the current transaction only:
-/// another process may write between our transactions, so nothing survives commit or rollback.
-#[derive(Default)]
-struct Overlay {
-    events: Vec<RecordedEvent>,
-    /// (stream, version) of every event in `events`: the in-memory side of the UNIQUE guard.
-    versions: HashSet<(String, i64)>,
-    stream_max: HashMap<String, i64>,
-    tokens: Vec<(TokenKey, TokenRecord, Timestamp)>,
-    token_index: HashMap<TokenHash, TokenRecord>,
-    sessions: HashMap<Uuid, Session>,
-    users: HashMap<Uuid, User>,
-    /// Rows as SQLite holds them now (`None`: known to be absent). Tokens are remembered by
-    /// hash, which also fixes the id (it is part of the hashed text).
-    read_tokens: HashMap<TokenHash, Option<TokenRecord>>,
-    read_sessions: HashMap<Uuid, Option<Session>>,
-    read_users: HashMap<Uuid, Option<User>>,
-}
-
-/// Pending rows after which the overlay is flushed early, so a rebuild of a long log does not
-/// hold every projection row in memory.
-pub(super) const OVERLAY_FLUSH_ROWS: usize = 4096;
 /// Rows per multi-row statement: well under SQLite's 32,766 bound parameters (19 per session).
 const ROWS_PER_STATEMENT: usize = 256;
-
-impl Overlay {
-    fn pending(&self) -> usize {
-        self.events.len() + self.tokens.len() + self.sessions.len() + self.users.len()
-    }
-
-    fn full(&self) -> bool {
-        self.pending() >= OVERLAY_FLUSH_ROWS
-    }
-
-    fn session(&self, id: Uuid) -> Option<Option<Session>> {
-        self.sessions
-            .get(&id)
-            .map(|s| Some(s.clone()))
-            .or_else(|| self.read_sessions.get(&id).cloned())
-    }
-
-    fn user(&self, id: Uuid) -> Option<Option<User>> {
-        self.users
-            .get(&id)
-            .map(|u| Some(u.clone()))
-            .or_else(|| self.read_users.get(&id).cloned())
-    }
-
-    fn user_named(&self, name: &str) -> Option<User> {
-        self.users
-            .values()
-            .chain(self.read_users.values().flatten())
-            .find(|u| u.username == name)
-            .cloned()
-    }
-}
 
 impl SqliteWriteSession {
     pub(super) fn new(
@@ -528,28 +474,7 @@ impl UnitOfWork for SqliteWriteSession {
     }
 
     async fn append(&mut self, new: NewEvent) -> Result<RecordedEvent, StoreError> {
-        let version = new.expected_version + 1;
-        if self
-            .overlay
-            .versions
-            .contains(&(new.stream_id.clone(), version))
-        {
-            return Err(StoreError::Conflict {
-                stream_id: new.stream_id,
-                expected: new.expected_version,
-            });
-        }
-        let recorded_at = new.occurred_at;
-        let e = RecordedEvent::seal(&new, self.head.position + 1, self.head.hash, recorded_at);
-        self.head = ChainHead {
-            position: e.position,
-            hash: hash32(e.hash.clone())?,
-        };
-        let o = &mut self.overlay;
-        o.versions.insert((new.stream_id.clone(), version));
-        let max = o.stream_max.entry(new.stream_id).or_insert(version);
-        *max = (*max).max(version);
-        o.events.push(e.clone());
+        let e = self.overlay.append(new, &mut self.head)?;
         self.flush_if_full().await?;
         Ok(e)
     }
