@@ -15,6 +15,7 @@ mod jobs;
 mod nodes;
 mod oauth;
 mod ops;
+mod postgres_surfaces;
 mod refresh;
 mod secrets;
 mod shutdown;
