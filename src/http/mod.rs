@@ -6,6 +6,7 @@ pub mod auth;
 pub mod extract;
 pub mod me;
 pub mod oauth;
+pub mod openapi;
 pub mod ops;
 pub mod revocations;
 pub mod webhooks;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(me::router())
         .merge(admin::router())
         .merge(oauth::router())
+        .merge(openapi::router())
         .merge(revocations::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })

@@ -14,6 +14,7 @@ mod expiry;
 mod jobs;
 mod nodes;
 mod oauth;
+mod openapi;
 mod ops;
 mod postgres_surfaces;
 mod refresh;
