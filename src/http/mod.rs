@@ -8,6 +8,7 @@ pub mod me;
 pub mod oauth;
 pub mod openapi;
 pub mod ops;
+pub mod pages;
 pub mod revocations;
 pub mod webhooks;
 pub mod wellknown;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(oauth::router())
         .merge(openapi::router())
+        .merge(pages::router())
         .merge(revocations::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })

@@ -18,6 +18,8 @@ pub struct DeviceSession {
     pub device: DeviceView,
     pub location: LocationView,
     pub ip: Option<String>,
+    /// The raw User-Agent of the latest request, for what the parsed device leaves out.
+    pub user_agent: Option<String>,
     pub created_at: String,
     pub last_seen_at: String,
     pub status: &'static str,
@@ -66,6 +68,7 @@ impl DeviceSession {
                 })
                 .unwrap_or_default(),
             ip: ctx.ip.map(|ip| ip.to_string()),
+            user_agent: ctx.user_agent.clone(),
             created_at: format_timestamp(session.created_at),
             last_seen_at: format_timestamp(session.last_seen_at),
             status: session.status.as_str(),

@@ -8,6 +8,7 @@ mod pg;
 mod admin;
 mod auth_api;
 mod bad_input;
+mod browser;
 mod cli;
 mod devices;
 mod expiry;

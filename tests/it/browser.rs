@@ -1,0 +1,368 @@
+//! The pages in a real browser: headless Chromium driven over WebDriver (chromedriver), against
+//! a real server. Signs in on the account page, sees two devices, revokes the other; opens the
+//! console as a security analyst, finds the user, opens a session timeline, sees its flags; and
+//! checks that markup in a username or User-Agent renders as text. Screenshots are saved under
+//! the test target's tmp directory. Without chromedriver the test is skipped with a notice,
+//! except in CI (`CI` set), where it must run.
+
+use crate::helpers::*;
+use base64::Engine;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const XSS: &str = "<img src=x onerror=alert(1)>";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Option<Browser> {
+        let driver =
+            std::env::var("SESSIOND_CHROMEDRIVER").unwrap_or("/usr/bin/chromedriver".into());
+        let chromium = std::env::var("SESSIOND_CHROMIUM").unwrap_or("/usr/bin/chromium".into());
+        if !std::path::Path::new(&driver).exists() || !std::path::Path::new(&chromium).exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have {driver} and {chromium}"
+            );
+            eprintln!("skipping the browser test: {driver} or {chromium} is not installed");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let profile = tempfile::tempdir().unwrap();
+        let mut b = Browser {
+            http: reqwest::Client::new(),
+            base: format!("http://127.0.0.1:{port}"),
+            driver,
+            _profile: profile,
+        };
+        for _ in 0..100 {
+            if b.http
+                .get(format!("{}/status", b.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let session = b
+            .post("/session", json!({ "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": chromium,
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                             "--disable-quic", "--no-first-run", "--disable-background-networking",
+                             "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                             format!("--user-data-dir={}", b._profile.path().display())],
+                },
+            }}}))
+            .await;
+        let id = session["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {session}"));
+        b.base = format!("{}/session/{id}", b.base);
+        Some(b)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()["value"].take()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()["value"].take()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url })).await;
+    }
+
+    async fn all(&self, css: &str) -> Vec<String> {
+        let v = self
+            .post(
+                "/elements",
+                json!({ "using": "css selector", "value": css }),
+            )
+            .await;
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e[ELEMENT].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits up to 10 s for at least `n` elements matching `css`.
+    async fn wait_for(&self, css: &str, n: usize) -> Vec<String> {
+        for _ in 0..100 {
+            let found = self.all(css).await;
+            if found.len() >= n {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "no {n} of {css:?} within 10 s; page text: {}",
+            self.text_of_page().await
+        );
+    }
+
+    /// Waits until exactly `n` elements match `css`.
+    async fn wait_for_exactly(&self, css: &str, n: usize) {
+        for _ in 0..100 {
+            if self.all(css).await.len() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{css:?} never came to {n}");
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self.wait_for(css, 1).await.remove(0);
+        self.post(&format!("/element/{el}/clear"), json!({})).await;
+        self.post(&format!("/element/{el}/value"), json!({ "text": text }))
+            .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self.wait_for(css, 1).await.remove(0);
+        self.post(&format!("/element/{el}/click"), json!({})).await;
+    }
+
+    async fn text(&self, el: &str) -> String {
+        self.get(&format!("/element/{el}/text"))
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn text_of_page(&self) -> String {
+        match self.all("body").await.first() {
+            Some(body) => self.text(body).await,
+            None => String::new(),
+        }
+    }
+
+    /// The open alert or confirm dialog's text, if one is open.
+    async fn dialog(&self) -> Option<String> {
+        let v = self.get("/alert/text").await;
+        v.as_str().map(str::to_owned)
+    }
+
+    async fn accept_dialog(&self) {
+        for _ in 0..50 {
+            if self.dialog().await.is_some() {
+                self.post("/alert/accept", json!({})).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no confirmation dialog appeared");
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.get("/screenshot").await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        eprintln!("screenshot: {}", path.display());
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+async fn login_from(app: &TestApp, username: &str, ip: &str, user_agent: &str) -> Tokens {
+    let r = app
+        .http
+        .post(app.url("/v1/auth/login"))
+        .header("x-forwarded-for", ip)
+        .header("user-agent", user_agent)
+        .json(&json!({ "username": username, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    Tokens::from_json(&r.json().await.unwrap())
+}
+
+async fn sign_in(b: &Browser, username: &str) {
+    b.type_into("#signin input[name=username]", username).await;
+    b.type_into("#signin input[name=password]", PASSWORD).await;
+    b.click("#signin-button").await;
+}
+
+/// No markup from the API became an element, and no script ran.
+async fn assert_rendered_as_text(b: &Browser) {
+    assert!(b.all("main img").await.is_empty(), "an <img> was injected");
+    assert_eq!(b.dialog().await, None, "a script opened a dialog");
+    assert!(
+        b.text_of_page().await.contains(XSS),
+        "the markup shows as text"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_work_in_a_real_browser_and_render_markup_as_text() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let app = spawn_app_with(|c| c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    app.register("alice").await;
+    let other = login_from(&app, "alice", "198.51.100.9", &format!("Mozilla/5.0 {XSS}")).await;
+
+    // The account page: sign in, two devices, revoke the other one.
+    b.goto(&app.url("/account/")).await;
+    sign_in(&b, "alice").await;
+    b.wait_for("#devices tr", 2).await;
+    assert_eq!(b.all("#devices tr.current").await.len(), 1);
+    assert_rendered_as_text(&b).await;
+    b.screenshot("account.png").await;
+    b.click("#devices button.revoke").await;
+    b.accept_dialog().await;
+    b.wait_for_exactly("#devices tr", 1).await;
+    assert_eq!(
+        app.refresh(&other.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Material for the console: a reused refresh token and a failed login whose name is markup.
+    app.service
+        .register(
+            "analyst",
+            PASSWORD.into(),
+            vec!["security".into()],
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let stolen = login_from(
+        &app,
+        "alice",
+        "203.0.113.9",
+        "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+    )
+    .await;
+    app.refresh_ok(&stolen.refresh).await;
+    app.clock.advance(chrono::Duration::minutes(2));
+    assert_eq!(
+        app.refresh(&stolen.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let r = app
+        .http
+        .post(app.url("/v1/auth/login"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&json!({ "username": XSS, "password": "not the password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // The console: a fresh browser profile signs in as the analyst and finds alice.
+    b.goto(&app.url("/console/")).await;
+    b.wait_for("#signin", 1).await;
+    sign_in(&b, "analyst").await;
+    b.wait_for("#console:not(.hidden)", 1).await;
+    b.type_into("#q", "alice").await;
+    b.click("#search-button").await;
+    b.wait_for("#result-body tr[data-session]", 1).await;
+    b.click(&format!(
+        "tr[data-session='{}'] a.open-session",
+        stolen.session_id
+    ))
+    .await;
+    b.wait_for("#result-body tr.event", 3).await;
+    let reuse = b
+        .wait_for("tr[data-type='session.reuse_detected'] .tag.reuse", 1)
+        .await;
+    assert!(
+        b.text(&reuse[0]).await.contains("older_generation")
+            || b.text(&reuse[0]).await.contains("previous_after_grace")
+    );
+    let page = b.text_of_page().await;
+    assert!(
+        page.contains("203.0.113.9"),
+        "the timeline shows the address"
+    );
+    b.screenshot("console-session.png").await;
+
+    // The address's timeline shows the failed login with its name as text.
+    b.type_into("#q", "203.0.113.9").await;
+    b.click("#search-button").await;
+    b.wait_for("tr[data-type='login.failed']", 1).await;
+    assert_rendered_as_text(&b).await;
+    b.screenshot("console-address.png").await;
+
+    // Log alice out everywhere, confirmed in the page; the API agrees.
+    b.type_into("#q", "alice").await;
+    b.click("#search-button").await;
+    b.click("#logout-everywhere").await;
+    b.accept_dialog().await;
+    b.wait_for("#result-title", 1).await;
+    for _ in 0..50 {
+        if sessions_left(&app).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sessions_left(&app).await, 0);
+}
+
+async fn sessions_left(app: &TestApp) -> usize {
+    let alice = app
+        .service
+        .store
+        .user_by_name("alice")
+        .await
+        .unwrap()
+        .unwrap();
+    app.service
+        .store
+        .active_sessions_of(alice.user_id)
+        .await
+        .unwrap()
+        .len()
+}
