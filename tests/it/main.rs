@@ -12,6 +12,7 @@ mod browser;
 mod cli;
 mod devices;
 mod expiry;
+mod export;
 mod jobs;
 mod nodes;
 mod oauth;

@@ -10,12 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-struct Server {
-    child: Child,
-    base: String,
+pub struct Server {
+    pub child: Child,
+    pub base: String,
 }
 
-async fn start(data_dir: &Path, log: &str) -> Server {
+pub async fn start(data_dir: &Path, log: &str) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -53,7 +53,7 @@ async fn start(data_dir: &Path, log: &str) -> Server {
 }
 
 /// Sends SIGTERM and returns whether the process exited with status 0.
-async fn terminate(server: &mut Server) -> bool {
+pub async fn terminate(server: &mut Server) -> bool {
     let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")
