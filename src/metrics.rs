@@ -197,6 +197,9 @@ pub fn observe_command(command: &Command, reply: &Reply) {
         (Command::LogoutEverywhere { .. }, Reply::SessionsEnded(ended)) => {
             revoked(RevokeReason::LogoutEverywhere, ended.len())
         }
+        (Command::SetLock { .. }, Reply::SessionsEnded(ended)) => {
+            revoked(RevokeReason::Admin, ended.len())
+        }
         (Command::ChangePassword { .. }, Reply::PasswordChanged { ended }) => {
             revoked(RevokeReason::PasswordChange, ended.len())
         }

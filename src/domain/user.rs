@@ -3,7 +3,8 @@
 use super::Timestamp;
 use super::context::RequestContext;
 use super::event::{
-    Event, LoginFailed, LoginFailure, PasswordChanged, UserLoggedOutEverywhere, UserRegistered,
+    Event, LoginFailed, LoginFailure, PasswordChanged, UserLockChanged, UserLoggedOutEverywhere,
+    UserRegistered,
 };
 use uuid::Uuid;
 
@@ -148,6 +149,28 @@ impl User {
             sessions,
             context: context.cloned(),
         })
+    }
+}
+
+impl User {
+    /// Locks or unlocks; nothing when the user is already so. Ending the sessions of a locked
+    /// user is the caller's part (they are other streams).
+    pub fn decide_lock(
+        &self,
+        lock: bool,
+        reason: &str,
+        context: Option<&RequestContext>,
+    ) -> Vec<Event> {
+        let change = UserLockChanged {
+            user_id: self.user_id,
+            reason: reason.to_owned(),
+            context: context.cloned(),
+        };
+        match (lock, self.status) {
+            (true, UserStatus::Active) => vec![Event::UserLocked(change)],
+            (false, UserStatus::Locked) => vec![Event::UserUnlocked(change)],
+            _ => Vec::new(),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! `security` role, or an API key with that role. Everyone else gets 403 on every route.
 
 use super::AppState;
-use super::extract::{Context, RequiredBearer};
+use super::extract::{ApiJson, Context, RequiredBearer};
 use crate::domain::parse_timestamp;
 use crate::error::Error;
 use crate::service::admin::{EventPage, EventQuery, SessionDetail, UserDetail};
@@ -33,6 +33,8 @@ pub fn router() -> Router<AppState> {
             "/v1/admin/users/{user}/logout-everywhere",
             post(logout_everywhere),
         )
+        .route("/v1/admin/users/{user}/lock", post(lock))
+        .route("/v1/admin/users/{user}/unlock", post(unlock))
         .route("/v1/admin/sessions/{session_id}", get(session))
         .route(
             "/v1/admin/sessions/{session_id}/revoke",
@@ -341,4 +343,35 @@ async fn logout_everywhere(
         .admin_logout_everywhere(&caller, uuid_or_404(&user)?, &ctx)
         .await?;
     Ok(Json(json!({ "revoked": revoked })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockBody {
+    reason: String,
+}
+
+async fn lock(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    SecurityCaller(caller): SecurityCaller,
+    Path(user): Path<String>,
+    ApiJson(body): ApiJson<LockBody>,
+) -> Result<Json<Value>, Error> {
+    let revoked = app
+        .admin_set_lock(&caller, uuid_or_404(&user)?, true, &body.reason, &ctx)
+        .await?;
+    Ok(Json(json!({ "locked": true, "revoked": revoked })))
+}
+
+async fn unlock(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    SecurityCaller(caller): SecurityCaller,
+    Path(user): Path<String>,
+    ApiJson(body): ApiJson<LockBody>,
+) -> Result<Json<Value>, Error> {
+    app.admin_set_lock(&caller, uuid_or_404(&user)?, false, &body.reason, &ctx)
+        .await?;
+    Ok(Json(json!({ "locked": false })))
 }

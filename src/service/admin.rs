@@ -424,4 +424,34 @@ impl Sessiond {
             other => Err(unexpected(other)),
         }
     }
+
+    /// Locks a user (no login; every session ends) or unlocks one, as the security team.
+    pub async fn admin_set_lock(
+        &self,
+        caller: &Caller,
+        user_id: Uuid,
+        lock: bool,
+        reason: &str,
+        ctx: &RequestContext,
+    ) -> Result<usize, Error> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > 500 {
+            return Err(Error::InvalidField(
+                "invalid_reason",
+                "give a reason of 1 to 500 characters; it goes into the log".into(),
+            ));
+        }
+        let cmd = Command::SetLock {
+            user_id,
+            lock,
+            reason: reason.to_owned(),
+            context: Some(ctx.clone()),
+        };
+        let meta = EventMetadata::new(caller.actor(), ctx.request_id.clone());
+        match self.writer.submit(cmd, meta).await? {
+            Reply::SessionsEnded(ended) => Ok(ended.len()),
+            Reply::Rejected(Rejection::UnknownUser) => Err(Error::NotFound),
+            other => Err(unexpected(other)),
+        }
+    }
 }

@@ -66,6 +66,13 @@ pub enum Command {
         session_id: Uuid,
         reason: String,
     },
+    /// Locks a user (every session ends, reason `admin`) or unlocks one.
+    SetLock {
+        user_id: Uuid,
+        lock: bool,
+        reason: String,
+        context: Option<RequestContext>,
+    },
     /// Records expiry of a session whose lifetime ran out (the sweep).
     ExpireIfDue {
         session_id: Uuid,
@@ -289,6 +296,34 @@ pub async fn execute<U: UnitOfWork>(
             .await?;
             let event = user.decide_logout_everywhere(ended.clone(), context.as_ref());
             record_user(uow, Some(user), user_id, vec![event], meta, now).await?;
+            Ok(Reply::SessionsEnded(ended))
+        }
+
+        Command::SetLock {
+            user_id,
+            lock,
+            reason,
+            context,
+        } => {
+            let Some(user) = uow.user_by_id(user_id).await? else {
+                return Ok(Reply::Rejected(Rejection::UnknownUser));
+            };
+            let ended = if lock {
+                end_sessions(
+                    uow,
+                    user_id,
+                    None,
+                    RevokeReason::Admin,
+                    context.as_ref(),
+                    meta,
+                    now,
+                )
+                .await?
+            } else {
+                Vec::new()
+            };
+            let events = user.decide_lock(lock, &reason, context.as_ref());
+            record_user(uow, Some(user), user_id, events, meta, now).await?;
             Ok(Reply::SessionsEnded(ended))
         }
 

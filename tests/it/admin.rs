@@ -437,3 +437,92 @@ async fn the_live_stream_delivers_new_events_and_resumes_from_last_event_id() {
     let live = read_events(&mut resumed, &mut buf, 1).await;
     assert_eq!(live[0].0, expected[2] + 1);
 }
+
+#[tokio::test]
+async fn locking_a_user_ends_their_sessions_and_refuses_logins_until_unlocked() {
+    let app = spawn_app().await;
+    let admin = analyst(&app).await;
+    let alice_id = app.register("alice").await;
+    let t = app.login("alice").await;
+    let post = |path: String, body: Value| {
+        let app = &app;
+        let token = admin.access.clone();
+        async move {
+            app.http
+                .post(app.url(&path))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let r = post(
+        format!("/v1/admin/users/{alice_id}/lock"),
+        json!({ "reason": " " }),
+    )
+    .await;
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "invalid_reason"
+    );
+    let r = post(
+        format!("/v1/admin/users/{}/lock", uuid::Uuid::now_v7()),
+        json!({ "reason": "x" }),
+    )
+    .await;
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
+
+    let r = post(
+        format!("/v1/admin/users/{alice_id}/lock"),
+        json!({ "reason": "account takeover, ticket 42" }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["revoked"], 1);
+    assert_eq!(
+        app.refresh(&t.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let r = app.login_as("alice", PASSWORD).await;
+    assert_eq!(error_code(r, StatusCode::FORBIDDEN).await, "account_locked");
+    let locked = app
+        .events(sessiond::store::EventFilter {
+            stream_id: Some(format!("user-{alice_id}")),
+            event_types: vec!["user.locked".into()],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(locked.len(), 1);
+    assert_eq!(data(&locked[0])["reason"], "account takeover, ticket 42");
+    let meta: Value = serde_json::from_str(&locked[0].metadata).unwrap();
+    assert_eq!(meta["actor"]["kind"], "admin");
+    // Locking twice records nothing more.
+    post(
+        format!("/v1/admin/users/{alice_id}/lock"),
+        json!({ "reason": "again" }),
+    )
+    .await;
+    let user = get_json(&app, &format!("/v1/admin/users/{alice_id}"), &admin.access).await;
+    assert_eq!(user["status"], "locked");
+
+    let r = post(
+        format!("/v1/admin/users/{alice_id}/unlock"),
+        json!({ "reason": "cleared" }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    app.login("alice").await;
+    let kinds: Vec<String> = app
+        .events(sessiond::store::EventFilter {
+            stream_id: Some(format!("user-{alice_id}")),
+            ..Default::default()
+        })
+        .await
+        .iter()
+        .map(|e| e.event_type.clone())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "user.locked").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| *k == "user.unlocked").count(), 1);
+}
