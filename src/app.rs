@@ -3,7 +3,9 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
+use crate::context::geoip::GeoIp;
 use crate::domain::event::{Actor, EventMetadata};
+use crate::rules::RuleEngine;
 use crate::service::Sessiond;
 use crate::store::commands::Command;
 use crate::store::writer::Writer;
@@ -25,6 +27,10 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("signing keys: {0}")]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    GeoIp(#[from] crate::context::geoip::GeoIpError),
+    #[error("rules refused:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<crate::rules::file::RuleError>),
     #[error("{0}")]
     Io(String),
 }
@@ -67,12 +73,21 @@ impl App {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Io(format!("data directory {}: {e}", config.data_dir.display()))
         })?;
+        let geoip = Arc::new(GeoIp::open(
+            config.geoip_city.as_deref(),
+            config.geoip_asn.as_deref(),
+        )?);
+        let rules = Arc::new(match &config.rules {
+            Some(dir) => RuleEngine::load(dir, config.breaker()).map_err(StartError::Rules)?,
+            None => RuleEngine::disabled(),
+        });
         let sqlite = SqliteStore::open(&config.database_path()).await?;
         let store = Store::Sqlite(sqlite.clone());
         let (writer, writer_task) = Writer::spawn(
             sqlite.write_session().await?,
             options.clock.clone(),
             config.session_policy(),
+            rules.clone(),
             config.writer_max_batch,
         );
         let checkpointer = tokio::spawn(checkpoint_loop(sqlite));
@@ -107,6 +122,8 @@ impl App {
             writer,
             tokens,
             clock: options.clock,
+            geoip,
+            rules,
         });
         Ok(App {
             service,

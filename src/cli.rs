@@ -1,7 +1,10 @@
-//! The command line: `serve`, `migrate`, `events verify|export`, `projections rebuild`.
+//! The command line: `serve`, `migrate`, `events verify|export`, `projections rebuild`,
+//! `rules lint|test|backtest`.
 
 use crate::config::{Config, LogFormat, Overrides};
 use crate::domain::parse_timestamp;
+use crate::rules::RuleSet;
+use crate::rules::file::load_dir;
 use crate::store::chain::{ChainBreak, ChainVerifier};
 use crate::store::{EventFilter, SqliteStore, Store};
 use crate::{App, StartError};
@@ -31,6 +34,23 @@ enum Cmd {
         /// Address to listen on [env: SESSIOND_LISTEN] [default: 127.0.0.1:8080]
         #[arg(long)]
         listen: Option<String>,
+        /// MaxMind-format city database [env: SESSIOND_GEOIP_CITY]
+        #[arg(long, value_name = "FILE")]
+        geoip_city: Option<PathBuf>,
+        /// MaxMind-format ASN database [env: SESSIOND_GEOIP_ASN]
+        #[arg(long, value_name = "FILE")]
+        geoip_asn: Option<PathBuf>,
+        /// Directory of rule files, *.toml [env: SESSIOND_RULES]
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+        /// Proxies whose X-Forwarded-For is believed [env: SESSIOND_TRUSTED_PROXIES]
+        #[arg(long, value_name = "CIDR[,CIDR...]")]
+        trusted_proxies: Option<String>,
+    },
+    /// Check, test and try out rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCmd,
     },
     /// Create the database and apply pending migrations, then exit.
     Migrate {
@@ -79,6 +99,48 @@ enum EventsCmd {
 }
 
 #[derive(Subcommand)]
+enum RulesCmd {
+    /// Load and validate the rule files; report every broken one with file and line.
+    Lint {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        rules: RulesDir,
+    },
+    /// Run every rule's inline [[rule.test]] cases.
+    Test {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        rules: RulesDir,
+    },
+    /// Replay stored events through the rules and report what would have fired, by rule.
+    /// Writes nothing.
+    Backtest {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        rules: RulesDir,
+        /// Report firings at or after this RFC 3339 time (earlier history still builds baselines).
+        #[arg(long)]
+        since: Option<String>,
+        /// Replay events before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct RulesDir {
+    /// Rule directory [env: SESSIOND_RULES] [default: the configured one, else ./rules]
+    #[arg(long, value_name = "DIR")]
+    rules: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
 enum ProjectionsCmd {
     /// Empty the sessions, users and refresh-token tables and replay the whole log into them.
     Rebuild {
@@ -99,10 +161,17 @@ struct Common {
 
 impl Common {
     fn config(&self, listen: Option<String>) -> Result<Config, StartError> {
+        self.config_with(Overrides {
+            listen,
+            ..Default::default()
+        })
+    }
+
+    fn config_with(&self, overrides: Overrides) -> Result<Config, StartError> {
         let overrides = Overrides {
             config_file: self.config.clone(),
-            listen,
             data_dir: self.data_dir.clone(),
+            ..overrides
         };
         Ok(Config::load(&overrides, std::env::vars())?)
     }
@@ -144,7 +213,25 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, StartError> {
     match cli.command {
-        Cmd::Serve { common, listen } => serve(common.config(listen)?).await,
+        Cmd::Serve {
+            common,
+            listen,
+            geoip_city,
+            geoip_asn,
+            rules,
+            trusted_proxies,
+        } => {
+            serve(common.config_with(Overrides {
+                listen,
+                geoip_city,
+                geoip_asn,
+                rules,
+                trusted_proxies,
+                ..Default::default()
+            })?)
+            .await
+        }
+        Cmd::Rules { command } => rules_command(command).await,
         Cmd::Migrate { common } => {
             let config = common.config(None)?;
             std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::Io(e.to_string()))?;
@@ -184,6 +271,110 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
             let store = common.store().await?;
             let n = store.rebuild_projections().await?;
             println!("projections rebuilt from {n} events");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+impl RulesDir {
+    /// The flag, else the configured directory (file or SESSIOND_RULES), else `./rules`.
+    fn resolve(&self, common: &Common) -> Result<PathBuf, StartError> {
+        if let Some(dir) = &self.rules {
+            return Ok(dir.clone());
+        }
+        Ok(common
+            .config(None)?
+            .rules
+            .unwrap_or_else(|| PathBuf::from("rules")))
+    }
+
+    fn load(&self, common: &Common) -> Result<RuleSet, StartError> {
+        load_dir(&self.resolve(common)?).map_err(StartError::Rules)
+    }
+}
+
+async fn rules_command(command: RulesCmd) -> Result<ExitCode, StartError> {
+    match command {
+        RulesCmd::Lint { common, rules } => {
+            let dir = rules.resolve(&common)?;
+            match load_dir(&dir) {
+                Ok(set) => {
+                    println!("{}: {} rules ok", dir.display(), set.rules.len());
+                    for r in &set.rules {
+                        println!(
+                            "  {} v{} {} ({})",
+                            r.id,
+                            r.version,
+                            r.mode.as_str(),
+                            r.source
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in errors {
+                        println!("{e}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        RulesCmd::Test { common, rules } => {
+            let set = rules.load(&common)?;
+            let results = crate::rules::cases::run_all(&set.rules);
+            let failed = results.iter().filter(|(_, _, r)| r.is_err()).count();
+            for (rule, case, result) in &results {
+                match result {
+                    Ok(()) => println!("ok    {rule}: {case}"),
+                    Err(why) => println!("FAIL  {rule}: {case}: {why}"),
+                }
+            }
+            println!(
+                "{} cases, {} passed, {failed} failed",
+                results.len(),
+                results.len() - failed
+            );
+            Ok(if failed == 0 && !results.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        RulesCmd::Backtest {
+            common,
+            rules,
+            since,
+            until,
+            json,
+        } => {
+            let set = rules.load(&common)?;
+            let since = since.as_deref().map(time_arg("--since")).transpose()?;
+            let until = until.as_deref().map(time_arg("--until")).transpose()?;
+            let store = common.store().await?;
+            let report = crate::rules::backtest::backtest(&store, set, since, until).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report)
+                        .map_err(|e| StartError::Io(e.to_string()))?
+                );
+            } else {
+                println!("replayed {} events", report.events_replayed);
+                for (rule, hits) in &report.rules {
+                    println!(
+                        "{rule}: {} firings, {} sessions, {} users",
+                        hits.firings,
+                        hits.sessions.len(),
+                        hits.users.len()
+                    );
+                    for s in &hits.sessions {
+                        println!("  session {s}");
+                    }
+                    for u in &hits.usernames {
+                        println!("  username {u}");
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

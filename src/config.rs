@@ -27,6 +27,15 @@ pub struct Config {
     /// Commands the writer may commit in one transaction.
     pub writer_max_batch: usize,
     pub log_format: LogFormat,
+    /// MaxMind-format city database (and optional ASN database) for request locations.
+    pub geoip_city: Option<PathBuf>,
+    pub geoip_asn: Option<PathBuf>,
+    /// Directory of rule files (`*.toml`); none means no rules.
+    pub rules: Option<PathBuf>,
+    /// Cap on revoking rule actions: this share of active users per window, at least the floor.
+    pub rules_breaker_fraction: f64,
+    pub rules_breaker_floor: u32,
+    pub rules_breaker_window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +74,12 @@ pub const KEYS: &[&str] = &[
     "cookie_allowed_origins",
     "writer_max_batch",
     "log_format",
+    "geoip_city",
+    "geoip_asn",
+    "rules",
+    "rules_breaker_fraction",
+    "rules_breaker_floor",
+    "rules_breaker_window",
 ];
 
 impl Default for Config {
@@ -84,6 +99,12 @@ impl Default for Config {
             cookie_allowed_origins: Vec::new(),
             writer_max_batch: 256,
             log_format: LogFormat::Text,
+            geoip_city: None,
+            geoip_asn: None,
+            rules: None,
+            rules_breaker_fraction: 0.005,
+            rules_breaker_floor: 20,
+            rules_breaker_window: Duration::minutes(10),
         }
     }
 }
@@ -94,6 +115,11 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub geoip_city: Option<PathBuf>,
+    pub geoip_asn: Option<PathBuf>,
+    pub rules: Option<PathBuf>,
+    /// Comma-separated, as the environment gives it.
+    pub trusted_proxies: Option<String>,
 }
 
 impl Config {
@@ -117,6 +143,18 @@ impl Config {
         }
         if let Some(listen) = &overrides.listen {
             raw.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+        for (key, path) in [
+            ("geoip_city", &overrides.geoip_city),
+            ("geoip_asn", &overrides.geoip_asn),
+            ("rules", &overrides.rules),
+        ] {
+            if let Some(p) = path {
+                raw.insert(key.into(), toml::Value::String(p.display().to_string()));
+            }
+        }
+        if let Some(nets) = &overrides.trusted_proxies {
+            raw.insert("trusted_proxies".into(), toml::Value::String(nets.clone()));
         }
         if let Some(dir) = &overrides.data_dir {
             raw.insert(
@@ -166,6 +204,28 @@ impl Config {
                         _ => return Err(err(k, "expected \"text\" or \"json\"")),
                     }
                 }
+                "geoip_city" => c.geoip_city = Some(PathBuf::from(non_empty(k, value)?)),
+                "geoip_asn" => c.geoip_asn = Some(PathBuf::from(non_empty(k, value)?)),
+                "rules" => c.rules = Some(PathBuf::from(non_empty(k, value)?)),
+                "rules_breaker_fraction" => {
+                    let f = match value {
+                        toml::Value::Float(f) => *f,
+                        toml::Value::Integer(n) => *n as f64,
+                        toml::Value::String(s) => s
+                            .trim()
+                            .parse()
+                            .map_err(|_| err(k, "expected a number like 0.005"))?,
+                        _ => return Err(err(k, "expected a number like 0.005")),
+                    };
+                    if !(0.0..=1.0).contains(&f) {
+                        return Err(err(k, "must be between 0 and 1"));
+                    }
+                    c.rules_breaker_fraction = f;
+                }
+                "rules_breaker_floor" => {
+                    c.rules_breaker_floor = integer(k, value, 0, 1_000_000)? as u32
+                }
+                "rules_breaker_window" => c.rules_breaker_window = duration(k, value)?,
                 other => {
                     return Err(err(
                         other,
@@ -215,6 +275,14 @@ impl Config {
             absolute_lifetime: self.refresh_absolute_lifetime,
             grace_window: self.refresh_grace_window,
             max_grace_retries: self.refresh_max_grace_retries,
+        }
+    }
+
+    pub fn breaker(&self) -> crate::rules::breaker::BreakerConfig {
+        crate::rules::breaker::BreakerConfig {
+            max_fraction: self.rules_breaker_fraction,
+            floor: self.rules_breaker_floor,
+            window: self.rules_breaker_window,
         }
     }
 
@@ -288,7 +356,7 @@ fn list(k: &str, v: &toml::Value) -> Result<Vec<String>, ConfigError> {
     }
 }
 
-fn parse_net(s: &str) -> Option<IpNet> {
+pub fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))

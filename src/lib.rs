@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod passwords;
 pub mod projection;
+pub mod rules;
 pub mod service;
 pub mod store;
 pub mod tokens;

@@ -169,6 +169,8 @@ pub trait UnitOfWork: Send {
         &mut self,
         user_id: Uuid,
     ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send;
+    /// Users with at least one active session (the rule circuit breaker's denominator).
+    fn active_user_count(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// The version of the last event in a stream, 0 for a stream with none.
     fn stream_version(
         &mut self,

@@ -8,5 +8,7 @@ mod bad_input;
 mod cli;
 mod expiry;
 mod refresh;
+mod rules;
+mod rules_cli;
 mod secrets;
 mod startup;
