@@ -162,6 +162,41 @@ impl App {
     }
 }
 
+/// Reloads the GeoIP databases and the rule files whose files changed. A broken new file is
+/// reported loudly and the loaded database or rule set stays in force. Called on SIGHUP and by
+/// the scheduled reload job. Returns whether anything was replaced.
+pub fn reload_if_changed(service: &Sessiond) -> bool {
+    let geoip = service.geoip.reload_if_changed().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "GeoIP reload refused; the loaded database stays in use");
+        false
+    });
+    let rules = service.rules.reload_if_changed().unwrap_or_else(|errors| {
+        for e in errors {
+            tracing::error!(error = %e, "rule reload refused; the rules in force stay");
+        }
+        false
+    });
+    geoip || rules
+}
+
+/// Reloads on every SIGHUP while the service lives. It holds the service weakly: a strong
+/// handle would keep the writer alive and a graceful stop would wait for it forever.
+#[cfg(unix)]
+pub async fn reload_on_hangup(service: std::sync::Weak<Sessiond>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload only by the scheduled job");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        tracing::info!("SIGHUP: reloading GeoIP databases and rules");
+        reload_if_changed(&service);
+    }
+}
+
 /// Checkpoints the WAL from a pool connection, off the writer's path.
 async fn checkpoint_loop(store: SqliteStore) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));

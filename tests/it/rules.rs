@@ -19,7 +19,7 @@ pub const CHROME_121: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWeb
 
 /// Writes a city and an ASN database into `dir`; returns their paths.
 pub fn write_geoip(dir: &Path) -> (PathBuf, PathBuf) {
-    let places: [(&str, &str, &str, f64, f64, u32, &str); 4] = [
+    let places: [(&str, &str, &str, f64, f64, u32, &str); 5] = [
         (
             "192.0.2.0/24",
             "FR",
@@ -55,6 +55,16 @@ pub fn write_geoip(dir: &Path) -> (PathBuf, PathBuf) {
             139.6503,
             64504,
             "Kanto IX",
+        ),
+        // Loopback has a place too, so the load benchmark's lookups find a record.
+        (
+            "127.0.0.0/8",
+            "FR",
+            "Lyon",
+            45.7640,
+            4.8357,
+            64505,
+            "Rhone Loop",
         ),
     ];
     let build = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_763_000_000);
@@ -212,6 +222,16 @@ pub async fn receipts(app: &TestApp) -> Vec<Value> {
         .filter(|e| e.event_type == "rule.fired")
         .map(data)
         .collect()
+}
+
+/// Writes the generated databases for the load benchmark (BENCHMARKS.md):
+/// `SESSIOND_BENCH_GEOIP_DIR=/tmp/geo cargo test --test it write_benchmark_geoip -- --ignored`
+#[test]
+#[ignore = "a tool for BENCHMARKS.md, not a check"]
+fn write_benchmark_geoip() {
+    let dir = std::env::var("SESSIOND_BENCH_GEOIP_DIR").expect("SESSIOND_BENCH_GEOIP_DIR");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_geoip(Path::new(&dir));
 }
 
 #[tokio::test]
@@ -552,5 +572,75 @@ async fn reauth_refuses_bad_input_and_unknown_tokens() {
     assert_eq!(
         error_code(r, StatusCode::BAD_REQUEST).await,
         "invalid_request"
+    );
+}
+
+#[tokio::test]
+async fn deny_refuses_the_login_at_hand() {
+    let (app, _dir) = app_with_rules(
+        &[("t.toml", travel_rule("enforce", "\"deny\", \"notify\""))],
+        true,
+    )
+    .await;
+    app.register("alice").await;
+    login_from(&app, "alice", PARIS, CHROME_120).await;
+    app.clock.advance(Duration::minutes(5));
+    let r = post_from(
+        &app,
+        "/v1/auth/login",
+        json!({"username": "alice", "password": PASSWORD}),
+        NEW_YORK,
+        CHROME_120,
+    )
+    .await;
+    assert_eq!(error_code(r, StatusCode::FORBIDDEN).await, "request_denied");
+    let fired = receipts(&app).await;
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0]["deny"], true);
+    assert_eq!(fired[0]["trigger"], "session.started");
+    let started = app
+        .all_events()
+        .await
+        .iter()
+        .filter(|e| e.event_type == "session.started")
+        .count();
+    assert_eq!(started, 1, "the denied login started no session");
+}
+
+#[tokio::test]
+async fn changed_rule_files_are_reloaded_and_broken_ones_refused() {
+    let (app, dir) = app_with_rules(&[("t.toml", travel_rule("shadow", "\"flag\""))], true).await;
+    let rules_dir = dir.path().join("rules");
+    assert!(
+        !sessiond::app::reload_if_changed(&app.service),
+        "nothing changed"
+    );
+    rule_file(
+        &rules_dir,
+        "t.toml",
+        &travel_rule("enforce", "\"require_reauth\""),
+    );
+    assert!(sessiond::app::reload_if_changed(&app.service));
+    assert_eq!(
+        app.service.rules.rules().rules[0].mode,
+        sessiond::rules::Mode::Enforce
+    );
+    rule_file(&rules_dir, "t.toml", "[[rule]]\nid = \"broken\"\n");
+    assert!(!sessiond::app::reload_if_changed(&app.service));
+    assert!(captured_logs().contains("rule reload refused"));
+    assert_eq!(
+        app.service.rules.rules().rules[0].id,
+        "impossible_travel",
+        "the rules in force stay"
+    );
+
+    // And they act: the enforced rule steps the session up.
+    app.register("alice").await;
+    let t = login_from(&app, "alice", PARIS, CHROME_120).await;
+    app.clock.advance(Duration::minutes(10));
+    let r = refresh_from(&app, &t.refresh, NEW_YORK, CHROME_120).await;
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "reauth_required"
     );
 }
