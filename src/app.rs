@@ -3,8 +3,10 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
+use crate::context::geoip::GeoIp;
 use crate::domain::event::{Actor, EventMetadata};
 use crate::jobs::JobGuards;
+use crate::rules::RuleEngine;
 use crate::service::Sessiond;
 use crate::store::commands::Command;
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
@@ -27,6 +29,10 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("signing keys: {0}")]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    GeoIp(#[from] crate::context::geoip::GeoIpError),
+    #[error("rules refused:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<crate::rules::file::RuleError>),
     #[error("{0}")]
     Io(String),
 }
@@ -105,11 +111,20 @@ impl App {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Io(format!("data directory {}: {e}", config.data_dir.display()))
         })?;
+        let geoip = Arc::new(GeoIp::open(
+            config.geoip_city.as_deref(),
+            config.geoip_asn.as_deref(),
+        )?);
+        let rules = Arc::new(match &config.rules {
+            Some(dir) => RuleEngine::load(dir, config.breaker()).map_err(StartError::Rules)?,
+            None => RuleEngine::disabled(),
+        });
         let store = open_store(&config, true).await?;
         let (writer, writer_task) = store
             .spawn_writer(
                 options.clock.clone(),
                 config.session_policy(),
+                rules.clone(),
                 config.writer_max_batch,
             )
             .await?;
@@ -161,6 +176,8 @@ impl App {
             master_key: Arc::new(master),
             job_guards: JobGuards::default(),
             commits,
+            geoip,
+            rules,
         });
         let scheduler = if options.start_jobs {
             Some(
@@ -229,6 +246,41 @@ impl App {
             tracing::info!("writer flushed");
         }
         store.close().await;
+    }
+}
+
+/// Reloads the GeoIP databases and the rule files whose files changed. A broken new file is
+/// reported loudly and the loaded database or rule set stays in force. Called on SIGHUP and by
+/// the scheduled reload job. Returns whether anything was replaced.
+pub fn reload_if_changed(service: &Sessiond) -> bool {
+    let geoip = service.geoip.reload_if_changed().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "GeoIP reload refused; the loaded database stays in use");
+        false
+    });
+    let rules = service.rules.reload_if_changed().unwrap_or_else(|errors| {
+        for e in errors {
+            tracing::error!(error = %e, "rule reload refused; the rules in force stay");
+        }
+        false
+    });
+    geoip || rules
+}
+
+/// Reloads on every SIGHUP while the service lives. It holds the service weakly: a strong
+/// handle would keep the writer alive and a graceful stop would wait for it forever.
+#[cfg(unix)]
+pub async fn reload_on_hangup(service: std::sync::Weak<Sessiond>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload only by the scheduled job");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        tracing::info!("SIGHUP: reloading GeoIP databases and rules");
+        reload_if_changed(&service);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The command line: `serve`, `migrate`, `users create`, `keys list|rotate|…-api-key`,
-//! `webhooks create|list|delete`, `events verify|export`, `projections rebuild`.
+//! `webhooks create|list|delete`, `rules lint|test|backtest`, `events verify|export`,
+//! `projections rebuild`.
 
 mod accounts;
 
@@ -14,6 +15,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::net::TcpListener;
+
+mod rules;
+use rules::{RulesCmd, rules_command};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +39,23 @@ enum Cmd {
         /// Address to listen on [env: SESSIOND_LISTEN] [default: 127.0.0.1:8080]
         #[arg(long)]
         listen: Option<String>,
+        /// MaxMind-format city database [env: SESSIOND_GEOIP_CITY]
+        #[arg(long, value_name = "FILE")]
+        geoip_city: Option<PathBuf>,
+        /// MaxMind-format ASN database [env: SESSIOND_GEOIP_ASN]
+        #[arg(long, value_name = "FILE")]
+        geoip_asn: Option<PathBuf>,
+        /// Directory of rule files, *.toml [env: SESSIOND_RULES]
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+        /// Proxies whose X-Forwarded-For is believed [env: SESSIOND_TRUSTED_PROXIES]
+        #[arg(long, value_name = "CIDR[,CIDR...]")]
+        trusted_proxies: Option<String>,
+    },
+    /// Check, test and try out rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCmd,
     },
     /// Create the database and apply pending migrations, then exit.
     Migrate {
@@ -168,11 +189,18 @@ pub struct Common {
 
 impl Common {
     fn config(&self, listen: Option<String>) -> Result<Config, StartError> {
+        self.config_with(Overrides {
+            listen,
+            ..Default::default()
+        })
+    }
+
+    fn config_with(&self, overrides: Overrides) -> Result<Config, StartError> {
         let overrides = Overrides {
             config_file: self.config.clone(),
-            listen,
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
+            ..overrides
         };
         Ok(Config::load(&overrides, std::env::vars())?)
     }
@@ -219,7 +247,25 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, StartError> {
     match cli.command {
-        Cmd::Serve { common, listen } => serve(common.config(listen)?).await,
+        Cmd::Serve {
+            common,
+            listen,
+            geoip_city,
+            geoip_asn,
+            rules,
+            trusted_proxies,
+        } => {
+            serve(common.config_with(Overrides {
+                listen,
+                geoip_city,
+                geoip_asn,
+                rules,
+                trusted_proxies,
+                ..Default::default()
+            })?)
+            .await
+        }
+        Cmd::Rules { command } => rules_command(command).await,
         Cmd::Migrate { common } => {
             let config = common.config(None)?;
             open_store(&config, true).await?.close().await;
@@ -403,6 +449,10 @@ async fn serve(config: Config) -> Result<ExitCode, StartError> {
         None => "sessiond.db".to_owned(),
     };
     let app = App::build(config).await?;
+    #[cfg(unix)]
+    tokio::spawn(crate::app::reload_on_hangup(std::sync::Arc::downgrade(
+        &app.service,
+    )));
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| StartError::Io(format!("cannot listen on {listen}: {e}")))?;

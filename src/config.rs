@@ -52,6 +52,15 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Whether `/oauth/token` accepts `grant_type=password` (first-party clients).
     pub oauth_password_grant: bool,
+    /// MaxMind-format city database (and optional ASN database) for request locations.
+    pub geoip_city: Option<PathBuf>,
+    pub geoip_asn: Option<PathBuf>,
+    /// Directory of rule files (`*.toml`); none means no rules.
+    pub rules: Option<PathBuf>,
+    /// Cap on revoking rule actions: this share of active users per window, at least the floor.
+    pub rules_breaker_fraction: f64,
+    pub rules_breaker_floor: u32,
+    pub rules_breaker_window: Duration,
 }
 
 /// A database URL. It may carry a password, so it is never printed: `Debug` shows the scheme.
@@ -124,6 +133,12 @@ pub const KEYS: &[&str] = &[
     "webhook_timeout",
     "public_url",
     "oauth_password_grant",
+    "geoip_city",
+    "geoip_asn",
+    "rules",
+    "rules_breaker_fraction",
+    "rules_breaker_floor",
+    "rules_breaker_window",
 ];
 
 impl Default for Config {
@@ -156,6 +171,12 @@ impl Default for Config {
             webhook_timeout: Duration::seconds(10),
             public_url: None,
             oauth_password_grant: true,
+            geoip_city: None,
+            geoip_asn: None,
+            rules: None,
+            rules_breaker_fraction: 0.005,
+            rules_breaker_floor: 20,
+            rules_breaker_window: Duration::minutes(10),
         }
     }
 }
@@ -167,6 +188,11 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    pub geoip_city: Option<PathBuf>,
+    pub geoip_asn: Option<PathBuf>,
+    pub rules: Option<PathBuf>,
+    /// Comma-separated, as the environment gives it.
+    pub trusted_proxies: Option<String>,
 }
 
 impl Config {
@@ -190,6 +216,18 @@ impl Config {
         }
         if let Some(listen) = &overrides.listen {
             raw.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+        for (key, path) in [
+            ("geoip_city", &overrides.geoip_city),
+            ("geoip_asn", &overrides.geoip_asn),
+            ("rules", &overrides.rules),
+        ] {
+            if let Some(p) = path {
+                raw.insert(key.into(), toml::Value::String(p.display().to_string()));
+            }
+        }
+        if let Some(nets) = &overrides.trusted_proxies {
+            raw.insert("trusted_proxies".into(), toml::Value::String(nets.clone()));
         }
         if let Some(dir) = &overrides.data_dir {
             raw.insert(
@@ -272,6 +310,28 @@ impl Config {
                     c.public_url = Some(url.trim_end_matches('/').to_owned());
                 }
                 "oauth_password_grant" => c.oauth_password_grant = boolean(k, value)?,
+                "geoip_city" => c.geoip_city = Some(PathBuf::from(non_empty(k, value)?)),
+                "geoip_asn" => c.geoip_asn = Some(PathBuf::from(non_empty(k, value)?)),
+                "rules" => c.rules = Some(PathBuf::from(non_empty(k, value)?)),
+                "rules_breaker_fraction" => {
+                    let f = match value {
+                        toml::Value::Float(f) => *f,
+                        toml::Value::Integer(n) => *n as f64,
+                        toml::Value::String(s) => s
+                            .trim()
+                            .parse()
+                            .map_err(|_| err(k, "expected a number like 0.005"))?,
+                        _ => return Err(err(k, "expected a number like 0.005")),
+                    };
+                    if !(0.0..=1.0).contains(&f) {
+                        return Err(err(k, "must be between 0 and 1"));
+                    }
+                    c.rules_breaker_fraction = f;
+                }
+                "rules_breaker_floor" => {
+                    c.rules_breaker_floor = integer(k, value, 0, 1_000_000)? as u32
+                }
+                "rules_breaker_window" => c.rules_breaker_window = duration(k, value)?,
                 other => {
                     return Err(err(
                         other,
@@ -356,6 +416,14 @@ impl Config {
             .unwrap_or_else(|| format!("http://{}", self.listen))
     }
 
+    pub fn breaker(&self) -> crate::rules::breaker::BreakerConfig {
+        crate::rules::breaker::BreakerConfig {
+            max_fraction: self.rules_breaker_fraction,
+            floor: self.rules_breaker_floor,
+            window: self.rules_breaker_window,
+        }
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("sessiond.db")
     }
@@ -426,7 +494,7 @@ fn list(k: &str, v: &toml::Value) -> Result<Vec<String>, ConfigError> {
     }
 }
 
-fn parse_net(s: &str) -> Option<IpNet> {
+pub fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))

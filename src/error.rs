@@ -31,6 +31,8 @@ pub enum Error {
     SessionEnded,
     #[error("this account is locked")]
     AccountLocked,
+    #[error("this request was refused by a security rule")]
+    Denied,
     #[error("{1}")]
     Forbidden(&'static str, String),
     #[error("not found")]
@@ -73,6 +75,7 @@ impl Error {
             Error::MissingToken => "unauthorized",
             Error::InvalidToken(_) | Error::SessionEnded => "invalid_token",
             Error::AccountLocked => "account_locked",
+            Error::Denied => "request_denied",
             Error::Forbidden(code, _) => code,
             Error::NotFound => "not_found",
             Error::MethodNotAllowed => "method_not_allowed",
@@ -93,7 +96,7 @@ impl Error {
             | Error::MissingToken
             | Error::InvalidToken(_)
             | Error::SessionEnded => StatusCode::UNAUTHORIZED,
-            Error::AccountLocked | Error::Forbidden(..) => StatusCode::FORBIDDEN,
+            Error::AccountLocked | Error::Denied | Error::Forbidden(..) => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(..) => StatusCode::CONFLICT,

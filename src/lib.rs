@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod passwords;
 pub mod projection;
+pub mod rules;
 pub mod service;
 pub mod store;
 pub mod tokens;

@@ -40,6 +40,8 @@ pub struct Sessiond {
     /// The last committed position, moved by this node's writer and (on PostgreSQL) by every
     /// other node's commits: what followers of the log wait on.
     pub commits: tokio::sync::watch::Receiver<i64>,
+    pub geoip: Arc<crate::context::geoip::GeoIp>,
+    pub rules: Arc<crate::rules::RuleEngine>,
 }
 
 /// What login and refresh hand back.
@@ -175,6 +177,7 @@ impl Sessiond {
         {
             Reply::SessionStarted(session) => Ok(self.issue(&session, token)),
             Reply::Rejected(Rejection::UserLocked) => Err(Error::AccountLocked),
+            Reply::Rejected(Rejection::Session(Refusal::Denied)) => Err(Error::Denied),
             Reply::Rejected(Rejection::UnknownUser) => Err(Error::InvalidCredentials),
             other => Err(unexpected(other)),
         }
@@ -200,6 +203,7 @@ impl Sessiond {
             Reply::Rejected(Rejection::Session(Refusal::ReauthRequired)) => {
                 Err(Error::ReauthRequired)
             }
+            Reply::Rejected(Rejection::Session(Refusal::Denied)) => Err(Error::Denied),
             Reply::Rejected(rejection) => {
                 tracing::info!(?rejection, "refresh refused");
                 Err(Error::InvalidGrant)
@@ -337,6 +341,52 @@ impl Sessiond {
             .await?
         {
             Reply::PasswordChanged { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Proves the password again for the session of a refresh token (its current one), which
+    /// clears a rule's `reauth_required`. A wrong password is a failed login of that user.
+    pub async fn reauthenticate(
+        &self,
+        presented: &str,
+        password: String,
+        ctx: &RequestContext,
+    ) -> Result<(), Error> {
+        let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
+        let key = presented.key();
+        let token = self.store.token(&key).await?.ok_or(Error::InvalidGrant)?;
+        let session = self
+            .store
+            .session(token.session_id)
+            .await?
+            .ok_or(Error::InvalidGrant)?;
+        let user = self.user(session.user_id).await?;
+        if !passwords::verify(Some(user.password_hash.clone()), password).await {
+            let cmd = Command::RecordLoginFailure {
+                username: user.username.clone(),
+                reason: LoginFailure::BadPassword,
+                context: ctx.clone(),
+            };
+            self.writer
+                .submit(cmd, meta(Actor::User(user.user_id), ctx))
+                .await?;
+            return Err(Error::InvalidCredentials);
+        }
+        if !user.can_log_in() {
+            return Err(Error::AccountLocked);
+        }
+        let cmd = Command::Reauthenticate {
+            presented: key,
+            context: ctx.clone(),
+        };
+        match self
+            .writer
+            .submit(cmd, meta(Actor::User(user.user_id), ctx))
+            .await?
+        {
+            Reply::Recorded => Ok(()),
+            Reply::Rejected(_) => Err(Error::InvalidGrant),
             other => Err(unexpected(other)),
         }
     }

@@ -1,8 +1,12 @@
 //! The request context of every request-born event: the client IP (the socket peer, or the
-//! forwarded client when the peer is a trusted proxy), the User-Agent and the device it names.
+//! forwarded client when the peer is a trusted proxy), the User-Agent and the device it names,
+//! and what the GeoIP databases know about the address.
+
+pub mod geoip;
 
 use crate::domain::context::{Device, RequestContext};
 use axum::http::HeaderMap;
+use geoip::GeoIp;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -13,17 +17,19 @@ pub fn request_context(
     peer: IpAddr,
     headers: &HeaderMap,
     trusted: &[IpNet],
+    geoip: &GeoIp,
     request_id: Option<String>,
 ) -> RequestContext {
+    let ip = client_ip(peer, headers, trusted);
     let user_agent = headers
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| truncate(ua, USER_AGENT_MAX));
     RequestContext {
-        ip: Some(client_ip(peer, headers, trusted)),
+        ip: Some(ip),
         device: user_agent.as_deref().and_then(device),
         user_agent,
-        geo: None,
+        geo: geoip.lookup(ip),
         request_id,
     }
 }

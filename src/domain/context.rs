@@ -1,5 +1,5 @@
 //! What the domain knows about the request that caused an event. Filled in by `crate::context`
-//! (client IP behind trusted proxies, User-Agent parsing); GeoIP arrives with the rule engine.
+//! (client IP behind trusted proxies, User-Agent parsing, GeoIP lookups).
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -12,7 +12,7 @@ pub struct RequestContext {
     pub user_agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<Device>,
-    /// Filled by GeoIP lookups once a database is configured.
+    /// Filled by GeoIP lookups when a database is configured and knows the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub geo: Option<Geo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,6 +46,23 @@ pub struct Geo {
     pub asn: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asn_org: Option<String>,
+    /// Build time (Unix seconds) of the city database that answered, so a receipt can be
+    /// traced to the exact database (a bad update shows up as one build).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city_build: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn_build: Option<u64>,
+}
+
+impl Geo {
+    /// Latitude, longitude and accuracy radius, when the database gave all three.
+    pub fn position(&self) -> Option<(f64, f64, f64)> {
+        Some((
+            self.latitude?,
+            self.longitude?,
+            f64::from(self.accuracy_radius_km.unwrap_or(0)),
+        ))
+    }
 }
 
 impl RequestContext {

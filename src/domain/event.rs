@@ -22,6 +22,12 @@ pub fn login_attempt_stream(attempt_id: Uuid) -> String {
     format!("login-{attempt_id}")
 }
 
+/// Each rule receipt (and breaker trip) gets a stream of its own: recording one never contends
+/// with the session or user it is about (both are named in the payload).
+pub fn rule_stream(receipt_id: Uuid) -> String {
+    format!("rule-{receipt_id}")
+}
+
 pub fn signing_key_stream(kid: &str) -> String {
     format!("signing_key-{kid}")
 }
@@ -193,6 +199,49 @@ pub struct ReauthRequired {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionReauthenticated {
+    pub session_id: Uuid,
+    pub context: RequestContext,
+}
+
+/// A rule's receipt: what it saw, what it concluded and what was done about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleFired {
+    pub rule_id: String,
+    pub rule_version: u32,
+    /// `enforce` or `shadow`.
+    pub mode: String,
+    pub severity: String,
+    /// The event type the rule judged (`session.refreshed`, `login.failed`, ...).
+    pub trigger: String,
+    pub user_id: Option<Uuid>,
+    pub session_id: Option<Uuid>,
+    pub username: Option<String>,
+    /// The detector's figures: locations, radii, distance, gap, speed, devices, counts.
+    pub inputs: serde_json::Value,
+    /// Build time of the GeoIP city database the current location came from.
+    pub geoip_build: Option<u64>,
+    /// The strongest action the rule asks for, and whether it refuses the request.
+    pub wanted: String,
+    pub deny: bool,
+    /// What was done: `none` in shadow mode, `flag` when the breaker degraded it, else `wanted`.
+    pub action: String,
+    pub explanation: String,
+}
+
+/// The circuit breaker stopped revoking actions: past the cap they degrade to `flag`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakerTripped {
+    pub rule_id: String,
+    pub wanted: String,
+    /// Revoking actions taken in the window, and the cap they hit.
+    pub count: u32,
+    pub cap: u32,
+    pub window_seconds: i64,
+    pub active_users: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRevoked {
     pub session_id: Uuid,
     pub reason: RevokeReason,
@@ -311,6 +360,10 @@ catalogue! {
     RetentionPruned(RetentionPruned) = "retention.pruned", version 1;
     ApiKeyCreated(ApiKeyCreated) = "api_key.created", version 1;
     ApiKeyRevoked(ApiKeyRevoked) = "api_key.revoked", version 1;
+    // The rule engine (issue 3).
+    SessionReauthenticated(SessionReauthenticated) = "session.reauthenticated", version 1;
+    RuleFired(RuleFired) = "rule.fired", version 1;
+    RuleBreakerTripped(BreakerTripped) = "rule.breaker_tripped", version 1;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

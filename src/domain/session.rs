@@ -101,6 +101,8 @@ pub enum Refusal {
     RetryLimit,
     /// The session must prove the password again before it may refresh.
     ReauthRequired,
+    /// A security rule refused this request.
+    Denied,
 }
 
 /// Events to append and the answer for the caller. A refusal can still carry events
@@ -272,6 +274,34 @@ impl Session {
         })]
     }
 
+    /// The password was proven again: the session may refresh again. Only the holder of the
+    /// current generation can do it (a spent token is reuse, judged by refresh).
+    pub fn decide_reauthenticate(
+        &self,
+        presented_generation: u32,
+        context: &RequestContext,
+        now: Timestamp,
+    ) -> Decision<()> {
+        if !self.is_active() {
+            return refuse(Refusal::SessionEnded);
+        }
+        if let Some(expired) = self.expire(now) {
+            return expired;
+        }
+        if presented_generation != self.generation {
+            return refuse(Refusal::SessionEnded);
+        }
+        Decision {
+            events: vec![Event::SessionReauthenticated(
+                super::event::SessionReauthenticated {
+                    session_id: self.session_id,
+                    context: context.clone(),
+                },
+            )],
+            outcome: Ok(()),
+        }
+    }
+
     pub fn decide_require_reauth(&self, reason: &str) -> Vec<Event> {
         if !self.is_active() || self.reauth_required {
             return Vec::new();
@@ -348,6 +378,12 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
         }
         Event::ReuseDetected(_) => {}
         Event::ReauthRequired(_) => s.reauth_required = true,
+        Event::SessionReauthenticated(e) => {
+            s.reauth_required = false;
+            s.auth_time = occurred_at;
+            s.last_seen_at = occurred_at;
+            s.last_context = e.context.clone();
+        }
         Event::SessionRevoked(e) => {
             s.status = SessionStatus::Revoked;
             s.ended_at = Some(occurred_at);
@@ -392,6 +428,7 @@ pub fn session_of(event: &Event) -> Option<Uuid> {
         Event::RefreshRetried(e) => Some(e.session_id),
         Event::ReuseDetected(e) => Some(e.session_id),
         Event::ReauthRequired(e) => Some(e.session_id),
+        Event::SessionReauthenticated(e) => Some(e.session_id),
         Event::SessionRevoked(e) => Some(e.session_id),
         Event::SessionExpired(e) => Some(e.session_id),
         _ => None,

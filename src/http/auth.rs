@@ -27,6 +27,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/logout", post(logout))
         .route("/v1/auth/logout-all", post(logout_all))
         .route("/v1/auth/password", post(change_password))
+        .route("/v1/auth/reauth", post(reauth))
         .route("/v1/me", get(me))
 }
 
@@ -108,6 +109,24 @@ async fn refresh(
             Ok(response)
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReauthBody {
+    refresh_token: String,
+    password: String,
+}
+
+/// Proves the password again for a session a rule stepped up; then refresh works again.
+async fn reauth(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    ApiJson(body): ApiJson<ReauthBody>,
+) -> Result<Response, Error> {
+    app.reauthenticate(&body.refresh_token, body.password, &ctx)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]

@@ -105,6 +105,7 @@ impl FromRequestParts<AppState> for Context {
             peer,
             &parts.headers,
             &state.config.trusted_proxies,
+            &state.geoip,
             request_id,
         )))
     }

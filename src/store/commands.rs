@@ -15,6 +15,8 @@ use crate::domain::session::{
 use crate::domain::token::TokenKey;
 use crate::domain::user::{self, Register, User, UserError};
 use crate::projection;
+use crate::rules::enforce::{carry_out, judge};
+use crate::rules::{Facts, RuleEngine, Trigger};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -73,6 +75,12 @@ pub enum Command {
         reason: String,
         context: Option<RequestContext>,
     },
+    /// The holder of the current refresh token proved the password again (checked by the
+    /// caller): the session may refresh again.
+    Reauthenticate {
+        presented: TokenKey,
+        context: RequestContext,
+    },
     /// Records expiry of a session whose lifetime ran out (the sweep).
     ExpireIfDue {
         session_id: Uuid,
@@ -93,9 +101,9 @@ impl Command {
     /// The refresh token this command will look up, if any.
     pub fn presented_token(&self) -> Option<&TokenKey> {
         match self {
-            Command::Refresh { presented, .. } | Command::EndSessionByToken { presented, .. } => {
-                Some(presented)
-            }
+            Command::Refresh { presented, .. }
+            | Command::EndSessionByToken { presented, .. }
+            | Command::Reauthenticate { presented, .. } => Some(presented),
             _ => None,
         }
     }
@@ -144,6 +152,7 @@ pub async fn execute<U: UnitOfWork>(
     meta: &EventMetadata,
     now: Timestamp,
     policy: &SessionPolicy,
+    rules: &RuleEngine,
 ) -> Result<Reply, StoreError> {
     match command {
         Command::Register(cmd) => {
@@ -184,6 +193,23 @@ pub async fn execute<U: UnitOfWork>(
             if !user.can_log_in() {
                 return Ok(Reply::Rejected(Rejection::UserLocked));
             }
+            let facts = Facts {
+                trigger: Trigger::SessionStarted,
+                now,
+                user_id: Some(user_id),
+                username: Some(&user.username),
+                session_id: Some(session_id),
+                context: &context,
+                session_login: None,
+                session_last: None,
+            };
+            let judgement = judge(uow, rules, &facts).await?;
+            if carry_out(uow, judgement, Some(user_id), None, meta, now)
+                .await?
+                .is_some()
+            {
+                return Ok(Reply::Rejected(Rejection::Session(Refusal::Denied)));
+            }
             let start = StartSession {
                 session_id,
                 user_id,
@@ -205,6 +231,7 @@ pub async fn execute<U: UnitOfWork>(
             context,
         } => {
             let user = uow.user_by_name(&username).await?;
+            let user_id = user.as_ref().map(|u| u.user_id);
             let event = user::login_failed(&username, user.as_ref(), reason, &context);
             match user {
                 Some(u) => {
@@ -216,6 +243,18 @@ pub async fn execute<U: UnitOfWork>(
                     append_all(uow, &stream_id, 0, vec![event], meta, now).await?;
                 }
             }
+            let facts = Facts {
+                trigger: Trigger::LoginFailed,
+                now,
+                user_id,
+                username: Some(&username),
+                session_id: None,
+                context: &context,
+                session_login: None,
+                session_last: None,
+            };
+            let judgement = judge(uow, rules, &facts).await?;
+            carry_out(uow, judgement, user_id, None, meta, now).await?;
             Ok(Reply::Recorded)
         }
 
@@ -233,6 +272,39 @@ pub async fn execute<U: UnitOfWork>(
                 generation: token.generation,
             };
             let decision = session.decide_refresh(presented, new_token, &context, now, policy);
+            let trigger = match decision.outcome {
+                Ok(RefreshGrant::Rotated { .. }) => Some(Trigger::SessionRefreshed),
+                Err(Refusal::Reuse(_)) => Some(Trigger::ReuseDetected),
+                _ => None,
+            };
+            let mut judgement = match trigger {
+                Some(trigger) => {
+                    let facts = Facts {
+                        trigger,
+                        now,
+                        user_id: Some(session.user_id),
+                        username: None,
+                        session_id: Some(session.session_id),
+                        context: &context,
+                        session_login: Some(&session.login_context),
+                        session_last: Some(&session.last_context),
+                    };
+                    Some(judge(uow, rules, &facts).await?)
+                }
+                None => None,
+            };
+            if trigger == Some(Trigger::SessionRefreshed)
+                && let Some(j) = judgement.take()
+            {
+                // A refusing judgement replaces the rotation: the client keeps its token.
+                let user_id = Some(session.user_id);
+                if let Some(refusal) =
+                    carry_out(uow, j, user_id, Some(session.clone()), meta, now).await?
+                {
+                    return Ok(Reply::Rejected(Rejection::Session(refusal)));
+                }
+            }
+            let user_id = session.user_id;
             let after = record_session(
                 uow,
                 Some(session),
@@ -242,6 +314,9 @@ pub async fn execute<U: UnitOfWork>(
                 now,
             )
             .await?;
+            if let Some(j) = judgement {
+                carry_out(uow, j, Some(user_id), None, meta, now).await?;
+            }
             Ok(match decision.outcome {
                 Ok(grant) => Reply::Refreshed {
                     session: after.expect("refreshed session exists"),
@@ -360,6 +435,33 @@ pub async fn execute<U: UnitOfWork>(
             Ok(Reply::Recorded)
         }
 
+        Command::Reauthenticate { presented, context } => {
+            let Some(token) = uow.token(&presented).await? else {
+                return Ok(Reply::Rejected(Rejection::UnknownToken));
+            };
+            let session = load_session(uow, token.session_id).await?;
+            let decision = session.decide_reauthenticate(token.generation, &context, now);
+            if decision.outcome.is_ok() {
+                // The password was proven from here: this context is trusted from now on.
+                rules.remember(&Facts {
+                    trigger: Trigger::SessionRefreshed,
+                    now,
+                    user_id: Some(session.user_id),
+                    username: None,
+                    session_id: Some(session.session_id),
+                    context: &context,
+                    session_login: None,
+                    session_last: None,
+                });
+            }
+            let id = session.session_id;
+            record_session(uow, Some(session), id, decision.events, meta, now).await?;
+            Ok(match decision.outcome {
+                Ok(()) => Reply::Recorded,
+                Err(refusal) => Reply::Rejected(Rejection::Session(refusal)),
+            })
+        }
+
         Command::ExpireIfDue { session_id } => {
             let Some(session) = uow.session(session_id).await? else {
                 return Ok(Reply::Rejected(Rejection::UnknownSession));
@@ -414,7 +516,7 @@ async fn load_session<U: UnitOfWork>(uow: &mut U, session_id: Uuid) -> Result<Se
 }
 
 /// Revokes every active session of `user_id` but `except`; returns the ids it ended.
-async fn end_sessions<U: UnitOfWork>(
+pub(crate) async fn end_sessions<U: UnitOfWork>(
     uow: &mut U,
     user_id: Uuid,
     except: Option<Uuid>,
@@ -438,7 +540,7 @@ async fn end_sessions<U: UnitOfWork>(
     Ok(ended)
 }
 
-async fn append_all<U: UnitOfWork>(
+pub(crate) async fn append_all<U: UnitOfWork>(
     uow: &mut U,
     stream_id: &str,
     mut version: i64,
@@ -461,7 +563,7 @@ async fn append_all<U: UnitOfWork>(
 }
 
 /// Appends to a session stream and brings the session projection along.
-async fn record_session<U: UnitOfWork>(
+pub(crate) async fn record_session<U: UnitOfWork>(
     uow: &mut U,
     before: Option<Session>,
     session_id: Uuid,
@@ -486,7 +588,7 @@ async fn record_session<U: UnitOfWork>(
 }
 
 /// Appends to a user stream and brings the user projection along.
-async fn record_user<U: UnitOfWork>(
+pub(crate) async fn record_user<U: UnitOfWork>(
     uow: &mut U,
     before: Option<User>,
     user_id: Uuid,

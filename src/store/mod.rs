@@ -177,6 +177,8 @@ pub trait UnitOfWork: Send {
         &mut self,
         user_id: Uuid,
     ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send;
+    /// Users with at least one active session (the rule circuit breaker's denominator).
+    fn active_user_count(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// The version of the last event in a stream, 0 for a stream with none.
     fn stream_version(
         &mut self,
@@ -397,11 +399,16 @@ impl Store {
         &self,
         clock: Arc<dyn Clock>,
         policy: SessionPolicy,
+        rules: Arc<crate::rules::RuleEngine>,
         max_batch: usize,
     ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
         Ok(match self {
-            Store::Sqlite(s) => Writer::spawn(s.write_session().await?, clock, policy, max_batch),
-            Store::Postgres(p) => Writer::spawn(p.write_session().await?, clock, policy, max_batch),
+            Store::Sqlite(s) => {
+                Writer::spawn(s.write_session().await?, clock, policy, rules, max_batch)
+            }
+            Store::Postgres(p) => {
+                Writer::spawn(p.write_session().await?, clock, policy, rules, max_batch)
+            }
         })
     }
 

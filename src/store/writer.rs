@@ -12,6 +12,7 @@ use crate::clock::Clock;
 use crate::domain::event::EventMetadata;
 use crate::domain::session::SessionPolicy;
 use crate::domain::token::TokenKey;
+use crate::rules::RuleEngine;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +66,7 @@ impl Writer {
         session: W,
         clock: Arc<dyn Clock>,
         policy: SessionPolicy,
+        rules: Arc<RuleEngine>,
         max_batch: usize,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(max_batch * 8);
@@ -74,6 +76,7 @@ impl Writer {
             session,
             clock,
             policy,
+            rules,
             max_batch: max_batch.max(1),
             committed: committed_tx,
             stats: stats.clone(),
@@ -138,6 +141,7 @@ struct WriterTask<W> {
     session: W,
     clock: Arc<dyn Clock>,
     policy: SessionPolicy,
+    rules: Arc<RuleEngine>,
     max_batch: usize,
     committed: watch::Sender<i64>,
     stats: Arc<WriterStats>,
@@ -207,6 +211,7 @@ impl<W: WriteSession> WriterTask<W> {
                 &job.metadata,
                 now,
                 &self.policy,
+                &self.rules,
             )
             .await
             {

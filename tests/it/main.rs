@@ -20,6 +20,8 @@ mod openapi;
 mod ops;
 mod postgres_surfaces;
 mod refresh;
+mod rules;
+mod rules_cli;
 mod secrets;
 mod shutdown;
 mod startup;

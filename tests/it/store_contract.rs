@@ -9,6 +9,7 @@ use sessiond::domain::event::{Actor, Event, EventMetadata, SigningKeyChanged};
 use sessiond::domain::session::{SessionPolicy, SessionStatus};
 use sessiond::domain::token::{RefreshToken, TokenKey};
 use sessiond::domain::{Duration, Timestamp, parse_timestamp};
+use sessiond::rules::RuleEngine;
 use sessiond::store::chain::ChainVerifier;
 use sessiond::store::commands::{Command, RegisterUser, Reply, execute};
 use sessiond::store::writer::WriteSession;
@@ -168,9 +169,16 @@ async fn run_batch<W: WriteSession>(
     let mut replies = Vec::new();
     for c in commands {
         replies.push(
-            execute(ws, c.clone(), &meta(), now, &policy())
-                .await
-                .unwrap(),
+            execute(
+                ws,
+                c.clone(),
+                &meta(),
+                now,
+                &policy(),
+                &RuleEngine::disabled(),
+            )
+            .await
+            .unwrap(),
         );
     }
     ws.commit().await.unwrap();

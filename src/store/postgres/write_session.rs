@@ -264,6 +264,16 @@ impl UnitOfWork for PostgresWriteSession {
         Ok(sessions)
     }
 
+    async fn active_user_count(&mut self) -> Result<u64, StoreError> {
+        self.flush().await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT user_id) FROM sessions WHERE status = 'active'",
+        )
+        .fetch_one(self.conn()?)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn stream_version(&mut self, stream_id: &str) -> Result<i64, StoreError> {
         let stored = queries::stream_version(self.conn()?, stream_id).await?;
         let pending = self.overlay.stream_max.get(stream_id).copied();

@@ -151,7 +151,7 @@ fn push_sessions<'a>(q: &mut QueryBuilder<'a, Postgres>, rows: &'a [Session]) {
     });
     q.push(
         " ON CONFLICT (session_id) DO UPDATE SET status = excluded.status, \
-         last_seen_at = excluded.last_seen_at, idle_expires_at = excluded.idle_expires_at, \
+         auth_time = excluded.auth_time, last_seen_at = excluded.last_seen_at, idle_expires_at = excluded.idle_expires_at, \
          generation = excluded.generation, retries = excluded.retries, \
          rotated_at = excluded.rotated_at, rotated_from = excluded.rotated_from, \
          last_context = excluded.last_context, reauth_required = excluded.reauth_required, \

@@ -7,6 +7,7 @@ use crate::domain::event::{Actor, EventMetadata};
 use crate::domain::parse_timestamp;
 use crate::domain::session::SessionPolicy;
 use crate::domain::token::{RefreshToken, TokenKey};
+use crate::rules::RuleEngine;
 use crate::store::NewEvent;
 use crate::store::Store;
 use crate::store::UnitOfWork;
@@ -97,9 +98,16 @@ async fn run(ws: &mut SqliteWriteSession, commands: &[Command]) -> Vec<Reply> {
     let mut replies = Vec::new();
     for c in commands {
         replies.push(
-            execute(ws, c.clone(), &meta(), now, &policy())
-                .await
-                .unwrap(),
+            execute(
+                ws,
+                c.clone(),
+                &meta(),
+                now,
+                &policy(),
+                &RuleEngine::disabled(),
+            )
+            .await
+            .unwrap(),
         );
     }
     ws.commit().await.unwrap();
@@ -239,9 +247,16 @@ async fn rollback_discards_the_overlay() {
 
     let now = parse_timestamp("2026-01-01T00:00:00.000Z").unwrap();
     ws.begin(&[]).await.unwrap();
-    execute(&mut ws, commands[1].clone(), &meta(), now, &policy())
-        .await
-        .unwrap();
+    execute(
+        &mut ws,
+        commands[1].clone(),
+        &meta(),
+        now,
+        &policy(),
+        &RuleEngine::disabled(),
+    )
+    .await
+    .unwrap();
     assert!(ws.token(&hash(1)).await.unwrap().is_some());
     ws.rollback().await.unwrap();
 

@@ -301,8 +301,8 @@ fn push_sessions<'a>(q: &mut QueryBuilder<'a, Sqlite>, rows: &'a [Session], set_
         q.push("status = excluded.status, ");
     }
     q.push(
-        "last_seen_at = excluded.last_seen_at, idle_expires_at = excluded.idle_expires_at, \
-         generation = excluded.generation, retries = excluded.retries, \
+        "auth_time = excluded.auth_time, last_seen_at = excluded.last_seen_at, \
+         idle_expires_at = excluded.idle_expires_at, generation = excluded.generation, retries = excluded.retries, \
          rotated_at = excluded.rotated_at, rotated_from = excluded.rotated_from, \
          last_context = excluded.last_context, reauth_required = excluded.reauth_required, \
          ended_at = excluded.ended_at, end_reason = excluded.end_reason, \
@@ -461,6 +461,16 @@ impl UnitOfWork for SqliteWriteSession {
                 .insert(s.session_id, Some(s.clone()));
         }
         Ok(sessions)
+    }
+
+    async fn active_user_count(&mut self) -> Result<u64, StoreError> {
+        self.flush(false).await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT user_id) FROM sessions WHERE status = 'active'",
+        )
+        .fetch_one(&mut self.conn)
+        .await?;
+        Ok(n.max(0) as u64)
     }
 
     async fn stream_version(&mut self, stream_id: &str) -> Result<i64, StoreError> {
