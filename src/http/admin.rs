@@ -44,6 +44,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/events", get(search))
         .route("/v1/admin/events/export", get(export))
         .route("/v1/admin/stream", get(stream))
+        .route("/v1/admin/alerts", get(alerts))
 }
 
 /// The caller of a security route: authenticated, and holding the `security` role.
@@ -98,6 +99,8 @@ fn event_query(params: Params, allowed: &[&str]) -> Result<EventQuery, Error> {
             "ip" => q.ip = Some(parse_net(v).ok_or_else(|| bad("ip", "an address or CIDR"))?),
             "country" => q.country = Some(v.to_owned()),
             "rule" => q.rule = Some(v.to_owned()),
+            "severity" => q.severity = Some(v.to_owned()),
+            "mode" => q.mode = Some(v.to_owned()),
             "since" => {
                 q.since = Some(parse_timestamp(v).ok_or_else(|| bad("since", "an RFC 3339 time"))?)
             }
@@ -184,6 +187,24 @@ async fn ip_timeline(
     })?;
     let mut q = event_query(params, &["type", "since", "until", "before", "limit"])?;
     q.ip = Some(net);
+    Ok(Json(app.search_events(&q).await?))
+}
+
+/// Rule firings with their receipts, newest first; about a user or session, or all of them.
+async fn alerts(
+    State(app): State<AppState>,
+    _: SecurityCaller,
+    params: Params,
+) -> Result<Json<EventPage>, Error> {
+    let mut q = event_query(
+        params,
+        &[
+            "user", "session", "rule", "severity", "mode", "since", "until", "before", "limit",
+        ],
+    )?;
+    q.types = vec!["rule.fired".into()];
+    // Receipts are streams of their own: a user or session is found inside them.
+    q.subject = q.session.take().or(q.user.take());
     Ok(Json(app.search_events(&q).await?))
 }
 

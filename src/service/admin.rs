@@ -35,6 +35,10 @@ pub struct EventQuery {
     pub ip: Option<IpNet>,
     pub country: Option<String>,
     pub rule: Option<String>,
+    pub severity: Option<String>,
+    pub mode: Option<String>,
+    /// Events about this session or user wherever they are stored (rule receipts).
+    pub subject: Option<Uuid>,
     pub since: Option<crate::domain::Timestamp>,
     pub until: Option<crate::domain::Timestamp>,
     /// Newest first: only events before this position.
@@ -102,6 +106,14 @@ impl EventQuery {
             .is_some_and(|want| !country.is_some_and(|c| c.eq_ignore_ascii_case(want)))
         {
             return false;
+        }
+        for (want, field) in [(&self.severity, "severity"), (&self.mode, "mode")] {
+            if want
+                .as_ref()
+                .is_some_and(|w| view.data[field].as_str() != Some(w.as_str()))
+            {
+                return false;
+            }
         }
         if let Some(rule) = &self.rule {
             let id = view.data["rule_id"]
@@ -238,6 +250,7 @@ impl Sessiond {
             event_types: q.types.clone(),
             since: q.since,
             until: q.until,
+            subject: q.subject,
             ..Default::default()
         };
         if let Some(session) = q.session {
@@ -376,11 +389,24 @@ impl Sessiond {
             })
             .await?;
         let (lineage, reuse) = lineage(&events)?;
+        // Rule receipts about the session live in streams of their own: merge them in.
+        let receipts = self
+            .store
+            .events(&EventFilter {
+                event_types: vec!["rule.fired".into()],
+                subject: Some(session_id),
+                after_position: events.first().map_or(0, |e| e.position - 1),
+                ..Default::default()
+            })
+            .await?;
+        let mut timeline: Vec<EventView> =
+            events.iter().chain(&receipts).map(EventView::of).collect();
+        timeline.sort_by_key(|e| e.position);
         Ok(SessionDetail {
             session: SessionSummary::of(&session),
             lineage,
             reuse,
-            timeline: events.iter().map(EventView::of).collect(),
+            timeline,
         })
     }
 

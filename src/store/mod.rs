@@ -254,6 +254,9 @@ pub struct EventFilter {
     pub after_position: i64,
     /// Only positions below this one (paging newest first).
     pub before_position: Option<i64>,
+    /// Only events about this session or user (`session_id` or `user_id` in the payload): the
+    /// rule receipts, which live in streams of their own.
+    pub subject: Option<Uuid>,
     /// Newest first instead of position order.
     pub newest_first: bool,
     pub limit: Option<i64>,

@@ -526,3 +526,63 @@ async fn locking_a_user_ends_their_sessions_and_refuses_logins_until_unlocked() 
     assert_eq!(kinds.iter().filter(|k| *k == "user.locked").count(), 1);
     assert_eq!(kinds.iter().filter(|k| *k == "user.unlocked").count(), 1);
 }
+
+#[tokio::test]
+async fn alerts_list_rule_firings_and_a_session_timeline_includes_its_receipts() {
+    use crate::rules::{NEW_YORK, PARIS, app_with_rules, login_from, refresh_from, travel_rule};
+    let (app, _dir) = app_with_rules(
+        &[("travel.toml", travel_rule("shadow", "\"revoke_session\""))],
+        true,
+    )
+    .await;
+    let admin = analyst(&app).await;
+    app.register("alice").await;
+    let t = login_from(&app, "alice", PARIS, FIREFOX).await;
+    app.clock.advance(chrono::Duration::minutes(5));
+    let r = refresh_from(&app, &t.refresh, NEW_YORK, FIREFOX).await;
+    assert_eq!(r.status(), StatusCode::OK, "shadow mode changes nothing");
+
+    let alerts = get_json(&app, "/v1/admin/alerts", &admin.access).await;
+    let list = alerts["events"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{alerts}");
+    assert_eq!(list[0]["data"]["rule_id"], "impossible_travel");
+    assert_eq!(list[0]["data"]["mode"], "shadow");
+    for (query, n) in [
+        ("?mode=shadow", 1),
+        ("?mode=enforce", 0),
+        ("?rule=impossible_travel", 1),
+        ("?rule=brute_force", 0),
+        ("?severity=high", 1),
+        (&format!("?session={}", t.session_id) as &str, 1),
+        (&format!("?session={}", uuid::Uuid::now_v7()), 0),
+    ] {
+        let page = get_json(&app, &format!("/v1/admin/alerts{query}"), &admin.access).await;
+        assert_eq!(page["events"].as_array().unwrap().len(), n, "{query}");
+    }
+    let r = get(&app, "/v1/admin/alerts?type=session.started", &admin.access).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    let detail = get_json(
+        &app,
+        &format!("/v1/admin/sessions/{}", t.session_id),
+        &admin.access,
+    )
+    .await;
+    let kinds: Vec<&str> = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"rule.fired"), "{kinds:?}");
+    let places: Vec<&str> = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["data"]["context"]["geo"]["city"].as_str())
+        .collect();
+    assert!(
+        places.contains(&"Paris") && places.contains(&"New York"),
+        "{places:?}"
+    );
+}

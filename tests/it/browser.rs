@@ -177,6 +177,19 @@ impl Browser {
         }
     }
 
+    /// Waits up to 10 s for the result panel's title to mention `what`.
+    async fn wait_for_result(&self, what: &str) {
+        for _ in 0..100 {
+            if let Some(title) = self.all("#result-title").await.first()
+                && self.text(title).await.contains(what)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the result never showed {what:?}");
+    }
+
     /// The open alert or confirm dialog's text, if one is open.
     async fn dialog(&self) -> Option<String> {
         let v = self.get("/alert/text").await;
@@ -249,9 +262,27 @@ async fn the_pages_work_in_a_real_browser_and_render_markup_as_text() {
     let Some(b) = Browser::start().await else {
         return;
     };
-    let app = spawn_app_with(|c| c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    // Generated GeoIP databases (loopback is in Lyon) and a shadow travel rule.
+    let (app, _dir) = crate::rules::app_with_rules(
+        &[(
+            "travel.toml",
+            crate::rules::travel_rule("shadow", "\"revoke_session\""),
+        )],
+        true,
+    )
+    .await;
     app.register("alice").await;
-    let other = login_from(&app, "alice", "198.51.100.9", &format!("Mozilla/5.0 {XSS}")).await;
+    let ua = format!("Mozilla/5.0 {XSS}");
+    let first = login_from(&app, "alice", crate::rules::PARIS, &ua).await;
+    app.clock.advance(chrono::Duration::minutes(5));
+    // Paris to New York in five minutes: the rule fires (in shadow, so nothing changes).
+    let other = Tokens::from_json(
+        &crate::rules::refresh_from(&app, &first.refresh, crate::rules::NEW_YORK, &ua)
+            .await
+            .json()
+            .await
+            .unwrap(),
+    );
 
     // The account page: sign in, two devices, revoke the other one.
     b.goto(&app.url("/account/")).await;
@@ -259,6 +290,11 @@ async fn the_pages_work_in_a_real_browser_and_render_markup_as_text() {
     b.wait_for("#devices tr", 2).await;
     assert_eq!(b.all("#devices tr.current").await.len(), 1);
     assert_rendered_as_text(&b).await;
+    let page = b.text_of_page().await;
+    assert!(
+        page.contains("New York, US") && page.contains("Lyon, FR"),
+        "places: {page}"
+    );
     b.screenshot("account.png").await;
     b.click("#devices button.revoke").await;
     b.accept_dialog().await;
@@ -314,6 +350,7 @@ async fn the_pages_work_in_a_real_browser_and_render_markup_as_text() {
         stolen.session_id
     ))
     .await;
+    b.wait_for_result(&stolen.session_id).await;
     b.wait_for("#result-body tr.event", 3).await;
     let reuse = b
         .wait_for("tr[data-type='session.reuse_detected'] .tag.reuse", 1)
@@ -327,11 +364,24 @@ async fn the_pages_work_in_a_real_browser_and_render_markup_as_text() {
         page.contains("203.0.113.9"),
         "the timeline shows the address"
     );
+
+    // The session that jumped the Atlantic: its timeline flags the rule firing.
+    b.type_into("#q", &other.session_id).await;
+    b.click("#search-button").await;
+    b.wait_for_result(&other.session_id).await;
+    let flag = b.wait_for("tr[data-type='rule.fired'] .tag.rule", 1).await;
+    assert!(b.text(&flag[0]).await.contains("impossible_travel"));
+    let page = b.text_of_page().await;
+    assert!(
+        page.contains("Paris, FR") && page.contains("New York, US"),
+        "places: {page}"
+    );
     b.screenshot("console-session.png").await;
 
     // The address's timeline shows the failed login with its name as text.
     b.type_into("#q", "203.0.113.9").await;
     b.click("#search-button").await;
+    b.wait_for_result("203.0.113.9").await;
     b.wait_for("tr[data-type='login.failed']", 1).await;
     assert_rendered_as_text(&b).await;
     b.screenshot("console-address.png").await;
@@ -339,6 +389,7 @@ async fn the_pages_work_in_a_real_browser_and_render_markup_as_text() {
     // Log alice out everywhere, confirmed in the page; the API agrees.
     b.type_into("#q", "alice").await;
     b.click("#search-button").await;
+    b.wait_for_result("User alice").await;
     b.click("#logout-everywhere").await;
     b.accept_dialog().await;
     b.wait_for("#result-title", 1).await;

@@ -6,8 +6,18 @@ use serde_json::{Value, json};
 
 const CHROME_ANDROID: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/121.0.0.0 Mobile Safari/537.36";
 
-async fn spawn_behind_proxy() -> TestApp {
-    spawn_app_with(|c| c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await
+/// Behind a trusted local proxy (so X-Forwarded-For names the client), with the generated
+/// GeoIP databases: 203.0.113.0/24 is Chantilly, FR; 198.51.100.0/24 is New York, US.
+async fn spawn_behind_proxy() -> (TestApp, tempfile::TempDir) {
+    let geo = tempfile::tempdir().unwrap();
+    let (city, asn) = crate::rules::write_geoip(geo.path());
+    let app = spawn_app_with(|c| {
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.geoip_city = Some(city);
+        c.geoip_asn = Some(asn);
+    })
+    .await;
+    (app, geo)
 }
 
 /// Logs in as if from `ip` with `user_agent`, through the trusted local proxy.
@@ -54,7 +64,7 @@ fn by_id<'a>(list: &'a [Value], session_id: &str) -> &'a Value {
 
 #[tokio::test]
 async fn the_device_list_shows_each_device_with_its_address_and_marks_the_current_one() {
-    let app = spawn_behind_proxy().await;
+    let (app, _geo) = spawn_behind_proxy().await;
     app.register("alice").await;
     let laptop = login_from(&app, "alice", "203.0.113.7", FIREFOX).await;
     app.clock.advance(chrono::Duration::minutes(5));
@@ -69,12 +79,16 @@ async fn the_device_list_shows_each_device_with_its_address_and_marks_the_curren
     assert_eq!(l["device"]["os"], "Linux");
     assert_eq!(l["device"]["category"], "pc");
     assert_eq!(l["status"], "active");
+    assert_eq!(l["location"]["city"], "Chantilly");
+    assert_eq!(l["location"]["country"], "FR");
     let p = by_id(&list, &phone.session_id);
     assert_eq!(p["current"], false);
     assert_eq!(p["ip"], "198.51.100.9");
     assert_eq!(p["device"]["browser"], "Chrome");
     assert_eq!(p["device"]["os"], "Android");
     assert_eq!(p["device"]["category"], "smartphone");
+    assert_eq!(p["location"]["city"], "New York");
+    assert_eq!(p["location"]["country"], "US");
     // Most recently active first.
     assert_eq!(list[0]["session_id"], phone.session_id.as_str());
 
@@ -86,7 +100,7 @@ async fn the_device_list_shows_each_device_with_its_address_and_marks_the_curren
 
 #[tokio::test]
 async fn revoking_a_device_ends_it_and_its_refresh_token_stops_working() {
-    let app = spawn_behind_proxy().await;
+    let (app, _geo) = spawn_behind_proxy().await;
     app.register("alice").await;
     let laptop = login_from(&app, "alice", "203.0.113.7", FIREFOX).await;
     let phone = login_from(&app, "alice", "198.51.100.9", CHROME_ANDROID).await;
@@ -115,7 +129,7 @@ async fn revoking_a_device_ends_it_and_its_refresh_token_stops_working() {
 
 #[tokio::test]
 async fn one_user_can_neither_list_nor_revoke_another_users_sessions() {
-    let app = spawn_behind_proxy().await;
+    let (app, _geo) = spawn_behind_proxy().await;
     app.register("alice").await;
     app.register("mallory").await;
     let alice = login_from(&app, "alice", "203.0.113.7", FIREFOX).await;
@@ -151,7 +165,7 @@ async fn one_user_can_neither_list_nor_revoke_another_users_sessions() {
 
 #[tokio::test]
 async fn signing_out_everywhere_else_keeps_only_the_current_device() {
-    let app = spawn_behind_proxy().await;
+    let (app, _geo) = spawn_behind_proxy().await;
     app.register("alice").await;
     let laptop = login_from(&app, "alice", "203.0.113.7", FIREFOX).await;
     let phone = login_from(&app, "alice", "198.51.100.9", CHROME_ANDROID).await;

@@ -102,6 +102,14 @@ impl PostgresStore {
         if let Some(before) = f.before_position {
             q.push(" AND position < ").push_bind(before);
         }
+        if let Some(subject) = f.subject {
+            let id = subject.to_string();
+            q.push(" AND (data->>'session_id' = ")
+                .push_bind(id.clone())
+                .push(" OR data->>'user_id' = ")
+                .push_bind(id)
+                .push(")");
+        }
         if !f.event_types.is_empty() {
             q.push(" AND event_type = ANY(")
                 .push_bind(f.event_types.clone())

@@ -188,6 +188,14 @@ impl SqliteStore {
         if let Some(before) = f.before_position {
             q.push(" AND position < ").push_bind(before);
         }
+        if let Some(subject) = f.subject {
+            let id = subject.to_string();
+            q.push(" AND (json_extract(data, '$.session_id') = ")
+                .push_bind(id.clone())
+                .push(" OR json_extract(data, '$.user_id') = ")
+                .push_bind(id)
+                .push(")");
+        }
         if !f.event_types.is_empty() {
             q.push(" AND event_type IN (");
             let mut sep = q.separated(", ");
