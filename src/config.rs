@@ -34,6 +34,8 @@ pub struct Config {
     pub expiry_sweep_schedule: Option<String>,
     pub key_rotation_schedule: Option<String>,
     pub retention_schedule: Option<String>,
+    /// How often GeoIP databases and rule files are checked for changes (also on SIGHUP).
+    pub reload_schedule: Option<String>,
     /// How long a signing key signs before the next one takes over.
     pub signing_key_rotation_interval: Duration,
     /// How long a new key is published in the JWKS before it signs (default: one access-token
@@ -124,6 +126,7 @@ pub const KEYS: &[&str] = &[
     "expiry_sweep_schedule",
     "key_rotation_schedule",
     "retention_schedule",
+    "reload_schedule",
     "signing_key_rotation_interval",
     "signing_key_publish_ahead",
     "retention_period",
@@ -162,6 +165,7 @@ impl Default for Config {
             expiry_sweep_schedule: Some("0 * * * * *".into()),
             key_rotation_schedule: Some("30 * * * * *".into()),
             retention_schedule: Some("0 17 3 * * *".into()),
+            reload_schedule: Some("*/30 * * * * *".into()),
             signing_key_rotation_interval: Duration::days(30),
             signing_key_publish_ahead: None,
             retention_period: Duration::days(90),
@@ -289,6 +293,7 @@ impl Config {
                 "expiry_sweep_schedule" => c.expiry_sweep_schedule = schedule(k, value)?,
                 "key_rotation_schedule" => c.key_rotation_schedule = schedule(k, value)?,
                 "retention_schedule" => c.retention_schedule = schedule(k, value)?,
+                "reload_schedule" => c.reload_schedule = schedule(k, value)?,
                 "signing_key_rotation_interval" => {
                     c.signing_key_rotation_interval = duration(k, value)?
                 }

@@ -18,13 +18,16 @@ pub enum JobKind {
     ExpirySweep,
     KeyRotation,
     Retention,
+    /// GeoIP databases and rule files whose files changed.
+    Reload,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [
+    pub const ALL: [JobKind; 4] = [
         JobKind::ExpirySweep,
         JobKind::KeyRotation,
         JobKind::Retention,
+        JobKind::Reload,
     ];
 
     pub fn name(self) -> &'static str {
@@ -32,6 +35,7 @@ impl JobKind {
             JobKind::ExpirySweep => "expiry_sweep",
             JobKind::KeyRotation => "key_rotation",
             JobKind::Retention => "retention",
+            JobKind::Reload => "reload",
         }
     }
 
@@ -41,13 +45,20 @@ impl JobKind {
             JobKind::ExpirySweep => c.expiry_sweep_schedule.as_deref(),
             JobKind::KeyRotation => c.key_rotation_schedule.as_deref(),
             JobKind::Retention => c.retention_schedule.as_deref(),
+            JobKind::Reload => c.reload_schedule.as_deref(),
         }
+    }
+
+    /// Jobs that change the shared store run on one node at a time; a reload is every node's
+    /// own (each holds its GeoIP databases and rules in memory).
+    fn one_node_at_a_time(self) -> bool {
+        !matches!(self, JobKind::Reload)
     }
 }
 
 /// One flag per job: set while a run is in progress.
 #[derive(Debug, Default)]
-pub struct JobGuards([AtomicBool; 3]);
+pub struct JobGuards([AtomicBool; 4]);
 
 /// Clears its job's flag when the run ends, however it ends.
 struct Running<'a>(&'a AtomicBool);
@@ -97,11 +108,16 @@ async fn run(app: &Sessiond, job: JobKind, start_rotation_now: bool) -> Result<J
         return Ok(JobOutcome::Skipped);
     };
     // One node at a time: on PostgreSQL the others skip this run (SQLite has one node).
-    let Some(lock) = app.store.try_job_lock(name).await? else {
-        tracing::info!(job = name, "job skipped: another node is running it");
-        metrics::counter!(crate::metrics::JOB_RUNS, "job" => name, "outcome" => "skipped")
-            .increment(1);
-        return Ok(JobOutcome::Skipped);
+    let lock = if job.one_node_at_a_time() {
+        let Some(lock) = app.store.try_job_lock(name).await? else {
+            tracing::info!(job = name, "job skipped: another node is running it");
+            metrics::counter!(crate::metrics::JOB_RUNS, "job" => name, "outcome" => "skipped")
+                .increment(1);
+            return Ok(JobOutcome::Skipped);
+        };
+        Some(lock)
+    } else {
+        None
     };
     let started = Instant::now();
     let result = match job {
@@ -111,8 +127,15 @@ async fn run(app: &Sessiond, job: JobKind, start_rotation_now: bool) -> Result<J
             .map(|r| r.to_string())
             .map_err(|e| Error::Internal(e.to_string())),
         JobKind::Retention => retention(app).await,
+        JobKind::Reload => Ok(if crate::app::reload_if_changed(app) {
+            "reloaded what changed".to_owned()
+        } else {
+            "nothing changed".to_owned()
+        }),
     };
-    lock.release().await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
     let elapsed = started.elapsed();
     let millis = elapsed.as_millis() as u64;
     metrics::histogram!(crate::metrics::JOB_DURATION, "job" => name).record(elapsed.as_secs_f64());

@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 
 pub const HTTP_REQUESTS: &str = "sessiond_http_requests_total";
 pub const HTTP_DURATION: &str = "sessiond_http_request_duration_seconds";
+/// Successful logins by the country GeoIP placed them in (`unknown` without a database).
+pub const LOGIN_COUNTRIES: &str = "sessiond_login_countries_total";
 pub const LOGINS: &str = "sessiond_logins_total";
 pub const REFRESHES: &str = "sessiond_refreshes_total";
 pub const GRACE_RETRIES: &str = "sessiond_refresh_grace_retries_total";
@@ -68,6 +70,10 @@ fn describe() {
         "HTTP request latency by route template, method and status"
     );
     describe_counter!(LOGINS, "Login attempts by outcome");
+    describe_counter!(
+        LOGIN_COUNTRIES,
+        "Successful logins by GeoIP country (unknown without a database)"
+    );
     describe_counter!(REFRESHES, "Refresh attempts by outcome");
     describe_counter!(
         GRACE_RETRIES,
@@ -150,8 +156,16 @@ fn revoked(reason: RevokeReason, sessions: usize) {
 /// batch that is rolled back and re-run is counted once.
 pub fn observe_command(command: &Command, reply: &Reply) {
     match (command, reply) {
-        (Command::StartSession { .. }, Reply::SessionStarted(_)) => {
-            counter!(LOGINS, "outcome" => "success").increment(1)
+        (Command::StartSession { context, .. }, Reply::SessionStarted(_)) => {
+            counter!(LOGINS, "outcome" => "success").increment(1);
+            // Countries are a bounded set (ISO codes); anything else would be a new series each.
+            let country = context
+                .geo
+                .as_ref()
+                .and_then(|g| g.country.as_deref())
+                .filter(|c| c.len() == 2 && c.chars().all(|c| c.is_ascii_uppercase()))
+                .unwrap_or("unknown");
+            counter!(LOGIN_COUNTRIES, "country" => country.to_owned()).increment(1)
         }
         (Command::RecordLoginFailure { reason, .. }, _) => {
             let outcome = match reason {
