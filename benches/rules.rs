@@ -162,3 +162,32 @@ fn login_failed(bencher: divan::Bencher) {
         divan::black_box(one_event(&engine, divan::black_box(&f)))
     });
 }
+
+/// Enrichment, for comparison (not rule evaluation): both GeoIP lookups of one request
+/// against small generated databases (a real city database is a deeper tree).
+#[divan::bench]
+fn geoip_lookup_city_and_asn(bencher: divan::Bencher) {
+    use maxminddb::geoip2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut city = mmdb_writer::Writer::new("GeoIP2-City");
+    let mut asn = mmdb_writer::Writer::new("GeoLite2-ASN");
+    let mut record = geoip2::City::default();
+    record.city.names.english = Some("Paris");
+    record.country.iso_code = Some("FR");
+    record.location.latitude = Some(48.85);
+    record.location.longitude = Some(2.35);
+    record.location.accuracy_radius = Some(20);
+    let net: ipnet::IpNet = "192.0.2.0/24".parse().unwrap();
+    city.insert(net, &record).unwrap();
+    let a = geoip2::Asn {
+        autonomous_system_number: Some(64501),
+        autonomous_system_organization: Some("Example Net"),
+    };
+    asn.insert(net, &a).unwrap();
+    let (c, s) = (dir.path().join("c.mmdb"), dir.path().join("a.mmdb"));
+    std::fs::write(&c, city.to_bytes().unwrap()).unwrap();
+    std::fs::write(&s, asn.to_bytes().unwrap()).unwrap();
+    let geo = sessiond::context::geoip::GeoIp::open(Some(&c), Some(&s)).unwrap();
+    let ip: std::net::IpAddr = "192.0.2.10".parse().unwrap();
+    bencher.bench_local(|| divan::black_box(geo.lookup(divan::black_box(ip))));
+}

@@ -669,4 +669,24 @@ mod tests {
         assert_eq!(e.key, "database_url");
         assert!(!e.to_string().contains("hunter22"));
     }
+
+    #[test]
+    fn context_and_rule_keys_come_from_file_and_environment() {
+        let c = load(
+            Some("geoip_city = \"/geo/city.mmdb\"\nrules_breaker_fraction = 0.01\n"),
+            &[
+                ("SESSIOND_RULES", "/etc/sessiond/rules"),
+                ("SESSIOND_GEOIP_ASN", "/geo/asn.mmdb"),
+                ("SESSIOND_RULES_BREAKER_WINDOW", "5m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.geoip_city, Some(PathBuf::from("/geo/city.mmdb")));
+        assert_eq!(c.geoip_asn, Some(PathBuf::from("/geo/asn.mmdb")));
+        assert_eq!(c.rules, Some(PathBuf::from("/etc/sessiond/rules")));
+        assert_eq!(c.breaker().max_fraction, 0.01);
+        assert_eq!(c.breaker().window, Duration::minutes(5));
+        let e = load(None, &[("SESSIOND_RULES_BREAKER_FRACTION", "2")]).unwrap_err();
+        assert_eq!(e.key, "rules_breaker_fraction");
+    }
 }

@@ -40,13 +40,33 @@ fn effective(trigger: Trigger, action: Action) -> Action {
     }
 }
 
-/// Judges one event. Reads the store only on a cold baseline and for the breaker's count of
+/// The facts of an event on a session's own state (a refresh, a reuse).
+pub fn session_facts<'a>(
+    trigger: Trigger,
+    session: &'a Session,
+    context: &'a crate::domain::context::RequestContext,
+    now: Timestamp,
+) -> Facts<'a> {
+    Facts {
+        trigger,
+        now,
+        user_id: Some(session.user_id),
+        username: None,
+        session_id: Some(session.session_id),
+        context,
+        session_login: Some(&session.login_context),
+        session_last: Some(&session.last_context),
+    }
+}
+
+/// Judges one event; `None` when no rule fired (the usual case, which then costs no
+/// allocation here). Reads the store only on a cold baseline and for the breaker's count of
 /// active users (at most once a minute, and only when a revoking action is wanted).
 pub async fn judge<U: UnitOfWork>(
     uow: &mut U,
     engine: &RuleEngine,
     facts: &Facts<'_>,
-) -> Result<Judgement, StoreError> {
+) -> Result<Option<Judgement>, StoreError> {
     let set = engine.rules();
     let mut j = Judgement::default();
     if let Some(user) = facts.user_id
@@ -144,7 +164,7 @@ pub async fn judge<U: UnitOfWork>(
     if !flagged && facts.trigger.builds_baseline() && facts.user_id.is_some() {
         engine.remember(facts);
     }
-    Ok(j)
+    Ok((!j.receipts.is_empty()).then_some(j))
 }
 
 /// A user's trusted sightings as the store knows them: where each active session started and

@@ -15,7 +15,7 @@ use crate::domain::session::{
 use crate::domain::token::TokenKey;
 use crate::domain::user::{self, Register, User, UserError};
 use crate::projection;
-use crate::rules::enforce::{carry_out, judge};
+use crate::rules::enforce::{carry_out, judge, session_facts};
 use crate::rules::{Facts, RuleEngine, Trigger};
 use uuid::Uuid;
 
@@ -203,10 +203,10 @@ pub async fn execute<U: UnitOfWork>(
                 session_login: None,
                 session_last: None,
             };
-            let judgement = judge(uow, rules, &facts).await?;
-            if carry_out(uow, judgement, Some(user_id), None, meta, now)
-                .await?
-                .is_some()
+            if let Some(j) = judge(uow, rules, &facts).await?
+                && carry_out(uow, j, Some(user_id), None, meta, now)
+                    .await?
+                    .is_some()
             {
                 return Ok(Reply::Rejected(Rejection::Session(Refusal::Denied)));
             }
@@ -253,8 +253,9 @@ pub async fn execute<U: UnitOfWork>(
                 session_login: None,
                 session_last: None,
             };
-            let judgement = judge(uow, rules, &facts).await?;
-            carry_out(uow, judgement, user_id, None, meta, now).await?;
+            if let Some(j) = judge(uow, rules, &facts).await? {
+                carry_out(uow, j, user_id, None, meta, now).await?;
+            }
             Ok(Reply::Recorded)
         }
 
@@ -278,19 +279,7 @@ pub async fn execute<U: UnitOfWork>(
                 _ => None,
             };
             let mut judgement = match trigger {
-                Some(trigger) => {
-                    let facts = Facts {
-                        trigger,
-                        now,
-                        user_id: Some(session.user_id),
-                        username: None,
-                        session_id: Some(session.session_id),
-                        context: &context,
-                        session_login: Some(&session.login_context),
-                        session_last: Some(&session.last_context),
-                    };
-                    Some(judge(uow, rules, &facts).await?)
-                }
+                Some(t) => judge(uow, rules, &session_facts(t, &session, &context, now)).await?,
                 None => None,
             };
             if trigger == Some(Trigger::SessionRefreshed)
@@ -443,16 +432,12 @@ pub async fn execute<U: UnitOfWork>(
             let decision = session.decide_reauthenticate(token.generation, &context, now);
             if decision.outcome.is_ok() {
                 // The password was proven from here: this context is trusted from now on.
-                rules.remember(&Facts {
-                    trigger: Trigger::SessionRefreshed,
+                rules.remember(&session_facts(
+                    Trigger::SessionRefreshed,
+                    &session,
+                    &context,
                     now,
-                    user_id: Some(session.user_id),
-                    username: None,
-                    session_id: Some(session.session_id),
-                    context: &context,
-                    session_login: None,
-                    session_last: None,
-                });
+                ));
             }
             let id = session.session_id;
             record_session(uow, Some(session), id, decision.events, meta, now).await?;

@@ -98,10 +98,6 @@ async fn requests_are_counted_by_route_template_and_status() {
     assert_eq!(after[count], before + 3.0);
 }
 
-/// Metrics the dashboards use that the rules work (issue 3) emits; they are not on this
-/// branch. The coordinator empties this list when merging rules and adds a rule-firing step
-/// to [`scripted_run`].
-
 /// A short run that touches every kind of thing the dashboards show.
 async fn scripted_run(app: &TestApp) {
     // A subscriber that accepts everything.

@@ -644,3 +644,58 @@ async fn changed_rule_files_are_reloaded_and_broken_ones_refused() {
         "reauth_required"
     );
 }
+
+#[tokio::test]
+async fn the_shipped_reuse_escalation_logs_out_everywhere_when_reuse_comes_from_abroad() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/reuse.toml")).unwrap();
+    let (app, _dir) = app_with_rules(&[("reuse.toml", shipped)], true).await;
+    app.register("alice").await;
+    let a = login_from(&app, "alice", PARIS, CHROME_120).await;
+    let other = login_from(&app, "alice", PARIS, FIREFOX).await;
+    let r = refresh_from(&app, &a.refresh, PARIS, CHROME_120).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    app.clock.advance(Duration::minutes(2));
+    // The spent token comes back from another country: reuse, then escalation.
+    let r = refresh_from(&app, &a.refresh, NEW_YORK, CHROME_120).await;
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_grant"
+    );
+    let fired = receipts(&app).await;
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0]["rule_id"], "reuse_escalation");
+    assert_eq!(fired[0]["action"], "logout_everywhere");
+    assert_eq!(fired[0]["inputs"]["reason"], "other_country");
+    // The user's other session ended too.
+    let last = app.session_events(&other.session_id).await.pop().unwrap();
+    assert_eq!(last.event_type, "session.revoked");
+    assert_eq!(data(&last)["reason"], "rule");
+    assert_eq!(
+        refresh_from(&app, &other.refresh, PARIS, FIREFOX)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn reuse_from_home_is_not_escalated() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/reuse.toml")).unwrap();
+    let (app, _dir) = app_with_rules(&[("reuse.toml", shipped)], true).await;
+    app.register("alice").await;
+    let a = login_from(&app, "alice", PARIS, CHROME_120).await;
+    let other = login_from(&app, "alice", PARIS, FIREFOX).await;
+    refresh_from(&app, &a.refresh, PARIS, CHROME_120).await;
+    app.clock.advance(Duration::minutes(2));
+    let r = refresh_from(&app, &a.refresh, PARIS, CHROME_120).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(receipts(&app).await.is_empty());
+    assert_eq!(
+        refresh_from(&app, &other.refresh, PARIS, FIREFOX)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}

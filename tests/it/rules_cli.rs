@@ -197,3 +197,64 @@ window = "15m"
         "{report}"
     );
 }
+
+/// The real server: a changed rule file is picked up on SIGHUP, and SIGTERM still stops it.
+#[cfg(unix)]
+#[test]
+fn serve_reloads_rules_on_sighup_and_still_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let data = tempfile::tempdir().unwrap();
+    let rules = data.path().join("rules");
+    rule_file(&rules, "t.toml", &travel_rule("shadow", "\"flag\""));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--rules"])
+        .arg(&rules)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_remove("SESSIOND_CONFIG")
+        .env("RUST_LOG", "sessiond=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while let Ok(line) =
+            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    };
+    let signal = |name: &str| {
+        let ok = Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    assert!(wait_for("listening on"), "the server did not start");
+    rule_file(
+        &rules,
+        "t.toml",
+        &travel_rule("enforce", "\"require_reauth\""),
+    );
+    signal("-HUP");
+    assert!(wait_for("rules reloaded"), "no reload after SIGHUP");
+    signal("-TERM");
+    assert!(
+        wait_for("sessiond stopped"),
+        "the server did not stop after SIGTERM"
+    );
+    assert!(child.wait().unwrap().success());
+}
