@@ -75,6 +75,10 @@ async fn an_ordinary_user_gets_403_on_every_admin_route_and_no_token_gets_401() 
         ("GET", "/v1/admin/events".to_owned()),
         ("GET", "/v1/admin/events/export".to_owned()),
         ("GET", "/v1/admin/stream".to_owned()),
+        ("GET", "/v1/admin/alerts".to_owned()),
+        ("GET", "/v1/admin/webhooks".to_owned()),
+        ("POST", "/v1/admin/webhooks".to_owned()),
+        ("DELETE", format!("/v1/admin/webhooks/{}", uuid::Uuid::now_v7())),
     ];
     for (method, path) in &routes {
         let req = |b: Option<&str>| {
