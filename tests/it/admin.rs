@@ -34,19 +34,6 @@ async fn get_json(app: &TestApp, path: &str, bearer: &str) -> Value {
     r.json().await.unwrap()
 }
 
-async fn login_from(app: &TestApp, username: &str, ip: &str) -> Tokens {
-    let r = app
-        .http
-        .post(app.url("/v1/auth/login"))
-        .header("x-forwarded-for", ip)
-        .json(&json!({ "username": username, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    Tokens::from_json(&r.json().await.unwrap())
-}
-
 fn positions(page: &Value) -> Vec<i64> {
     page["events"]
         .as_array()
@@ -78,7 +65,10 @@ async fn an_ordinary_user_gets_403_on_every_admin_route_and_no_token_gets_401() 
         ("GET", "/v1/admin/alerts".to_owned()),
         ("GET", "/v1/admin/webhooks".to_owned()),
         ("POST", "/v1/admin/webhooks".to_owned()),
-        ("DELETE", format!("/v1/admin/webhooks/{}", uuid::Uuid::now_v7())),
+        (
+            "DELETE",
+            format!("/v1/admin/webhooks/{}", uuid::Uuid::now_v7()),
+        ),
     ];
     for (method, path) in &routes {
         let req = |b: Option<&str>| {
@@ -177,10 +167,10 @@ async fn event_search_filters_by_user_type_and_network_and_pages_newest_first() 
     let alice_id = app.register("alice").await;
     app.register("bob").await;
     for i in 0..3 {
-        login_from(&app, "alice", &format!("203.0.113.{}", 10 + i)).await;
+        login_from(&app, "alice", &format!("203.0.113.{}", 10 + i), FIREFOX).await;
     }
-    login_from(&app, "bob", "198.51.100.7").await;
-    login_from(&app, "alice", "192.0.2.1").await;
+    login_from(&app, "bob", "198.51.100.7", FIREFOX).await;
+    login_from(&app, "alice", "192.0.2.1", FIREFOX).await;
 
     let page = get_json(&app, "/v1/admin/events?ip=203.0.113.0/24", &admin.access).await;
     assert_eq!(page["events"].as_array().unwrap().len(), 3, "{page}");
@@ -533,7 +523,7 @@ async fn locking_a_user_ends_their_sessions_and_refuses_logins_until_unlocked() 
 
 #[tokio::test]
 async fn alerts_list_rule_firings_and_a_session_timeline_includes_its_receipts() {
-    use crate::rules::{NEW_YORK, PARIS, app_with_rules, login_from, refresh_from, travel_rule};
+    use crate::rules::{NEW_YORK, PARIS, app_with_rules, travel_rule};
     let (app, _dir) = app_with_rules(
         &[("travel.toml", travel_rule("shadow", "\"revoke_session\""))],
         true,

@@ -227,20 +227,6 @@ impl Drop for Browser {
     }
 }
 
-async fn login_from(app: &TestApp, username: &str, ip: &str, user_agent: &str) -> Tokens {
-    let r = app
-        .http
-        .post(app.url("/v1/auth/login"))
-        .header("x-forwarded-for", ip)
-        .header("user-agent", user_agent)
-        .json(&json!({ "username": username, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    Tokens::from_json(&r.json().await.unwrap())
-}
-
 async fn sign_in(b: &Browser, username: &str) {
     b.type_into("#signin input[name=username]", username).await;
     b.type_into("#signin input[name=password]", PASSWORD).await;
@@ -277,7 +263,7 @@ async fn the_pages_work_in_a_real_browser_and_render_markup_as_text() {
     app.clock.advance(chrono::Duration::minutes(5));
     // Paris to New York in five minutes: the rule fires (in shadow, so nothing changes).
     let other = Tokens::from_json(
-        &crate::rules::refresh_from(&app, &first.refresh, crate::rules::NEW_YORK, &ua)
+        &refresh_from(&app, &first.refresh, crate::rules::NEW_YORK, &ua)
             .await
             .json()
             .await

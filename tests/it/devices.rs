@@ -2,7 +2,7 @@
 
 use crate::helpers::*;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const CHROME_ANDROID: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/121.0.0.0 Mobile Safari/537.36";
 
@@ -18,21 +18,6 @@ async fn spawn_behind_proxy() -> (TestApp, tempfile::TempDir) {
     })
     .await;
     (app, geo)
-}
-
-/// Logs in as if from `ip` with `user_agent`, through the trusted local proxy.
-async fn login_from(app: &TestApp, username: &str, ip: &str, user_agent: &str) -> Tokens {
-    let r = app
-        .http
-        .post(app.url("/v1/auth/login"))
-        .header("x-forwarded-for", ip)
-        .header("user-agent", user_agent)
-        .json(&json!({ "username": username, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    Tokens::from_json(&r.json().await.unwrap())
 }
 
 async fn devices(app: &TestApp, access: &str) -> Vec<Value> {

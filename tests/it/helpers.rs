@@ -280,3 +280,46 @@ pub fn sessiond_cli(args: &[&str], data_dir: &Path) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Requests as if from another client: `X-Forwarded-For` (honoured when 127.0.0.1 is a
+/// trusted proxy) and a User-Agent.
+pub async fn post_from(
+    app: &TestApp,
+    path: &str,
+    body: Value,
+    ip: &str,
+    ua: &str,
+) -> reqwest::Response {
+    app.http
+        .post(app.url(path))
+        .header("x-forwarded-for", ip)
+        .header("user-agent", ua)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn login_from(app: &TestApp, user: &str, ip: &str, ua: &str) -> Tokens {
+    let r = post_from(
+        app,
+        "/v1/auth/login",
+        json!({"username": user, "password": PASSWORD}),
+        ip,
+        ua,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    Tokens::from_json(&r.json().await.unwrap())
+}
+
+pub async fn refresh_from(app: &TestApp, token: &str, ip: &str, ua: &str) -> reqwest::Response {
+    post_from(
+        app,
+        "/v1/auth/refresh",
+        json!({"refresh_token": token}),
+        ip,
+        ua,
+    )
+    .await
+}

@@ -179,7 +179,7 @@ type = "session_context_change"
 "#;
 
 async fn fire_rules(app: &TestApp) {
-    use crate::rules::{CHROME_120, PARIS, login_from, refresh_from};
+    use crate::rules::{CHROME_120, PARIS};
     for name in ["ann", "ben", "cat", "dan"] {
         app.register(name).await;
         let t = login_from(app, name, PARIS, CHROME_120).await;

@@ -174,47 +174,6 @@ pub async fn app_with_rules(rules: &[(&str, String)], geo: bool) -> (TestApp, te
     (app, dir)
 }
 
-pub async fn post_from(
-    app: &TestApp,
-    path: &str,
-    body: Value,
-    ip: &str,
-    ua: &str,
-) -> reqwest::Response {
-    app.http
-        .post(app.url(path))
-        .header("x-forwarded-for", ip)
-        .header("user-agent", ua)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-pub async fn login_from(app: &TestApp, user: &str, ip: &str, ua: &str) -> Tokens {
-    let r = post_from(
-        app,
-        "/v1/auth/login",
-        json!({"username": user, "password": PASSWORD}),
-        ip,
-        ua,
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::OK);
-    Tokens::from_json(&r.json().await.unwrap())
-}
-
-pub async fn refresh_from(app: &TestApp, token: &str, ip: &str, ua: &str) -> reqwest::Response {
-    post_from(
-        app,
-        "/v1/auth/refresh",
-        json!({"refresh_token": token}),
-        ip,
-        ua,
-    )
-    .await
-}
-
 pub async fn receipts(app: &TestApp) -> Vec<Value> {
     app.all_events()
         .await
