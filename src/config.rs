@@ -34,7 +34,8 @@ pub struct Config {
     pub expiry_sweep_schedule: Option<String>,
     pub key_rotation_schedule: Option<String>,
     pub retention_schedule: Option<String>,
-    /// How often GeoIP databases and rule files are checked for changes (also on SIGHUP).
+    /// How often GeoIP databases and rule files are checked for changes (also on SIGHUP) and
+    /// the key ring is refreshed from the store (keys another node rotated).
     pub reload_schedule: Option<String>,
     /// How long a signing key signs before the next one takes over.
     pub signing_key_rotation_interval: Duration,

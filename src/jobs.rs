@@ -127,11 +127,7 @@ async fn run(app: &Sessiond, job: JobKind, start_rotation_now: bool) -> Result<J
             .map(|r| r.to_string())
             .map_err(|e| Error::Internal(e.to_string())),
         JobKind::Retention => retention(app).await,
-        JobKind::Reload => Ok(if crate::app::reload_if_changed(app) {
-            "reloaded what changed".to_owned()
-        } else {
-            "nothing changed".to_owned()
-        }),
+        JobKind::Reload => reload(app).await,
     };
     if let Some(lock) = lock {
         lock.release().await;
@@ -155,6 +151,18 @@ async fn run(app: &Sessiond, job: JobKind, start_rotation_now: bool) -> Result<J
             Err(e)
         }
     }
+}
+
+/// GeoIP databases and rule files that changed, and the signing keys another node rotated.
+async fn reload(app: &Sessiond) -> Result<String, Error> {
+    crate::tokens::rotation::refresh_key_ring(app)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(if crate::app::reload_if_changed(app) {
+        "key ring refreshed; reloaded what changed".to_owned()
+    } else {
+        "key ring refreshed; no file changed".to_owned()
+    })
 }
 
 /// Sessions swept per page; the sweep goes on until no session is due.

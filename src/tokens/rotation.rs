@@ -135,6 +135,14 @@ pub async fn rotate(app: &Sessiond, start_now: bool) -> Result<RotationReport, R
     Ok(report)
 }
 
+/// Reloads this node's key ring from the store: on several nodes only one runs the rotation,
+/// and every other node learns of a published, activated or retired key here (the reload job).
+pub async fn refresh_key_ring(app: &Sessiond) -> Result<(), RotationError> {
+    let keys = app.store.signing_keys().await?;
+    reload(app, &keys, app.clock.now())?;
+    Ok(())
+}
+
 /// Rebuilds the in-memory key ring from the stored keys.
 fn reload(app: &Sessiond, keys: &[StoredSigningKey], now: Timestamp) -> Result<(), KeyError> {
     let loaded = load_keys(keys, &app.master_key, now)?;
