@@ -122,7 +122,12 @@ fn event_query(params: Params, allowed: &[&str]) -> Result<EventQuery, Error> {
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
                     .ok_or_else(|| bad("limit", &format!("from 1 to {MAX_LIMIT}")))?
             }
-            _ => unreachable!("every allowed key is handled"),
+            other => {
+                return Err(Error::InvalidRequest(format!(
+                    "query parameter {other:?} does not apply here (known: {})",
+                    allowed.join(", ")
+                )));
+            }
         }
     }
     if let Some(t) = q
