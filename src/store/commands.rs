@@ -2,22 +2,25 @@
 //! transaction, asks the domain to decide, appends the events and updates the inline projections,
 //! all through [`UnitOfWork`], so every backend runs the same logic.
 
-use super::{NewEvent, PruneCounts, StoreError, UnitOfWork};
+use super::{PruneCounts, StoreError, UnitOfWork};
 use crate::domain::Timestamp;
 use crate::domain::context::RequestContext;
 use crate::domain::event::{
     Event, EventMetadata, LoginFailure, RETENTION_STREAM, RetentionPruned, RevokeReason,
-    login_attempt_stream, session_stream, user_stream,
+    login_attempt_stream,
 };
 use crate::domain::session::{
     self, PresentedToken, RefreshGrant, Refusal, Session, SessionPolicy, StartSession,
 };
 use crate::domain::token::TokenKey;
 use crate::domain::user::{self, Register, User, UserError};
-use crate::projection;
 use crate::rules::enforce::{carry_out, judge, session_facts};
 use crate::rules::{Facts, RuleEngine, Trigger};
 use uuid::Uuid;
+
+mod recording;
+pub(crate) use recording::{append_all, end_sessions, record_session, record_user};
+use recording::{load_session, record_ending};
 
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -478,118 +481,4 @@ pub async fn execute<U: UnitOfWork>(
             Ok(Reply::Recorded)
         }
     }
-}
-
-/// Records the events that end one session; the reply names it if they did end it.
-async fn record_ending<U: UnitOfWork>(
-    uow: &mut U,
-    session: Session,
-    events: Vec<Event>,
-    meta: &EventMetadata,
-    now: Timestamp,
-) -> Result<Reply, StoreError> {
-    let id = session.session_id;
-    let ended = if events.is_empty() { vec![] } else { vec![id] };
-    record_session(uow, Some(session), id, events, meta, now).await?;
-    Ok(Reply::SessionsEnded(ended))
-}
-
-async fn load_session<U: UnitOfWork>(uow: &mut U, session_id: Uuid) -> Result<Session, StoreError> {
-    uow.session(session_id)
-        .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("token of unknown session {session_id}")))
-}
-
-/// Revokes every active session of `user_id` but `except`; returns the ids it ended.
-pub(crate) async fn end_sessions<U: UnitOfWork>(
-    uow: &mut U,
-    user_id: Uuid,
-    except: Option<Uuid>,
-    reason: RevokeReason,
-    context: Option<&RequestContext>,
-    meta: &EventMetadata,
-    now: Timestamp,
-) -> Result<Vec<Uuid>, StoreError> {
-    let mut ended = Vec::new();
-    for s in uow.active_sessions_of(user_id).await? {
-        if Some(s.session_id) == except {
-            continue;
-        }
-        let id = s.session_id;
-        let events = s.decide_revoke(reason, context);
-        if !events.is_empty() {
-            ended.push(id);
-        }
-        record_session(uow, Some(s), id, events, meta, now).await?;
-    }
-    Ok(ended)
-}
-
-pub(crate) async fn append_all<U: UnitOfWork>(
-    uow: &mut U,
-    stream_id: &str,
-    mut version: i64,
-    events: Vec<Event>,
-    meta: &EventMetadata,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    for event in events {
-        uow.append(NewEvent {
-            stream_id: stream_id.to_owned(),
-            expected_version: version,
-            event,
-            metadata: meta.clone(),
-            occurred_at: now,
-        })
-        .await?;
-        version += 1;
-    }
-    Ok(())
-}
-
-/// Appends to a session stream and brings the session projection along.
-pub(crate) async fn record_session<U: UnitOfWork>(
-    uow: &mut U,
-    before: Option<Session>,
-    session_id: Uuid,
-    events: Vec<Event>,
-    meta: &EventMetadata,
-    now: Timestamp,
-) -> Result<Option<Session>, StoreError> {
-    if events.is_empty() {
-        return Ok(before);
-    }
-    let version = before.as_ref().map_or(0, |s| s.version);
-    append_all(
-        uow,
-        &session_stream(session_id),
-        version,
-        events.clone(),
-        meta,
-        now,
-    )
-    .await?;
-    projection::apply_session(uow, before, &events, now).await
-}
-
-/// Appends to a user stream and brings the user projection along.
-pub(crate) async fn record_user<U: UnitOfWork>(
-    uow: &mut U,
-    before: Option<User>,
-    user_id: Uuid,
-    events: Vec<Event>,
-    meta: &EventMetadata,
-    now: Timestamp,
-) -> Result<Option<User>, StoreError> {
-    let version = before.as_ref().map_or(0, |u| u.version);
-    append_all(
-        uow,
-        &user_stream(user_id),
-        version,
-        events.clone(),
-        meta,
-        now,
-    )
-    .await?;
-    projection::apply_user(uow, before, &events, now).await
 }
