@@ -269,12 +269,10 @@ pub fn reload_if_changed(service: &Sessiond) -> bool {
 /// Reloads on every SIGHUP while the service lives. It holds the service weakly: a strong
 /// handle would keep the writer alive and a graceful stop would wait for it forever.
 #[cfg(unix)]
-pub async fn reload_on_hangup(service: std::sync::Weak<Sessiond>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload only by the scheduled job");
-        return;
-    };
+pub async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    service: std::sync::Weak<Sessiond>,
+) {
     while hangups.recv().await.is_some() {
         let Some(service) = service.upgrade() else {
             return;

@@ -295,10 +295,21 @@ async fn serve(config: Config) -> Result<ExitCode, StartError> {
         None => "sessiond.db".to_owned(),
     };
     let app = App::build(config).await?;
+    // Signal handlers are in place before "listening" is logged: a SIGTERM or SIGHUP sent as
+    // soon as the server says it is up must not meet the default action (exit, unflushed).
+    let shutdown = shutdown_signal();
     #[cfg(unix)]
-    tokio::spawn(crate::app::reload_on_hangup(std::sync::Arc::downgrade(
-        &app.service,
-    )));
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => {
+            tokio::spawn(crate::app::reload_on_hangup(
+                hangups,
+                std::sync::Arc::downgrade(&app.service),
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload only by the scheduled job")
+        }
+    }
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| StartError::Io(format!("cannot listen on {listen}: {e}")))?;
@@ -316,31 +327,45 @@ async fn serve(config: Config) -> Result<ExitCode, StartError> {
             data_dir.display()
         );
     }
-    app.serve_on(listener, shutdown_signal())
+    app.serve_on(listener, shutdown)
         .await
         .map_err(|e| StartError::Io(e.to_string()))?;
     tracing::info!("sessiond stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C. The handlers are registered when this is called, not when the
+/// future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = signals;
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(term.take()) => {},
+                _ = wait(int.take()) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
