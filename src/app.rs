@@ -2,13 +2,16 @@
 //! and serve HTTP until told to stop.
 
 use crate::clock::{Clock, SystemClock};
+use crate::commands::{Record, Writer};
 use crate::config::{Config, ConfigError};
 use crate::context::geoip::GeoIp;
+use crate::delivery::{Deliverer, DeliverySettings};
 use crate::domain::event::{Actor, EventMetadata};
-use crate::jobs::JobGuards;
+use crate::domain::session::SessionPolicy;
+use crate::jobs::Jobs;
 use crate::rules::RuleEngine;
+use crate::rules::breaker::BreakerConfig;
 use crate::service::Sessiond;
-use crate::store::commands::Command;
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 use crate::tokens::keys::{KeyError, MASTER_KEY_ENV, MasterKey};
 use crate::tokens::{TokenService, key_stream, load_keys};
@@ -61,6 +64,7 @@ impl Default for Options {
 
 pub struct App {
     pub service: Arc<Sessiond>,
+    jobs: Arc<Jobs>,
     writer_task: Option<JoinHandle<()>>,
     /// SQLite's WAL checkpoint loop (PostgreSQL checkpoints by itself).
     checkpointer: Option<JoinHandle<()>>,
@@ -115,19 +119,24 @@ impl App {
             config.geoip_city.as_deref(),
             config.geoip_asn.as_deref(),
         )?);
+        let breaker = BreakerConfig {
+            max_fraction: config.rules_breaker_fraction,
+            floor: config.rules_breaker_floor,
+            window: config.rules_breaker_window,
+        };
         let rules = Arc::new(match &config.rules {
-            Some(dir) => RuleEngine::load(dir, config.breaker()).map_err(StartError::Rules)?,
+            Some(dir) => RuleEngine::load(dir, breaker).map_err(StartError::Rules)?,
             None => RuleEngine::disabled(),
         });
         let store = open_store(&config, true).await?;
-        let (writer, writer_task) = store
-            .spawn_writer(
-                options.clock.clone(),
-                config.session_policy(),
-                rules.clone(),
-                config.writer_max_batch,
-            )
-            .await?;
+        let (writer, writer_task) = spawn_writer(
+            &store,
+            options.clock.clone(),
+            config.session_policy(),
+            rules.clone(),
+            config.writer_max_batch,
+        )
+        .await?;
         let commits = store.follow_commits(writer.committed()).await?;
         let checkpointer = match &store {
             Store::Sqlite(sqlite) => Some(tokio::spawn(checkpoint_loop(sqlite.clone()))),
@@ -141,7 +150,7 @@ impl App {
                 let meta = EventMetadata::new(Actor::System, None);
                 writer
                     .submit(
-                        Command::Record {
+                        Record {
                             stream_id: key_stream(&stored.kid),
                             events,
                         },
@@ -159,29 +168,44 @@ impl App {
                 }
             }
         }
-        let tokens = TokenService::new(
+        let tokens = Arc::new(TokenService::new(
             config.issuer.clone(),
             config.audience.clone(),
             config.access_token_lifetime,
             loaded.active,
             loaded.others,
-        );
+        ));
         crate::passwords::warm_up();
+        let master_key = Arc::new(master);
+        let deliverer = Deliverer {
+            store: store.clone(),
+            master_key: master_key.clone(),
+            tokens: tokens.clone(),
+            clock: options.clock.clone(),
+            commits: commits.clone(),
+            config: DeliverySettings {
+                webhook_poll_interval: config.webhook_poll_interval,
+                webhook_timeout: config.webhook_timeout,
+                webhook_retry_initial: config.webhook_retry_initial,
+                webhook_retry_max: config.webhook_retry_max,
+            },
+        };
+        let config = Arc::new(config);
         let service = Arc::new(Sessiond {
-            config: Arc::new(config),
+            config: config.clone(),
             store,
             writer,
             tokens,
             clock: options.clock,
-            master_key: Arc::new(master),
-            job_guards: JobGuards::default(),
+            master_key,
             commits,
             geoip,
             rules,
         });
+        let jobs = Jobs::new(&service);
         let scheduler = if options.start_jobs {
             Some(
-                crate::jobs::start_scheduler(&service)
+                jobs.start_scheduler(&config)
                     .await
                     .map_err(|e| StartError::Io(format!("job scheduler: {e}")))?,
             )
@@ -191,15 +215,21 @@ impl App {
         let (stop_delivery, stop) = watch::channel(false);
         let delivery = options
             .start_delivery
-            .then(|| crate::delivery::spawn(service.clone(), stop));
+            .then(|| crate::delivery::spawn(deliverer, stop));
         Ok(App {
             service,
+            jobs,
             writer_task: Some(writer_task),
             checkpointer,
             scheduler,
             delivery,
             stop_delivery,
         })
+    }
+
+    /// The service's scheduled jobs, to run one by hand.
+    pub fn jobs(&self) -> Arc<Jobs> {
+        self.jobs.clone()
     }
 
     pub fn router(&self) -> axum::Router {
@@ -249,23 +279,6 @@ impl App {
     }
 }
 
-/// Reloads the GeoIP databases and the rule files whose files changed. A broken new file is
-/// reported loudly and the loaded database or rule set stays in force. Called on SIGHUP and by
-/// the scheduled reload job. Returns whether anything was replaced.
-pub fn reload_if_changed(service: &Sessiond) -> bool {
-    let geoip = service.geoip.reload_if_changed().unwrap_or_else(|e| {
-        tracing::error!(error = %e, "GeoIP reload refused; the loaded database stays in use");
-        false
-    });
-    let rules = service.rules.reload_if_changed().unwrap_or_else(|errors| {
-        for e in errors {
-            tracing::error!(error = %e, "rule reload refused; the rules in force stay");
-        }
-        false
-    });
-    geoip || rules
-}
-
 /// Reloads on every SIGHUP while the service lives. It holds the service weakly: a strong
 /// handle would keep the writer alive and a graceful stop would wait for it forever.
 #[cfg(unix)]
@@ -278,8 +291,26 @@ pub async fn reload_on_hangup(
             return;
         };
         tracing::info!("SIGHUP: reloading GeoIP databases and rules");
-        reload_if_changed(&service);
+        service.reload_if_changed();
     }
+}
+
+/// Starts the group-commit writer on a write connection of its own.
+async fn spawn_writer(
+    store: &Store,
+    clock: Arc<dyn Clock>,
+    policy: SessionPolicy,
+    rules: Arc<RuleEngine>,
+    max_batch: usize,
+) -> Result<(Writer, JoinHandle<()>), StoreError> {
+    Ok(match store {
+        Store::Sqlite(s) => {
+            Writer::spawn(s.write_session().await?, clock, policy, rules, max_batch)
+        }
+        Store::Postgres(p) => {
+            Writer::spawn(p.write_session().await?, clock, policy, rules, max_batch)
+        }
+    })
 }
 
 /// Checkpoints the WAL from a pool connection, off the writer's path.

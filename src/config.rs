@@ -3,6 +3,7 @@
 //! stops the start with a message naming its key.
 
 use crate::domain::Duration;
+use crate::domain::parse::{parse_duration, parse_net};
 use crate::domain::session::SessionPolicy;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -72,7 +73,9 @@ pub struct DatabaseUrl(String);
 
 impl DatabaseUrl {
     pub fn parse(url: &str) -> Option<DatabaseUrl> {
-        crate::store::is_postgres_url(url.trim()).then(|| DatabaseUrl(url.trim().to_owned()))
+        let url = url.trim();
+        (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            .then(|| DatabaseUrl(url.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -422,14 +425,6 @@ impl Config {
             .unwrap_or_else(|| format!("http://{}", self.listen))
     }
 
-    pub fn breaker(&self) -> crate::rules::breaker::BreakerConfig {
-        crate::rules::breaker::BreakerConfig {
-            max_fraction: self.rules_breaker_fraction,
-            floor: self.rules_breaker_floor,
-            window: self.rules_breaker_window,
-        }
-    }
-
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("sessiond.db")
     }
@@ -498,28 +493,6 @@ fn list(k: &str, v: &toml::Value) -> Result<Vec<String>, ConfigError> {
             .collect()),
         _ => Err(err(k, "expected a list of strings")),
     }
-}
-
-pub fn parse_net(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
-}
-
-/// `90s`, `10m`, `12h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: i64 = digits.parse().ok()?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    (secs <= 10 * 365 * 86_400).then(|| Duration::seconds(secs))
 }
 
 /// A six-field cron expression (seconds first), or `off`.

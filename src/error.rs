@@ -1,11 +1,8 @@
-//! The one error type of the service and how it reaches a client: `{"error": code, "message":
-//! text}` with a fitting status. Internal details are logged, never sent.
+//! The one error type of the service, with the code a client sees. How it becomes an HTTP
+//! answer is the HTTP layer's (`http::error`); internal details are logged, never sent.
 
 use crate::store::StoreError;
 use crate::tokens::TokenError;
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,48 +80,5 @@ impl Error {
             Error::Unavailable => "unavailable",
             Error::Internal(_) => "internal_error",
         }
-    }
-
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Error::InvalidRequest(_) | Error::InvalidField(..) => StatusCode::BAD_REQUEST,
-            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::InvalidCredentials
-            | Error::InvalidGrant
-            | Error::ReauthRequired
-            | Error::MissingToken
-            | Error::InvalidToken(_)
-            | Error::SessionEnded => StatusCode::UNAUTHORIZED,
-            Error::AccountLocked | Error::Denied | Error::Forbidden(..) => StatusCode::FORBIDDEN,
-            Error::NotFound => StatusCode::NOT_FOUND,
-            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Conflict(..) => StatusCode::CONFLICT,
-            Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        if let Error::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
-        }
-        let status = self.status();
-        let body = Json(serde_json::json!({ "error": self.code(), "message": self.to_string() }));
-        let mut response = (status, body).into_response();
-        // RFC 6750: tell Bearer clients what went wrong with their token.
-        let challenge = match &self {
-            Error::MissingToken => Some("Bearer"),
-            Error::InvalidToken(_) | Error::SessionEnded => Some("Bearer error=\"invalid_token\""),
-            _ => None,
-        };
-        if let Some(c) = challenge {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
-        }
-        response
     }
 }

@@ -1,13 +1,11 @@
-//! Prometheus metrics: the process-wide recorder, the names, and the one place where a writer
-//! command's outcome becomes counters.
+//! Prometheus metrics: the process-wide recorder, the names and their descriptions. What a
+//! committed command did is counted by the command itself (`commands`), after its batch.
 //!
 //! The recorder is global to the process (the `metrics` crate has one), so it is installed once
 //! and every `App` in the process shares its handle; counters therefore add up across apps run
 //! in one process, and tests assert on deltas.
 
-use crate::domain::event::{ExpiryKind, LoginFailure, ReuseClass, RevokeReason};
-use crate::domain::session::{RefreshGrant, Refusal};
-use crate::store::commands::{Command, Rejection, Reply};
+use crate::domain::event::{ExpiryKind, RevokeReason};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -137,86 +135,9 @@ fn expiry_kind(kind: ExpiryKind) -> &'static str {
     }
 }
 
-fn reuse_class(class: ReuseClass) -> &'static str {
-    match class {
-        ReuseClass::PreviousAfterGrace => "previous_after_grace",
-        ReuseClass::PreviousOtherContext => "previous_other_context",
-        ReuseClass::DisplacedBranch => "displaced_branch",
-        ReuseClass::OlderGeneration => "older_generation",
-    }
-}
-
-fn revoked(reason: RevokeReason, sessions: usize) {
+/// Counts `sessions` revocations for `reason`.
+pub fn count_revocations(reason: RevokeReason, sessions: usize) {
     if sessions > 0 {
         counter!(REVOCATIONS, "reason" => reason.as_str()).increment(sessions as u64);
-    }
-}
-
-/// Counts what a committed command did. Called by the writer once the batch is durable, so a
-/// batch that is rolled back and re-run is counted once.
-pub fn observe_command(command: &Command, reply: &Reply) {
-    match (command, reply) {
-        (Command::StartSession { context, .. }, Reply::SessionStarted(_)) => {
-            counter!(LOGINS, "outcome" => "success").increment(1);
-            // Countries are a bounded set (ISO codes); anything else would be a new series each.
-            let country = context
-                .geo
-                .as_ref()
-                .and_then(|g| g.country.as_deref())
-                .filter(|c| c.len() == 2 && c.chars().all(|c| c.is_ascii_uppercase()))
-                .unwrap_or("unknown");
-            counter!(LOGIN_COUNTRIES, "country" => country.to_owned()).increment(1)
-        }
-        (Command::RecordLoginFailure { reason, .. }, _) => {
-            let outcome = match reason {
-                LoginFailure::UnknownUser => "unknown_user",
-                LoginFailure::BadPassword => "bad_password",
-                LoginFailure::Locked => "locked",
-            };
-            counter!(LOGINS, "outcome" => outcome).increment(1)
-        }
-        (Command::Refresh { .. }, Reply::Refreshed { grant, .. }) => match grant {
-            RefreshGrant::Rotated { .. } => {
-                counter!(REFRESHES, "outcome" => "rotated").increment(1)
-            }
-            RefreshGrant::Retried { .. } => {
-                counter!(REFRESHES, "outcome" => "grace_retry").increment(1);
-                counter!(GRACE_RETRIES).increment(1);
-            }
-        },
-        (Command::Refresh { .. }, Reply::Rejected(rejection)) => {
-            let outcome = match rejection {
-                Rejection::Session(Refusal::Reuse(class)) => {
-                    counter!(REUSE, "class" => reuse_class(*class)).increment(1);
-                    revoked(RevokeReason::Reuse, 1);
-                    "reuse"
-                }
-                Rejection::Session(Refusal::Expired(kind)) => {
-                    observe_expiry(*kind);
-                    "expired"
-                }
-                Rejection::Session(Refusal::RetryLimit) => "retry_limit",
-                Rejection::Session(Refusal::ReauthRequired) => "reauth_required",
-                Rejection::Session(Refusal::SessionEnded) => "session_ended",
-                _ => "unknown_token",
-            };
-            counter!(REFRESHES, "outcome" => outcome).increment(1)
-        }
-        (Command::EndSession { reason, .. }, Reply::SessionsEnded(ended)) => {
-            revoked(*reason, ended.len())
-        }
-        (Command::EndSessionByToken { .. }, Reply::SessionsEnded(ended)) => {
-            revoked(RevokeReason::Logout, ended.len())
-        }
-        (Command::LogoutEverywhere { .. }, Reply::SessionsEnded(ended)) => {
-            revoked(RevokeReason::LogoutEverywhere, ended.len())
-        }
-        (Command::SetLock { .. }, Reply::SessionsEnded(ended)) => {
-            revoked(RevokeReason::Admin, ended.len())
-        }
-        (Command::ChangePassword { .. }, Reply::PasswordChanged { ended }) => {
-            revoked(RevokeReason::PasswordChange, ended.len())
-        }
-        _ => {}
     }
 }

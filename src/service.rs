@@ -2,6 +2,10 @@
 //! its input, asks the writer to run one command, and turns the reply into an answer.
 
 use crate::clock::Clock;
+use crate::commands::{
+    ChangePassword, EndSession, EndSessionByToken, LogoutEverywhere, Reauthenticate,
+    RecordLoginFailure, Refresh, RefreshRefusal, Register, StartRefusal, StartSession, Writer,
+};
 use crate::config::Config;
 use crate::domain::Timestamp;
 use crate::domain::context::RequestContext;
@@ -12,8 +16,6 @@ use crate::domain::user::{self, User, UserError};
 use crate::error::Error;
 use crate::passwords;
 use crate::store::Store;
-use crate::store::commands::{Command, RegisterUser, Rejection, Reply};
-use crate::store::writer::Writer;
 use crate::tokens::keys::MasterKey;
 use crate::tokens::{AccessClaims, AccessGrant, TokenService};
 use rand::RngCore;
@@ -23,7 +25,10 @@ use uuid::Uuid;
 pub mod admin;
 pub mod api_keys;
 pub mod devices;
+pub mod maintenance;
 pub mod oauth;
+pub mod signing_keys;
+pub mod webhooks;
 
 pub const DEFAULT_SCOPE: &str = "session";
 
@@ -31,12 +36,10 @@ pub struct Sessiond {
     pub config: Arc<Config>,
     pub store: Store,
     pub writer: Writer,
-    pub tokens: TokenService,
+    pub tokens: Arc<TokenService>,
     pub clock: Arc<dyn Clock>,
     /// Seals signing keys and webhook secrets at rest.
     pub master_key: Arc<MasterKey>,
-    /// Keeps each scheduled job from overlapping itself.
-    pub job_guards: crate::jobs::JobGuards,
     /// The last committed position, moved by this node's writer and (on PostgreSQL) by every
     /// other node's commits: what followers of the log wait on.
     pub commits: tokio::sync::watch::Receiver<i64>,
@@ -89,12 +92,8 @@ fn user_error(e: UserError) -> Error {
     }
 }
 
-fn unexpected(reply: Reply) -> Error {
-    Error::Internal(format!("unexpected writer reply {reply:?}"))
-}
-
 impl Sessiond {
-    fn now(&self) -> Timestamp {
+    pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
 
@@ -109,18 +108,15 @@ impl Sessiond {
         user::validate_password(&password).map_err(user_error)?;
         let password_hash = passwords::hash(password).await;
         let user_id = Uuid::new_v4();
-        let cmd = Command::Register(RegisterUser {
+        let cmd = Register {
             user_id,
             username,
             password_hash,
             roles,
             context: ctx.clone(),
-        });
-        match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
-            Reply::Registered(user) => Ok(user),
-            Reply::Rejected(Rejection::User(e)) => Err(user_error(e)),
-            other => Err(unexpected(other)),
-        }
+        };
+        let reply = self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await?;
+        reply.map_err(user_error)
     }
 
     /// Checks the password and starts a session. An unknown name costs the same argon2
@@ -149,7 +145,7 @@ impl Sessiond {
             let actor = user
                 .as_ref()
                 .map_or(Actor::Anonymous, |u| Actor::User(u.user_id));
-            let cmd = Command::RecordLoginFailure {
+            let cmd = RecordLoginFailure {
                 username: recorded_name,
                 reason,
                 context: ctx.clone(),
@@ -162,7 +158,7 @@ impl Sessiond {
         }
         let user = user.expect("a successful login has a user");
         let token = new_refresh_token();
-        let cmd = Command::StartSession {
+        let cmd = StartSession {
             user_id: user.user_id,
             session_id: Uuid::now_v7(),
             scope: DEFAULT_SCOPE.to_owned(),
@@ -175,11 +171,10 @@ impl Sessiond {
             .submit(cmd, meta(Actor::User(user.user_id), ctx))
             .await?
         {
-            Reply::SessionStarted(session) => Ok(self.issue(&session, token)),
-            Reply::Rejected(Rejection::UserLocked) => Err(Error::AccountLocked),
-            Reply::Rejected(Rejection::Session(Refusal::Denied)) => Err(Error::Denied),
-            Reply::Rejected(Rejection::UnknownUser) => Err(Error::InvalidCredentials),
-            other => Err(unexpected(other)),
+            Ok(session) => Ok(self.issue(&session, token)),
+            Err(StartRefusal::Locked) => Err(Error::AccountLocked),
+            Err(StartRefusal::Denied) => Err(Error::Denied),
+            Err(StartRefusal::UnknownUser) => Err(Error::InvalidCredentials),
         }
     }
 
@@ -190,25 +185,23 @@ impl Sessiond {
     ) -> Result<IssuedTokens, Error> {
         let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
         let token = new_refresh_token();
-        let cmd = Command::Refresh {
+        let cmd = Refresh {
             presented: presented.key(),
             new_token: token.key(),
             context: ctx.clone(),
         };
         match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
-            Reply::Refreshed { session, grant } => {
+            Ok(refreshed) => {
+                let (session, grant) = (refreshed.session, refreshed.grant);
                 tracing::debug!(session_id = %session.session_id, ?grant, "refresh granted");
                 Ok(self.issue(&session, token))
             }
-            Reply::Rejected(Rejection::Session(Refusal::ReauthRequired)) => {
-                Err(Error::ReauthRequired)
-            }
-            Reply::Rejected(Rejection::Session(Refusal::Denied)) => Err(Error::Denied),
-            Reply::Rejected(rejection) => {
+            Err(RefreshRefusal::Refused(Refusal::ReauthRequired)) => Err(Error::ReauthRequired),
+            Err(RefreshRefusal::Refused(Refusal::Denied)) => Err(Error::Denied),
+            Err(rejection) => {
                 tracing::info!(?rejection, "refresh refused");
                 Err(Error::InvalidGrant)
             }
-            other => Err(unexpected(other)),
         }
     }
 
@@ -250,14 +243,17 @@ impl Sessiond {
     }
 
     pub async fn logout(&self, principal: &Principal, ctx: &RequestContext) -> Result<(), Error> {
-        let cmd = Command::EndSession {
+        let cmd = EndSession {
             session_id: principal.session.session_id,
             owner: Some(principal.user_id()),
             reason: RevokeReason::Logout,
             context: Some(ctx.clone()),
         };
-        self.expect_ended(cmd, Actor::User(principal.user_id()), ctx)
-            .await
+        let actor = Actor::User(principal.user_id());
+        match self.writer.submit(cmd, meta(actor, ctx)).await? {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::SessionEnded),
+        }
     }
 
     pub async fn logout_by_refresh_token(
@@ -266,11 +262,14 @@ impl Sessiond {
         ctx: &RequestContext,
     ) -> Result<(), Error> {
         let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
-        let cmd = Command::EndSessionByToken {
+        let cmd = EndSessionByToken {
             presented: presented.key(),
             context: ctx.clone(),
         };
-        self.expect_ended(cmd, Actor::Anonymous, ctx).await
+        match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::InvalidGrant),
+        }
     }
 
     pub async fn logout_everywhere(
@@ -278,28 +277,15 @@ impl Sessiond {
         principal: &Principal,
         ctx: &RequestContext,
     ) -> Result<(), Error> {
-        let cmd = Command::LogoutEverywhere {
+        let cmd = LogoutEverywhere {
             user_id: principal.user_id(),
             except: None,
             context: Some(ctx.clone()),
         };
-        self.expect_ended(cmd, Actor::User(principal.user_id()), ctx)
-            .await
-    }
-
-    async fn expect_ended(
-        &self,
-        cmd: Command,
-        actor: Actor,
-        ctx: &RequestContext,
-    ) -> Result<(), Error> {
+        let actor = Actor::User(principal.user_id());
         match self.writer.submit(cmd, meta(actor, ctx)).await? {
-            Reply::SessionsEnded(_) => Ok(()),
-            Reply::Rejected(Rejection::UnknownToken) => Err(Error::InvalidGrant),
-            Reply::Rejected(Rejection::UnknownSession | Rejection::UnknownUser) => {
-                Err(Error::SessionEnded)
-            }
-            other => Err(unexpected(other)),
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::SessionEnded),
         }
     }
 
@@ -318,7 +304,7 @@ impl Sessiond {
             .await?
             .ok_or(Error::SessionEnded)?;
         if !passwords::verify(Some(user.password_hash.clone()), current).await {
-            let cmd = Command::RecordLoginFailure {
+            let cmd = RecordLoginFailure {
                 username: user.username.clone(),
                 reason: LoginFailure::BadPassword,
                 context: ctx.clone(),
@@ -329,7 +315,7 @@ impl Sessiond {
             return Err(Error::InvalidCredentials);
         }
         let password_hash = passwords::hash(new).await;
-        let cmd = Command::ChangePassword {
+        let cmd = ChangePassword {
             user_id: user.user_id,
             password_hash,
             keep_session: Some(principal.session.session_id),
@@ -340,8 +326,8 @@ impl Sessiond {
             .submit(cmd, meta(Actor::User(user.user_id), ctx))
             .await?
         {
-            Reply::PasswordChanged { .. } => Ok(()),
-            other => Err(unexpected(other)),
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::SessionEnded),
         }
     }
 
@@ -363,7 +349,7 @@ impl Sessiond {
             .ok_or(Error::InvalidGrant)?;
         let user = self.user(session.user_id).await?;
         if !passwords::verify(Some(user.password_hash.clone()), password).await {
-            let cmd = Command::RecordLoginFailure {
+            let cmd = RecordLoginFailure {
                 username: user.username.clone(),
                 reason: LoginFailure::BadPassword,
                 context: ctx.clone(),
@@ -376,7 +362,7 @@ impl Sessiond {
         if !user.can_log_in() {
             return Err(Error::AccountLocked);
         }
-        let cmd = Command::Reauthenticate {
+        let cmd = Reauthenticate {
             presented: key,
             context: ctx.clone(),
         };
@@ -385,9 +371,8 @@ impl Sessiond {
             .submit(cmd, meta(Actor::User(user.user_id), ctx))
             .await?
         {
-            Reply::Recorded => Ok(()),
-            Reply::Rejected(_) => Err(Error::InvalidGrant),
-            other => Err(unexpected(other)),
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::InvalidGrant),
         }
     }
 

@@ -39,7 +39,7 @@ enum Scenario {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    sessiond::config::parse_duration(s)
+    sessiond::domain::parse::parse_duration(s)
         .and_then(|d| d.to_std().ok())
         .ok_or_else(|| format!("{s:?} is not a duration like 20s or 1m"))
 }

@@ -83,7 +83,7 @@ pub async fn keys(command: KeysCmd) -> Result<ExitCode, StartError> {
                 },
             )
             .await?;
-            let outcome = crate::jobs::rotate_keys_now(&app.service).await;
+            let outcome = app.jobs().rotate_keys_now().await;
             app.shutdown().await;
             match outcome.map_err(|e| StartError::Io(e.to_string()))? {
                 crate::jobs::JobOutcome::Done(report) => {
@@ -100,7 +100,7 @@ pub async fn keys(command: KeysCmd) -> Result<ExitCode, StartError> {
 }
 
 pub async fn webhooks(command: WebhooksCmd) -> Result<ExitCode, StartError> {
-    use crate::delivery::subscriptions;
+    use crate::service::webhooks as subscriptions;
     let fail = |e: crate::error::Error| StartError::Io(e.to_string());
     match command {
         WebhooksCmd::Create {

@@ -4,6 +4,7 @@ use super::{Common, time_arg};
 use crate::StartError;
 use crate::rules::RuleSet;
 use crate::rules::file::load_dir;
+use crate::store::EventFilter;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,7 +126,21 @@ pub(super) async fn rules_command(command: RulesCmd) -> Result<ExitCode, StartEr
             let since = since.as_deref().map(time_arg("--since")).transpose()?;
             let until = until.as_deref().map(time_arg("--until")).transpose()?;
             let store = common.store().await?;
-            let report = crate::rules::backtest::backtest(&store, set, since, until).await?;
+            let mut replay = crate::rules::backtest::Backtest::new(set, since);
+            let mut filter = EventFilter {
+                until,
+                limit: Some(1000),
+                ..Default::default()
+            };
+            loop {
+                let page = store.events(&filter).await?;
+                let Some(last) = page.last() else { break };
+                filter.after_position = last.position;
+                for recorded in &page {
+                    replay.replay(&recorded.decode()?, recorded.occurred_at()?);
+                }
+            }
+            let report = replay.finish();
             if json {
                 println!(
                     "{}",

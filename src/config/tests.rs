@@ -115,8 +115,8 @@ fn context_and_rule_keys_come_from_file_and_environment() {
     assert_eq!(c.geoip_city, Some(PathBuf::from("/geo/city.mmdb")));
     assert_eq!(c.geoip_asn, Some(PathBuf::from("/geo/asn.mmdb")));
     assert_eq!(c.rules, Some(PathBuf::from("/etc/sessiond/rules")));
-    assert_eq!(c.breaker().max_fraction, 0.01);
-    assert_eq!(c.breaker().window, Duration::minutes(5));
+    assert_eq!(c.rules_breaker_fraction, 0.01);
+    assert_eq!(c.rules_breaker_window, Duration::minutes(5));
     let e = load(None, &[("SESSIOND_RULES_BREAKER_FRACTION", "2")]).unwrap_err();
     assert_eq!(e.key, "rules_breaker_fraction");
 }

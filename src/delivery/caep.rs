@@ -3,7 +3,6 @@
 //! verifiable through its JWKS.
 
 use crate::domain::event::{Event, RevokeReason};
-use crate::service::Sessiond;
 use crate::store::{RecordedEvent, StoreError};
 use serde_json::{Value, json};
 
@@ -14,7 +13,7 @@ pub const CONTENT_TYPE: &str = "application/secevent+jwt";
 
 /// The SET for a `session.revoked` event; `None` for any other event.
 pub async fn security_event_token(
-    app: &Sessiond,
+    app: &super::Deliverer,
     audience: &str,
     subscription: uuid::Uuid,
     event: &RecordedEvent,

@@ -8,10 +8,12 @@
 //! append: a CLI tool, another node).
 
 pub mod caep;
-pub mod subscriptions;
 
-use crate::service::Sessiond;
-use crate::store::{EventFilter, RecordedEvent, StoreError, WebhookSubscription};
+use crate::clock::Clock;
+use crate::domain::Duration as Span;
+use crate::store::{EventFilter, RecordedEvent, Store, StoreError, WebhookSubscription};
+use crate::tokens::TokenService;
+use crate::tokens::keys::MasterKey;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
@@ -42,12 +44,32 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     )
 }
 
-/// Starts the delivery supervisor; it ends, with its workers, when `stop` turns true.
-pub fn spawn(app: Arc<Sessiond>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(supervise(app, stop))
+/// How often and how patiently deliveries are made.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverySettings {
+    pub webhook_poll_interval: Span,
+    pub webhook_timeout: Span,
+    pub webhook_retry_initial: Span,
+    pub webhook_retry_max: Span,
 }
 
-async fn supervise(app: Arc<Sessiond>, mut stop: watch::Receiver<bool>) {
+/// What delivery uses: the log and the subscriptions' checkpoints, the master key that opens
+/// their secrets, the signer of CAEP tokens, the clock, and the committed position to wake on.
+pub struct Deliverer {
+    pub store: Store,
+    pub master_key: Arc<MasterKey>,
+    pub tokens: Arc<TokenService>,
+    pub clock: Arc<dyn Clock>,
+    pub commits: watch::Receiver<i64>,
+    pub config: DeliverySettings,
+}
+
+/// Starts the delivery supervisor; it ends, with its workers, when `stop` turns true.
+pub fn spawn(app: Deliverer, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(supervise(Arc::new(app), stop))
+}
+
+async fn supervise(app: Arc<Deliverer>, mut stop: watch::Receiver<bool>) {
     let poll = to_std(app.config.webhook_poll_interval);
     let mut workers: HashMap<Uuid, JoinHandle<()>> = HashMap::new();
     loop {
@@ -74,7 +96,7 @@ async fn supervise(app: Arc<Sessiond>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn to_std(d: crate::domain::Duration) -> Duration {
+fn to_std(d: Span) -> Duration {
     d.to_std().unwrap_or(Duration::from_secs(1))
 }
 
@@ -93,7 +115,7 @@ impl Target {
     }
 }
 
-async fn load_target(app: &Sessiond, id: Uuid) -> Result<Option<(Target, i64)>, StoreError> {
+async fn load_target(app: &Deliverer, id: Uuid) -> Result<Option<(Target, i64)>, StoreError> {
     let Some(sub) = app
         .store
         .webhooks()
@@ -127,7 +149,7 @@ async fn load_target(app: &Sessiond, id: Uuid) -> Result<Option<(Target, i64)>, 
     )))
 }
 
-async fn deliver_loop(app: Arc<Sessiond>, id: Uuid, mut stop: watch::Receiver<bool>) {
+async fn deliver_loop(app: Arc<Deliverer>, id: Uuid, mut stop: watch::Receiver<bool>) {
     let mut committed = app.commits.clone();
     let mut writer_alive = true;
     let poll = to_std(app.config.webhook_poll_interval);
@@ -210,7 +232,7 @@ async fn deliver_loop(app: Arc<Sessiond>, id: Uuid, mut stop: watch::Receiver<bo
 
 /// Sends one event until it is accepted (`Some`) or delivery is stopped (`None`).
 async fn deliver_with_retries(
-    app: &Sessiond,
+    app: &Deliverer,
     http: &reqwest::Client,
     target: &Target,
     event: &RecordedEvent,
@@ -292,13 +314,13 @@ pub fn event_body(event: &RecordedEvent) -> Vec<u8> {
 
 /// One attempt; the error says what went wrong without the URL or anything secret.
 async fn send(
-    app: &Sessiond,
+    app: &Deliverer,
     http: &reqwest::Client,
     target: &Target,
     event: &RecordedEvent,
     attempt: u32,
 ) -> Result<(), String> {
-    let (body, content_type) = if target.format == subscriptions::FORMAT_CAEP {
+    let (body, content_type) = if target.format == crate::service::webhooks::FORMAT_CAEP {
         match caep::security_event_token(app, &target.url, target.id, event).await {
             Ok(Some(jwt)) => (jwt.into_bytes(), caep::CONTENT_TYPE),
             Ok(None) => return Ok(()),

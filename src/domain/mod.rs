@@ -3,6 +3,7 @@
 
 pub mod context;
 pub mod event;
+pub mod parse;
 pub mod session;
 pub mod token;
 pub mod user;

@@ -3,6 +3,7 @@
 
 use super::AppState;
 use super::extract::{ApiJson, Context, RequiredBearer};
+use crate::domain::parse::parse_net;
 use crate::domain::parse_timestamp;
 use crate::error::Error;
 use crate::service::admin::{EventPage, EventQuery, SessionDetail, UserDetail};
@@ -17,11 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
-use ipnet::IpNet;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::net::IpAddr;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -138,12 +137,6 @@ fn event_query(params: Params, allowed: &[&str]) -> Result<EventQuery, Error> {
         return Err(bad("type", &format!("an event type; {t:?} is not one")));
     }
     Ok(q)
-}
-
-fn parse_net(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 fn uuid_or_404(s: &str) -> Result<Uuid, Error> {
@@ -302,9 +295,9 @@ async fn stream(
     // Without a starting point, the stream begins with what happens next.
     let after = match after {
         Some(a) => a,
-        None => app.store.head().await?.position,
+        None => app.head_position().await?,
     };
-    let committed = app.commits.clone();
+    let committed = app.commits();
     let state = (app, after, VecDeque::new(), committed);
     let events = futures_util::stream::unfold(
         state,
@@ -319,18 +312,10 @@ async fn stream(
                         .unwrap_or_else(|_| SseEvent::default().comment("unencodable event"));
                     return Some((Ok(event), (app, after, buffer, committed)));
                 }
-                let page = app
-                    .store
-                    .events(&crate::store::EventFilter {
-                        after_position: after,
-                        limit: Some(200),
-                        ..Default::default()
-                    })
-                    .await;
-                match page {
+                match app.events_after(after, 200).await {
                     Ok(page) if !page.is_empty() => {
                         after = page.last().map_or(after, |e| e.position);
-                        buffer.extend(page.iter().map(crate::service::admin::EventView::of));
+                        buffer.extend(page);
                     }
                     Ok(_) => {
                         // Woken by any node's commits; the timeout catches a lost notification.

@@ -48,7 +48,7 @@ impl OAuthError {
 
 impl From<Error> for OAuthError {
     fn from(e: Error) -> Self {
-        let status = e.status();
+        let status = super::error::status(&e);
         let code = match &e {
             Error::InvalidGrant
             | Error::InvalidCredentials

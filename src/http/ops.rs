@@ -23,32 +23,7 @@ async fn healthz() -> Response {
 /// Ready for traffic: the store answers with every migration applied, a signing key is loaded,
 /// and the writer is running.
 async fn readyz(State(app): State<AppState>) -> Response {
-    let store = match app.store.check_ready().await {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness: store not ready");
-            Err("store unreachable or migrations not applied")
-        }
-    };
-    let checks = [
-        ("store", store),
-        (
-            "signing_key",
-            if app.tokens.active_kid().is_empty() {
-                Err("no signing key loaded")
-            } else {
-                Ok(())
-            },
-        ),
-        (
-            "writer",
-            if app.writer.is_running() {
-                Ok(())
-            } else {
-                Err("the writer has stopped")
-            },
-        ),
-    ];
+    let checks = app.readiness().await;
     let ready = checks.iter().all(|(_, r)| r.is_ok());
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
@@ -66,7 +41,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    match app.store.count_active_sessions().await {
+    match app.count_active_sessions().await {
         Ok(n) => metrics::gauge!(crate::metrics::ACTIVE_SESSIONS).set(n as f64),
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count active sessions"),
     }

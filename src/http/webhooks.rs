@@ -3,8 +3,8 @@
 use super::AppState;
 use super::admin::SecurityCaller;
 use super::extract::ApiJson;
-use crate::delivery::subscriptions::{self, FORMAT_JSON, NewSubscription};
 use crate::error::Error;
+use crate::service::webhooks::{FORMAT_JSON, NewSubscription};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -39,15 +39,14 @@ async fn create(
         event_types: body.event_types,
         format: body.format.unwrap_or_else(|| FORMAT_JSON.to_owned()),
     };
-    let (view, secret) =
-        subscriptions::create(&app.store, &app.master_key, app.clock.now(), new).await?;
+    let (view, secret) = app.create_webhook(new).await?;
     let mut body = serde_json::to_value(view).expect("a view serializes");
     body["secret"] = json!(secret);
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn list(State(app): State<AppState>, _: SecurityCaller) -> Result<Response, Error> {
-    let subs = subscriptions::list(&app.store).await?;
+    let subs = app.webhooks().await?;
     Ok(Json(json!({ "subscriptions": subs })).into_response())
 }
 
@@ -58,6 +57,6 @@ async fn remove(
 ) -> Result<Response, Error> {
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| Error::InvalidRequest("the subscription id is not a UUID".into()))?;
-    subscriptions::delete(&app.store, id).await?;
+    app.delete_webhook(id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -6,8 +6,7 @@ use crate::domain::Timestamp;
 use crate::domain::event::Event;
 use crate::domain::session::{self, Session};
 use crate::domain::user::{self, User};
-use crate::store::writer::WriteSession;
-use crate::store::{EventFilter, Store, StoreError, TokenRecord, UnitOfWork};
+use crate::store::{EventFilter, Store, StoreError, TokenRecord, UnitOfWork, WriteSession};
 
 /// Applies events just appended to one session stream.
 pub async fn apply_session<U: UnitOfWork>(
@@ -49,6 +48,16 @@ pub async fn apply_user<U: UnitOfWork>(
         uow.put_user(u).await?;
     }
     Ok(state)
+}
+
+/// `sessiond projections rebuild`: empties every inline projection of `store` and replays the
+/// whole log into them, in one transaction, on a write connection of its own. Returns the
+/// number of events replayed.
+pub async fn rebuild_projections(store: &Store) -> Result<u64, StoreError> {
+    match store {
+        Store::Sqlite(s) => rebuild(&mut s.write_session().await?, store).await,
+        Store::Postgres(p) => rebuild(&mut p.write_session().await?, store).await,
+    }
 }
 
 /// Empties the projections and replays the log into them, in one transaction. Returns the

@@ -179,7 +179,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Rule>, RuleError> {
                 .network
                 .as_deref()
                 .map(|n| {
-                    crate::config::parse_net(n)
+                    crate::domain::parse::parse_net(n)
                         .ok_or_else(|| bad(format!("{n:?} is not a CIDR network")))
                 })
                 .transpose()?;

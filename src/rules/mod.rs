@@ -5,15 +5,16 @@
 //! context, and, when the detector fires, asks for actions. Detectors are pure: facts in,
 //! [`Verdict`] out. The [`engine::RuleEngine`] keeps what they need to remember (each user's
 //! trusted baseline, sliding-window counters) in bounded memory, and the writer applies its
-//! judgement inside the transaction that records the event (see `enforce`).
+//! judgement inside the transaction that records the event. The engine never reads the store:
+//! what a judgement needs from history is loaded by the caller and handed in (see `judgement`).
 
 pub mod backtest;
 pub mod breaker;
 pub mod cases;
 pub mod detectors;
-pub mod enforce;
 pub mod engine;
 pub mod file;
+pub mod judgement;
 
 use crate::domain::Timestamp;
 use crate::domain::context::RequestContext;
@@ -23,6 +24,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 pub use engine::RuleEngine;
+pub use judgement::{History, Judgement, Needs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -2,15 +2,15 @@
 //! lineage, and revoking on someone else's behalf. Every action is recorded with the caller as
 //! its actor.
 
+use super::Sessiond;
 use super::api_keys::Caller;
-use super::{Sessiond, unexpected};
+use crate::commands::{EndSession, LogoutEverywhere, SetLock};
 use crate::domain::context::RequestContext;
 use crate::domain::event::{Event, EventMetadata, RevokeReason};
 use crate::domain::format_timestamp;
 use crate::domain::session::Session;
 use crate::domain::user::User;
 use crate::error::Error;
-use crate::store::commands::{Command, Rejection, Reply};
 use crate::store::{EventFilter, RecordedEvent};
 use ipnet::IpNet;
 use serde::Serialize;
@@ -332,6 +332,27 @@ impl Sessiond {
     }
 
     /// The store filter of an export: stream, type and time, oldest first.
+    /// The next events of the log after `after`, in order (the live stream).
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventView>, Error> {
+        let filter = EventFilter {
+            after_position: after,
+            limit: Some(limit),
+            ..Default::default()
+        };
+        let page = self.store.events(&filter).await?;
+        Ok(page.iter().map(EventView::of).collect())
+    }
+
+    /// The position of the last event in the log.
+    pub async fn head_position(&self) -> Result<i64, Error> {
+        Ok(self.store.head().await?.position)
+    }
+
+    /// The last committed position, moved by every node's commits: what followers wait on.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.commits.clone()
+    }
+
     pub async fn export_filter(&self, q: &EventQuery) -> Result<EventFilter, Error> {
         self.store_filter(q).await
     }
@@ -417,7 +438,7 @@ impl Sessiond {
         session_id: Uuid,
         ctx: &RequestContext,
     ) -> Result<(), Error> {
-        let cmd = Command::EndSession {
+        let cmd = EndSession {
             session_id,
             owner: None,
             reason: RevokeReason::Admin,
@@ -425,9 +446,8 @@ impl Sessiond {
         };
         let meta = EventMetadata::new(caller.actor(), ctx.request_id.clone());
         match self.writer.submit(cmd, meta).await? {
-            Reply::SessionsEnded(_) => Ok(()),
-            Reply::Rejected(Rejection::UnknownSession) => Err(Error::NotFound),
-            other => Err(unexpected(other)),
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::NotFound),
         }
     }
 
@@ -438,16 +458,15 @@ impl Sessiond {
         user_id: Uuid,
         ctx: &RequestContext,
     ) -> Result<usize, Error> {
-        let cmd = Command::LogoutEverywhere {
+        let cmd = LogoutEverywhere {
             user_id,
             except: None,
             context: Some(ctx.clone()),
         };
         let meta = EventMetadata::new(caller.actor(), ctx.request_id.clone());
         match self.writer.submit(cmd, meta).await? {
-            Reply::SessionsEnded(ended) => Ok(ended.len()),
-            Reply::Rejected(Rejection::UnknownUser) => Err(Error::NotFound),
-            other => Err(unexpected(other)),
+            Ok(ended) => Ok(ended.len()),
+            Err(_) => Err(Error::NotFound),
         }
     }
 
@@ -467,7 +486,7 @@ impl Sessiond {
                 "give a reason of 1 to 500 characters; it goes into the log".into(),
             ));
         }
-        let cmd = Command::SetLock {
+        let cmd = SetLock {
             user_id,
             lock,
             reason: reason.to_owned(),
@@ -475,9 +494,8 @@ impl Sessiond {
         };
         let meta = EventMetadata::new(caller.actor(), ctx.request_id.clone());
         match self.writer.submit(cmd, meta).await? {
-            Reply::SessionsEnded(ended) => Ok(ended.len()),
-            Reply::Rejected(Rejection::UnknownUser) => Err(Error::NotFound),
-            other => Err(unexpected(other)),
+            Ok(ended) => Ok(ended.len()),
+            Err(_) => Err(Error::NotFound),
         }
     }
 }

@@ -2,11 +2,11 @@
 //! `security` role, or an API key with a role that covers the route.
 
 use super::{Principal, Sessiond};
+use crate::commands::Record;
 use crate::domain::event::{Actor, ApiKeyCreated, ApiKeyRevoked, Event, EventMetadata};
 use crate::domain::token::{API_KEY_PREFIX, ApiKey};
 use crate::error::Error;
 use crate::store::StoredApiKey;
-use crate::store::commands::Command;
 use rand::RngCore;
 use uuid::Uuid;
 
@@ -138,7 +138,7 @@ impl Sessiond {
     }
 
     async fn record(&self, stream_id: String, event: Event) -> Result<(), Error> {
-        let cmd = Command::Record {
+        let cmd = Record {
             stream_id,
             events: vec![event],
         };

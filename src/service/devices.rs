@@ -1,12 +1,12 @@
 //! "Your devices": the end user's own sessions, listed and revoked.
 
 use super::{Principal, Sessiond, meta};
+use crate::commands::{EndSession, LogoutEverywhere};
 use crate::domain::context::RequestContext;
 use crate::domain::event::{Actor, RevokeReason};
 use crate::domain::format_timestamp;
 use crate::domain::session::Session;
 use crate::error::Error;
-use crate::store::commands::{Command, Rejection, Reply};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -106,7 +106,7 @@ impl Sessiond {
         session_id: Uuid,
         ctx: &RequestContext,
     ) -> Result<(), Error> {
-        let cmd = Command::EndSession {
+        let cmd = EndSession {
             session_id,
             owner: Some(principal.user_id()),
             reason: RevokeReason::User,
@@ -117,9 +117,8 @@ impl Sessiond {
             .submit(cmd, meta(Actor::User(principal.user_id()), ctx))
             .await?
         {
-            Reply::SessionsEnded(_) => Ok(()),
-            Reply::Rejected(Rejection::UnknownSession) => Err(Error::NotFound),
-            other => Err(super::unexpected(other)),
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::NotFound),
         }
     }
 
@@ -129,7 +128,7 @@ impl Sessiond {
         principal: &Principal,
         ctx: &RequestContext,
     ) -> Result<usize, Error> {
-        let cmd = Command::LogoutEverywhere {
+        let cmd = LogoutEverywhere {
             user_id: principal.user_id(),
             except: Some(principal.session.session_id),
             context: Some(ctx.clone()),
@@ -139,9 +138,8 @@ impl Sessiond {
             .submit(cmd, meta(Actor::User(principal.user_id()), ctx))
             .await?
         {
-            Reply::SessionsEnded(ended) => Ok(ended.len()),
-            Reply::Rejected(Rejection::UnknownUser) => Err(Error::SessionEnded),
-            other => Err(super::unexpected(other)),
+            Ok(ended) => Ok(ended.len()),
+            Err(_) => Err(Error::SessionEnded),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The store's one interface: each call routed to the backend the `Store` holds.
 
 use super::*;
+use tokio::sync::watch;
 
 impl Store {
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
@@ -113,18 +114,6 @@ impl Store {
         }
     }
 
-    /// Empties the inline projections and replays the whole log into them, in one transaction.
-    pub async fn rebuild_projections(&self) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                crate::projection::rebuild(&mut s.write_session().await?, self).await
-            }
-            Store::Postgres(p) => {
-                crate::projection::rebuild(&mut p.write_session().await?, self).await
-            }
-        }
-    }
-
     /// Inserts `key` unless an active signing key exists; true if it was inserted. Nodes that
     /// start together on an empty database end up with one key.
     pub async fn create_first_signing_key(
@@ -135,24 +124,6 @@ impl Store {
             Store::Sqlite(s) => s.create_first_signing_key(key).await,
             Store::Postgres(p) => p.create_first_signing_key(key).await,
         }
-    }
-
-    /// Starts the group-commit writer on a connection of its own.
-    pub async fn spawn_writer(
-        &self,
-        clock: Arc<dyn Clock>,
-        policy: SessionPolicy,
-        rules: Arc<crate::rules::RuleEngine>,
-        max_batch: usize,
-    ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
-        Ok(match self {
-            Store::Sqlite(s) => {
-                Writer::spawn(s.write_session().await?, clock, policy, rules, max_batch)
-            }
-            Store::Postgres(p) => {
-                Writer::spawn(p.write_session().await?, clock, policy, rules, max_batch)
-            }
-        })
     }
 
     /// Wakes followers of the log: the highest committed position known, fed by this node's

@@ -1,29 +1,21 @@
-//! The event store and the inline read models.
-//!
-//! Writes go through one [`writer::Writer`] task that applies commands in batches (group commit);
-//! the command logic is written once against [`UnitOfWork`], which each backend implements over
-//! one of its transactions. Reads that need no transaction use [`Store`] directly.
+//! Storage only: the event log with its hash chain, the inline read models' tables, and the
+//! unit-of-work interface through which the application layer (`commands`) reads and writes
+//! them inside one transaction. Each backend implements [`UnitOfWork`] and [`WriteSession`] over
+//! one of its transactions; reads that need no transaction use [`Store`] directly.
 
 pub mod chain;
-pub mod commands;
 mod dispatch;
 pub(crate) mod overlay;
 pub mod postgres;
 pub mod sqlite;
-pub mod writer;
 
-use crate::clock::Clock;
 use crate::domain::event::{DecodeError, Event, EventMetadata};
 use crate::domain::session::Session;
-use crate::domain::session::SessionPolicy;
 use crate::domain::token::TokenKey;
 use crate::domain::user::User;
 use crate::domain::{Timestamp, format_timestamp};
 use std::future::Future;
-use std::sync::Arc;
-use tokio::sync::watch;
 use uuid::Uuid;
-use writer::Writer;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -209,6 +201,25 @@ pub trait UnitOfWork: Send {
     ) -> impl Future<Output = Result<PruneCounts, StoreError>> + Send;
 }
 
+/// The writer's transaction control over its unit of work.
+pub trait WriteSession: UnitOfWork + 'static {
+    /// Starts a transaction and reads ahead, in the same go, the refresh tokens the batch will
+    /// look up (and their sessions).
+    fn begin(
+        &mut self,
+        prefetch: &[TokenKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn rollback(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn committed_position(&self) -> i64;
+    /// Housekeeping that must not run inside a batch, called after its callers are answered.
+    fn between_batches(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// Empties the inline projections (for a rebuild), inside the current transaction.
+    fn clear_projections(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
 /// What a retention prune removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PruneCounts {
@@ -221,12 +232,6 @@ pub struct PruneCounts {
 pub enum Store {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
-}
-
-/// Whether a database URL names PostgreSQL (the only backend chosen by URL; SQLite is the
-/// default and lives in the data directory).
-pub fn is_postgres_url(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// A background job's lock, held until released or dropped. On SQLite (one node) it is

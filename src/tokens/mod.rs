@@ -2,7 +2,6 @@
 //! publishes the keys to verify them.
 
 pub mod keys;
-pub mod rotation;
 
 use crate::domain::event::{Event, SigningKeyChanged, SigningKeyCreated, signing_key_stream};
 use crate::domain::{Duration, Timestamp};

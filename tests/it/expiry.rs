@@ -71,33 +71,22 @@ async fn an_expired_access_token_is_refused() {
 
 #[tokio::test]
 async fn the_expiry_command_records_only_what_is_due() {
+    use sessiond::commands::ExpireIfDue;
     use sessiond::domain::event::{Actor, EventMetadata};
-    use sessiond::store::commands::{Command, Reply};
     let app = spawn_app().await;
     app.register("dave").await;
     let t = app.login("dave").await;
     let session_id = t.session_id.parse().unwrap();
     let expire = || {
         app.service.writer.submit(
-            Command::ExpireIfDue { session_id },
+            ExpireIfDue { session_id },
             EventMetadata::new(Actor::System, None),
         )
     };
-    assert_eq!(
-        expire().await.unwrap(),
-        Reply::SessionsEnded(vec![]),
-        "not due yet"
-    );
+    assert_eq!(expire().await.unwrap(), Ok(false), "not due yet");
     app.clock.advance(Duration::days(7));
-    assert_eq!(
-        expire().await.unwrap(),
-        Reply::SessionsEnded(vec![session_id])
-    );
-    assert_eq!(
-        expire().await.unwrap(),
-        Reply::SessionsEnded(vec![]),
-        "recorded once"
-    );
+    assert_eq!(expire().await.unwrap(), Ok(true), "{session_id} expires");
+    assert_eq!(expire().await.unwrap(), Ok(false), "recorded once");
     let events = app.session_events(&t.session_id).await;
     assert_eq!(types(&events), ["session.started", "session.expired"]);
     let session = app

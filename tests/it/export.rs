@@ -3,9 +3,9 @@
 
 use crate::helpers::*;
 use crate::shutdown::{start, terminate};
+use sessiond::commands::Record;
 use sessiond::domain::context::RequestContext;
 use sessiond::domain::event::{Actor, Event, EventMetadata, LoginFailed, LoginFailure};
-use sessiond::store::commands::Command;
 
 const EVENTS: usize = 100_000;
 const PER_COMMAND: usize = 500;
@@ -46,7 +46,7 @@ async fn an_export_of_100_000_events_streams_with_flat_memory() {
                 })
             })
             .collect();
-        let cmd = Command::Record {
+        let cmd = Record {
             stream_id: format!("login-{}", uuid::Uuid::new_v4()),
             events,
         };

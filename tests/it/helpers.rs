@@ -53,6 +53,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub service: Arc<Sessiond>,
+    pub jobs: Arc<sessiond::jobs::Jobs>,
     pub data_dir: TempDir,
 }
 
@@ -98,7 +99,7 @@ async fn spawn_node_with(
         Options {
             clock: clock.clone(),
             master_key,
-            // Jobs mostly run by hand in tests (`sessiond::jobs::run_job`), so that they run
+            // Jobs mostly run by hand in tests (`TestApp::jobs`), so that they run
             // exactly when the test has moved the manual clock.
             start_jobs,
             start_delivery: true,
@@ -112,6 +113,7 @@ async fn spawn_node_with(
 /// Serves a built app on 127.0.0.1:0.
 pub async fn serve(app: App, clock: Arc<ManualClock>, data_dir: TempDir) -> TestApp {
     let service = app.service.clone();
+    let jobs = app.jobs();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(app.serve_on(listener, std::future::pending()));
@@ -123,6 +125,7 @@ pub async fn serve(app: App, clock: Arc<ManualClock>, data_dir: TempDir) -> Test
             .unwrap(),
         clock,
         service,
+        jobs,
         data_dir,
     }
 }

@@ -5,10 +5,10 @@ use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sessiond::domain::Duration;
-use sessiond::jobs::{JobKind, JobOutcome, run_job};
+use sessiond::jobs::{JobKind, JobOutcome};
 
 async fn run(app: &TestApp, job: JobKind) -> String {
-    match run_job(&app.service, job).await.expect("the job runs") {
+    match app.jobs.run(job).await.expect("the job runs") {
         JobOutcome::Done(summary) => summary,
         JobOutcome::Skipped => panic!("{} was skipped", job.name()),
     }
@@ -289,7 +289,9 @@ async fn retention_prunes_rows_of_long_ended_sessions_and_records_it() {
 
     // A rebuild from the log replays the prune where it happened.
     let live_rows = store.projection_snapshot().await.unwrap();
-    store.rebuild_projections().await.unwrap();
+    sessiond::projection::rebuild_projections(store)
+        .await
+        .unwrap();
     assert_eq!(store.projection_snapshot().await.unwrap(), live_rows);
 }
 

@@ -370,23 +370,23 @@ async fn a_node_carries_on_after_its_database_connections_are_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotated_on_one_node_reaches_the_other_through_the_reload_job() {
-    use sessiond::jobs::{JobKind, rotate_keys_now, run_job};
+    use sessiond::jobs::JobKind;
     let Some(db) = fresh_database("a_key_rotated_on_one_node").await else {
         return;
     };
     let (a, b) = two_nodes(&db).await;
     let old_kid = a.service.tokens.active_kid();
     // Node A publishes the next key, and a publish-ahead later makes it the signer.
-    rotate_keys_now(&a.service).await.unwrap();
+    a.jobs.rotate_keys_now().await.unwrap();
     a.clock.advance(chrono::Duration::minutes(11));
-    run_job(&a.service, JobKind::KeyRotation).await.unwrap();
+    a.jobs.run(JobKind::KeyRotation).await.unwrap();
     let new_kid = a.service.tokens.active_kid();
     assert_ne!(new_kid, old_kid);
     a.register("quinn").await;
     let t = a.login("quinn").await;
 
     // Node B learns of it at its next reload, and then verifies and signs with it too.
-    run_job(&b.service, JobKind::Reload).await.unwrap();
+    b.jobs.run(JobKind::Reload).await.unwrap();
     assert_eq!(b.service.tokens.active_kid(), new_kid);
     let jwks: serde_json::Value = b
         .http

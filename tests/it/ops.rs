@@ -5,7 +5,7 @@ use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sessiond::domain::Duration;
-use sessiond::jobs::{JobKind, run_job};
+use sessiond::jobs::JobKind;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One scrape: every series (name and labels, as exposed) with its value.
@@ -113,20 +113,12 @@ async fn scripted_run(app: &TestApp) {
         }),
     );
     tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
-    let new = sessiond::delivery::subscriptions::NewSubscription {
+    let new = sessiond::service::webhooks::NewSubscription {
         url,
         event_types: vec![],
         format: "json".into(),
     };
-    let service = &app.service;
-    sessiond::delivery::subscriptions::create(
-        &service.store,
-        &service.master_key,
-        service.clock.now(),
-        new,
-    )
-    .await
-    .unwrap();
+    app.service.create_webhook(new).await.unwrap();
 
     app.register("scripted").await;
     assert_eq!(
@@ -149,7 +141,7 @@ async fn scripted_run(app: &TestApp) {
     fire_rules(app).await;
     app.clock.advance(Duration::days(8));
     for job in JobKind::ALL {
-        run_job(&app.service, job).await.unwrap();
+        app.jobs.run(job).await.unwrap();
     }
     for _ in 0..2000 {
         if received.load(std::sync::atomic::Ordering::SeqCst) > 0 {

@@ -7,7 +7,7 @@ use crate::pg::fresh_database;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sessiond::clock::ManualClock;
-use sessiond::jobs::{JobKind, run_job};
+use sessiond::jobs::JobKind;
 use std::sync::Arc;
 
 #[tokio::test]
@@ -171,7 +171,7 @@ async fn devices_api_keys_search_feed_webhooks_and_the_sweep_work_on_postgres() 
 
     // The sweep finds the idle session and records its expiry.
     app.clock.advance(chrono::Duration::days(8));
-    run_job(&app.service, JobKind::ExpirySweep).await.unwrap();
+    app.jobs.run(JobKind::ExpirySweep).await.unwrap();
     let ended = app.session_events(&laptop.session_id).await.pop().unwrap();
     assert_eq!(ended.event_type, "session.expired");
     assert_eq!(app.service.store.count_active_sessions().await.unwrap(), 0);

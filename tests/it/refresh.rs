@@ -3,9 +3,9 @@
 
 use crate::helpers::*;
 use reqwest::StatusCode;
+use sessiond::commands::RequireReauth;
 use sessiond::domain::Duration;
 use sessiond::domain::event::{Actor, EventMetadata};
-use sessiond::store::commands::Command;
 
 async fn reuse_class(app: &TestApp, session_id: &str) -> Option<String> {
     app.session_events(session_id)
@@ -225,7 +225,7 @@ async fn a_session_that_must_reauthenticate_cannot_refresh() {
     let app = spawn_app().await;
     app.register("faythe").await;
     let t = app.login("faythe").await;
-    let command = Command::RequireReauth {
+    let command = RequireReauth {
         session_id: t.session_id.parse().unwrap(),
         reason: "test".into(),
     };
@@ -233,7 +233,8 @@ async fn a_session_that_must_reauthenticate_cannot_refresh() {
         .writer
         .submit(command, EventMetadata::new(Actor::System, None))
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the session exists");
     assert_eq!(
         error_code(app.refresh(&t.refresh).await, StatusCode::UNAUTHORIZED).await,
         "reauth_required"

@@ -570,22 +570,19 @@ async fn deny_refuses_the_login_at_hand() {
 async fn changed_rule_files_are_reloaded_and_broken_ones_refused() {
     let (app, dir) = app_with_rules(&[("t.toml", travel_rule("shadow", "\"flag\""))], true).await;
     let rules_dir = dir.path().join("rules");
-    assert!(
-        !sessiond::app::reload_if_changed(&app.service),
-        "nothing changed"
-    );
+    assert!(!app.service.reload_if_changed(), "nothing changed");
     rule_file(
         &rules_dir,
         "t.toml",
         &travel_rule("enforce", "\"require_reauth\""),
     );
-    assert!(sessiond::app::reload_if_changed(&app.service));
+    assert!(app.service.reload_if_changed());
     assert_eq!(
         app.service.rules.rules().rules[0].mode,
         sessiond::rules::Mode::Enforce
     );
     rule_file(&rules_dir, "t.toml", "[[rule]]\nid = \"broken\"\n");
-    assert!(!sessiond::app::reload_if_changed(&app.service));
+    assert!(!app.service.reload_if_changed());
     assert!(captured_logs().contains("rule reload refused"));
     assert_eq!(
         app.service.rules.rules().rules[0].id,

@@ -158,9 +158,7 @@ async fn a_subscriber_that_was_down_gets_every_event_once_in_order_and_signed() 
         .unwrap();
 
     let failures = || async {
-        let subs = sessiond::delivery::subscriptions::list(&app.service.store)
-            .await
-            .unwrap();
+        let subs = app.service.webhooks().await.unwrap();
         let s = subs
             .iter()
             .find(|s| s.subscription_id.to_string() == sub_id)
@@ -348,12 +346,7 @@ async fn the_admin_api_is_for_the_security_role_and_checks_its_input() {
             code
         );
     }
-    assert!(
-        sessiond::delivery::subscriptions::list(&app.service.store)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(app.service.webhooks().await.unwrap().is_empty());
 
     let created = subscribe(&app, &admin, json!({ "url": "http://127.0.0.1:9/hook" })).await;
     let id = created["subscription_id"].as_str().unwrap();

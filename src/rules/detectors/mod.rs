@@ -185,7 +185,7 @@ pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<chrono::Duration, D::Error> {
     let s = String::deserialize(d)?;
-    crate::config::parse_duration(&s).ok_or_else(|| {
+    crate::domain::parse::parse_duration(&s).ok_or_else(|| {
         serde::de::Error::custom(format!(
             "{s:?} is not a duration like \"30s\", \"10m\", \"24h\", \"7d\""
         ))

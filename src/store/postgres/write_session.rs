@@ -147,7 +147,7 @@ fn no_transaction() -> StoreError {
     ))
 }
 
-impl crate::store::writer::WriteSession for PostgresWriteSession {
+impl crate::store::WriteSession for PostgresWriteSession {
     async fn begin(&mut self, prefetch: &[TokenKey]) -> Result<(), StoreError> {
         self.overlay = Overlay::default();
         self.head = self.committed;

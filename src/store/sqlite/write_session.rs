@@ -333,7 +333,7 @@ fn push_users<'a>(q: &mut QueryBuilder<'a, Sqlite>, rows: &'a [User]) {
     );
 }
 
-impl crate::store::writer::WriteSession for SqliteWriteSession {
+impl crate::store::WriteSession for SqliteWriteSession {
     async fn begin(&mut self, prefetch: &[TokenKey]) -> Result<(), StoreError> {
         self.overlay = Overlay::default();
         self.head = self.committed;

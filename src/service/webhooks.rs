@@ -1,4 +1,4 @@
-//! Webhook subscriptions: created, listed and deleted from the CLI or the admin API. The secret
+//! Webhook subscriptions: created, listed and deleted from the CLI or the security API. The secret
 //! is generated here, shown once to whoever created the subscription, and stored sealed.
 
 use crate::domain::Timestamp;
@@ -174,5 +174,22 @@ pub fn redacted_url(url: &str) -> String {
             u.port().map(|p| format!(":{p}")).unwrap_or_default()
         ),
         Err(_) => "(unparseable url)".into(),
+    }
+}
+
+impl super::Sessiond {
+    pub async fn create_webhook(
+        &self,
+        new: NewSubscription,
+    ) -> Result<(SubscriptionView, String), Error> {
+        create(&self.store, &self.master_key, self.clock.now(), new).await
+    }
+
+    pub async fn webhooks(&self) -> Result<Vec<SubscriptionView>, Error> {
+        list(&self.store).await
+    }
+
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<(), Error> {
+        delete(&self.store, id).await
     }
 }

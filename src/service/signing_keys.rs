@@ -3,13 +3,14 @@
 //! last token it signed has expired), `expired` (gone from the JWKS). The store holds the
 //! truth; every run ends by reloading the key ring from it, so every node converges on it.
 
-use super::keys::{KeyError, SigningKey};
-use super::{key_stream, load_keys};
+use super::Sessiond;
+use crate::commands::Record;
 use crate::domain::event::{Actor, Event, EventMetadata, SigningKeyChanged, SigningKeyCreated};
 use crate::domain::{Duration, Timestamp};
-use crate::service::Sessiond;
-use crate::store::commands::Command;
+use crate::error::Error;
 use crate::store::{StoreError, StoredSigningKey};
+use crate::tokens::keys::{KeyError, SigningKey};
+use crate::tokens::{key_stream, load_keys};
 
 pub const PUBLISHED: &str = "published";
 pub const ACTIVE: &str = "active";
@@ -135,12 +136,21 @@ pub async fn rotate(app: &Sessiond, start_now: bool) -> Result<RotationReport, R
     Ok(report)
 }
 
-/// Reloads this node's key ring from the store: on several nodes only one runs the rotation,
-/// and every other node learns of a published, activated or retired key here (the reload job).
-pub async fn refresh_key_ring(app: &Sessiond) -> Result<(), RotationError> {
-    let keys = app.store.signing_keys().await?;
-    reload(app, &keys, app.clock.now())?;
-    Ok(())
+impl Sessiond {
+    /// Moves the signing keys along their life (see [`rotate`]).
+    pub async fn rotate_signing_keys(&self, start_now: bool) -> Result<RotationReport, Error> {
+        rotate(self, start_now)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Reloads this node's key ring from the store: on several nodes only one runs the
+    /// rotation, and every other node learns of a published, activated or retired key here
+    /// (the reload job).
+    pub async fn refresh_key_ring(&self) -> Result<(), Error> {
+        let keys = self.store.signing_keys().await?;
+        reload(self, &keys, self.clock.now()).map_err(|e| Error::Internal(e.to_string()))
+    }
 }
 
 /// Rebuilds the in-memory key ring from the stored keys.
@@ -167,7 +177,7 @@ fn changed(kid: &str) -> SigningKeyChanged {
 async fn record(app: &Sessiond, kid: &str, event: Event) -> Result<(), StoreError> {
     app.writer
         .submit(
-            Command::Record {
+            Record {
                 stream_id: key_stream(kid),
                 events: vec![event],
             },

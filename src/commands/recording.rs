@@ -1,7 +1,6 @@
 //! Appending a command's events and applying them to the inline projections: the part every
-//! command shares (and the rule engine's actions use).
+//! handler shares, and the only way events reach the log.
 
-use super::Reply;
 use crate::domain::Timestamp;
 use crate::domain::context::RequestContext;
 use crate::domain::event::{Event, EventMetadata, RevokeReason, session_stream, user_stream};
@@ -10,20 +9,6 @@ use crate::domain::user::User;
 use crate::projection;
 use crate::store::{NewEvent, StoreError, UnitOfWork};
 use uuid::Uuid;
-
-/// Records the events that end one session; the reply names it if they did end it.
-pub(super) async fn record_ending<U: UnitOfWork>(
-    uow: &mut U,
-    session: Session,
-    events: Vec<Event>,
-    meta: &EventMetadata,
-    now: Timestamp,
-) -> Result<Reply, StoreError> {
-    let id = session.session_id;
-    let ended = if events.is_empty() { vec![] } else { vec![id] };
-    record_session(uow, Some(session), id, events, meta, now).await?;
-    Ok(Reply::SessionsEnded(ended))
-}
 
 pub(super) async fn load_session<U: UnitOfWork>(
     uow: &mut U,
@@ -35,7 +20,7 @@ pub(super) async fn load_session<U: UnitOfWork>(
 }
 
 /// Revokes every active session of `user_id` but `except`; returns the ids it ended.
-pub(crate) async fn end_sessions<U: UnitOfWork>(
+pub(super) async fn end_sessions<U: UnitOfWork>(
     uow: &mut U,
     user_id: Uuid,
     except: Option<Uuid>,
@@ -59,7 +44,7 @@ pub(crate) async fn end_sessions<U: UnitOfWork>(
     Ok(ended)
 }
 
-pub(crate) async fn append_all<U: UnitOfWork>(
+pub(super) async fn append_all<U: UnitOfWork>(
     uow: &mut U,
     stream_id: &str,
     mut version: i64,
@@ -82,7 +67,7 @@ pub(crate) async fn append_all<U: UnitOfWork>(
 }
 
 /// Appends to a session stream and brings the session projection along.
-pub(crate) async fn record_session<U: UnitOfWork>(
+pub(super) async fn record_session<U: UnitOfWork>(
     uow: &mut U,
     before: Option<Session>,
     session_id: Uuid,
@@ -107,7 +92,7 @@ pub(crate) async fn record_session<U: UnitOfWork>(
 }
 
 /// Appends to a user stream and brings the user projection along.
-pub(crate) async fn record_user<U: UnitOfWork>(
+pub(super) async fn record_user<U: UnitOfWork>(
     uow: &mut U,
     before: Option<User>,
     user_id: Uuid,

@@ -6,42 +6,121 @@
 //! it is rolled back and its commands are run again one per transaction, each reloading its state
 //! and deciding afresh, so one bad command never takes others down with it.
 
-use super::commands::{Command, Reply, execute};
-use super::{StoreError, UnitOfWork};
+use super::{
+    ChangePassword, EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere,
+    PruneEndedSessions, Reauthenticate, Record, RecordLoginFailure, Refresh, Register,
+    RequireReauth, SetLock, StartSession,
+};
+use super::{Command, Context};
 use crate::clock::Clock;
 use crate::domain::event::EventMetadata;
 use crate::domain::session::SessionPolicy;
 use crate::domain::token::TokenKey;
 use crate::rules::RuleEngine;
-use std::future::Future;
+use crate::store::{StoreError, UnitOfWork, WriteSession};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// The writer's transaction control over its unit of work.
-pub trait WriteSession: UnitOfWork + 'static {
-    /// Starts a transaction and reads ahead, in the same go, the refresh tokens the batch will
-    /// look up (and their sessions).
-    fn begin(
-        &mut self,
-        prefetch: &[TokenKey],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn rollback(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn committed_position(&self) -> i64;
-    /// Housekeeping that must not run inside a batch, called after its callers are answered.
-    fn between_batches(&mut self) -> impl Future<Output = ()> + Send {
-        async {}
-    }
-    /// Empties the inline projections (for a rebuild), inside the current transaction.
-    fn clear_projections(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+/// A command in the queue: the command, its metadata, the channel its typed reply goes to, and
+/// the reply decided in the current transaction (sent only once that transaction commits).
+pub struct Pending<C: Command> {
+    command: C,
+    metadata: EventMetadata,
+    reply: oneshot::Sender<Result<C::Reply, StoreError>>,
+    decided: Option<C::Reply>,
 }
 
-struct Job {
-    command: Command,
-    metadata: EventMetadata,
-    reply: oneshot::Sender<Result<Reply, StoreError>>,
+impl<C: Command> Pending<C> {
+    async fn run<U: UnitOfWork>(
+        &mut self,
+        uow: &mut U,
+        now: crate::domain::Timestamp,
+        policy: &SessionPolicy,
+        rules: &RuleEngine,
+    ) -> Result<(), StoreError> {
+        let cx = Context {
+            now,
+            meta: &self.metadata,
+            policy,
+            rules,
+        };
+        let reply = self.command.clone().handle(uow, &cx).await?;
+        self.decided = Some(reply);
+        Ok(())
+    }
+
+    /// Sends the decided reply (the batch committed) or the error (it did not).
+    fn answer(self, outcome: Result<(), StoreError>) {
+        let reply = outcome.and_then(|()| {
+            self.decided
+                .ok_or_else(|| StoreError::Corrupt("a committed command has no reply".into()))
+        });
+        if let Ok(r) = &reply {
+            self.command.observe(r);
+        }
+        let _ = self.reply.send(reply);
+    }
 }
+
+/// Declares the queue's one enum over every command, so each keeps its own reply type.
+macro_rules! queue {
+    ($($name:ident),* $(,)?) => {
+        /// Any command waiting for the writer.
+        pub enum Job {
+            $($name(Pending<$name>),)*
+        }
+
+        $(impl From<Pending<$name>> for Job {
+            fn from(p: Pending<$name>) -> Job {
+                Job::$name(p)
+            }
+        })*
+
+        impl Job {
+            fn presented_token(&self) -> Option<&TokenKey> {
+                match self {
+                    $(Job::$name(p) => p.command.presented_token(),)*
+                }
+            }
+
+            async fn run<U: UnitOfWork>(
+                &mut self,
+                uow: &mut U,
+                now: crate::domain::Timestamp,
+                policy: &SessionPolicy,
+                rules: &RuleEngine,
+            ) -> Result<(), StoreError> {
+                match self {
+                    $(Job::$name(p) => p.run(uow, now, policy, rules).await,)*
+                }
+            }
+
+            fn answer(self, outcome: Result<(), StoreError>) {
+                match self {
+                    $(Job::$name(p) => p.answer(outcome),)*
+                }
+            }
+        }
+    };
+}
+
+queue!(
+    Register,
+    StartSession,
+    RecordLoginFailure,
+    Refresh,
+    Reauthenticate,
+    EndSession,
+    EndSessionByToken,
+    LogoutEverywhere,
+    SetLock,
+    ChangePassword,
+    RequireReauth,
+    ExpireIfDue,
+    PruneEndedSessions,
+    Record,
+);
 
 /// Counters for the benchmark report and, later, metrics.
 #[derive(Debug, Default)]
@@ -109,18 +188,23 @@ impl Writer {
     }
 
     /// Runs `command` in the next batch and returns its reply once the batch is durable.
-    pub async fn submit(
+    pub async fn submit<C: Command>(
         &self,
-        command: Command,
+        command: C,
         metadata: EventMetadata,
-    ) -> Result<Reply, StoreError> {
+    ) -> Result<C::Reply, StoreError>
+    where
+        Job: From<Pending<C>>,
+    {
         let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            command,
+            metadata,
+            reply,
+            decided: None,
+        };
         self.jobs
-            .send(Job {
-                command,
-                metadata,
-                reply,
-            })
+            .send(Job::from(pending))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
@@ -152,36 +236,28 @@ impl<W: WriteSession> WriterTask<W> {
         let mut batch = Vec::with_capacity(self.max_batch);
         // Ends when every `Writer` handle is dropped and the queue is drained.
         while rx.recv_many(&mut batch, self.max_batch).await > 0 {
+            let size = batch.len();
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .commands
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                .fetch_add(size as u64, Ordering::Relaxed);
             self.stats
                 .largest_batch
-                .fetch_max(batch.len() as u64, Ordering::Relaxed);
+                .fetch_max(size as u64, Ordering::Relaxed);
             let started = std::time::Instant::now();
-            let result = self.try_batch(&batch).await;
-            tracing::trace!(
-                size = batch.len(),
-                micros = started.elapsed().as_micros() as u64,
-                "batch"
-            );
-            let size = batch.len();
+            let result = self.try_batch(&mut batch).await;
+            tracing::trace!(size, micros = started.elapsed().as_micros() as u64, "batch");
             match result {
-                Ok(replies) => {
-                    for (job, reply) in batch.drain(..).zip(replies) {
-                        crate::metrics::observe_command(&job.command, &reply);
-                        let _ = job.reply.send(Ok(reply));
+                Ok(()) => {
+                    for job in batch.drain(..) {
+                        job.answer(Ok(()));
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, size = batch.len(), "batch failed; running its commands one by one");
-                    for job in batch.drain(..) {
-                        let result = self.run_alone(&job).await;
-                        if let Ok(reply) = &result {
-                            crate::metrics::observe_command(&job.command, reply);
-                        }
-                        let _ = job.reply.send(result);
+                    tracing::debug!(error = %e, size, "batch failed; running its commands one by one");
+                    for mut job in batch.drain(..) {
+                        let outcome = self.run_alone(&mut job).await;
+                        job.answer(outcome);
                     }
                 }
             }
@@ -192,49 +268,40 @@ impl<W: WriteSession> WriterTask<W> {
         }
     }
 
-    async fn try_batch(&mut self, batch: &[Job]) -> Result<Vec<Reply>, StoreError> {
+    /// Runs the batch in one transaction; each job holds its reply once this returns `Ok`.
+    async fn try_batch(&mut self, batch: &mut [Job]) -> Result<(), StoreError> {
         let tokens: Vec<TokenKey> = batch
             .iter()
-            .filter_map(|j| j.command.presented_token())
+            .filter_map(Job::presented_token)
             .copied()
             .collect();
         if let Err(e) = self.session.begin(&tokens).await {
             self.session.rollback().await?;
             return Err(e);
         }
-        let mut replies = Vec::with_capacity(batch.len());
-        for job in batch {
+        for job in batch.iter_mut() {
             let now = self.clock.now();
-            match execute(
-                &mut self.session,
-                job.command.clone(),
-                &job.metadata,
-                now,
-                &self.policy,
-                &self.rules,
-            )
-            .await
+            if let Err(e) = job
+                .run(&mut self.session, now, &self.policy, &self.rules)
+                .await
             {
-                Ok(r) => replies.push(r),
-                Err(e) => {
-                    self.session.rollback().await?;
-                    return Err(e);
-                }
+                self.session.rollback().await?;
+                return Err(e);
             }
         }
         if let Err(e) = self.session.commit().await {
             self.session.rollback().await?;
             return Err(e);
         }
-        Ok(replies)
+        Ok(())
     }
 
-    async fn run_alone(&mut self, job: &Job) -> Result<Reply, StoreError> {
+    async fn run_alone(&mut self, job: &mut Job) -> Result<(), StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_batch(std::slice::from_ref(job)).await {
-                Ok(mut replies) => return Ok(replies.remove(0)),
+            match self.try_batch(std::slice::from_mut(job)).await {
+                Ok(()) => return Ok(()),
                 Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "command failed");

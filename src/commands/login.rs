@@ -1,0 +1,195 @@
+//! Registration, a session's start after a proven password, and a failed login.
+
+use super::effects::{Outcome, OutcomeKind, Target, carry_out};
+use super::judge::judge;
+use super::recording::record_user;
+use super::{Command, Context};
+use crate::domain::context::RequestContext;
+use crate::domain::event::{LoginFailure, login_attempt_stream};
+use crate::domain::session::{self, Session};
+use crate::domain::token::TokenKey;
+use crate::domain::user::{self, User, UserError};
+use crate::rules::{Facts, Trigger};
+use crate::store::{StoreError, UnitOfWork};
+use metrics::counter;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Register {
+    pub user_id: Uuid,
+    pub username: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub context: RequestContext,
+}
+
+impl Command for Register {
+    type Reply = Result<User, UserError>;
+
+    async fn handle<U: UnitOfWork>(
+        self,
+        uow: &mut U,
+        cx: &Context<'_>,
+    ) -> Result<Self::Reply, StoreError> {
+        let name = match user::normalize_username(&self.username) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        let taken = uow.user_by_name(&name).await?.is_some();
+        let register = user::Register {
+            user_id: self.user_id,
+            username: name,
+            password_hash: self.password_hash,
+            roles: self.roles,
+            context: self.context,
+        };
+        let event = match user::decide_register(register, taken) {
+            Ok(event) => event,
+            Err(e) => return Ok(Err(e)),
+        };
+        let user = record_user(uow, None, self.user_id, vec![event], cx.meta, cx.now).await?;
+        Ok(Ok(user.expect("registration creates the user")))
+    }
+}
+
+/// Starts a session for a user whose password the caller has checked.
+#[derive(Debug, Clone)]
+pub struct StartSession {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub scope: String,
+    pub roles: Vec<String>,
+    pub token: TokenKey,
+    pub context: RequestContext,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartRefusal {
+    UnknownUser,
+    Locked,
+    /// A rule refused the login.
+    Denied,
+}
+
+impl Command for StartSession {
+    type Reply = Result<Session, StartRefusal>;
+
+    async fn handle<U: UnitOfWork>(
+        self,
+        uow: &mut U,
+        cx: &Context<'_>,
+    ) -> Result<Self::Reply, StoreError> {
+        let Some(user) = uow.user_by_id(self.user_id).await? else {
+            return Ok(Err(StartRefusal::UnknownUser));
+        };
+        if !user.can_log_in() {
+            return Ok(Err(StartRefusal::Locked));
+        }
+        let facts = Facts {
+            trigger: Trigger::SessionStarted,
+            now: cx.now,
+            user_id: Some(self.user_id),
+            username: Some(&user.username),
+            session_id: Some(self.session_id),
+            context: &self.context,
+            session_login: None,
+            session_last: None,
+        };
+        let judgement = judge(uow, cx.rules, &facts).await?;
+        let session_id = self.session_id;
+        let user_id = self.user_id;
+        let start = session::StartSession {
+            session_id,
+            user_id,
+            scope: self.scope,
+            roles: self.roles,
+            token: self.token,
+            context: self.context,
+        };
+        let outcome = Outcome {
+            kind: OutcomeKind::Grant,
+            target: Target::Session {
+                session_id,
+                before: None,
+            },
+            events: vec![session::start(start, cx.now, cx.policy)],
+        };
+        let carried = carry_out(uow, outcome, judgement, Some(user_id), cx).await?;
+        if carried.refusal.is_some() {
+            return Ok(Err(StartRefusal::Denied));
+        }
+        Ok(Ok(carried.session.expect("a started session exists")))
+    }
+
+    fn observe(&self, reply: &Self::Reply) {
+        if reply.is_err() {
+            return;
+        }
+        counter!(crate::metrics::LOGINS, "outcome" => "success").increment(1);
+        // Countries are a bounded set (ISO codes); anything else would be a new series each.
+        let country = self
+            .context
+            .geo
+            .as_ref()
+            .and_then(|g| g.country.as_deref())
+            .filter(|c| c.len() == 2 && c.chars().all(|c| c.is_ascii_uppercase()))
+            .unwrap_or("unknown");
+        counter!(crate::metrics::LOGIN_COUNTRIES, "country" => country.to_owned()).increment(1)
+    }
+}
+
+/// Records a failed login (an unknown name, a wrong password, a locked account).
+#[derive(Debug, Clone)]
+pub struct RecordLoginFailure {
+    pub username: String,
+    pub reason: LoginFailure,
+    pub context: RequestContext,
+}
+
+impl Command for RecordLoginFailure {
+    type Reply = ();
+
+    async fn handle<U: UnitOfWork>(
+        self,
+        uow: &mut U,
+        cx: &Context<'_>,
+    ) -> Result<Self::Reply, StoreError> {
+        let user = uow.user_by_name(&self.username).await?;
+        let user_id = user.as_ref().map(|u| u.user_id);
+        let event = user::login_failed(&self.username, user.as_ref(), self.reason, &self.context);
+        let facts = Facts {
+            trigger: Trigger::LoginFailed,
+            now: cx.now,
+            user_id,
+            username: Some(&self.username),
+            session_id: None,
+            context: &self.context,
+            session_login: None,
+            session_last: None,
+        };
+        let judgement = judge(uow, cx.rules, &facts).await?;
+        let target = match user {
+            Some(u) => Target::User {
+                user_id: u.user_id,
+                before: Some(u),
+            },
+            None => Target::NewStream(login_attempt_stream(Uuid::new_v4())),
+        };
+        let outcome = Outcome {
+            kind: OutcomeKind::Fact,
+            target,
+            events: vec![event],
+        };
+        carry_out(uow, outcome, judgement, user_id, cx).await?;
+        Ok(())
+    }
+
+    fn observe(&self, _reply: &()) {
+        let outcome = match self.reason {
+            LoginFailure::UnknownUser => "unknown_user",
+            LoginFailure::BadPassword => "bad_password",
+            LoginFailure::Locked => "locked",
+        };
+        counter!(crate::metrics::LOGINS, "outcome" => outcome).increment(1)
+    }
+}

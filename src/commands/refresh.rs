@@ -1,0 +1,172 @@
+//! A refresh (rotation, grace retry or reuse) and a re-authentication, decided on the session's
+//! own state in the writer's transaction.
+
+use super::effects::{Outcome, OutcomeKind, Target, carry_out};
+use super::judge::{judge, session_facts};
+use super::recording::{load_session, record_session};
+use super::{Command, Context};
+use crate::domain::context::RequestContext;
+use crate::domain::event::{ReuseClass, RevokeReason};
+use crate::domain::session::{PresentedToken, RefreshGrant, Refusal, Session};
+use crate::domain::token::TokenKey;
+use crate::metrics::{GRACE_RETRIES, REFRESHES, REUSE, count_revocations, observe_expiry};
+use crate::rules::Trigger;
+use crate::store::{StoreError, UnitOfWork};
+use metrics::counter;
+
+#[derive(Debug, Clone)]
+pub struct Refresh {
+    pub presented: TokenKey,
+    /// The token the family rotates to, if it rotates.
+    pub new_token: TokenKey,
+    pub context: RequestContext,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refreshed {
+    pub session: Session,
+    pub grant: RefreshGrant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshRefusal {
+    /// No such token (or a known id with another body).
+    UnknownToken,
+    Refused(Refusal),
+}
+
+impl Command for Refresh {
+    type Reply = Result<Refreshed, RefreshRefusal>;
+
+    async fn handle<U: UnitOfWork>(
+        self,
+        uow: &mut U,
+        cx: &Context<'_>,
+    ) -> Result<Self::Reply, StoreError> {
+        let Some(token) = uow.token(&self.presented).await? else {
+            return Ok(Err(RefreshRefusal::UnknownToken));
+        };
+        let session = load_session(uow, token.session_id).await?;
+        let presented = PresentedToken {
+            hash: self.presented.hash,
+            generation: token.generation,
+        };
+        let decision =
+            session.decide_refresh(presented, self.new_token, &self.context, cx.now, cx.policy);
+        let trigger = match decision.outcome {
+            Ok(RefreshGrant::Rotated { .. }) => Some(Trigger::SessionRefreshed),
+            Err(Refusal::Reuse(_)) => Some(Trigger::ReuseDetected),
+            _ => None,
+        };
+        let judgement = match trigger {
+            Some(t) => {
+                let facts = session_facts(t, &session, &self.context, cx.now);
+                judge(uow, cx.rules, &facts).await?
+            }
+            None => None,
+        };
+        let user_id = session.user_id;
+        let outcome = Outcome {
+            kind: match decision.outcome {
+                Ok(_) => OutcomeKind::Grant,
+                Err(_) => OutcomeKind::Fact,
+            },
+            target: Target::Session {
+                session_id: token.session_id,
+                before: Some(session),
+            },
+            events: decision.events,
+        };
+        let carried = carry_out(uow, outcome, judgement, Some(user_id), cx).await?;
+        if let Some(refusal) = carried.refusal {
+            return Ok(Err(RefreshRefusal::Refused(refusal)));
+        }
+        Ok(match decision.outcome {
+            Ok(grant) => Ok(Refreshed {
+                session: carried.session.expect("refreshed session exists"),
+                grant,
+            }),
+            Err(refusal) => Err(RefreshRefusal::Refused(refusal)),
+        })
+    }
+
+    fn presented_token(&self) -> Option<&TokenKey> {
+        Some(&self.presented)
+    }
+
+    fn observe(&self, reply: &Self::Reply) {
+        let outcome = match reply {
+            Ok(Refreshed {
+                grant: RefreshGrant::Rotated { .. },
+                ..
+            }) => "rotated",
+            Ok(Refreshed {
+                grant: RefreshGrant::Retried { .. },
+                ..
+            }) => {
+                counter!(GRACE_RETRIES).increment(1);
+                "grace_retry"
+            }
+            Err(RefreshRefusal::Refused(Refusal::Reuse(class))) => {
+                counter!(REUSE, "class" => reuse_class(*class)).increment(1);
+                count_revocations(RevokeReason::Reuse, 1);
+                "reuse"
+            }
+            Err(RefreshRefusal::Refused(Refusal::Expired(kind))) => {
+                observe_expiry(*kind);
+                "expired"
+            }
+            Err(RefreshRefusal::Refused(Refusal::RetryLimit)) => "retry_limit",
+            Err(RefreshRefusal::Refused(Refusal::ReauthRequired)) => "reauth_required",
+            Err(RefreshRefusal::Refused(Refusal::SessionEnded)) => "session_ended",
+            Err(RefreshRefusal::Refused(Refusal::Denied)) => "denied",
+            Err(RefreshRefusal::UnknownToken) => "unknown_token",
+        };
+        counter!(REFRESHES, "outcome" => outcome).increment(1)
+    }
+}
+
+fn reuse_class(class: ReuseClass) -> &'static str {
+    match class {
+        ReuseClass::PreviousAfterGrace => "previous_after_grace",
+        ReuseClass::PreviousOtherContext => "previous_other_context",
+        ReuseClass::DisplacedBranch => "displaced_branch",
+        ReuseClass::OlderGeneration => "older_generation",
+    }
+}
+
+/// The holder of the current refresh token proved the password again (checked by the caller):
+/// the session may refresh again.
+#[derive(Debug, Clone)]
+pub struct Reauthenticate {
+    pub presented: TokenKey,
+    pub context: RequestContext,
+}
+
+impl Command for Reauthenticate {
+    type Reply = Result<(), RefreshRefusal>;
+
+    async fn handle<U: UnitOfWork>(
+        self,
+        uow: &mut U,
+        cx: &Context<'_>,
+    ) -> Result<Self::Reply, StoreError> {
+        let Some(token) = uow.token(&self.presented).await? else {
+            return Ok(Err(RefreshRefusal::UnknownToken));
+        };
+        let session = load_session(uow, token.session_id).await?;
+        let decision = session.decide_reauthenticate(token.generation, &self.context, cx.now);
+        if decision.outcome.is_ok() {
+            // The password was proven from here: this context is trusted from now on.
+            let facts = session_facts(Trigger::SessionRefreshed, &session, &self.context, cx.now);
+            cx.rules.remember(&facts);
+        }
+        let id = session.session_id;
+        record_session(uow, Some(session), id, decision.events, cx.meta, cx.now).await?;
+        Ok(decision.outcome.map_err(RefreshRefusal::Refused))
+    }
+
+    fn presented_token(&self) -> Option<&TokenKey> {
+        Some(&self.presented)
+    }
+}

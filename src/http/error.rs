@@ -1,0 +1,51 @@
+//! The service's [`Error`] as an HTTP answer: `{"error": code, "message": text}` with a fitting
+//! status. The one place errors meet HTTP; internal details are logged, never sent.
+
+use crate::error::Error;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// The status an error answers with.
+pub fn status(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidRequest(_) | Error::InvalidField(..) => StatusCode::BAD_REQUEST,
+        Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::InvalidCredentials
+        | Error::InvalidGrant
+        | Error::ReauthRequired
+        | Error::MissingToken
+        | Error::InvalidToken(_)
+        | Error::SessionEnded => StatusCode::UNAUTHORIZED,
+        Error::AccountLocked | Error::Denied | Error::Forbidden(..) => StatusCode::FORBIDDEN,
+        Error::NotFound => StatusCode::NOT_FOUND,
+        Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Error::Conflict(..) => StatusCode::CONFLICT,
+        Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if let Error::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let status = status(&self);
+        let body = Json(serde_json::json!({ "error": self.code(), "message": self.to_string() }));
+        let mut response = (status, body).into_response();
+        // RFC 6750: tell Bearer clients what went wrong with their token.
+        let challenge = match &self {
+            Error::MissingToken => Some("Bearer"),
+            Error::InvalidToken(_) | Error::SessionEnded => Some("Bearer error=\"invalid_token\""),
+            _ => None,
+        };
+        if let Some(c) = challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        response
+    }
+}

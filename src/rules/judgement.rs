@@ -1,0 +1,164 @@
+//! Judging one request-born event: which rules fire, what the strongest enforced action is once
+//! the circuit breaker has had its say, and the receipts to record. Pure over what it is given:
+//! the handler asks [`RuleEngine::needs`] what history the judgement wants, loads it, and hands it
+//! to [`RuleEngine::judge`]; recording the receipts and carrying out the action is the handler's.
+
+use super::breaker::Admission;
+use super::detectors::Sighting;
+use super::{Action, Facts, Mode, RuleEngine, Trigger};
+use crate::domain::event::{BreakerTripped, Event, RuleFired};
+
+/// What the rules concluded about one event.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Judgement {
+    /// `rule.fired` receipts (and breaker trips), each for a stream of its own.
+    pub receipts: Vec<Event>,
+    /// The strongest action of the enforced firings, after the breaker, as it applies to the
+    /// trigger (see [`effective`]).
+    pub action: Option<Action>,
+    pub deny: bool,
+    /// The rule behind `action` (or the denial), for reasons and actors.
+    pub by: Option<String>,
+}
+
+/// What a judgement wants from history before it can be made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The user's trusted sightings: the engine has none in memory and a listening detector
+    /// compares against them.
+    pub baseline: bool,
+    /// How many users have an active session: the breaker's count is stale and an enforced
+    /// revoking rule listens to this trigger.
+    pub active_users: bool,
+}
+
+/// History loaded for a judgement, as [`Needs`] asked.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub baseline: Option<Vec<Sighting>>,
+    pub active_users: Option<u64>,
+}
+
+/// What an action can mean for the trigger: a login proves the password (so re-authentication
+/// is moot), and a failed login or a reuse has no live session to step up or revoke.
+pub fn effective(trigger: Trigger, action: Action) -> Action {
+    match (trigger, action) {
+        (Trigger::SessionStarted, Action::RequireReauth) => Action::Flag,
+        (
+            Trigger::LoginFailed | Trigger::ReuseDetected,
+            Action::RequireReauth | Action::RevokeSession,
+        ) => Action::Flag,
+        (_, a) => a,
+    }
+}
+
+impl RuleEngine {
+    /// What [`RuleEngine::judge`] will want to know about this event's past.
+    pub fn needs(&self, facts: &Facts<'_>) -> Needs {
+        let set = self.rules();
+        let listening = || set.rules.iter().filter(|r| r.listens_to(facts.trigger));
+        let baseline = facts.trigger.builds_baseline()
+            && facts.user_id.is_some_and(|u| !self.has_baseline(u))
+            && set.needs_baseline(facts.trigger);
+        let active_users = listening()
+            .any(|r| r.mode == Mode::Enforce && effective(facts.trigger, r.action).is_revoking())
+            && self
+                .state
+                .lock()
+                .expect("rules state")
+                .breaker
+                .needs_active_users(facts.now);
+        Needs {
+            baseline,
+            active_users,
+        }
+    }
+
+    /// Judges one event; `None` when no rule fired (the usual case, which then costs no
+    /// allocation here). An event no enforced rule flagged joins the user's baseline.
+    pub fn judge(&self, facts: &Facts<'_>, history: History) -> Option<Judgement> {
+        if let (Some(user), Some(seen)) = (facts.user_id, history.baseline) {
+            self.seed_baseline(user, seen);
+        }
+        if let Some(n) = history.active_users {
+            self.state
+                .lock()
+                .expect("rules state")
+                .breaker
+                .set_active_users(n, facts.now);
+        }
+        let mut j = Judgement::default();
+        for firing in self.evaluate(facts) {
+            let rule = &firing.rule;
+            let wanted = effective(facts.trigger, rule.action);
+            let mut taken = match rule.mode {
+                Mode::Enforce => Some(wanted),
+                Mode::Shadow | Mode::Off => None,
+            };
+            if taken.is_some_and(Action::is_revoking) {
+                let admission = self
+                    .state
+                    .lock()
+                    .expect("rules state")
+                    .breaker
+                    .admit(&self.breaker, facts.now);
+                if let Admission::Degrade {
+                    newly_tripped,
+                    count,
+                    cap,
+                    active_users,
+                } = admission
+                {
+                    taken = Some(Action::Flag);
+                    if newly_tripped {
+                        tracing::error!(rule = %rule.id, wanted = wanted.as_str(), count, cap, active_users,
+                            "RULE CIRCUIT BREAKER TRIPPED: revoking actions degrade to flag until the window passes");
+                        metrics::counter!("sessiond_rule_breaker_trips_total", "rule" => rule.id.clone()).increment(1);
+                        j.receipts.push(Event::RuleBreakerTripped(BreakerTripped {
+                            rule_id: rule.id.clone(),
+                            wanted: wanted.as_str().to_owned(),
+                            count,
+                            cap,
+                            window_seconds: self.breaker.window.num_seconds(),
+                            active_users,
+                        }));
+                    }
+                }
+            }
+            let enforced = rule.mode == Mode::Enforce;
+            if enforced && (taken > j.action || (rule.deny && !j.deny)) {
+                j.by = Some(rule.id.clone());
+            }
+            j.action = j.action.max(taken);
+            j.deny |= enforced && rule.deny;
+            let action_name = taken.map_or("none", Action::as_str);
+            metrics::counter!("sessiond_rule_firings_total",
+                "rule" => rule.id.clone(), "mode" => rule.mode.as_str(), "action" => action_name)
+            .increment(1);
+            tracing::info!(rule = %rule.id, mode = rule.mode.as_str(), action = action_name, trigger = facts.trigger.as_str(), "rule fired");
+            j.receipts.push(Event::RuleFired(RuleFired {
+                rule_id: rule.id.clone(),
+                rule_version: rule.version,
+                mode: rule.mode.as_str().to_owned(),
+                severity: rule.severity.clone(),
+                trigger: facts.trigger.as_str().to_owned(),
+                user_id: facts.user_id,
+                session_id: facts.session_id,
+                username: facts.username.map(str::to_owned),
+                explanation: rule.explain(&firing.inputs),
+                inputs: serde_json::Value::Object(firing.inputs),
+                geoip_build: facts.context.geo.as_ref().and_then(|g| g.city_build),
+                wanted: wanted.as_str().to_owned(),
+                deny: rule.deny,
+                action: action_name.to_owned(),
+            }));
+        }
+        // Shadow firings change nothing, including the baseline; an enforced firing keeps the
+        // event out of it.
+        let flagged = j.action.is_some() || j.deny;
+        if !flagged && facts.trigger.builds_baseline() && facts.user_id.is_some() {
+            self.remember(facts);
+        }
+        (!j.receipts.is_empty()).then_some(j)
+    }
+}
