@@ -4,9 +4,9 @@
 //! Why memory and not history reads: a refresh must stay cheap (DESIGN §8: the writer is the
 //! serial path). What the detectors need per user is small — a bounded list of distinct trusted
 //! sightings ([`Baseline`]) and per-key sliding windows — so it lives here, bounded, and is
-//! loaded from the store on a miss: a user's baseline from the contexts of their active
-//! sessions (one indexed read the first time a user is seen after a start). The writer is the
-//! only live caller, so the locks are uncontended. Trade-offs, written down: counters start
+//! seeded on a miss with what the caller loaded ([`RuleEngine::needs`] says when): a user's
+//! baseline from the contexts of their active sessions (one indexed read the first time a user
+//! is seen after a start). The writer is the only live caller, so the locks are uncontended. Trade-offs, written down: counters start
 //! empty after a restart, and with several nodes each keeps its own memory.
 
 use super::breaker::{Breaker, BreakerConfig};

@@ -162,3 +162,95 @@ impl RuleEngine {
         (!j.receipts.is_empty()).then_some(j)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::context::RequestContext;
+    use crate::domain::parse_timestamp;
+    use crate::rules::breaker::BreakerConfig;
+    use crate::rules::file::parse;
+    use crate::rules::{RuleSet, Trigger};
+    use std::path::Path;
+    use std::sync::Arc;
+    use uuid::Uuid;
+
+    fn engine(toml: &str) -> RuleEngine {
+        let rules = parse(Path::new("t.toml"), toml).unwrap();
+        let set = RuleSet {
+            rules: rules.into_iter().map(Arc::new).collect(),
+        };
+        RuleEngine::new(set, BreakerConfig::default())
+    }
+
+    const LOCK_ON_REFRESH: &str = r#"
+[[rule]]
+id = "lock"
+version = 1
+severity = "high"
+mode = "enforce"
+on = ["session.refreshed"]
+actions = ["lock_account"]
+explanation = "a new {attribute}: {value}"
+
+[rule.detector]
+type = "new_value"
+attribute = "country"
+min_history = 1
+"#;
+
+    fn facts<'a>(ctx: &'a RequestContext, user: Uuid) -> Facts<'a> {
+        Facts {
+            trigger: Trigger::SessionRefreshed,
+            now: parse_timestamp("2026-01-01T00:00:00.000Z").unwrap(),
+            user_id: Some(user),
+            username: None,
+            session_id: None,
+            context: ctx,
+            session_login: None,
+            session_last: None,
+        }
+    }
+
+    #[test]
+    fn the_engine_asks_for_history_once_and_judges_on_what_it_was_given() {
+        let e = engine(LOCK_ON_REFRESH);
+        let (ctx, user) = (RequestContext::default(), Uuid::from_u128(7));
+        let f = facts(&ctx, user);
+        assert_eq!(
+            e.needs(&f),
+            Needs {
+                baseline: true,
+                active_users: true
+            }
+        );
+        let given = History {
+            baseline: Some(Vec::new()),
+            active_users: Some(1_000),
+        };
+        // No GeoIP in the context: the detector cannot tell, so nothing fires.
+        assert_eq!(e.judge(&f, given), None);
+        // The baseline is in memory now and the count is fresh: nothing more to load.
+        assert_eq!(e.needs(&f), Needs::default());
+    }
+
+    #[test]
+    fn revoking_actions_only_matter_where_the_trigger_has_something_to_revoke() {
+        assert_eq!(
+            effective(Trigger::LoginFailed, Action::RevokeSession),
+            Action::Flag
+        );
+        assert_eq!(
+            effective(Trigger::SessionStarted, Action::RequireReauth),
+            Action::Flag
+        );
+        assert_eq!(
+            effective(Trigger::SessionRefreshed, Action::RequireReauth),
+            Action::RequireReauth
+        );
+        assert_eq!(
+            effective(Trigger::ReuseDetected, Action::LogoutEverywhere),
+            Action::LogoutEverywhere
+        );
+    }
+}
