@@ -9,6 +9,7 @@ use crate::jobs::JobGuards;
 use crate::rules::RuleEngine;
 use crate::service::Sessiond;
 use crate::store::commands::Command;
+use crate::store::writer::Writer;
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 use crate::tokens::keys::{KeyError, MASTER_KEY_ENV, MasterKey};
 use crate::tokens::{TokenService, key_stream, load_keys};
@@ -120,14 +121,28 @@ impl App {
             None => RuleEngine::disabled(),
         });
         let store = open_store(&config, true).await?;
-        let (writer, writer_task) = store
-            .spawn_writer(
-                options.clock.clone(),
-                config.session_policy(),
+        let (clock, policy, max_batch) = (
+            options.clock.clone(),
+            config.session_policy(),
+            config.writer_max_batch,
+        );
+        // The writer runs on a connection of its own, of the store's backend.
+        let (writer, writer_task) = match &store {
+            Store::Sqlite(s) => Writer::spawn(
+                s.write_session().await?,
+                clock,
+                policy,
                 rules.clone(),
-                config.writer_max_batch,
-            )
-            .await?;
+                max_batch,
+            ),
+            Store::Postgres(p) => Writer::spawn(
+                p.write_session().await?,
+                clock,
+                policy,
+                rules.clone(),
+                max_batch,
+            ),
+        };
         let commits = store.follow_commits(writer.committed()).await?;
         let checkpointer = match &store {
             Store::Sqlite(sqlite) => Some(tokio::spawn(checkpoint_loop(sqlite.clone()))),

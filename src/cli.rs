@@ -260,7 +260,7 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
             command: ProjectionsCmd::Rebuild { common },
         } => {
             let store = common.store().await?;
-            let n = store.rebuild_projections().await?;
+            let n = crate::projection::rebuild_store(&store).await?;
             println!("projections rebuilt from {n} events");
             Ok(ExitCode::SUCCESS)
         }

@@ -51,6 +51,14 @@ pub async fn apply_user<U: UnitOfWork>(
     Ok(state)
 }
 
+/// [`rebuild`] on a write session of the store's own backend.
+pub async fn rebuild_store(store: &Store) -> Result<u64, StoreError> {
+    match store {
+        Store::Sqlite(s) => rebuild(&mut s.write_session().await?, store).await,
+        Store::Postgres(p) => rebuild(&mut p.write_session().await?, store).await,
+    }
+}
+
 /// Empties the projections and replays the log into them, in one transaction. Returns the
 /// number of events replayed.
 pub async fn rebuild<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, StoreError> {

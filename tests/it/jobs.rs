@@ -289,7 +289,7 @@ async fn retention_prunes_rows_of_long_ended_sessions_and_records_it() {
 
     // A rebuild from the log replays the prune where it happened.
     let live_rows = store.projection_snapshot().await.unwrap();
-    store.rebuild_projections().await.unwrap();
+    sessiond::projection::rebuild_store(store).await.unwrap();
     assert_eq!(store.projection_snapshot().await.unwrap(), live_rows);
 }
 

@@ -364,7 +364,11 @@ async fn projections_follow_the_log_and_a_rebuild_reproduces_them() {
             ws.commit().await.unwrap();
         });
         assert!(b.store.projection_snapshot().await.unwrap().is_empty());
-        assert_eq!(b.store.rebuild_projections().await.unwrap(), 10, "{name}");
+        assert_eq!(
+            sessiond::projection::rebuild_store(&b.store).await.unwrap(),
+            10,
+            "{name}"
+        );
         assert_eq!(b.store.projection_snapshot().await.unwrap(), live, "{name}");
         assert_chain(name, &all_events(&b.store).await);
     }
@@ -591,7 +595,7 @@ async fn a_batch_larger_than_the_overlay_is_written_in_pieces_and_rebuilt_alike(
 
         let live = b.store.projection_snapshot().await.unwrap();
         assert_eq!(live.len() as u128, 1 + 2 * SESSIONS, "{name}");
-        b.store.rebuild_projections().await.unwrap();
+        sessiond::projection::rebuild_store(&b.store).await.unwrap();
         assert_eq!(b.store.projection_snapshot().await.unwrap(), live, "{name}");
     }
 }

@@ -149,7 +149,7 @@ async fn one_batch_equals_one_transaction_per_command_and_rebuilds_the_same() {
 
     let store = Store::Sqlite(batched.clone());
     assert_eq!(
-        store.rebuild_projections().await.unwrap(),
+        crate::projection::rebuild_store(&store).await.unwrap(),
         events.len() as u64
     );
     assert_eq!(batched.projection_snapshot().await.unwrap(), live);
@@ -173,8 +173,7 @@ async fn a_rebuild_larger_than_the_overlay_flushes_as_it_goes() {
         .collect();
     run(&mut ws, &sessions).await;
     let live = store.projection_snapshot().await.unwrap();
-    Store::Sqlite(store.clone())
-        .rebuild_projections()
+    crate::projection::rebuild_store(&Store::Sqlite(store.clone()))
         .await
         .unwrap();
     assert_eq!(store.projection_snapshot().await.unwrap(), live);
