@@ -12,18 +12,14 @@ pub mod postgres;
 pub mod sqlite;
 pub mod writer;
 
-use crate::clock::Clock;
 use crate::domain::event::{DecodeError, Event, EventMetadata};
 use crate::domain::session::Session;
-use crate::domain::session::SessionPolicy;
 use crate::domain::token::TokenKey;
 use crate::domain::user::User;
 use crate::domain::{Timestamp, format_timestamp};
 use std::future::Future;
-use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
-use writer::Writer;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
