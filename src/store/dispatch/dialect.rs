@@ -11,6 +11,7 @@ use crate::domain::token::TokenKey;
 use crate::store::StoreError;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::future::Future;
 use uuid::Uuid;
 
@@ -68,7 +69,7 @@ pub trait Dialect: Database<Row: Cols> {
     /// Rows per multi-row INSERT, within the bound on parameters of one statement.
     const ROWS_PER_STATEMENT: usize;
 
-    fn migrator() -> &'static sqlx::migrate::Migrator;
+    const MIGRATOR: &'static sqlx::migrate::Migrator;
     /// A nullable timestamp column (stored as text, or selected as epoch milliseconds).
     fn time(r: &Self::Row, col: &str) -> Result<Option<Timestamp>, StoreError>;
     /// An event's timestamp in the exact text the hash covers.
@@ -80,6 +81,11 @@ pub trait Dialect: Database<Row: Cols> {
     fn tokens_with_sessions<'a>(q: &mut Stmt<'a>, keys: &'a [TokenKey]);
     /// The two deletes of a retention prune: refresh tokens, then sessions.
     fn prune(cutoff: Timestamp) -> [Stmt<'static>; 2];
+    /// A row of `table` (aliased `t`) as one text, every column in it: for snapshots.
+    fn row_text<'a>(
+        c: &'a mut Self::Connection,
+        table: &'a str,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send + 'a;
 
     /// Adds one parameter to a query (see [`bind_scalar`]).
     fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self>;
@@ -236,9 +242,9 @@ pub struct Stmt<'a> {
 }
 
 impl<'a> Stmt<'a> {
-    pub fn new<D: Dialect>(sql: &'static str) -> Self {
+    pub fn new<D: Dialect>(sql: impl Into<Cow<'static, str>>) -> Self {
         Stmt {
-            sql: Cow::Borrowed(sql),
+            sql: sql.into(),
             args: Vec::new(),
             numbered: D::NUMBERED,
         }
@@ -265,8 +271,7 @@ impl<'a> Stmt<'a> {
         self.args.push(v.into());
         let sql = self.sql.to_mut();
         if self.numbered {
-            sql.push('$');
-            sql.push_str(&self.args.len().to_string());
+            let _ = write!(sql, "${}", self.args.len());
         } else {
             sql.push('?');
         }

@@ -14,6 +14,18 @@ use crate::store::{
 };
 use uuid::Uuid;
 
+/// A signing key's INSERT up to its values, `$rest` (placeholders differ per dialect).
+macro_rules! insert_signing_key {
+    ($rest:literal $(,)?) => {
+        concat!(
+            "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
+             created_at, activated_at, retired_at) ",
+            $rest
+        )
+    };
+}
+pub(crate) use insert_signing_key;
+
 pub fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("plain data serializes")
 }

@@ -29,40 +29,58 @@ pub async fn head<D: Dialect>(c: &mut D::Connection) -> Result<ChainHead, StoreE
     }
 }
 
+/// `q`'s row, if any, mapped.
+async fn one<D: Dialect, T>(
+    c: &mut D::Connection,
+    q: Stmt<'_>,
+    map: impl Fn(&D::Row) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    D::fetch_optional(c, q).await?.as_ref().map(map).transpose()
+}
+
+/// `q`'s rows, mapped.
+async fn all<D: Dialect, T>(
+    c: &mut D::Connection,
+    q: Stmt<'_>,
+    map: impl Fn(&D::Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    D::fetch_all(c, q).await?.iter().map(map).collect()
+}
+
 pub async fn user_by_id<D: Dialect>(
     c: &mut D::Connection,
     id: Uuid,
 ) -> Result<Option<User>, StoreError> {
-    let q = Stmt::new::<D>(D::SQL.user_by_id).arg(id.to_string());
-    D::fetch_optional(c, q)
-        .await?
-        .as_ref()
-        .map(rows::user::<D>)
-        .transpose()
+    one::<D, _>(
+        c,
+        Stmt::new::<D>(D::SQL.user_by_id).arg(id.to_string()),
+        rows::user::<D>,
+    )
+    .await
 }
 
 pub async fn user_by_name<D: Dialect>(
     c: &mut D::Connection,
     name: &str,
 ) -> Result<Option<User>, StoreError> {
-    let q = Stmt::new::<D>(D::SQL.user_by_name).arg(name);
-    D::fetch_optional(c, q)
-        .await?
-        .as_ref()
-        .map(rows::user::<D>)
-        .transpose()
+    one::<D, _>(
+        c,
+        Stmt::new::<D>(D::SQL.user_by_name).arg(name),
+        rows::user::<D>,
+    )
+    .await
 }
 
 pub async fn session<D: Dialect>(
     c: &mut D::Connection,
     id: Uuid,
 ) -> Result<Option<Session>, StoreError> {
-    let q = Stmt::new::<D>(D::SQL.session).arg(id.to_string());
-    D::fetch_optional(c, q)
-        .await?
-        .as_ref()
-        .map(rows::session::<D>)
-        .transpose()
+    one::<D, _>(
+        c,
+        Stmt::new::<D>(D::SQL.session).arg(id.to_string()),
+        rows::session::<D>,
+    )
+    .await
 }
 
 pub async fn active_sessions_of<D: Dialect>(
@@ -70,11 +88,7 @@ pub async fn active_sessions_of<D: Dialect>(
     user_id: Uuid,
 ) -> Result<Vec<Session>, StoreError> {
     let q = Stmt::new::<D>(D::SQL.active_sessions_of).arg(user_id.to_string());
-    D::fetch_all(c, q)
-        .await?
-        .iter()
-        .map(rows::session::<D>)
-        .collect()
+    all::<D, _>(c, q, rows::session::<D>).await
 }
 
 /// The version of the last event in a stream, 0 for a stream with none.
@@ -153,12 +167,20 @@ impl<D: sqlx::Database> Clone for Tables<D> {
 }
 
 impl<D: Dialect> Tables<D> {
-    async fn rows(&self, q: Stmt<'_>) -> Result<Vec<D::Row>, StoreError> {
-        Ok(D::fetch_all(&mut *self.pool.acquire().await?, q).await?)
+    async fn all<T>(
+        &self,
+        q: Stmt<'_>,
+        map: impl Fn(&D::Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        all::<D, _>(&mut *self.pool.acquire().await?, q, map).await
     }
 
-    async fn row(&self, q: Stmt<'_>) -> Result<Option<D::Row>, StoreError> {
-        Ok(D::fetch_optional(&mut *self.pool.acquire().await?, q).await?)
+    async fn one<T>(
+        &self,
+        q: Stmt<'_>,
+        map: impl Fn(&D::Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        one::<D, _>(&mut *self.pool.acquire().await?, q, map).await
     }
 
     async fn execute(&self, q: Stmt<'_>) -> Result<u64, StoreError> {
@@ -188,12 +210,7 @@ impl<D: Dialect> Tables<D> {
     /// The token with this id, if its stored hash is `key.hash` (else `None`, as if unknown).
     pub async fn token(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
         let q = Stmt::new::<D>(D::SQL.token).arg(D::token_id_arg(&key.id));
-        Ok(self
-            .row(q)
-            .await?
-            .map(|r| rows::token(&r, key))
-            .transpose()?
-            .flatten())
+        Ok(self.one(q, |r| rows::token(r, key)).await?.flatten())
     }
 
     /// A user's live sessions, oldest first.
@@ -241,16 +258,12 @@ impl<D: Dialect> Tables<D> {
         if let Some(limit) = f.limit {
             q.push(" LIMIT ").bind(limit);
         }
-        self.rows(q).await?.iter().map(rows::event::<D>).collect()
+        self.all(q, rows::event::<D>).await
     }
 
     pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
         let q = Stmt::new::<D>(D::SQL.signing_keys);
-        self.rows(q)
-            .await?
-            .iter()
-            .map(rows::signing_key::<D>)
-            .collect()
+        self.all(q, rows::signing_key::<D>).await
     }
 
     pub async fn insert_signing_key(&self, k: &StoredSigningKey) -> Result<(), StoreError> {
@@ -271,21 +284,13 @@ impl<D: Dialect> Tables<D> {
     /// Every session a user ever had, newest first: a timeline reads their streams.
     pub async fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
         let q = Stmt::new::<D>(D::SQL.session_ids_of).arg(user_id.to_string());
-        let rows = self.rows(q).await?;
-        rows.iter()
-            .map(|r| rows::uuid(r.text("session_id")?))
-            .collect()
+        self.all(q, |r| rows::uuid(r.text("session_id")?)).await
     }
 
     /// Whether any user holds `role` (the first start says how to make a security user).
     pub async fn has_user_with_role(&self, role: &str) -> Result<bool, StoreError> {
         let q = Stmt::new::<D>(D::SQL.has_user_with_role).arg(role);
-        Ok(self
-            .row(q)
-            .await?
-            .map(|r| r.flag("found"))
-            .transpose()?
-            .unwrap_or(false))
+        Ok(self.one(q, |r| r.flag("found")).await? == Some(true))
     }
 
     pub async fn insert_api_key(&self, k: &StoredApiKey) -> Result<(), StoreError> {
@@ -302,15 +307,15 @@ impl<D: Dialect> Tables<D> {
     /// The key with this id, if its stored hash is `key.hash` (else `None`, as if unknown).
     pub async fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError> {
         let q = Stmt::new::<D>(D::SQL.api_key).arg(key.id.to_string());
-        match self.row(q).await? {
-            Some(r) if key.hash.matches(&r.bytes("key_hash")?) => Ok(Some(rows::api_key::<D>(&r)?)),
-            _ => Ok(None),
-        }
+        let found = self.one(q, |r| Ok((r.bytes("key_hash")?, rows::api_key::<D>(r)?)));
+        Ok(found
+            .await?
+            .and_then(|(stored, k)| key.hash.matches(&stored).then_some(k)))
     }
 
     pub async fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError> {
         let q = Stmt::new::<D>(D::SQL.api_keys);
-        self.rows(q).await?.iter().map(rows::api_key::<D>).collect()
+        self.all(q, rows::api_key::<D>).await
     }
 
     /// Marks a key revoked; `false` when there is no such key or it was already revoked.
@@ -327,30 +332,19 @@ impl<D: Dialect> Tables<D> {
         let q = Stmt::new::<D>(D::SQL.sessions_due)
             .arg(format_timestamp(now))
             .arg(limit);
-        let rows = self.rows(q).await?;
-        rows.iter()
-            .map(|r| rows::uuid(r.text("session_id")?))
-            .collect()
+        self.all(q, |r| rows::uuid(r.text("session_id")?)).await
     }
 
     pub async fn count_active_sessions(&self) -> Result<i64, StoreError> {
         let q = Stmt::new::<D>(D::SQL.count_active_sessions);
-        Ok(self
-            .row(q)
-            .await?
-            .map(|r| r.int("n"))
-            .transpose()?
-            .unwrap_or(0))
+        Ok(self.one(q, |r| r.int("n")).await?.unwrap_or(0))
     }
 
     /// Fails unless the database answers and every migration this build knows is applied.
     pub async fn check_ready(&self) -> Result<(), StoreError> {
         let q = Stmt::new::<D>(D::SQL.migrated);
-        let applied = match self.row(q).await? {
-            Some(r) => r.opt_int("v")?,
-            None => None,
-        };
-        let expected = D::migrator().iter().map(|m| m.version).max();
+        let applied = self.one(q, |r| r.opt_int("v")).await?.flatten();
+        let expected = D::MIGRATOR.iter().map(|m| m.version).max();
         if applied < expected {
             return Err(StoreError::Corrupt(format!(
                 "migrations applied up to {applied:?}, this build needs {expected:?}"
@@ -376,7 +370,7 @@ impl<D: Dialect> Tables<D> {
 
     pub async fn webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
         let q = Stmt::new::<D>(D::SQL.webhooks);
-        self.rows(q).await?.iter().map(rows::webhook::<D>).collect()
+        self.all(q, rows::webhook::<D>).await
     }
 
     /// Returns whether there was such a subscription.
@@ -404,5 +398,21 @@ impl<D: Dialect> Tables<D> {
             .arg(format_timestamp(at))
             .arg(id.to_string());
         self.execute(q).await.map(|_| ())
+    }
+
+    /// Every row of every inline projection in a fixed order, for comparing live and rebuilt.
+    pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let mut out = Vec::new();
+        for (table, key) in [
+            ("users", "user_id"),
+            ("sessions", "session_id"),
+            ("refresh_tokens", "token_id"),
+        ] {
+            let row = D::row_text(&mut c, table).await?;
+            let sql = format!("SELECT '{table}|' || {row} AS r FROM {table} t ORDER BY {key}");
+            out.extend(all::<D, _>(&mut c, Stmt::new::<D>(sql), |r| r.text("r")).await?);
+        }
+        Ok(out)
     }
 }

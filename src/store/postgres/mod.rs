@@ -14,8 +14,8 @@ pub use write_session::{PostgresWriteSession, PostgresWriter};
 use crate::store::dispatch::tables::{self, Tables};
 use crate::store::{StoreError, StoredSigningKey};
 use locks::SIGNING_KEY_LOCK;
+use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Postgres, Row};
 use std::str::FromStr;
 use tokio::sync::watch;
 
@@ -89,21 +89,6 @@ impl PostgresStore {
         local: watch::Receiver<i64>,
     ) -> Result<watch::Receiver<i64>, StoreError> {
         locks::follow_commits(self.pool.clone(), local).await
-    }
-
-    pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for (table, key) in [
-            ("users", "user_id"),
-            ("sessions", "session_id"),
-            ("refresh_tokens", "token_id"),
-        ] {
-            let sql = format!("SELECT '{table}|' || t::text FROM {table} t ORDER BY {key}");
-            for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
-                out.push(row.get::<String, _>(0));
-            }
-        }
-        Ok(out)
     }
 }
 

@@ -10,9 +10,9 @@ use crate::store::StoreError;
 use crate::store::dispatch::dialect::{
     Arg, Cols, Dialect, Query, Sql, Stmt, bind_scalar, raw_access,
 };
-use crate::store::dispatch::rows::{ts_millis, uuid};
+use crate::store::dispatch::rows::{insert_signing_key, ts_millis, uuid};
 use sqlx::Postgres;
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
 /// `(extract(epoch FROM col) * 1000)::bigint AS col`: a timestamp as epoch milliseconds.
@@ -54,16 +54,6 @@ macro_rules! session_columns {
             "last_context::text AS last_context, reauth_required, ",
             millis!("ended_at"),
             ", end_reason, version"
-        )
-    };
-}
-
-macro_rules! signing_key {
-    ($rest:literal $(,)?) => {
-        concat!(
-            "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
-             created_at, activated_at, retired_at) ",
-            $rest
         )
     };
 }
@@ -128,10 +118,10 @@ impl Dialect for Postgres {
             millis!("retired_at"),
             " FROM signing_keys ORDER BY created_at, kid"
         ),
-        insert_signing_key: signing_key!(
+        insert_signing_key: insert_signing_key!(
             "VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8::timestamptz)"
         ),
-        insert_first_signing_key: signing_key!(
+        insert_first_signing_key: insert_signing_key!(
             "SELECT $1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8::timestamptz \
              WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status = 'active')"
         ),
@@ -180,6 +170,7 @@ impl Dialect for Postgres {
              delivered_position = GREATEST(delivered_position, $1), failures = failures + 1, \
              last_error = $2, last_attempt_at = $3::timestamptz WHERE subscription_id = $4::uuid",
     };
+    const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;
     const NUMBERED: bool = true;
     const UUID: &'static str = "::uuid";
     const TIME: &'static str = "::timestamptz";
@@ -188,10 +179,6 @@ impl Dialect for Postgres {
     const TOKENS_PER_STATEMENT: usize = usize::MAX;
     /// At most 20 parameters a row, far below PostgreSQL's 65,535 per statement.
     const ROWS_PER_STATEMENT: usize = 512;
-
-    fn migrator() -> &'static sqlx::migrate::Migrator {
-        &super::MIGRATOR
-    }
 
     fn time(r: &PgRow, col: &str) -> Result<Option<Timestamp>, StoreError> {
         r.opt_int(col)?.map(ts_millis).transpose()
@@ -240,6 +227,10 @@ impl Dialect for Postgres {
             )
             .arg(cutoff),
         ]
+    }
+
+    async fn row_text(_: &mut PgConnection, _: &str) -> Result<String, StoreError> {
+        Ok("t::text".to_owned())
     }
 
     fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self> {

@@ -135,32 +135,6 @@ impl SqliteStore {
     pub async fn create_first_signing_key(&self, k: &StoredSigningKey) -> Result<bool, StoreError> {
         tables::insert_first_signing_key::<Sqlite>(&mut *self.pool.acquire().await?, k).await
     }
-
-    pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for (table, key) in [
-            ("users", "user_id"),
-            ("sessions", "session_id"),
-            ("refresh_tokens", "token_id"),
-        ] {
-            let cols: Vec<String> = sqlx::query(&format!("PRAGMA table_info({table})"))
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| r.get::<String, _>("name"))
-                .collect();
-            let select = cols
-                .iter()
-                .map(|c| format!("quote({c})"))
-                .collect::<Vec<_>>()
-                .join(" || '|' || ");
-            let sql = format!("SELECT '{table}|' || {select} FROM {table} ORDER BY {key}");
-            for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
-                out.push(row.get::<String, _>(0));
-            }
-        }
-        Ok(out)
-    }
 }
 
 impl std::ops::Deref for SqliteStore {

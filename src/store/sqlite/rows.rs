@@ -7,20 +7,10 @@ use crate::store::StoreError;
 use crate::store::dispatch::dialect::{
     Arg, Cols, Dialect, Query, Sql, Stmt, bind_scalar, raw_access,
 };
-use crate::store::dispatch::rows::ts;
+use crate::store::dispatch::rows::{insert_signing_key, ts};
 use sqlx::Sqlite;
-use sqlx::sqlite::SqliteRow;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use uuid::Uuid;
-
-macro_rules! insert_signing_key {
-    ($rest:literal $(,)?) => {
-        concat!(
-            "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
-             created_at, activated_at, retired_at) ",
-            $rest
-        )
-    };
-}
 
 impl Dialect for Sqlite {
     const SQL: Sql = Sql {
@@ -76,6 +66,7 @@ impl Dialect for Sqlite {
              delivered_position = MAX(delivered_position, ?), failures = failures + 1, \
              last_error = ?, last_attempt_at = ? WHERE subscription_id = ?",
     };
+    const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;
     const NUMBERED: bool = false;
     const UUID: &'static str = "";
     const TIME: &'static str = "";
@@ -83,10 +74,6 @@ impl Dialect for Sqlite {
     const TOKENS_PER_STATEMENT: usize = 256;
     /// Well under SQLite's 32,766 bound parameters (20 per session).
     const ROWS_PER_STATEMENT: usize = 256;
-
-    fn migrator() -> &'static sqlx::migrate::Migrator {
-        &super::MIGRATOR
-    }
 
     fn time(r: &SqliteRow, col: &str) -> Result<Option<Timestamp>, StoreError> {
         r.opt_text(col)?.map(ts).transpose()
@@ -136,6 +123,17 @@ impl Dialect for Sqlite {
             Stmt::new::<Self>("DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?")
                 .arg(cutoff_text),
         ]
+    }
+
+    /// Each column quoted as an SQL literal (NULL apart from 'NULL'), joined by `|`.
+    async fn row_text(c: &mut SqliteConnection, table: &str) -> Result<String, StoreError> {
+        let info = Stmt::new::<Self>(format!("PRAGMA table_info({table})"));
+        let cols = Self::fetch_all(c, info).await?;
+        let quoted: Result<Vec<String>, StoreError> = cols
+            .iter()
+            .map(|r| Ok(format!("quote({})", r.text("name")?)))
+            .collect();
+        Ok(quoted?.join(" || '|' || "))
     }
 
     fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self> {
