@@ -51,36 +51,24 @@ pub async fn user_by_id<D: Dialect>(
     c: &mut D::Connection,
     id: Uuid,
 ) -> Result<Option<User>, StoreError> {
-    one::<D, _>(
-        c,
-        Stmt::new::<D>(D::SQL.user_by_id).arg(id.to_string()),
-        rows::user::<D>,
-    )
-    .await
+    let q = Stmt::new::<D>(D::SQL.user_by_id).arg(id.to_string());
+    one::<D, _>(c, q, rows::user::<D>).await
 }
 
 pub async fn user_by_name<D: Dialect>(
     c: &mut D::Connection,
     name: &str,
 ) -> Result<Option<User>, StoreError> {
-    one::<D, _>(
-        c,
-        Stmt::new::<D>(D::SQL.user_by_name).arg(name),
-        rows::user::<D>,
-    )
-    .await
+    let q = Stmt::new::<D>(D::SQL.user_by_name).arg(name);
+    one::<D, _>(c, q, rows::user::<D>).await
 }
 
 pub async fn session<D: Dialect>(
     c: &mut D::Connection,
     id: Uuid,
 ) -> Result<Option<Session>, StoreError> {
-    one::<D, _>(
-        c,
-        Stmt::new::<D>(D::SQL.session).arg(id.to_string()),
-        rows::session::<D>,
-    )
-    .await
+    let q = Stmt::new::<D>(D::SQL.session).arg(id.to_string());
+    one::<D, _>(c, q, rows::session::<D>).await
 }
 
 pub async fn active_sessions_of<D: Dialect>(
