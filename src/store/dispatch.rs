@@ -1,133 +1,84 @@
-//! The store's one interface: each call routed to the backend the `Store` holds.
+//! The store's one interface: each call routed to the backend the `Store` holds. The shared
+//! code both backends run lives below: [`dialect`] (what differs), [`rows`] (row mapping) and
+//! [`tables`] (every read and write through the pool).
+
+pub(crate) mod dialect;
+pub(crate) mod rows;
+pub(crate) mod tables;
 
 use super::*;
 use tokio::sync::watch;
 
-impl Store {
-    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.user_by_name(username).await,
-            Store::Postgres(p) => p.user_by_name(username).await,
+/// Generates one `Store` method per signature, each calling the method of the same name on
+/// the backend the `Store` holds.
+macro_rules! route {
+    ($($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) $(-> $ret:ty)?;)*) => {
+        impl Store {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
+                    match self {
+                        Store::Sqlite(s) => s.$name($($arg),*).await,
+                        Store::Postgres(p) => p.$name($($arg),*).await,
+                    }
+                }
+            )*
         }
-    }
+    };
+}
 
-    pub async fn user_by_id(&self, user_id: Uuid) -> Result<Option<User>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.user_by_id(user_id).await,
-            Store::Postgres(p) => p.user_by_id(user_id).await,
-        }
-    }
-
-    pub async fn session(&self, session_id: Uuid) -> Result<Option<Session>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.session(session_id).await,
-            Store::Postgres(p) => p.session(session_id).await,
-        }
-    }
-
-    pub async fn token(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.token(key).await,
-            Store::Postgres(p) => p.token(key).await,
-        }
-    }
-
+route! {
+    fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError>;
+    fn user_by_id(&self, user_id: Uuid) -> Result<Option<User>, StoreError>;
+    fn session(&self, session_id: Uuid) -> Result<Option<Session>, StoreError>;
+    fn token(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError>;
     /// A page of events in position order.
-    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.events(filter).await,
-            Store::Postgres(p) => p.events(filter).await,
-        }
-    }
-
+    fn events(&self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError>;
     /// A user's live sessions, oldest first.
-    pub async fn active_sessions_of(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.active_sessions_of(user_id).await,
-            Store::Postgres(s) => s.active_sessions_of(user_id).await,
-        }
-    }
-
+    fn active_sessions_of(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError>;
     /// Every session a user ever had (ended ones too), newest first.
-    pub async fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.session_ids_of(user_id).await,
-            Store::Postgres(s) => s.session_ids_of(user_id).await,
-        }
-    }
-
+    fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError>;
     /// Whether any user holds `role` (the first start says how to make a security user).
-    pub async fn has_user_with_role(&self, role: &str) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.has_user_with_role(role).await,
-            Store::Postgres(s) => s.has_user_with_role(role).await,
-        }
-    }
-
-    pub async fn insert_api_key(&self, key: &StoredApiKey) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.insert_api_key(key).await,
-            Store::Postgres(s) => s.insert_api_key(key).await,
-        }
-    }
-
+    fn has_user_with_role(&self, role: &str) -> Result<bool, StoreError>;
+    fn insert_api_key(&self, key: &StoredApiKey) -> Result<(), StoreError>;
     /// The API key with this id whose stored hash matches; `None` for any other.
-    pub async fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.api_key(key).await,
-            Store::Postgres(s) => s.api_key(key).await,
-        }
-    }
-
-    pub async fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.api_keys().await,
-            Store::Postgres(s) => s.api_keys().await,
-        }
-    }
-
-    pub async fn revoke_api_key(&self, key_id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.revoke_api_key(key_id, at).await,
-            Store::Postgres(s) => s.revoke_api_key(key_id, at).await,
-        }
-    }
-
-    pub async fn head(&self) -> Result<ChainHead, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.head().await,
-            Store::Postgres(p) => p.head().await,
-        }
-    }
-
-    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.signing_keys().await,
-            Store::Postgres(p) => p.signing_keys().await,
-        }
-    }
-
-    pub async fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.insert_signing_key(key).await,
-            Store::Postgres(p) => p.insert_signing_key(key).await,
-        }
-    }
-
+    fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError>;
+    fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError>;
+    fn revoke_api_key(&self, key_id: Uuid, at: Timestamp) -> Result<bool, StoreError>;
+    fn head(&self) -> Result<ChainHead, StoreError>;
+    fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError>;
+    fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError>;
     /// Inserts `key` unless an active signing key exists; true if it was inserted. Nodes that
     /// start together on an empty database end up with one key.
-    pub async fn create_first_signing_key(
+    fn create_first_signing_key(&self, key: &StoredSigningKey) -> Result<bool, StoreError>;
+    /// Every row of every inline projection in a fixed order, for comparing live and rebuilt.
+    fn projection_snapshot(&self) -> Result<Vec<String>, StoreError>;
+    /// Active sessions past their idle or absolute expiry at `now`, soonest first.
+    fn sessions_due(&self, now: Timestamp, limit: i64) -> Result<Vec<Uuid>, StoreError>;
+    fn count_active_sessions(&self) -> Result<i64, StoreError>;
+    /// Fails unless the database answers and this build's migrations are all applied.
+    fn check_ready(&self) -> Result<(), StoreError>;
+    /// Writes a key's status, activation and retirement times.
+    fn update_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError>;
+    fn insert_webhook(&self, w: &WebhookSubscription) -> Result<(), StoreError>;
+    fn webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError>;
+    fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError>;
+    /// One delivery attempt: on success (`error` None) the checkpoint moves to
+    /// `delivered_position` and the failure count resets; a failure counts up.
+    fn record_webhook_attempt(
         &self,
-        key: &StoredSigningKey,
-    ) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.create_first_signing_key(key).await,
-            Store::Postgres(p) => p.create_first_signing_key(key).await,
-        }
-    }
+        id: Uuid,
+        delivered_position: i64,
+        error: Option<&str>,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
+    fn close(&self);
+}
 
+/// The calls whose backends differ in kind, not only in SQL.
+impl Store {
     /// Wakes followers of the log: the highest committed position known, fed by this node's
-    /// writer (`local`, from [`Writer::committed`]) and, on PostgreSQL, by every other node's
+    /// writer (`local`, the position its commits reach) and, on PostgreSQL, by every other node's
     /// commits (LISTEN/NOTIFY). Followers still poll now and then: a notification can be lost
     /// with its connection.
     pub async fn follow_commits(
@@ -148,94 +99,6 @@ impl Store {
                 .try_job_lock(job)
                 .await?
                 .map(|held| JobLock { held: Some(held) })),
-        }
-    }
-
-    /// Every row of every inline projection in a fixed order, for comparing live and rebuilt.
-    pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.projection_snapshot().await,
-            Store::Postgres(p) => p.projection_snapshot().await,
-        }
-    }
-
-    /// Active sessions past their idle or absolute expiry at `now`, soonest first.
-    pub async fn sessions_due(&self, now: Timestamp, limit: i64) -> Result<Vec<Uuid>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.sessions_due(now, limit).await,
-            Store::Postgres(s) => s.sessions_due(now, limit).await,
-        }
-    }
-
-    pub async fn count_active_sessions(&self) -> Result<i64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.count_active_sessions().await,
-            Store::Postgres(s) => s.count_active_sessions().await,
-        }
-    }
-
-    /// Fails unless the database answers and this build's migrations are all applied.
-    pub async fn check_ready(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.check_ready().await,
-            Store::Postgres(s) => s.check_ready().await,
-        }
-    }
-
-    /// Writes a key's status, activation and retirement times.
-    pub async fn update_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.update_signing_key(key).await,
-            Store::Postgres(s) => s.update_signing_key(key).await,
-        }
-    }
-
-    pub async fn insert_webhook(&self, w: &WebhookSubscription) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.insert_webhook(w).await,
-            Store::Postgres(s) => s.insert_webhook(w).await,
-        }
-    }
-
-    pub async fn webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.webhooks().await,
-            Store::Postgres(s) => s.webhooks().await,
-        }
-    }
-
-    pub async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.delete_webhook(id).await,
-            Store::Postgres(s) => s.delete_webhook(id).await,
-        }
-    }
-
-    /// One delivery attempt: on success (`error` None) the checkpoint moves to
-    /// `delivered_position` and the failure count resets; a failure counts up.
-    pub async fn record_webhook_attempt(
-        &self,
-        id: Uuid,
-        delivered_position: i64,
-        error: Option<&str>,
-        at: Timestamp,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                s.record_webhook_attempt(id, delivered_position, error, at)
-                    .await
-            }
-            Store::Postgres(s) => {
-                s.record_webhook_attempt(id, delivered_position, error, at)
-                    .await
-            }
-        }
-    }
-
-    pub async fn close(&self) {
-        match self {
-            Store::Sqlite(s) => s.close().await,
-            Store::Postgres(p) => p.close().await,
         }
     }
 }

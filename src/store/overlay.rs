@@ -1,7 +1,12 @@
-//! The writer's batch-local overlay, shared by the backends' write sessions: rows read are
-//! remembered, and appends and projection writes are held in memory and sent to the database as
-//! a few multi-row statements at commit (or earlier, see [`Overlay::full`]). Reads look at the
-//! overlay first, so a command sees the writes of the commands before it in the batch.
+//! The writer's batch-local overlay: rows read are remembered, and appends and projection
+//! writes are held in memory and sent to the database as a few multi-row statements at commit
+//! (or earlier, see [`Overlay::full`]). Reads look at the overlay first, so a command sees the
+//! writes of the commands before it in the batch. [`OverlaySession`] is the writer's unit of
+//! work built on it, once for both backends.
+
+mod session;
+
+pub use session::{FlushEnd, OverlaySession, Pending, TokenRow, WriteBackend};
 
 use crate::domain::Timestamp;
 use crate::domain::session::Session;

@@ -128,5 +128,7 @@ pub(super) async fn follow_commits(
 
 async fn head_position(pool: &PgPool) -> Result<i64, StoreError> {
     let mut conn = pool.acquire().await?;
-    Ok(super::rows::queries::head(&mut conn).await?.position)
+    Ok(crate::store::dispatch::tables::head::<Postgres>(&mut conn)
+        .await?
+        .position)
 }

@@ -4,36 +4,28 @@
 //! stream, advisory locks elect who runs a job or creates the first signing key, and NOTIFY
 //! tells followers on other nodes that the log moved.
 
-mod access;
 mod locks;
-mod operations;
 mod rows;
 mod write_session;
-mod writes;
 
 pub use locks::HeldJobLock;
-pub use write_session::PostgresWriteSession;
+pub use write_session::{PostgresWriteSession, PostgresWriter};
 
-use crate::domain::format_timestamp;
-use crate::domain::session::Session;
-use crate::domain::token::TokenKey;
-use crate::domain::user::User;
-use crate::store::{
-    ChainHead, EventFilter, RecordedEvent, StoreError, StoredSigningKey, TokenRecord,
-};
+use crate::store::dispatch::tables::{self, Tables};
+use crate::store::{StoreError, StoredSigningKey};
 use locks::SIGNING_KEY_LOCK;
-use rows::*;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::Postgres;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The PostgreSQL store. Its reads and writes through the pool are the shared [`Tables`]
+/// (reached through `Deref`); what is PostgreSQL's own is here.
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    tables: Tables<Postgres>,
     options: PgConnectOptions,
 }
 
@@ -47,7 +39,10 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(PostgresStore { pool, options })
+        Ok(PostgresStore {
+            tables: Tables { pool },
+            options,
+        })
     }
 
     /// The writer's session; its connection is opened by its first transaction.
@@ -59,90 +54,8 @@ impl PostgresStore {
             .options
             .clone()
             .options([("idle_in_transaction_session_timeout", "10s")]);
-        Ok(PostgresWriteSession::new(options, self.head().await?))
-    }
-
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    pub async fn head(&self) -> Result<ChainHead, StoreError> {
-        queries::head(&mut *self.pool.acquire().await?).await
-    }
-
-    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
-        queries::user_by_name(&mut *self.pool.acquire().await?, username).await
-    }
-
-    pub async fn user_by_id(&self, user_id: Uuid) -> Result<Option<User>, StoreError> {
-        queries::user_by_id(&mut *self.pool.acquire().await?, user_id).await
-    }
-
-    pub async fn session(&self, session_id: Uuid) -> Result<Option<Session>, StoreError> {
-        queries::session(&mut *self.pool.acquire().await?, session_id).await
-    }
-
-    pub async fn token(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
-        queries::token(&mut *self.pool.acquire().await?, key).await
-    }
-
-    pub async fn events(&self, f: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut q = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE position > "
-        ));
-        q.push_bind(f.after_position);
-        if let Some(stream) = &f.stream_id {
-            q.push(" AND stream_id = ").push_bind(stream.clone());
-        }
-        if !f.stream_ids.is_empty() {
-            q.push(" AND stream_id = ANY(")
-                .push_bind(f.stream_ids.clone())
-                .push(")");
-        }
-        if let Some(before) = f.before_position {
-            q.push(" AND position < ").push_bind(before);
-        }
-        if let Some(subject) = f.subject {
-            let id = subject.to_string();
-            q.push(" AND (data->>'session_id' = ")
-                .push_bind(id.clone())
-                .push(" OR data->>'user_id' = ")
-                .push_bind(id)
-                .push(")");
-        }
-        if !f.event_types.is_empty() {
-            q.push(" AND event_type = ANY(")
-                .push_bind(f.event_types.clone())
-                .push(")");
-        }
-        if let Some(since) = f.since {
-            q.push(" AND occurred_at >= ")
-                .push_bind(format_timestamp(since))
-                .push("::timestamptz");
-        }
-        if let Some(until) = f.until {
-            q.push(" AND occurred_at < ")
-                .push_bind(format_timestamp(until))
-                .push("::timestamptz");
-        }
-        q.push(if f.newest_first {
-            " ORDER BY position DESC"
-        } else {
-            " ORDER BY position"
-        });
-        if let Some(limit) = f.limit {
-            q.push(" LIMIT ").push_bind(limit);
-        }
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(recorded_event).collect()
-    }
-
-    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        queries::signing_keys(&mut *self.pool.acquire().await?).await
-    }
-
-    pub async fn insert_signing_key(&self, k: &StoredSigningKey) -> Result<(), StoreError> {
-        writes::insert_signing_key(&mut *self.pool.acquire().await?, k).await
+        let writer = PostgresWriter::new(options);
+        Ok(PostgresWriteSession::new(writer, self.head().await?))
     }
 
     /// Inserts `k` unless an active key exists, under a lock: nodes starting together on an
@@ -160,7 +73,7 @@ impl PostgresStore {
             .await?;
         // Under READ COMMITTED this statement's snapshot is taken after the lock was granted,
         // so it sees a key another node committed while we waited.
-        let inserted = writes::insert_signing_key_if_none_active(&mut tx, k).await?;
+        let inserted = tables::insert_first_signing_key::<Postgres>(&mut tx, k).await?;
         tx.commit().await?;
         Ok(inserted)
     }
@@ -177,19 +90,12 @@ impl PostgresStore {
     ) -> Result<watch::Receiver<i64>, StoreError> {
         locks::follow_commits(self.pool.clone(), local).await
     }
+}
 
-    pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for (table, key) in [
-            ("users", "user_id"),
-            ("sessions", "session_id"),
-            ("refresh_tokens", "token_id"),
-        ] {
-            let sql = format!("SELECT '{table}|' || t::text FROM {table} t ORDER BY {key}");
-            for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
-                out.push(row.get::<String, _>(0));
-            }
-        }
-        Ok(out)
+impl std::ops::Deref for PostgresStore {
+    type Target = Tables<Postgres>;
+
+    fn deref(&self) -> &Tables<Postgres> {
+        &self.tables
     }
 }

@@ -1,292 +1,241 @@
-//! The reads of the PostgreSQL store, shared by the pool and the writer's transaction, and the
-//! row mapping. The writes are in `writes.rs`.
+//! PostgreSQL's dialect: its SQL, and its column types where they differ from SQLite's.
 //!
 //! The build has no sqlx `uuid`/`chrono` features, so values cross the wire in their text form
 //! and the SQL casts them: uuids as `$n::uuid` / `col::text`, timestamps written as RFC 3339 text
 //! (`$n::timestamptz`, exact at millisecond precision) and read as epoch milliseconds.
 
-use crate::domain::context::RequestContext;
-use crate::domain::session::{Session, SessionStatus};
-use crate::domain::token::{TokenHash, TokenKey};
-use crate::domain::user::{User, UserStatus};
+use crate::domain::token::TokenKey;
 use crate::domain::{Timestamp, format_timestamp};
-use crate::store::{ChainHead, RecordedEvent, StoreError, StoredSigningKey, TokenRecord};
-use sqlx::Row;
+use crate::store::StoreError;
+use crate::store::dispatch::dialect::{
+    Arg, Cols, Dialect, Query, Sql, Stmt, bind_scalar, raw_access,
+};
+use crate::store::dispatch::rows::{insert_signing_key, ts_millis, uuid};
+use sqlx::Postgres;
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
-pub(super) const USER_COLUMNS: &str = "user_id::text AS user_id, username, password_hash, \
-     roles::text AS roles, status, \
-     (extract(epoch FROM created_at) * 1000)::bigint AS created_at, \
-     (extract(epoch FROM password_changed_at) * 1000)::bigint AS password_changed_at, version";
-
-pub(super) const SESSION_COLUMNS: &str = "session_id::text AS session_id, \
-     user_id::text AS user_id, status, scope, roles::text AS roles, \
-     (extract(epoch FROM created_at) * 1000)::bigint AS created_at, \
-     (extract(epoch FROM auth_time) * 1000)::bigint AS auth_time, \
-     (extract(epoch FROM last_seen_at) * 1000)::bigint AS last_seen_at, \
-     (extract(epoch FROM idle_expires_at) * 1000)::bigint AS idle_expires_at, \
-     (extract(epoch FROM absolute_expires_at) * 1000)::bigint AS absolute_expires_at, \
-     generation, retries, (extract(epoch FROM rotated_at) * 1000)::bigint AS rotated_at, \
-     rotated_from, login_context::text AS login_context, last_context::text AS last_context, \
-     reauth_required, (extract(epoch FROM ended_at) * 1000)::bigint AS ended_at, end_reason, \
-     version";
-
-pub(super) const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_type, \
-     schema_version, data_text, metadata_text, \
-     (extract(epoch FROM occurred_at) * 1000)::bigint AS occurred_at, \
-     (extract(epoch FROM recorded_at) * 1000)::bigint AS recorded_at, prev_hash, hash";
-
-pub(super) const SIGNING_KEY_COLUMNS: &str = "kid, algorithm, public_key, private_key_sealed, \
-     status, (extract(epoch FROM created_at) * 1000)::bigint AS created_at, \
-     (extract(epoch FROM activated_at) * 1000)::bigint AS activated_at, \
-     (extract(epoch FROM retired_at) * 1000)::bigint AS retired_at";
-
-/// Reads shared by the pool and the writer's own transaction.
-pub(super) mod queries {
-    use super::*;
-
-    pub async fn head(c: &mut PgConnection) -> Result<ChainHead, StoreError> {
-        let row = sqlx::query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
-            .fetch_optional(c)
-            .await?;
-        match row {
-            None => Ok(ChainHead::GENESIS),
-            Some(r) => Ok(ChainHead {
-                position: r.get("position"),
-                hash: hash32(r.get::<Vec<u8>, _>("hash"))?,
-            }),
-        }
-    }
-
-    pub async fn user_by_id(c: &mut PgConnection, id: Uuid) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1::uuid"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(c)
-        .await?;
-        row.as_ref().map(user_row).transpose()
-    }
-
-    pub async fn user_by_name(
-        c: &mut PgConnection,
-        name: &str,
-    ) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
-        ))
-        .bind(name)
-        .fetch_optional(c)
-        .await?;
-        row.as_ref().map(user_row).transpose()
-    }
-
-    pub async fn session(c: &mut PgConnection, id: Uuid) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1::uuid"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(c)
-        .await?;
-        row.as_ref().map(session_row).transpose()
-    }
-
-    pub async fn active_sessions_of(
-        c: &mut PgConnection,
-        user_id: Uuid,
-    ) -> Result<Vec<Session>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions \
-             WHERE user_id = $1::uuid AND status = 'active' ORDER BY created_at, session_id"
-        ))
-        .bind(user_id.to_string())
-        .fetch_all(c)
-        .await?;
-        rows.iter().map(session_row).collect()
-    }
-
-    pub async fn token(
-        c: &mut PgConnection,
-        key: &TokenKey,
-    ) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT token_hash, session_id::text AS session_id, generation FROM refresh_tokens \
-             WHERE token_id = $1::uuid",
-        )
-        .bind(key.id.to_string())
-        .fetch_optional(c)
-        .await?;
-        // A known id with another hash is a forged token: as unknown as any other.
-        row.filter(|r| key.hash.matches(&r.get::<Vec<u8>, _>("token_hash")))
-            .map(|r| {
-                Ok(TokenRecord {
-                    session_id: uuid(r.get("session_id"))?,
-                    generation: u32::try_from(r.get::<i64, _>("generation"))
-                        .map_err(|_| StoreError::Corrupt("token generation".into()))?,
-                })
-            })
-            .transpose()
-    }
-
-    /// The tokens with these ids and, in the same statement, their sessions (a refresh needs
-    /// both): (id, stored hash, record, session). Hashes are checked by the caller.
-    pub async fn tokens_with_sessions(
-        c: &mut PgConnection,
-        keys: &[TokenKey],
-    ) -> Result<Vec<(Uuid, Vec<u8>, TokenRecord, Option<Session>)>, StoreError> {
-        let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
-        let rows = sqlx::query(&format!(
-            "SELECT t.t_id, t.t_hash, t.t_session, t.t_generation, s.* FROM \
-             (SELECT token_id::text AS t_id, token_hash AS t_hash, session_id AS t_sid, \
-              session_id::text AS t_session, generation AS t_generation FROM refresh_tokens \
-              WHERE token_id = ANY($1::text[]::uuid[])) t \
-             LEFT JOIN LATERAL (SELECT {SESSION_COLUMNS} FROM sessions \
-              WHERE sessions.session_id = t.t_sid) s ON true"
-        ))
-        .bind(ids)
-        .fetch_all(c)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let record = TokenRecord {
-                    session_id: uuid(r.get("t_session"))?,
-                    generation: u32::try_from(r.get::<i64, _>("t_generation"))
-                        .map_err(|_| StoreError::Corrupt("token generation".into()))?,
-                };
-                let session = match r.get::<Option<String>, _>("session_id") {
-                    Some(_) => Some(session_row(r)?),
-                    None => None,
-                };
-                Ok((uuid(r.get("t_id"))?, r.get("t_hash"), record, session))
-            })
-            .collect()
-    }
-
-    pub async fn stream_version(c: &mut PgConnection, stream_id: &str) -> Result<i64, StoreError> {
-        let v: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(stream_version), 0)::bigint FROM events WHERE stream_id = $1",
-        )
-        .bind(stream_id)
-        .fetch_one(c)
-        .await?;
-        Ok(v)
-    }
-
-    pub async fn signing_keys(c: &mut PgConnection) -> Result<Vec<StoredSigningKey>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid"
-        ))
-        .fetch_all(c)
-        .await?;
-        rows.iter().map(signing_key_row).collect()
-    }
-}
-
-pub(super) fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("plain data serializes")
-}
-
-pub(super) fn hash32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
-    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| StoreError::Corrupt("hash length".into()))
-}
-
-pub(super) fn uuid(s: String) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(&s).map_err(|_| StoreError::Corrupt(format!("bad uuid {s:?}")))
-}
-
-pub(super) fn ts(ms: i64) -> Result<Timestamp, StoreError> {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| StoreError::Corrupt(format!("timestamp out of range: {ms} ms")))
-}
-
-pub(super) fn opt_ts(ms: Option<i64>) -> Result<Option<Timestamp>, StoreError> {
-    ms.map(ts).transpose()
-}
-
-fn context(s: String) -> Result<RequestContext, StoreError> {
-    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("context: {e}")))
-}
-
-pub(super) fn roles(s: String) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("roles: {e}")))
-}
-
-pub(super) fn user_row(r: &PgRow) -> Result<User, StoreError> {
-    Ok(User {
-        user_id: uuid(r.get("user_id"))?,
-        username: r.get("username"),
-        password_hash: r.get("password_hash"),
-        roles: roles(r.get("roles"))?,
-        status: UserStatus::parse(&r.get::<String, _>("status"))
-            .ok_or_else(|| StoreError::Corrupt("user status".into()))?,
-        created_at: ts(r.get("created_at"))?,
-        password_changed_at: opt_ts(r.get("password_changed_at"))?,
-        version: r.get("version"),
-    })
-}
-
-pub(super) fn session_row(r: &PgRow) -> Result<Session, StoreError> {
-    let small = |col: &str| {
-        u32::try_from(r.get::<i64, _>(col)).map_err(|_| StoreError::Corrupt(col.to_owned()))
+/// `(extract(epoch FROM col) * 1000)::bigint AS col`: a timestamp as epoch milliseconds.
+macro_rules! millis {
+    ($col:literal) => {
+        concat!("(extract(epoch FROM ", $col, ") * 1000)::bigint AS ", $col)
     };
-    Ok(Session {
-        session_id: uuid(r.get("session_id"))?,
-        user_id: uuid(r.get("user_id"))?,
-        status: SessionStatus::parse(&r.get::<String, _>("status"))
-            .ok_or_else(|| StoreError::Corrupt("session status".into()))?,
-        scope: r.get("scope"),
-        roles: roles(r.get("roles"))?,
-        created_at: ts(r.get("created_at"))?,
-        auth_time: ts(r.get("auth_time"))?,
-        last_seen_at: ts(r.get("last_seen_at"))?,
-        idle_expires_at: ts(r.get("idle_expires_at"))?,
-        absolute_expires_at: ts(r.get("absolute_expires_at"))?,
-        generation: small("generation")?,
-        retries: small("retries")?,
-        rotated_at: opt_ts(r.get("rotated_at"))?,
-        rotated_from: r
-            .get::<Option<Vec<u8>>, _>("rotated_from")
-            .map(|b| {
-                TokenHash::from_slice(&b).ok_or_else(|| StoreError::Corrupt("rotated_from".into()))
-            })
-            .transpose()?,
-        login_context: context(r.get("login_context"))?,
-        last_context: context(r.get("last_context"))?,
-        reauth_required: r.get("reauth_required"),
-        ended_at: opt_ts(r.get("ended_at"))?,
-        end_reason: r.get("end_reason"),
-        version: r.get("version"),
-    })
 }
 
-/// The stored event with its timestamps in the RFC 3339 form the hash covers: written from that
-/// text at millisecond precision, they format back to the same bytes.
-pub(super) fn recorded_event(r: &PgRow) -> Result<RecordedEvent, StoreError> {
-    Ok(RecordedEvent {
-        position: r.get("position"),
-        stream_id: r.get("stream_id"),
-        stream_version: r.get("stream_version"),
-        event_type: r.get("event_type"),
-        schema_version: r.get("schema_version"),
-        data: r.get("data_text"),
-        metadata: r.get("metadata_text"),
-        occurred_at: format_timestamp(ts(r.get("occurred_at"))?),
-        recorded_at: format_timestamp(ts(r.get("recorded_at"))?),
-        prev_hash: r.get("prev_hash"),
-        hash: r.get("hash"),
-    })
+macro_rules! user_columns {
+    () => {
+        concat!(
+            "user_id::text AS user_id, username, password_hash, roles::text AS roles, status, ",
+            millis!("created_at"),
+            ", ",
+            millis!("password_changed_at"),
+            ", version"
+        )
+    };
 }
 
-fn signing_key_row(r: &PgRow) -> Result<StoredSigningKey, StoreError> {
-    Ok(StoredSigningKey {
-        kid: r.get("kid"),
-        algorithm: r.get("algorithm"),
-        public_key: r.get("public_key"),
-        private_key_sealed: r.get("private_key_sealed"),
-        status: r.get("status"),
-        created_at: ts(r.get("created_at"))?,
-        activated_at: opt_ts(r.get("activated_at"))?,
-        retired_at: opt_ts(r.get("retired_at"))?,
-    })
+macro_rules! session_columns {
+    () => {
+        concat!(
+            "session_id::text AS session_id, user_id::text AS user_id, status, scope, ",
+            "roles::text AS roles, ",
+            millis!("created_at"),
+            ", ",
+            millis!("auth_time"),
+            ", ",
+            millis!("last_seen_at"),
+            ", ",
+            millis!("idle_expires_at"),
+            ", ",
+            millis!("absolute_expires_at"),
+            ", generation, retries, ",
+            millis!("rotated_at"),
+            ", rotated_from, login_context::text AS login_context, ",
+            "last_context::text AS last_context, reauth_required, ",
+            millis!("ended_at"),
+            ", end_reason, version"
+        )
+    };
+}
+
+macro_rules! api_key_columns {
+    () => {
+        concat!(
+            "key_id::text AS key_id, name, key_hash, roles::text AS roles, ",
+            millis!("created_at"),
+            ", ",
+            millis!("revoked_at")
+        )
+    };
+}
+
+impl Dialect for Postgres {
+    const SQL: Sql = Sql {
+        user_by_id: concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE user_id = $1::uuid"
+        ),
+        user_by_name: concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE username = $1"
+        ),
+        session: concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE session_id = $1::uuid"
+        ),
+        active_sessions_of: concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions ",
+            "WHERE user_id = $1::uuid AND status = 'active' ORDER BY created_at, session_id"
+        ),
+        token: "SELECT token_hash AS t_hash, session_id::text AS t_session, \
+             generation AS t_generation FROM refresh_tokens WHERE token_id = $1::uuid",
+        stream_version: "SELECT COALESCE(MAX(stream_version), 0)::bigint AS v FROM events \
+             WHERE stream_id = $1",
+        events: concat!(
+            "SELECT position, stream_id, stream_version, event_type, schema_version, ",
+            "data_text AS data, metadata_text AS metadata, ",
+            millis!("occurred_at"),
+            ", ",
+            millis!("recorded_at"),
+            ", prev_hash, hash FROM events WHERE position > "
+        ),
+        insert_events: "INSERT INTO events (position, stream_id, stream_version, event_type, \
+             schema_version, data_text, metadata_text, occurred_at, recorded_at, prev_hash, \
+             hash) ",
+        data_session_id: "data->>'session_id'",
+        data_user_id: "data->>'user_id'",
+        signing_keys: concat!(
+            "SELECT kid, algorithm, public_key, private_key_sealed, status, ",
+            millis!("created_at"),
+            ", ",
+            millis!("activated_at"),
+            ", ",
+            millis!("retired_at"),
+            " FROM signing_keys ORDER BY created_at, kid"
+        ),
+        insert_signing_key: insert_signing_key!(
+            "VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8::timestamptz)"
+        ),
+        insert_first_signing_key: insert_signing_key!(
+            "SELECT $1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8::timestamptz \
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status = 'active')"
+        ),
+        update_signing_key: "UPDATE signing_keys SET status = $1, \
+             activated_at = $2::timestamptz, retired_at = $3::timestamptz WHERE kid = $4",
+        session_ids_of: "SELECT session_id::text AS session_id FROM sessions \
+             WHERE user_id = $1::uuid ORDER BY created_at DESC",
+        has_user_with_role: "SELECT EXISTS (SELECT 1 FROM users WHERE roles ? $1) AS found",
+        insert_api_key: "INSERT INTO api_keys (key_id, name, key_hash, roles, created_at, \
+             revoked_at) \
+             VALUES ($1::uuid, $2, $3, $4::jsonb, $5::timestamptz, $6::timestamptz)",
+        api_key: concat!(
+            "SELECT ",
+            api_key_columns!(),
+            " FROM api_keys WHERE key_id = $1::uuid"
+        ),
+        api_keys: concat!(
+            "SELECT ",
+            api_key_columns!(),
+            " FROM api_keys ORDER BY created_at, key_id"
+        ),
+        revoke_api_key: "UPDATE api_keys SET revoked_at = $1::timestamptz \
+             WHERE key_id = $2::uuid AND revoked_at IS NULL",
+        sessions_due: "SELECT session_id::text AS session_id FROM sessions \
+             WHERE status = 'active' AND idle_expires_at <= $1::timestamptz \
+             ORDER BY idle_expires_at LIMIT $2",
+        count_active_sessions: "SELECT count(*) AS n FROM sessions WHERE status = 'active'",
+        migrated: "SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success",
+        insert_webhook: "INSERT INTO webhook_subscriptions (subscription_id, url, \
+             secret_sealed, event_types, format, created_at, delivered_position, failures, \
+             last_error, last_attempt_at) VALUES ($1::uuid, $2, $3, $4::jsonb, $5, \
+             $6::timestamptz, $7, $8, $9, $10::timestamptz)",
+        webhooks: concat!(
+            "SELECT subscription_id::text AS subscription_id, url, secret_sealed, ",
+            "event_types::text AS event_types, format, ",
+            millis!("created_at"),
+            ", delivered_position, failures, last_error, ",
+            millis!("last_attempt_at"),
+            " FROM webhook_subscriptions ORDER BY created_at, subscription_id"
+        ),
+        delete_webhook: "DELETE FROM webhook_subscriptions WHERE subscription_id = $1::uuid",
+        webhook_delivered: "UPDATE webhook_subscriptions SET \
+             delivered_position = GREATEST(delivered_position, $1), failures = 0, \
+             last_error = $2, last_attempt_at = $3::timestamptz WHERE subscription_id = $4::uuid",
+        webhook_failed: "UPDATE webhook_subscriptions SET \
+             delivered_position = GREATEST(delivered_position, $1), failures = failures + 1, \
+             last_error = $2, last_attempt_at = $3::timestamptz WHERE subscription_id = $4::uuid",
+    };
+    const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;
+    const NUMBERED: bool = true;
+    const UUID: &'static str = "::uuid";
+    const TIME: &'static str = "::timestamptz";
+    const JSON: &'static str = "::jsonb";
+    /// One array parameter holds them all.
+    const TOKENS_PER_STATEMENT: usize = usize::MAX;
+    /// At most 20 parameters a row, far below PostgreSQL's 65,535 per statement.
+    const ROWS_PER_STATEMENT: usize = 512;
+
+    fn time(r: &PgRow, col: &str) -> Result<Option<Timestamp>, StoreError> {
+        r.opt_int(col)?.map(ts_millis).transpose()
+    }
+
+    /// Written from RFC 3339 text at millisecond precision, a timestamp formats back to the
+    /// same bytes.
+    fn event_time(r: &PgRow, col: &str) -> Result<String, StoreError> {
+        Ok(format_timestamp(ts_millis(r.int(col)?)?))
+    }
+
+    fn token_id(r: &PgRow, col: &str) -> Result<Uuid, StoreError> {
+        uuid(r.text(col)?)
+    }
+
+    fn token_id_arg(id: &Uuid) -> Arg<'_> {
+        Arg::from(id.to_string())
+    }
+
+    fn tokens_with_sessions<'a>(q: &mut Stmt<'a>, keys: &'a [TokenKey]) {
+        let ids = keys.iter().map(|k| k.id.to_string()).collect();
+        q.push(concat!(
+            "SELECT t.t_id, t.t_hash, t.t_session, t.t_generation, s.* FROM ",
+            "(SELECT token_id::text AS t_id, token_hash AS t_hash, session_id AS t_sid, ",
+            "session_id::text AS t_session, generation AS t_generation FROM refresh_tokens ",
+            "WHERE token_id = ANY("
+        ))
+        .cast(Arg::Strs(ids), "::text[]::uuid[]")
+        .push(concat!(
+            ")) t LEFT JOIN LATERAL (SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE sessions.session_id = t.t_sid) s ON true"
+        ));
+    }
+
+    fn prune(cutoff: Timestamp) -> [Stmt<'static>; 2] {
+        let cutoff = format_timestamp(cutoff);
+        [
+            Stmt::new::<Self>(
+                "DELETE FROM refresh_tokens WHERE session_id IN (SELECT session_id FROM sessions \
+                 WHERE ended_at IS NOT NULL AND ended_at < $1::timestamptz)",
+            )
+            .arg(cutoff.clone()),
+            Stmt::new::<Self>(
+                "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < $1::timestamptz",
+            )
+            .arg(cutoff),
+        ]
+    }
+
+    async fn row_text(_: &mut PgConnection, _: &str) -> Result<String, StoreError> {
+        Ok("t::text".to_owned())
+    }
+
+    fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self> {
+        bind_scalar(q, a).unwrap_or_else(|(q, strs)| q.bind(strs))
+    }
+
+    raw_access!();
 }

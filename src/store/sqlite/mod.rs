@@ -2,34 +2,24 @@
 //! group-commit writer) appends and projects; a small pool serves reads. The WAL is checkpointed
 //! from the pool, never by the writer, so a checkpoint never stalls a commit.
 
-mod access;
-mod operations;
 mod rows;
 #[cfg(test)]
 mod tests;
 mod write_session;
 
-pub use write_session::SqliteWriteSession;
+pub use write_session::{SqliteWriteSession, SqliteWriter};
 
-use crate::domain::format_timestamp;
-use crate::domain::session::Session;
-use crate::domain::token::TokenKey;
-use crate::domain::user::User;
-use crate::store::{
-    ChainHead, EventFilter, RecordedEvent, StoreError, StoredSigningKey, TokenRecord,
-};
-use rows::*;
+use crate::store::dispatch::tables::{self, Tables};
+use crate::store::{StoreError, StoredSigningKey};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, Row, Sqlite};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use uuid::Uuid;
 
 /// WAL frames (pages) beyond which the log is started over after a checkpoint.
 pub(crate) const WAL_RESTART_FRAMES: i64 = 32_768;
@@ -38,9 +28,11 @@ pub(crate) const WAL_LEFTOVER_FRAMES: i64 = 128;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// The SQLite store. Its reads and writes through the pool are the shared [`Tables`] (reached
+/// through `Deref`); what is SQLite's own is here.
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    tables: Tables<Sqlite>,
     options: SqliteConnectOptions,
     path: PathBuf,
     /// Set by the background checkpoint when the WAL is worth starting over; see
@@ -81,7 +73,7 @@ impl SqliteStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(SqliteStore {
-            pool,
+            tables: Tables { pool },
             options,
             path: path.to_owned(),
             wal_restart_due: Arc::default(),
@@ -104,11 +96,8 @@ impl SqliteStore {
             .pragma("cache_size", "-65536");
         let conn = SqliteConnection::connect_with(&options).await?;
         let head = self.head().await?;
-        Ok(SqliteWriteSession::new(
-            conn,
-            head,
-            self.wal_restart_due.clone(),
-        ))
+        let writer = SqliteWriter::new(conn, self.wal_restart_due.clone());
+        Ok(SqliteWriteSession::new(writer, head))
     }
 
     /// Moves WAL content into the database file without blocking the writer (PASSIVE).
@@ -139,176 +128,17 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    pub async fn head(&self) -> Result<ChainHead, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        queries::head(&mut conn).await
-    }
-
-    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        queries::user_by_name(&mut conn, username).await
-    }
-
-    pub async fn user_by_id(&self, user_id: Uuid) -> Result<Option<User>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        queries::user_by_id(&mut conn, user_id).await
-    }
-
-    pub async fn session(&self, session_id: Uuid) -> Result<Option<Session>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        queries::session(&mut conn, session_id).await
-    }
-
-    pub async fn token(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        queries::token(&mut conn, key).await
-    }
-
-    pub async fn events(&self, f: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT position, stream_id, stream_version, event_type, schema_version, data, \
-             metadata, occurred_at, recorded_at, prev_hash, hash FROM events WHERE position > ",
-        );
-        q.push_bind(f.after_position);
-        if let Some(stream) = &f.stream_id {
-            q.push(" AND stream_id = ").push_bind(stream.clone());
-        }
-        if !f.stream_ids.is_empty() {
-            q.push(" AND stream_id IN (");
-            let mut sep = q.separated(", ");
-            for s in &f.stream_ids {
-                sep.push_bind(s.clone());
-            }
-            q.push(")");
-        }
-        if let Some(before) = f.before_position {
-            q.push(" AND position < ").push_bind(before);
-        }
-        if let Some(subject) = f.subject {
-            let id = subject.to_string();
-            q.push(" AND (json_extract(data, '$.session_id') = ")
-                .push_bind(id.clone())
-                .push(" OR json_extract(data, '$.user_id') = ")
-                .push_bind(id)
-                .push(")");
-        }
-        if !f.event_types.is_empty() {
-            q.push(" AND event_type IN (");
-            let mut sep = q.separated(", ");
-            for t in &f.event_types {
-                sep.push_bind(t.clone());
-            }
-            q.push(")");
-        }
-        if let Some(since) = f.since {
-            q.push(" AND occurred_at >= ")
-                .push_bind(format_timestamp(since));
-        }
-        if let Some(until) = f.until {
-            q.push(" AND occurred_at < ")
-                .push_bind(format_timestamp(until));
-        }
-        q.push(if f.newest_first {
-            " ORDER BY position DESC"
-        } else {
-            " ORDER BY position"
-        });
-        if let Some(limit) = f.limit {
-            q.push(" LIMIT ").push_bind(limit);
-        }
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(recorded_event).collect()
-    }
-
-    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kid, algorithm, public_key, private_key_sealed, status, created_at, \
-             activated_at, retired_at FROM signing_keys ORDER BY created_at, kid",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredSigningKey {
-                    kid: r.get("kid"),
-                    algorithm: r.get("algorithm"),
-                    public_key: r.get("public_key"),
-                    private_key_sealed: r.get("private_key_sealed"),
-                    status: r.get("status"),
-                    created_at: ts(r.get("created_at"))?,
-                    activated_at: opt_ts(r.get("activated_at"))?,
-                    retired_at: opt_ts(r.get("retired_at"))?,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn insert_signing_key(&self, k: &StoredSigningKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
-             created_at, activated_at, retired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&k.kid)
-        .bind(&k.algorithm)
-        .bind(&k.public_key)
-        .bind(&k.private_key_sealed)
-        .bind(&k.status)
-        .bind(format_timestamp(k.created_at))
-        .bind(k.activated_at.map(format_timestamp))
-        .bind(k.retired_at.map(format_timestamp))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Inserts `k` unless an active key exists; true if it was inserted. One statement, so
     /// SQLite's single write lock makes the check and the insert one step.
     pub async fn create_first_signing_key(&self, k: &StoredSigningKey) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
-             created_at, activated_at, retired_at) SELECT ?, ?, ?, ?, ?, ?, ?, ? \
-             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status = 'active')",
-        )
-        .bind(&k.kid)
-        .bind(&k.algorithm)
-        .bind(&k.public_key)
-        .bind(&k.private_key_sealed)
-        .bind(&k.status)
-        .bind(format_timestamp(k.created_at))
-        .bind(k.activated_at.map(format_timestamp))
-        .bind(k.retired_at.map(format_timestamp))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        tables::insert_first_signing_key::<Sqlite>(&mut *self.pool.acquire().await?, k).await
     }
+}
 
-    pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for (table, key) in [
-            ("users", "user_id"),
-            ("sessions", "session_id"),
-            ("refresh_tokens", "token_id"),
-        ] {
-            let cols: Vec<String> = sqlx::query(&format!("PRAGMA table_info({table})"))
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| r.get::<String, _>("name"))
-                .collect();
-            let select = cols
-                .iter()
-                .map(|c| format!("quote({c})"))
-                .collect::<Vec<_>>()
-                .join(" || '|' || ");
-            let sql = format!("SELECT '{table}|' || {select} FROM {table} ORDER BY {key}");
-            for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
-                out.push(row.get::<String, _>(0));
-            }
-        }
-        Ok(out)
+impl std::ops::Deref for SqliteStore {
+    type Target = Tables<Sqlite>;
+
+    fn deref(&self) -> &Tables<Sqlite> {
+        &self.tables
     }
 }

@@ -1,189 +1,144 @@
-//! Row mapping and the reads shared by the pool and the writer's transaction.
+//! SQLite's dialect: its SQL, and its column types where they differ from PostgreSQL's.
+//! Uuids, timestamps (RFC 3339) and JSON are TEXT; a refresh token's id is a 16-byte BLOB.
 
-use crate::domain::context::RequestContext;
-use crate::domain::session::{Session, SessionStatus};
-use crate::domain::token::{TokenHash, TokenKey};
-use crate::domain::user::{User, UserStatus};
-use crate::domain::{Timestamp, parse_timestamp};
-use crate::store::{ChainHead, RecordedEvent, StoreError, TokenRecord};
-use sqlx::Row;
+use crate::domain::token::TokenKey;
+use crate::domain::{Timestamp, format_timestamp};
+use crate::store::StoreError;
+use crate::store::dispatch::dialect::{
+    Arg, Cols, Dialect, Query, Sql, Stmt, bind_scalar, raw_access,
+};
+use crate::store::dispatch::rows::{insert_signing_key, ts};
+use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use uuid::Uuid;
 
-/// Reads shared by the pool and the writer's own transaction.
-pub(super) mod queries {
-    use super::*;
-
-    pub async fn head(c: &mut SqliteConnection) -> Result<ChainHead, StoreError> {
-        let row = sqlx::query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
-            .fetch_optional(c)
-            .await?;
-        match row {
-            None => Ok(ChainHead::GENESIS),
-            Some(r) => Ok(ChainHead {
-                position: r.get("position"),
-                hash: hash32(r.get::<Vec<u8>, _>("hash"))?,
-            }),
-        }
-    }
-
-    pub async fn user_by_id(
-        c: &mut SqliteConnection,
-        id: Uuid,
-    ) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query("SELECT * FROM users WHERE user_id = ?")
-            .bind(id.to_string())
-            .fetch_optional(c)
-            .await?;
-        row.as_ref().map(user_row).transpose()
-    }
-
-    pub async fn user_by_name(
-        c: &mut SqliteConnection,
-        name: &str,
-    ) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query("SELECT * FROM users WHERE username = ?")
-            .bind(name)
-            .fetch_optional(c)
-            .await?;
-        row.as_ref().map(user_row).transpose()
-    }
-
-    pub async fn session(
-        c: &mut SqliteConnection,
-        id: Uuid,
-    ) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query("SELECT * FROM sessions WHERE session_id = ?")
-            .bind(id.to_string())
-            .fetch_optional(c)
-            .await?;
-        row.as_ref().map(session_row).transpose()
-    }
-
-    pub async fn active_sessions_of(
-        c: &mut SqliteConnection,
-        user_id: Uuid,
-    ) -> Result<Vec<Session>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM sessions WHERE user_id = ? AND status = 'active' ORDER BY created_at",
-        )
-        .bind(user_id.to_string())
-        .fetch_all(c)
-        .await?;
-        rows.iter().map(session_row).collect()
-    }
-
-    pub async fn token(
-        c: &mut SqliteConnection,
-        key: &TokenKey,
-    ) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT token_hash, session_id, generation FROM refresh_tokens WHERE token_id = ?",
-        )
-        .bind(key.id.as_bytes().as_slice())
-        .fetch_optional(c)
-        .await?;
-        // A known id with another hash is a forged token: as unknown as any other.
-        row.filter(|r| key.hash.matches(&r.get::<Vec<u8>, _>("token_hash")))
-            .map(|r| {
-                Ok(TokenRecord {
-                    session_id: uuid(r.get("session_id"))?,
-                    generation: u32::try_from(r.get::<i64, _>("generation"))
-                        .map_err(|_| StoreError::Corrupt("token generation".into()))?,
-                })
-            })
-            .transpose()
-    }
-}
-
-pub(super) fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("plain data serializes")
-}
-
-pub(super) fn hash32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
-    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| StoreError::Corrupt("hash length".into()))
-}
-
-pub(super) fn uuid(s: String) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(&s).map_err(|_| StoreError::Corrupt(format!("bad uuid {s:?}")))
-}
-
-pub(super) fn ts(s: String) -> Result<Timestamp, StoreError> {
-    parse_timestamp(&s).ok_or_else(|| StoreError::Corrupt(format!("bad timestamp {s:?}")))
-}
-
-pub(super) fn opt_ts(s: Option<String>) -> Result<Option<Timestamp>, StoreError> {
-    s.map(ts).transpose()
-}
-
-pub(super) fn context(s: String) -> Result<RequestContext, StoreError> {
-    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("context: {e}")))
-}
-
-pub(super) fn roles(s: String) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("roles: {e}")))
-}
-
-pub(super) fn user_row(r: &SqliteRow) -> Result<User, StoreError> {
-    Ok(User {
-        user_id: uuid(r.get("user_id"))?,
-        username: r.get("username"),
-        password_hash: r.get("password_hash"),
-        roles: roles(r.get("roles"))?,
-        status: UserStatus::parse(&r.get::<String, _>("status"))
-            .ok_or_else(|| StoreError::Corrupt("user status".into()))?,
-        created_at: ts(r.get("created_at"))?,
-        password_changed_at: opt_ts(r.get("password_changed_at"))?,
-        version: r.get("version"),
-    })
-}
-
-pub(super) fn session_row(r: &SqliteRow) -> Result<Session, StoreError> {
-    let small = |col: &str| {
-        u32::try_from(r.get::<i64, _>(col)).map_err(|_| StoreError::Corrupt(col.to_owned()))
+impl Dialect for Sqlite {
+    const SQL: Sql = Sql {
+        user_by_id: "SELECT * FROM users WHERE user_id = ?",
+        user_by_name: "SELECT * FROM users WHERE username = ?",
+        session: "SELECT * FROM sessions WHERE session_id = ?",
+        active_sessions_of: "SELECT * FROM sessions WHERE user_id = ? AND status = 'active' \
+             ORDER BY created_at",
+        token: "SELECT token_hash AS t_hash, session_id AS t_session, generation AS t_generation \
+             FROM refresh_tokens WHERE token_id = ?",
+        stream_version: "SELECT MAX(stream_version) AS v FROM events WHERE stream_id = ?",
+        events: "SELECT position, stream_id, stream_version, event_type, schema_version, data, \
+             metadata, occurred_at, recorded_at, prev_hash, hash FROM events WHERE position > ",
+        insert_events: "INSERT INTO events (position, stream_id, stream_version, event_type, \
+             schema_version, data, metadata, occurred_at, recorded_at, prev_hash, hash) ",
+        data_session_id: "json_extract(data, '$.session_id')",
+        data_user_id: "json_extract(data, '$.user_id')",
+        signing_keys: "SELECT kid, algorithm, public_key, private_key_sealed, status, \
+             created_at, activated_at, retired_at FROM signing_keys ORDER BY created_at, kid",
+        insert_signing_key: insert_signing_key!("VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+        // One statement, so SQLite's single write lock makes the check and the insert one step.
+        insert_first_signing_key: insert_signing_key!(
+            "SELECT ?, ?, ?, ?, ?, ?, ?, ? \
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status = 'active')",
+        ),
+        update_signing_key: "UPDATE signing_keys SET status = ?, activated_at = ?, \
+             retired_at = ? WHERE kid = ?",
+        session_ids_of: "SELECT session_id FROM sessions WHERE user_id = ? \
+             ORDER BY created_at DESC",
+        has_user_with_role: "SELECT EXISTS (SELECT 1 FROM users, json_each(users.roles) \
+             WHERE json_each.value = ?) AS found",
+        insert_api_key: "INSERT INTO api_keys (key_id, name, key_hash, roles, created_at, \
+             revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
+        api_key: "SELECT * FROM api_keys WHERE key_id = ?",
+        api_keys: "SELECT * FROM api_keys ORDER BY created_at, key_id",
+        revoke_api_key: "UPDATE api_keys SET revoked_at = ? \
+             WHERE key_id = ? AND revoked_at IS NULL",
+        sessions_due: "SELECT session_id FROM sessions \
+             WHERE status = 'active' AND idle_expires_at <= ? ORDER BY idle_expires_at LIMIT ?",
+        // The partial index holds active sessions only: a count over it reads no other rows.
+        count_active_sessions: "SELECT count(*) AS n FROM sessions INDEXED BY sessions_due \
+             WHERE status = 'active'",
+        migrated: "SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success = 1",
+        insert_webhook: "INSERT INTO webhook_subscriptions (subscription_id, url, \
+             secret_sealed, event_types, format, created_at, delivered_position, failures, \
+             last_error, last_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        webhooks: "SELECT * FROM webhook_subscriptions ORDER BY created_at, subscription_id",
+        delete_webhook: "DELETE FROM webhook_subscriptions WHERE subscription_id = ?",
+        webhook_delivered: "UPDATE webhook_subscriptions SET \
+             delivered_position = MAX(delivered_position, ?), failures = 0, last_error = ?, \
+             last_attempt_at = ? WHERE subscription_id = ?",
+        webhook_failed: "UPDATE webhook_subscriptions SET \
+             delivered_position = MAX(delivered_position, ?), failures = failures + 1, \
+             last_error = ?, last_attempt_at = ? WHERE subscription_id = ?",
     };
-    Ok(Session {
-        session_id: uuid(r.get("session_id"))?,
-        user_id: uuid(r.get("user_id"))?,
-        status: SessionStatus::parse(&r.get::<String, _>("status"))
-            .ok_or_else(|| StoreError::Corrupt("session status".into()))?,
-        scope: r.get("scope"),
-        roles: roles(r.get("roles"))?,
-        created_at: ts(r.get("created_at"))?,
-        auth_time: ts(r.get("auth_time"))?,
-        last_seen_at: ts(r.get("last_seen_at"))?,
-        idle_expires_at: ts(r.get("idle_expires_at"))?,
-        absolute_expires_at: ts(r.get("absolute_expires_at"))?,
-        generation: small("generation")?,
-        retries: small("retries")?,
-        rotated_at: opt_ts(r.get("rotated_at"))?,
-        rotated_from: r
-            .get::<Option<Vec<u8>>, _>("rotated_from")
-            .map(|b| {
-                TokenHash::from_slice(&b).ok_or_else(|| StoreError::Corrupt("rotated_from".into()))
-            })
-            .transpose()?,
-        login_context: context(r.get("login_context"))?,
-        last_context: context(r.get("last_context"))?,
-        reauth_required: r.get("reauth_required"),
-        ended_at: opt_ts(r.get("ended_at"))?,
-        end_reason: r.get("end_reason"),
-        version: r.get("version"),
-    })
-}
+    const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;
+    const NUMBERED: bool = false;
+    const UUID: &'static str = "";
+    const TIME: &'static str = "";
+    const JSON: &'static str = "";
+    const TOKENS_PER_STATEMENT: usize = 256;
+    /// Well under SQLite's 32,766 bound parameters (20 per session).
+    const ROWS_PER_STATEMENT: usize = 256;
 
-pub(super) fn recorded_event(r: &SqliteRow) -> Result<RecordedEvent, StoreError> {
-    Ok(RecordedEvent {
-        position: r.get("position"),
-        stream_id: r.get("stream_id"),
-        stream_version: r.get("stream_version"),
-        event_type: r.get("event_type"),
-        schema_version: r.get("schema_version"),
-        data: r.get("data"),
-        metadata: r.get("metadata"),
-        occurred_at: r.get("occurred_at"),
-        recorded_at: r.get("recorded_at"),
-        prev_hash: r.get("prev_hash"),
-        hash: r.get("hash"),
-    })
+    fn time(r: &SqliteRow, col: &str) -> Result<Option<Timestamp>, StoreError> {
+        r.opt_text(col)?.map(ts).transpose()
+    }
+
+    fn event_time(r: &SqliteRow, col: &str) -> Result<String, StoreError> {
+        r.text(col)
+    }
+
+    fn token_id(r: &SqliteRow, col: &str) -> Result<Uuid, StoreError> {
+        Uuid::from_slice(&r.bytes(col)?).map_err(|_| StoreError::Corrupt("token id length".into()))
+    }
+
+    fn token_id_arg(id: &Uuid) -> Arg<'_> {
+        Arg::from(id.as_bytes().as_slice())
+    }
+
+    fn tokens_with_sessions<'a>(q: &mut Stmt<'a>, keys: &'a [TokenKey]) {
+        q.push(
+            "SELECT t.token_id AS t_id, t.token_hash AS t_hash, t.session_id AS t_session, \
+             t.generation AS t_generation, s.* FROM refresh_tokens t \
+             LEFT JOIN sessions s ON s.session_id = t.session_id WHERE t.token_id IN (",
+        );
+        for (i, k) in keys.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.bind(Self::token_id_arg(&k.id));
+        }
+        q.push(")");
+    }
+
+    fn prune(cutoff: Timestamp) -> [Stmt<'static>; 2] {
+        let cutoff_text = format_timestamp(cutoff);
+        // A session's tokens were issued before it ended, so their UUIDv7 ids all sort below
+        // an id made of the cutoff's milliseconds and zeros: the scan stays among old tokens.
+        let mut id_bound = [0u8; 16];
+        let millis = cutoff.timestamp_millis().max(0) as u64;
+        id_bound[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        [
+            Stmt::new::<Self>(
+                "DELETE FROM refresh_tokens WHERE token_id < ? AND session_id IN \
+                 (SELECT session_id FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?)",
+            )
+            .arg(Arg::Blob(id_bound.to_vec()))
+            .arg(cutoff_text.clone()),
+            Stmt::new::<Self>("DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?")
+                .arg(cutoff_text),
+        ]
+    }
+
+    /// Each column quoted as an SQL literal (NULL apart from 'NULL'), joined by `|`.
+    async fn row_text(c: &mut SqliteConnection, table: &str) -> Result<String, StoreError> {
+        let info = Stmt::new::<Self>(format!("PRAGMA table_info({table})"));
+        let cols = Self::fetch_all(c, info).await?;
+        let quoted: Result<Vec<String>, StoreError> = cols
+            .iter()
+            .map(|r| Ok(format!("quote({})", r.text("name")?)))
+            .collect();
+        Ok(quoted?.join(" || '|' || "))
+    }
+
+    fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self> {
+        bind_scalar(q, a).unwrap_or_else(|_| unreachable!("SQLite has no array parameters"))
+    }
+
+    raw_access!();
 }

@@ -6,7 +6,7 @@
 use super::*;
 use crate::domain::event::{Actor, EventMetadata};
 use crate::domain::parse_timestamp;
-use crate::store::{NewEvent, UnitOfWork, WriteSession};
+use crate::store::{EventFilter, NewEvent, RecordedEvent, StoreError, UnitOfWork, WriteSession};
 
 fn meta() -> EventMetadata {
     EventMetadata {

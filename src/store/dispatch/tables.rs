@@ -1,0 +1,406 @@
+//! The store's tables behind a connection pool, written once for both databases, and the reads
+//! the writer's transaction shares with the pool.
+
+use super::dialect::{Cols, Dialect, Stmt};
+use super::rows;
+use crate::domain::session::Session;
+use crate::domain::token::{TokenHash, TokenKey};
+use crate::domain::user::User;
+use crate::domain::{Timestamp, format_timestamp};
+use crate::store::{
+    ChainHead, EventFilter, RecordedEvent, StoreError, StoredApiKey, StoredSigningKey, TokenRecord,
+    WebhookSubscription,
+};
+use sqlx::Pool;
+use uuid::Uuid;
+
+const HEAD: &str = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1";
+const ACTIVE_USERS: &str =
+    "SELECT COUNT(DISTINCT user_id) AS n FROM sessions WHERE status = 'active'";
+/// Empties the inline projections. DELETE, not TRUNCATE: readers keep seeing the old rows
+/// until the rebuild commits.
+pub const CLEAR_PROJECTIONS: &str =
+    "DELETE FROM users; DELETE FROM sessions; DELETE FROM refresh_tokens;";
+
+pub async fn head<D: Dialect>(c: &mut D::Connection) -> Result<ChainHead, StoreError> {
+    match D::fetch_optional(c, Stmt::new::<D>(HEAD)).await? {
+        None => Ok(ChainHead::GENESIS),
+        Some(r) => rows::head(&r),
+    }
+}
+
+/// `q`'s row, if any, mapped.
+async fn one<D: Dialect, T>(
+    c: &mut D::Connection,
+    q: Stmt<'_>,
+    map: impl Fn(&D::Row) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    D::fetch_optional(c, q).await?.as_ref().map(map).transpose()
+}
+
+/// `q`'s rows, mapped.
+async fn all<D: Dialect, T>(
+    c: &mut D::Connection,
+    q: Stmt<'_>,
+    map: impl Fn(&D::Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    D::fetch_all(c, q).await?.iter().map(map).collect()
+}
+
+pub async fn user_by_id<D: Dialect>(
+    c: &mut D::Connection,
+    id: Uuid,
+) -> Result<Option<User>, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.user_by_id).arg(id.to_string());
+    one::<D, _>(c, q, rows::user::<D>).await
+}
+
+pub async fn user_by_name<D: Dialect>(
+    c: &mut D::Connection,
+    name: &str,
+) -> Result<Option<User>, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.user_by_name).arg(name);
+    one::<D, _>(c, q, rows::user::<D>).await
+}
+
+pub async fn session<D: Dialect>(
+    c: &mut D::Connection,
+    id: Uuid,
+) -> Result<Option<Session>, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.session).arg(id.to_string());
+    one::<D, _>(c, q, rows::session::<D>).await
+}
+
+pub async fn active_sessions_of<D: Dialect>(
+    c: &mut D::Connection,
+    user_id: Uuid,
+) -> Result<Vec<Session>, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.active_sessions_of).arg(user_id.to_string());
+    all::<D, _>(c, q, rows::session::<D>).await
+}
+
+/// The version of the last event in a stream, 0 for a stream with none.
+pub async fn stream_version<D: Dialect>(
+    c: &mut D::Connection,
+    stream_id: &str,
+) -> Result<i64, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.stream_version).arg(stream_id);
+    Ok(D::fetch_optional(c, q)
+        .await?
+        .map(|r| r.int("v"))
+        .transpose()?
+        .unwrap_or(0))
+}
+
+pub async fn active_user_count<D: Dialect>(c: &mut D::Connection) -> Result<u64, StoreError> {
+    let n = D::fetch_all(c, Stmt::new::<D>(ACTIVE_USERS)).await?;
+    Ok(n.first()
+        .map(|r| r.int("n"))
+        .transpose()?
+        .unwrap_or(0)
+        .max(0) as u64)
+}
+
+/// The tokens among `keys` and, in the same statement, their sessions (a refresh needs both):
+/// (hash, record, session) for each key whose stored hash matches. `before` runs first in the
+/// same round trip (SQLite's BEGIN).
+pub async fn tokens_with_sessions<D: Dialect>(
+    c: &mut D::Connection,
+    keys: &[TokenKey],
+    before: &'static str,
+) -> Result<Vec<(TokenHash, TokenRecord, Option<Session>)>, StoreError> {
+    let mut found = Vec::new();
+    for (i, chunk) in keys.chunks(D::TOKENS_PER_STATEMENT).enumerate() {
+        let mut q = Stmt::new::<D>(if i == 0 { before } else { "" });
+        D::tokens_with_sessions(&mut q, chunk);
+        for r in D::fetch_all(c, q).await? {
+            let id = D::token_id(&r, "t_id")?;
+            // The row is a presented token's only if the whole token hashes to what is
+            // stored; a known id with another body stays unknown (and loads nothing).
+            for k in chunk.iter().filter(|k| k.id == id) {
+                if let Some(record) = rows::token(&r, k)? {
+                    let session = match r.opt_text("session_id")? {
+                        Some(_) => Some(rows::session::<D>(&r)?),
+                        None => None,
+                    };
+                    found.push((k.hash, record, session));
+                    break;
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Inserts `k` unless an active key exists; true if it was inserted.
+pub async fn insert_first_signing_key<D: Dialect>(
+    c: &mut D::Connection,
+    k: &StoredSigningKey,
+) -> Result<bool, StoreError> {
+    let q = rows::signing_key_args::<D>(Stmt::new::<D>(D::SQL.insert_first_signing_key), k);
+    Ok(D::execute(c, q).await? == 1)
+}
+
+/// The tables of one database, through its pool: every read and write that needs no writer.
+pub struct Tables<D: sqlx::Database> {
+    pub(crate) pool: Pool<D>,
+}
+
+impl<D: sqlx::Database> Clone for Tables<D> {
+    fn clone(&self) -> Self {
+        Tables {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<D: Dialect> Tables<D> {
+    async fn all<T>(
+        &self,
+        q: Stmt<'_>,
+        map: impl Fn(&D::Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        all::<D, _>(&mut *self.pool.acquire().await?, q, map).await
+    }
+
+    async fn one<T>(
+        &self,
+        q: Stmt<'_>,
+        map: impl Fn(&D::Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        one::<D, _>(&mut *self.pool.acquire().await?, q, map).await
+    }
+
+    async fn execute(&self, q: Stmt<'_>) -> Result<u64, StoreError> {
+        Ok(D::execute(&mut *self.pool.acquire().await?, q).await?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn head(&self) -> Result<ChainHead, StoreError> {
+        head::<D>(&mut *self.pool.acquire().await?).await
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        user_by_name::<D>(&mut *self.pool.acquire().await?, username).await
+    }
+
+    pub async fn user_by_id(&self, user_id: Uuid) -> Result<Option<User>, StoreError> {
+        user_by_id::<D>(&mut *self.pool.acquire().await?, user_id).await
+    }
+
+    pub async fn session(&self, session_id: Uuid) -> Result<Option<Session>, StoreError> {
+        session::<D>(&mut *self.pool.acquire().await?, session_id).await
+    }
+
+    /// The token with this id, if its stored hash is `key.hash` (else `None`, as if unknown).
+    pub async fn token(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.token).arg(D::token_id_arg(&key.id));
+        Ok(self.one(q, |r| rows::token(r, key)).await?.flatten())
+    }
+
+    /// A user's live sessions, oldest first.
+    pub async fn active_sessions_of(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
+        active_sessions_of::<D>(&mut *self.pool.acquire().await?, user_id).await
+    }
+
+    pub async fn events(&self, f: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut q = Stmt::new::<D>(D::SQL.events);
+        q.bind(f.after_position);
+        if let Some(stream) = &f.stream_id {
+            q.push(" AND stream_id = ").bind(stream.as_str());
+        }
+        if !f.stream_ids.is_empty() {
+            q.push(" AND ").any_of("stream_id", &f.stream_ids);
+        }
+        if let Some(before) = f.before_position {
+            q.push(" AND position < ").bind(before);
+        }
+        if let Some(subject) = f.subject {
+            let id = subject.to_string();
+            q.push(" AND (").push(D::SQL.data_session_id).push(" = ");
+            q.bind(id.clone())
+                .push(" OR ")
+                .push(D::SQL.data_user_id)
+                .push(" = ");
+            q.bind(id).push(")");
+        }
+        if !f.event_types.is_empty() {
+            q.push(" AND ").any_of("event_type", &f.event_types);
+        }
+        if let Some(since) = f.since {
+            q.push(" AND occurred_at >= ")
+                .cast(format_timestamp(since), D::TIME);
+        }
+        if let Some(until) = f.until {
+            q.push(" AND occurred_at < ")
+                .cast(format_timestamp(until), D::TIME);
+        }
+        q.push(if f.newest_first {
+            " ORDER BY position DESC"
+        } else {
+            " ORDER BY position"
+        });
+        if let Some(limit) = f.limit {
+            q.push(" LIMIT ").bind(limit);
+        }
+        self.all(q, rows::event::<D>).await
+    }
+
+    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.signing_keys);
+        self.all(q, rows::signing_key::<D>).await
+    }
+
+    pub async fn insert_signing_key(&self, k: &StoredSigningKey) -> Result<(), StoreError> {
+        let q = rows::signing_key_args::<D>(Stmt::new::<D>(D::SQL.insert_signing_key), k);
+        self.execute(q).await.map(|_| ())
+    }
+
+    /// Writes a key's status, activation and retirement times.
+    pub async fn update_signing_key(&self, k: &StoredSigningKey) -> Result<(), StoreError> {
+        let q = Stmt::new::<D>(D::SQL.update_signing_key)
+            .arg(k.status.as_str())
+            .arg(k.activated_at.map(format_timestamp))
+            .arg(k.retired_at.map(format_timestamp))
+            .arg(k.kid.as_str());
+        self.execute(q).await.map(|_| ())
+    }
+
+    /// Every session a user ever had, newest first: a timeline reads their streams.
+    pub async fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.session_ids_of).arg(user_id.to_string());
+        self.all(q, |r| rows::uuid(r.text("session_id")?)).await
+    }
+
+    /// Whether any user holds `role` (the first start says how to make a security user).
+    pub async fn has_user_with_role(&self, role: &str) -> Result<bool, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.has_user_with_role).arg(role);
+        Ok(self.one(q, |r| r.flag("found")).await? == Some(true))
+    }
+
+    pub async fn insert_api_key(&self, k: &StoredApiKey) -> Result<(), StoreError> {
+        let q = Stmt::new::<D>(D::SQL.insert_api_key)
+            .arg(k.key_id.to_string())
+            .arg(k.name.as_str())
+            .arg(k.key_hash.as_slice())
+            .arg(rows::json(&k.roles))
+            .arg(format_timestamp(k.created_at))
+            .arg(k.revoked_at.map(format_timestamp));
+        self.execute(q).await.map(|_| ())
+    }
+
+    /// The key with this id, if its stored hash is `key.hash` (else `None`, as if unknown).
+    pub async fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.api_key).arg(key.id.to_string());
+        let found = self.one(q, |r| Ok((r.bytes("key_hash")?, rows::api_key::<D>(r)?)));
+        Ok(found
+            .await?
+            .and_then(|(stored, k)| key.hash.matches(&stored).then_some(k)))
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.api_keys);
+        self.all(q, rows::api_key::<D>).await
+    }
+
+    /// Marks a key revoked; `false` when there is no such key or it was already revoked.
+    pub async fn revoke_api_key(&self, key_id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.revoke_api_key)
+            .arg(format_timestamp(at))
+            .arg(key_id.to_string());
+        Ok(self.execute(q).await? == 1)
+    }
+
+    /// Active sessions whose idle (hence also any absolute) expiry is at or before `now`,
+    /// soonest first, through the `sessions_due` index.
+    pub async fn sessions_due(&self, now: Timestamp, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.sessions_due)
+            .arg(format_timestamp(now))
+            .arg(limit);
+        self.all(q, |r| rows::uuid(r.text("session_id")?)).await
+    }
+
+    pub async fn count_active_sessions(&self) -> Result<i64, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.count_active_sessions);
+        Ok(self.one(q, |r| r.int("n")).await?.unwrap_or(0))
+    }
+
+    /// Fails unless the database answers and every migration this build knows is applied.
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        let q = Stmt::new::<D>(D::SQL.migrated);
+        let applied = self.one(q, |r| r.opt_int("v")).await?.flatten();
+        let expected = D::MIGRATOR.iter().map(|m| m.version).max();
+        if applied < expected {
+            return Err(StoreError::Corrupt(format!(
+                "migrations applied up to {applied:?}, this build needs {expected:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn insert_webhook(&self, w: &WebhookSubscription) -> Result<(), StoreError> {
+        let q = Stmt::new::<D>(D::SQL.insert_webhook)
+            .arg(w.subscription_id.to_string())
+            .arg(w.url.as_str())
+            .arg(w.secret_sealed.as_slice())
+            .arg(rows::json(&w.event_types))
+            .arg(w.format.as_str())
+            .arg(format_timestamp(w.created_at))
+            .arg(w.delivered_position)
+            .arg(w.failures)
+            .arg(w.last_error.as_deref())
+            .arg(w.last_attempt_at.map(format_timestamp));
+        self.execute(q).await.map(|_| ())
+    }
+
+    pub async fn webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.webhooks);
+        self.all(q, rows::webhook::<D>).await
+    }
+
+    /// Returns whether there was such a subscription.
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
+        let q = Stmt::new::<D>(D::SQL.delete_webhook).arg(id.to_string());
+        Ok(self.execute(q).await? > 0)
+    }
+
+    /// Records one delivery attempt: success moves the checkpoint and clears the failure
+    /// count; a failure counts up and keeps its reason.
+    pub async fn record_webhook_attempt(
+        &self,
+        id: Uuid,
+        delivered_position: i64,
+        error: Option<&str>,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let sql = match error {
+            None => D::SQL.webhook_delivered,
+            Some(_) => D::SQL.webhook_failed,
+        };
+        let q = Stmt::new::<D>(sql)
+            .arg(delivered_position)
+            .arg(error)
+            .arg(format_timestamp(at))
+            .arg(id.to_string());
+        self.execute(q).await.map(|_| ())
+    }
+
+    /// Every row of every inline projection in a fixed order, for comparing live and rebuilt.
+    pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let mut out = Vec::new();
+        for (table, key) in [
+            ("users", "user_id"),
+            ("sessions", "session_id"),
+            ("refresh_tokens", "token_id"),
+        ] {
+            let row = D::row_text(&mut c, table).await?;
+            let sql = format!("SELECT '{table}|' || {row} AS r FROM {table} t ORDER BY {key}");
+            out.extend(all::<D, _>(&mut c, Stmt::new::<D>(sql), |r| r.text("r")).await?);
+        }
+        Ok(out)
+    }
+}
