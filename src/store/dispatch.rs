@@ -64,65 +64,10 @@ impl Store {
         }
     }
 
-    pub async fn insert_api_key(&self, key: &StoredApiKey) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.insert_api_key(key).await,
-            Store::Postgres(s) => s.insert_api_key(key).await,
-        }
-    }
-
-    /// The API key with this id whose stored hash matches; `None` for any other.
-    pub async fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.api_key(key).await,
-            Store::Postgres(s) => s.api_key(key).await,
-        }
-    }
-
-    pub async fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.api_keys().await,
-            Store::Postgres(s) => s.api_keys().await,
-        }
-    }
-
-    pub async fn revoke_api_key(&self, key_id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.revoke_api_key(key_id, at).await,
-            Store::Postgres(s) => s.revoke_api_key(key_id, at).await,
-        }
-    }
-
     pub async fn head(&self) -> Result<ChainHead, StoreError> {
         match self {
             Store::Sqlite(s) => s.head().await,
             Store::Postgres(p) => p.head().await,
-        }
-    }
-
-    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.signing_keys().await,
-            Store::Postgres(p) => p.signing_keys().await,
-        }
-    }
-
-    pub async fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.insert_signing_key(key).await,
-            Store::Postgres(p) => p.insert_signing_key(key).await,
-        }
-    }
-
-    /// Inserts `key` unless an active signing key exists; true if it was inserted. Nodes that
-    /// start together on an empty database end up with one key.
-    pub async fn create_first_signing_key(
-        &self,
-        key: &StoredSigningKey,
-    ) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.create_first_signing_key(key).await,
-            Store::Postgres(p) => p.create_first_signing_key(key).await,
         }
     }
 
@@ -179,56 +124,6 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.check_ready().await,
             Store::Postgres(s) => s.check_ready().await,
-        }
-    }
-
-    /// Writes a key's status, activation and retirement times.
-    pub async fn update_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.update_signing_key(key).await,
-            Store::Postgres(s) => s.update_signing_key(key).await,
-        }
-    }
-
-    pub async fn insert_webhook(&self, w: &WebhookSubscription) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.insert_webhook(w).await,
-            Store::Postgres(s) => s.insert_webhook(w).await,
-        }
-    }
-
-    pub async fn webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.webhooks().await,
-            Store::Postgres(s) => s.webhooks().await,
-        }
-    }
-
-    pub async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.delete_webhook(id).await,
-            Store::Postgres(s) => s.delete_webhook(id).await,
-        }
-    }
-
-    /// One delivery attempt: on success (`error` None) the checkpoint moves to
-    /// `delivered_position` and the failure count resets; a failure counts up.
-    pub async fn record_webhook_attempt(
-        &self,
-        id: Uuid,
-        delivered_position: i64,
-        error: Option<&str>,
-        at: Timestamp,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                s.record_webhook_attempt(id, delivered_position, error, at)
-                    .await
-            }
-            Store::Postgres(s) => {
-                s.record_webhook_attempt(id, delivered_position, error, at)
-                    .await
-            }
         }
     }
 

@@ -1,12 +1,14 @@
 //! The multi-node backend: one PostgreSQL database shared by every sessiond node. Each node's
 //! group-commit writer owns one connection; a pool serves reads. Nodes agree through the
 //! database only: the append lock orders the log, the unique constraint settles races on a
-//! stream, advisory locks elect who runs a job or creates the first signing key, and NOTIFY
+//! stream (the first signing key is created under the append lock), advisory locks elect who
+//! runs a job, and NOTIFY
 //! tells followers on other nodes that the log moved.
 
 mod access;
 mod locks;
 mod operations;
+mod registry;
 mod rows;
 mod write_session;
 mod writes;
@@ -18,10 +20,7 @@ use crate::domain::format_timestamp;
 use crate::domain::session::Session;
 use crate::domain::token::TokenKey;
 use crate::domain::user::User;
-use crate::store::{
-    ChainHead, EventFilter, RecordedEvent, StoreError, StoredSigningKey, TokenRecord,
-};
-use locks::SIGNING_KEY_LOCK;
+use crate::store::{ChainHead, EventFilter, RecordedEvent, StoreError, TokenRecord};
 use rows::*;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
@@ -137,34 +136,6 @@ impl PostgresStore {
         rows.iter().map(recorded_event).collect()
     }
 
-    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        queries::signing_keys(&mut *self.pool.acquire().await?).await
-    }
-
-    pub async fn insert_signing_key(&self, k: &StoredSigningKey) -> Result<(), StoreError> {
-        writes::insert_signing_key(&mut *self.pool.acquire().await?, k).await
-    }
-
-    /// Inserts `k` unless an active key exists, under a lock: nodes starting together on an
-    /// empty database end up with one key. True if `k` was inserted.
-    pub async fn create_first_signing_key(&self, k: &StoredSigningKey) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // See the writer's BEGIN: the insert must see what was committed while we waited.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(SIGNING_KEY_LOCK.0)
-            .bind(SIGNING_KEY_LOCK.1)
-            .execute(&mut *tx)
-            .await?;
-        // Under READ COMMITTED this statement's snapshot is taken after the lock was granted,
-        // so it sees a key another node committed while we waited.
-        let inserted = writes::insert_signing_key_if_none_active(&mut tx, k).await?;
-        tx.commit().await?;
-        Ok(inserted)
-    }
-
     /// The job's lock if no other node holds it.
     pub async fn try_job_lock(&self, job: &str) -> Result<Option<HeldJobLock>, StoreError> {
         HeldJobLock::try_take(&self.pool, job).await
@@ -184,6 +155,9 @@ impl PostgresStore {
             ("users", "user_id"),
             ("sessions", "session_id"),
             ("refresh_tokens", "token_id"),
+            ("signing_keys", "kid"),
+            ("api_keys", "key_id"),
+            ("webhook_subscriptions", "subscription_id"),
         ] {
             let sql = format!("SELECT '{table}|' || t::text FROM {table} t ORDER BY {key}");
             for row in sqlx::query(&sql).fetch_all(&self.pool).await? {

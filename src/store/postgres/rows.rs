@@ -10,7 +10,7 @@ use crate::domain::session::{Session, SessionStatus};
 use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::{User, UserStatus};
 use crate::domain::{Timestamp, format_timestamp};
-use crate::store::{ChainHead, RecordedEvent, StoreError, StoredSigningKey, TokenRecord};
+use crate::store::{ChainHead, RecordedEvent, StoreError, TokenRecord};
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
@@ -36,11 +36,6 @@ pub(super) const EVENT_COLUMNS: &str = "position, stream_id, stream_version, eve
      schema_version, data_text, metadata_text, \
      (extract(epoch FROM occurred_at) * 1000)::bigint AS occurred_at, \
      (extract(epoch FROM recorded_at) * 1000)::bigint AS recorded_at, prev_hash, hash";
-
-pub(super) const SIGNING_KEY_COLUMNS: &str = "kid, algorithm, public_key, private_key_sealed, \
-     status, (extract(epoch FROM created_at) * 1000)::bigint AS created_at, \
-     (extract(epoch FROM activated_at) * 1000)::bigint AS activated_at, \
-     (extract(epoch FROM retired_at) * 1000)::bigint AS retired_at";
 
 /// Reads shared by the pool and the writer's own transaction.
 pub(super) mod queries {
@@ -172,15 +167,6 @@ pub(super) mod queries {
         .await?;
         Ok(v)
     }
-
-    pub async fn signing_keys(c: &mut PgConnection) -> Result<Vec<StoredSigningKey>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid"
-        ))
-        .fetch_all(c)
-        .await?;
-        rows.iter().map(signing_key_row).collect()
-    }
 }
 
 pub(super) fn json<T: serde::Serialize>(v: &T) -> String {
@@ -275,18 +261,5 @@ pub(super) fn recorded_event(r: &PgRow) -> Result<RecordedEvent, StoreError> {
         recorded_at: format_timestamp(ts(r.get("recorded_at"))?),
         prev_hash: r.get("prev_hash"),
         hash: r.get("hash"),
-    })
-}
-
-fn signing_key_row(r: &PgRow) -> Result<StoredSigningKey, StoreError> {
-    Ok(StoredSigningKey {
-        kid: r.get("kid"),
-        algorithm: r.get("algorithm"),
-        public_key: r.get("public_key"),
-        private_key_sealed: r.get("private_key_sealed"),
-        status: r.get("status"),
-        created_at: ts(r.get("created_at"))?,
-        activated_at: opt_ts(r.get("activated_at"))?,
-        retired_at: opt_ts(r.get("retired_at"))?,
     })
 }

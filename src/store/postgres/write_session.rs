@@ -9,11 +9,14 @@
 //! the lock is released by COMMIT, so positions become visible in the order they were assigned.
 
 use super::locks::{APPEND_LOCK, COMMIT_CHANNEL};
+use super::registry::tx as registry;
 use super::rows::queries;
 use super::writes;
+use crate::domain::keys::{ApiKeyRecord, SigningKeyRecord};
 use crate::domain::session::Session;
 use crate::domain::token::TokenKey;
 use crate::domain::user::User;
+use crate::domain::webhook::SubscriptionRecord;
 use crate::domain::{Timestamp, format_timestamp};
 use crate::store::overlay::Overlay;
 use crate::store::{
@@ -196,6 +199,7 @@ impl crate::store::WriteSession for PostgresWriteSession {
         // Pending events must reach the log; pending projection rows would be deleted anyway.
         self.flush().await?;
         writes::clear_projections(self.conn()?).await?;
+        registry::clear_projections(self.conn()?).await?;
         self.overlay.read_tokens.clear();
         self.overlay.read_sessions.clear();
         self.overlay.read_users.clear();
@@ -333,5 +337,60 @@ impl UnitOfWork for PostgresWriteSession {
             sessions,
             refresh_tokens: tokens,
         })
+    }
+
+    async fn signing_key_records(&mut self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        self.flush().await?;
+        registry::signing_key_records(self.conn()?).await
+    }
+
+    async fn put_signing_key(&mut self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        self.flush().await?;
+        registry::put_signing_key(self.conn()?, key).await
+    }
+
+    async fn api_key_record(&mut self, key_id: Uuid) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.flush().await?;
+        registry::api_key_record(self.conn()?, key_id).await
+    }
+
+    async fn put_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.flush().await?;
+        registry::put_api_key(self.conn()?, key).await
+    }
+
+    async fn webhook_record(&mut self, id: Uuid) -> Result<Option<SubscriptionRecord>, StoreError> {
+        self.flush().await?;
+        registry::webhook_record(self.conn()?, id).await
+    }
+
+    async fn put_webhook(&mut self, subscription: &SubscriptionRecord) -> Result<(), StoreError> {
+        self.flush().await?;
+        registry::put_webhook(self.conn()?, subscription).await
+    }
+
+    async fn delete_webhook(&mut self, id: Uuid) -> Result<(), StoreError> {
+        self.flush().await?;
+        registry::delete_webhook(self.conn()?, id).await
+    }
+
+    async fn put_secret(&mut self, owner: &str, material: &[u8]) -> Result<(), StoreError> {
+        self.flush().await?;
+        registry::put_secret(self.conn()?, owner, material).await
+    }
+
+    async fn delete_secret(&mut self, owner: &str) -> Result<(), StoreError> {
+        self.flush().await?;
+        registry::delete_secret(self.conn()?, owner).await
+    }
+
+    async fn start_webhook_delivery(&mut self, id: Uuid, after: i64) -> Result<(), StoreError> {
+        self.flush().await?;
+        registry::start_webhook_delivery(self.conn()?, id, after).await
+    }
+
+    async fn delete_webhook_delivery(&mut self, id: Uuid) -> Result<(), StoreError> {
+        self.flush().await?;
+        registry::delete_webhook_delivery(self.conn()?, id).await
     }
 }

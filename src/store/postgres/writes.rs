@@ -1,13 +1,13 @@
 //! The writes of the PostgreSQL store: the writer's batch of rows as multi-row statements, the
-//! rebuild's emptying of the projections, and the signing keys. Values cross the wire in text
-//! form and are cast in SQL (see `rows.rs`).
+//! rebuild's emptying of the projections (signing keys, API keys and webhooks: `registry.rs`).
+//! Values cross the wire in text form and are cast in SQL (see `rows.rs`).
 
 use super::rows::json;
 use crate::domain::session::Session;
 use crate::domain::token::TokenKey;
 use crate::domain::user::User;
 use crate::domain::{Timestamp, format_timestamp};
-use crate::store::{RecordedEvent, StoreError, StoredSigningKey, TokenRecord};
+use crate::store::{RecordedEvent, StoreError, TokenRecord};
 use sqlx::postgres::PgConnection;
 use sqlx::{Executor, Postgres, QueryBuilder};
 
@@ -192,52 +192,6 @@ pub async fn clear_projections(c: &mut PgConnection) -> Result<(), StoreError> {
     c.execute(sqlx::raw_sql(
         "DELETE FROM users; DELETE FROM sessions; DELETE FROM refresh_tokens;",
     ))
-    .await?;
-    Ok(())
-}
-
-/// Inserts `k` unless an active key exists; true if it was inserted.
-pub async fn insert_signing_key_if_none_active(
-    c: &mut PgConnection,
-    k: &StoredSigningKey,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
-         created_at, activated_at, retired_at) \
-         SELECT $1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8::timestamptz \
-         WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status = 'active')",
-    )
-    .bind(&k.kid)
-    .bind(&k.algorithm)
-    .bind(&k.public_key)
-    .bind(&k.private_key_sealed)
-    .bind(&k.status)
-    .bind(format_timestamp(k.created_at))
-    .bind(k.activated_at.map(format_timestamp))
-    .bind(k.retired_at.map(format_timestamp))
-    .execute(c)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-pub async fn insert_signing_key(
-    c: &mut PgConnection,
-    k: &StoredSigningKey,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
-         created_at, activated_at, retired_at) \
-         VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8::timestamptz)",
-    )
-    .bind(&k.kid)
-    .bind(&k.algorithm)
-    .bind(&k.public_key)
-    .bind(&k.private_key_sealed)
-    .bind(&k.status)
-    .bind(format_timestamp(k.created_at))
-    .bind(k.activated_at.map(format_timestamp))
-    .bind(k.retired_at.map(format_timestamp))
-    .execute(c)
     .await?;
     Ok(())
 }

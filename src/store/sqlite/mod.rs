@@ -4,6 +4,7 @@
 
 mod access;
 mod operations;
+mod registry;
 mod rows;
 #[cfg(test)]
 mod tests;
@@ -15,9 +16,7 @@ use crate::domain::format_timestamp;
 use crate::domain::session::Session;
 use crate::domain::token::TokenKey;
 use crate::domain::user::User;
-use crate::store::{
-    ChainHead, EventFilter, RecordedEvent, StoreError, StoredSigningKey, TokenRecord,
-};
+use crate::store::{ChainHead, EventFilter, RecordedEvent, StoreError, TokenRecord};
 use rows::*;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -224,74 +223,15 @@ impl SqliteStore {
         rows.iter().map(recorded_event).collect()
     }
 
-    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kid, algorithm, public_key, private_key_sealed, status, created_at, \
-             activated_at, retired_at FROM signing_keys ORDER BY created_at, kid",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredSigningKey {
-                    kid: r.get("kid"),
-                    algorithm: r.get("algorithm"),
-                    public_key: r.get("public_key"),
-                    private_key_sealed: r.get("private_key_sealed"),
-                    status: r.get("status"),
-                    created_at: ts(r.get("created_at"))?,
-                    activated_at: opt_ts(r.get("activated_at"))?,
-                    retired_at: opt_ts(r.get("retired_at"))?,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn insert_signing_key(&self, k: &StoredSigningKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
-             created_at, activated_at, retired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&k.kid)
-        .bind(&k.algorithm)
-        .bind(&k.public_key)
-        .bind(&k.private_key_sealed)
-        .bind(&k.status)
-        .bind(format_timestamp(k.created_at))
-        .bind(k.activated_at.map(format_timestamp))
-        .bind(k.retired_at.map(format_timestamp))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Inserts `k` unless an active key exists; true if it was inserted. One statement, so
-    /// SQLite's single write lock makes the check and the insert one step.
-    pub async fn create_first_signing_key(&self, k: &StoredSigningKey) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
-             created_at, activated_at, retired_at) SELECT ?, ?, ?, ?, ?, ?, ?, ? \
-             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status = 'active')",
-        )
-        .bind(&k.kid)
-        .bind(&k.algorithm)
-        .bind(&k.public_key)
-        .bind(&k.private_key_sealed)
-        .bind(&k.status)
-        .bind(format_timestamp(k.created_at))
-        .bind(k.activated_at.map(format_timestamp))
-        .bind(k.retired_at.map(format_timestamp))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
         for (table, key) in [
             ("users", "user_id"),
             ("sessions", "session_id"),
             ("refresh_tokens", "token_id"),
+            ("signing_keys", "kid"),
+            ("api_keys", "key_id"),
+            ("webhook_subscriptions", "subscription_id"),
         ] {
             let cols: Vec<String> = sqlx::query(&format!("PRAGMA table_info({table})"))
                 .fetch_all(&self.pool)

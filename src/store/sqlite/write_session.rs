@@ -1,10 +1,13 @@
 //! The writer's side of the SQLite store: one connection, one transaction at a time, with a
 //! batch-local overlay so a batch of commands costs a few statements.
 
+use super::registry::tx as registry;
 use super::rows::*;
+use crate::domain::keys::{ApiKeyRecord, SigningKeyRecord};
 use crate::domain::session::Session;
 use crate::domain::token::TokenKey;
 use crate::domain::user::User;
+use crate::domain::webhook::SubscriptionRecord;
 use crate::domain::{Timestamp, format_timestamp};
 use crate::store::overlay::Overlay;
 use crate::store::{
@@ -395,6 +398,7 @@ impl crate::store::WriteSession for SqliteWriteSession {
         self.conn
             .execute("DELETE FROM users; DELETE FROM sessions; DELETE FROM refresh_tokens;")
             .await?;
+        registry::clear_projections(&mut self.conn).await?;
         self.overlay.read_tokens.clear();
         self.overlay.read_sessions.clear();
         self.overlay.read_users.clear();
@@ -540,5 +544,60 @@ impl UnitOfWork for SqliteWriteSession {
             sessions,
             refresh_tokens: tokens,
         })
+    }
+
+    async fn signing_key_records(&mut self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        self.flush(false).await?;
+        registry::signing_key_records(&mut self.conn).await
+    }
+
+    async fn put_signing_key(&mut self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        self.flush(false).await?;
+        registry::put_signing_key(&mut self.conn, key).await
+    }
+
+    async fn api_key_record(&mut self, key_id: Uuid) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.flush(false).await?;
+        registry::api_key_record(&mut self.conn, key_id).await
+    }
+
+    async fn put_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.flush(false).await?;
+        registry::put_api_key(&mut self.conn, key).await
+    }
+
+    async fn webhook_record(&mut self, id: Uuid) -> Result<Option<SubscriptionRecord>, StoreError> {
+        self.flush(false).await?;
+        registry::webhook_record(&mut self.conn, id).await
+    }
+
+    async fn put_webhook(&mut self, subscription: &SubscriptionRecord) -> Result<(), StoreError> {
+        self.flush(false).await?;
+        registry::put_webhook(&mut self.conn, subscription).await
+    }
+
+    async fn delete_webhook(&mut self, id: Uuid) -> Result<(), StoreError> {
+        self.flush(false).await?;
+        registry::delete_webhook(&mut self.conn, id).await
+    }
+
+    async fn put_secret(&mut self, owner: &str, material: &[u8]) -> Result<(), StoreError> {
+        self.flush(false).await?;
+        registry::put_secret(&mut self.conn, owner, material).await
+    }
+
+    async fn delete_secret(&mut self, owner: &str) -> Result<(), StoreError> {
+        self.flush(false).await?;
+        registry::delete_secret(&mut self.conn, owner).await
+    }
+
+    async fn start_webhook_delivery(&mut self, id: Uuid, after: i64) -> Result<(), StoreError> {
+        self.flush(false).await?;
+        registry::start_webhook_delivery(&mut self.conn, id, after).await
+    }
+
+    async fn delete_webhook_delivery(&mut self, id: Uuid) -> Result<(), StoreError> {
+        self.flush(false).await?;
+        registry::delete_webhook_delivery(&mut self.conn, id).await
     }
 }
