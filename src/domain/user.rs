@@ -170,7 +170,10 @@ impl User {
         if wanted.is_empty() {
             return Err(UserError::NoRoles);
         }
-        if wanted == self.roles {
+        // Roles are a set: the same ones in another order are no change.
+        let same =
+            wanted.len() == self.roles.len() && wanted.iter().all(|r| self.roles.contains(r));
+        if same {
             return Ok(Vec::new());
         }
         Ok(vec![Event::UserRolesChanged(UserRolesChanged {
