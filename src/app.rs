@@ -2,7 +2,7 @@
 //! and serve HTTP until told to stop.
 
 use crate::clock::{Clock, SystemClock};
-use crate::commands::{Record, Writer};
+use crate::commands::{CreateFirstSigningKey, Writer, adopt_unlogged_webhooks};
 use crate::config::{Config, ConfigError};
 use crate::context::geoip::GeoIp;
 use crate::delivery::{Deliverer, DeliverySettings};
@@ -14,7 +14,7 @@ use crate::rules::breaker::BreakerConfig;
 use crate::service::Sessiond;
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 use crate::tokens::keys::{KeyError, MASTER_KEY_ENV, MasterKey};
-use crate::tokens::{TokenService, key_stream, load_keys};
+use crate::tokens::{TokenService, load_keys};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,6 +86,14 @@ impl Drop for App {
 /// The store the configuration names: PostgreSQL for a `database_url`, otherwise SQLite in the
 /// data directory (created if `create`, else it must exist).
 pub async fn open_store(config: &Config, create: bool) -> Result<Store, StartError> {
+    let store = open_migrated(config, create).await?;
+    // Subscriptions from before they were in the log are recorded in it first, so that nothing
+    // (a rebuild included) ever sees a subscription the log does not name.
+    adopt_unlogged_webhooks(&store, SystemClock.now()).await?;
+    Ok(store)
+}
+
+async fn open_migrated(config: &Config, create: bool) -> Result<Store, StartError> {
     if let Some(url) = &config.database_url {
         return Ok(Store::Postgres(PostgresStore::open(url.as_str()).await?));
     }
@@ -145,19 +153,14 @@ impl App {
 
         let master = MasterKey::load(options.master_key, &config.data_dir)?;
         let mut loaded = load_keys(&store.signing_keys().await?, &master, options.clock.now())?;
-        if let Some((stored, events)) = loaded.created.take() {
-            if store.create_first_signing_key(&stored).await? {
-                let meta = EventMetadata::new(Actor::System, None);
-                writer
-                    .submit(
-                        Record {
-                            stream_id: key_stream(&stored.kid),
-                            events,
-                        },
-                        meta,
-                    )
-                    .await?;
-                tracing::info!(kid = %stored.kid, "created the first signing key");
+        if let Some(stored) = loaded.created.take() {
+            // One command: the check for an active key, the events, the row and the sealed
+            // private half in one transaction (under the append lock on PostgreSQL).
+            let kid = stored.kid.clone();
+            let meta = EventMetadata::new(Actor::System, None);
+            let command = CreateFirstSigningKey { key: stored };
+            if writer.submit(command, meta).await? {
+                tracing::info!(%kid, "created the first signing key");
             } else {
                 // Another node created one while we were starting: use that one.
                 loaded = load_keys(&store.signing_keys().await?, &master, options.clock.now())?;

@@ -4,7 +4,8 @@
 use crate::clock::Clock;
 use crate::commands::{
     ChangePassword, EndSession, EndSessionByToken, LogoutEverywhere, Reauthenticate,
-    RecordLoginFailure, Refresh, RefreshRefusal, Register, StartRefusal, StartSession, Writer,
+    RecordLoginFailure, Refresh, RefreshRefusal, Register, SetRoles, SetRolesRefusal, StartRefusal,
+    StartSession, Writer,
 };
 use crate::config::Config;
 use crate::domain::Timestamp;
@@ -88,7 +89,9 @@ fn user_error(e: UserError) -> Error {
         UserError::InvalidUsername => Error::InvalidField("invalid_username", e.to_string()),
         UserError::InvalidPassword => Error::InvalidField("invalid_password", e.to_string()),
         UserError::UsernameTaken => Error::Conflict("username_taken", e.to_string()),
-        UserError::UnknownRole(_) => Error::InvalidField("invalid_role", e.to_string()),
+        UserError::UnknownRole(_) | UserError::NoRoles => {
+            Error::InvalidField("invalid_role", e.to_string())
+        }
     }
 }
 
@@ -117,6 +120,23 @@ impl Sessiond {
         };
         let reply = self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await?;
         reply.map_err(user_error)
+    }
+
+    /// Replaces a user's roles (from the command line: the system acts); they apply from the
+    /// user's next login.
+    pub async fn set_roles(&self, username: &str, roles: Vec<String>) -> Result<User, Error> {
+        let command = SetRoles {
+            username: username.to_owned(),
+            roles,
+        };
+        let reply = self
+            .writer
+            .submit(command, EventMetadata::new(Actor::System, None))
+            .await?;
+        reply.map_err(|e| match e {
+            SetRolesRefusal::UnknownUser => Error::NotFound,
+            SetRolesRefusal::Invalid(e) => user_error(e),
+        })
     }
 
     /// Checks the password and starts a session. An unknown name costs the same argon2

@@ -26,6 +26,17 @@ pub enum UsersCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Replace a user's roles (`user.roles_changed`). Sessions keep the roles granted at their
+    /// login: the change applies from the next login.
+    SetRoles {
+        #[command(flatten)]
+        common: super::Common,
+        /// The user's name.
+        username: String,
+        /// The roles to hold from now on (repeat or comma-separate): user, security.
+        #[arg(long = "role", value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -56,7 +67,7 @@ pub enum ApiKeysCmd {
 
 /// The service over a data directory, without the jobs and delivery a server runs: one
 /// command's worth of work through the same writer and events as the API.
-async fn service(config: Config) -> Result<App, StartError> {
+pub(super) async fn service(config: Config) -> Result<App, StartError> {
     App::build_with(
         config,
         crate::app::Options {
@@ -111,6 +122,25 @@ pub async fn users(cmd: UsersCmd) -> Result<ExitCode, StartError> {
                     }
                     Ok(ExitCode::SUCCESS)
                 }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        UsersCmd::SetRoles {
+            common,
+            username,
+            roles,
+        } => {
+            let app = service(common.existing_config()?).await?;
+            let result = app.service.set_roles(&username, roles).await;
+            app.shutdown().await;
+            match result {
+                Ok(user) => {
+                    println!("user {} ({})", user.username, user.user_id);
+                    println!("roles: {}", user.roles.join(", "));
+                    println!("(sessions keep the roles they were granted at login)");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(crate::error::Error::NotFound) => fail(format!("no user {username:?}")),
                 Err(e) => fail(e.to_string()),
             }
         }

@@ -1,6 +1,7 @@
 //! `sessiond keys …` (signing keys, and API keys through `accounts`) and `sessiond webhooks …`.
 
 use super::{Common, accounts};
+use crate::domain::event::Actor;
 use crate::{App, StartError};
 use clap::Subcommand;
 use std::process::ExitCode;
@@ -109,23 +110,15 @@ pub async fn webhooks(command: WebhooksCmd) -> Result<ExitCode, StartError> {
             event_types,
             format,
         } => {
-            let config = common.existing_config()?;
-            let store = common.store().await?;
-            let master = crate::tokens::keys::MasterKey::load(
-                std::env::var(crate::tokens::keys::MASTER_KEY_ENV)
-                    .ok()
-                    .filter(|v| !v.is_empty()),
-                &config.data_dir,
-            )?;
             let new = subscriptions::NewSubscription {
                 url,
                 event_types,
                 format,
             };
-            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-            let (view, secret) = subscriptions::create(&store, &master, now, new)
-                .await
-                .map_err(fail)?;
+            let app = accounts::service(common.existing_config()?).await?;
+            let result = app.service.create_webhook(new, Actor::System).await;
+            app.shutdown().await;
+            let (view, secret) = result.map_err(fail)?;
             println!("subscription {}", view.subscription_id);
             println!("secret {secret}");
             println!(
@@ -146,15 +139,13 @@ pub async fn webhooks(command: WebhooksCmd) -> Result<ExitCode, StartError> {
         WebhooksCmd::Delete { common, id } => {
             let id = uuid::Uuid::parse_str(id.trim())
                 .map_err(|_| StartError::Io(format!("{id:?} is not a subscription id")))?;
-            let store = common.store().await?;
-            subscriptions::delete(&store, id)
-                .await
-                .map_err(|e| match e {
-                    crate::error::Error::NotFound => {
-                        StartError::Io(format!("no subscription {id}"))
-                    }
-                    other => fail(other),
-                })?;
+            let app = accounts::service(common.existing_config()?).await?;
+            let result = app.service.delete_webhook(id, Actor::System).await;
+            app.shutdown().await;
+            result.map_err(|e| match e {
+                crate::error::Error::NotFound => StartError::Io(format!("no subscription {id}")),
+                other => fail(other),
+            })?;
             println!("subscription {id} deleted");
             Ok(ExitCode::SUCCESS)
         }

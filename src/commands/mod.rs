@@ -8,13 +8,16 @@
 //! the same transaction. The reply reaches the caller only once the batch is durable, and each
 //! command's [`Command::observe`] then turns its committed outcome into metrics.
 
+mod api_keys;
 pub mod effects;
 mod judge;
+mod keys;
 mod login;
-mod record;
 mod recording;
 mod refresh;
 mod revocation;
+mod roles;
+mod webhooks;
 pub mod writer;
 
 use crate::domain::Timestamp;
@@ -25,12 +28,17 @@ use crate::rules::RuleEngine;
 use crate::store::{StoreError, UnitOfWork};
 use std::future::Future;
 
+pub use api_keys::{CreateApiKey, RevokeApiKey, UnknownApiKey};
+pub use keys::{CreateFirstSigningKey, RotateSigningKeys};
 pub use login::{RecordLoginFailure, Register, StartRefusal, StartSession};
-pub use record::Record;
 pub use refresh::{Reauthenticate, Refresh, RefreshRefusal, Refreshed};
 pub use revocation::{
     ChangePassword, EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere,
     PruneEndedSessions, RequireReauth, SetLock, UnknownSession, UnknownToken, UnknownUser,
+};
+pub use roles::{SetRoles, SetRolesRefusal};
+pub use webhooks::{
+    AdoptUnloggedWebhooks, Subscribe, UnknownSubscription, Unsubscribe, adopt_unlogged_webhooks,
 };
 pub use writer::{Writer, WriterStats};
 

@@ -7,7 +7,7 @@ use crate::domain::event::{Event, EventMetadata, RevokeReason, session_stream, u
 use crate::domain::session::Session;
 use crate::domain::user::User;
 use crate::projection;
-use crate::store::{NewEvent, StoreError, UnitOfWork};
+use crate::store::{NewEvent, RecordedEvent, StoreError, UnitOfWork};
 use uuid::Uuid;
 
 pub(super) async fn load_session<U: UnitOfWork>(
@@ -111,4 +111,33 @@ pub(super) async fn record_user<U: UnitOfWork>(
     )
     .await?;
     projection::apply_user(uow, before, &events, now).await
+}
+
+/// Appends to a signing key's, an API key's or a webhook subscription's stream (at its current
+/// version) and brings its row along. `at` is the events' `occurred_at` (the command's `now`,
+/// except for history adopted into the log).
+pub(super) async fn record_registry<U: UnitOfWork>(
+    uow: &mut U,
+    stream_id: &str,
+    events: Vec<Event>,
+    meta: &EventMetadata,
+    at: Timestamp,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut version = uow.stream_version(stream_id).await?;
+    let mut recorded = Vec::with_capacity(events.len());
+    for event in events {
+        recorded.push(
+            uow.append(NewEvent {
+                stream_id: stream_id.to_owned(),
+                expected_version: version,
+                event: event.clone(),
+                metadata: meta.clone(),
+                occurred_at: at,
+            })
+            .await?,
+        );
+        version += 1;
+        projection::apply_registry(uow, &event, at).await?;
+    }
+    Ok(recorded)
 }

@@ -7,9 +7,10 @@
 //! and deciding afresh, so one bad command never takes others down with it.
 
 use super::{
-    ChangePassword, EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere,
-    PruneEndedSessions, Reauthenticate, Record, RecordLoginFailure, Refresh, Register,
-    RequireReauth, SetLock, StartSession,
+    AdoptUnloggedWebhooks, ChangePassword, CreateApiKey, CreateFirstSigningKey, EndSession,
+    EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, Reauthenticate,
+    RecordLoginFailure, Refresh, Register, RequireReauth, RevokeApiKey, RotateSigningKeys, SetLock,
+    SetRoles, StartSession, Subscribe, Unsubscribe,
 };
 use super::{Command, Context};
 use crate::clock::Clock;
@@ -119,8 +120,53 @@ queue!(
     RequireReauth,
     ExpireIfDue,
     PruneEndedSessions,
-    Record,
+    CreateFirstSigningKey,
+    RotateSigningKeys,
+    CreateApiKey,
+    RevokeApiKey,
+    Subscribe,
+    Unsubscribe,
+    AdoptUnloggedWebhooks,
+    SetRoles,
 );
+
+/// Runs one command in a transaction of its own on `ws`, outside the writer: for the data
+/// migration that runs when the store is opened, before any writer exists. Only for commands
+/// that neither judge requests nor touch sessions (the rules are off, the policy is empty).
+pub async fn run_once<W: WriteSession, C: Command>(
+    ws: &mut W,
+    command: C,
+    meta: &EventMetadata,
+    now: crate::domain::Timestamp,
+) -> Result<C::Reply, StoreError> {
+    let policy = SessionPolicy {
+        idle_lifetime: crate::domain::Duration::zero(),
+        absolute_lifetime: crate::domain::Duration::zero(),
+        grace_window: crate::domain::Duration::zero(),
+        max_grace_retries: 0,
+    };
+    let rules = RuleEngine::disabled();
+    let cx = Context {
+        now,
+        meta,
+        policy: &policy,
+        rules: &rules,
+    };
+    ws.begin(&[]).await?;
+    match command.handle(ws, &cx).await {
+        Ok(reply) => {
+            if let Err(e) = ws.commit().await {
+                ws.rollback().await?;
+                return Err(e);
+            }
+            Ok(reply)
+        }
+        Err(e) => {
+            ws.rollback().await?;
+            Err(e)
+        }
+    }
+}
 
 /// Counters for the benchmark report and, later, metrics.
 #[derive(Debug, Default)]

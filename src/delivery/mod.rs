@@ -11,6 +11,7 @@ pub mod caep;
 
 use crate::clock::Clock;
 use crate::domain::Duration as Span;
+use crate::domain::webhook::WebhookFormat;
 use crate::store::{EventFilter, RecordedEvent, Store, StoreError, WebhookSubscription};
 use crate::tokens::TokenService;
 use crate::tokens::keys::MasterKey;
@@ -106,7 +107,7 @@ struct Target {
     url: String,
     secret: Vec<u8>,
     event_types: Vec<String>,
-    format: String,
+    format: WebhookFormat,
 }
 
 impl Target {
@@ -320,7 +321,7 @@ async fn send(
     event: &RecordedEvent,
     attempt: u32,
 ) -> Result<(), String> {
-    let (body, content_type) = if target.format == crate::service::webhooks::FORMAT_CAEP {
+    let (body, content_type) = if target.format == WebhookFormat::Caep {
         match caep::security_event_token(app, &target.url, target.id, event).await {
             Ok(Some(jwt)) => (jwt.into_bytes(), caep::CONTENT_TYPE),
             Ok(None) => return Ok(()),

@@ -5,6 +5,7 @@
 use super::Timestamp;
 use super::context::RequestContext;
 use super::token::TokenHash;
+use super::webhook::WebhookFormat;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -30,6 +31,14 @@ pub fn rule_stream(receipt_id: Uuid) -> String {
 
 pub fn signing_key_stream(kid: &str) -> String {
     format!("signing_key-{kid}")
+}
+
+pub fn api_key_stream(key_id: Uuid) -> String {
+    format!("api_key-{key_id}")
+}
+
+pub fn webhook_stream(subscription_id: Uuid) -> String {
+    format!("webhook-{subscription_id}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +306,30 @@ pub struct ApiKeyRevoked {
     pub key_id: Uuid,
 }
 
+/// A user's roles were replaced (from the next login on: sessions keep the roles granted at
+/// their login).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRolesChanged {
+    pub user_id: Uuid,
+    pub roles: Vec<String>,
+    pub previous: Vec<String>,
+}
+
+/// A webhook subscription was made. Its secret is not here: it is kept sealed outside the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSubscribed {
+    pub subscription_id: Uuid,
+    pub url: String,
+    /// Event types delivered; empty means every type.
+    pub event_types: Vec<String>,
+    pub format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookUnsubscribed {
+    pub subscription_id: Uuid,
+}
+
 macro_rules! catalogue {
     ($( $variant:ident($payload:ty) = $name:literal, version $version:literal; )*) => {
         /// Every event sessiond records.
@@ -360,6 +393,9 @@ catalogue! {
     RetentionPruned(RetentionPruned) = "retention.pruned", version 1;
     ApiKeyCreated(ApiKeyCreated) = "api_key.created", version 1;
     ApiKeyRevoked(ApiKeyRevoked) = "api_key.revoked", version 1;
+    UserRolesChanged(UserRolesChanged) = "user.roles_changed", version 1;
+    WebhookSubscribed(WebhookSubscribed) = "webhook.subscribed", version 1;
+    WebhookUnsubscribed(WebhookUnsubscribed) = "webhook.unsubscribed", version 1;
     // The rule engine (issue 3).
     SessionReauthenticated(SessionReauthenticated) = "session.reauthenticated", version 1;
     RuleFired(RuleFired) = "rule.fired", version 1;

@@ -3,10 +3,12 @@
 
 pub mod context;
 pub mod event;
+pub mod keys;
 pub mod parse;
 pub mod session;
 pub mod token;
 pub mod user;
+pub mod webhook;
 
 pub use chrono::Duration;
 

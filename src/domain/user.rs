@@ -4,7 +4,7 @@ use super::Timestamp;
 use super::context::RequestContext;
 use super::event::{
     Event, LoginFailed, LoginFailure, PasswordChanged, UserLockChanged, UserLoggedOutEverywhere,
-    UserRegistered,
+    UserRegistered, UserRolesChanged,
 };
 use uuid::Uuid;
 
@@ -58,6 +58,8 @@ pub enum UserError {
     UsernameTaken,
     #[error("unknown role {0:?}")]
     UnknownRole(String),
+    #[error("give at least one role: {}", ROLES.join(", "))]
+    NoRoles,
 }
 
 pub const ROLES: &[&str] = &["user", "security"];
@@ -153,6 +155,34 @@ impl User {
 }
 
 impl User {
+    /// Replaces the user's roles (checked as at registration); nothing when they are the same.
+    /// Sessions keep the roles granted at their login.
+    pub fn decide_set_roles(&self, roles: &[String]) -> Result<Vec<Event>, UserError> {
+        let mut wanted: Vec<String> = Vec::new();
+        for r in roles.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
+            if !ROLES.contains(&r) {
+                return Err(UserError::UnknownRole(r.to_owned()));
+            }
+            if !wanted.iter().any(|w| w == r) {
+                wanted.push(r.to_owned());
+            }
+        }
+        if wanted.is_empty() {
+            return Err(UserError::NoRoles);
+        }
+        // Roles are a set: the same ones in another order are no change.
+        let same =
+            wanted.len() == self.roles.len() && wanted.iter().all(|r| self.roles.contains(r));
+        if same {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Event::UserRolesChanged(UserRolesChanged {
+            user_id: self.user_id,
+            roles: wanted,
+            previous: self.roles.clone(),
+        })])
+    }
+
     /// Locks or unlocks; nothing when the user is already so. Ending the sessions of a locked
     /// user is the caller's part (they are other streams).
     pub fn decide_lock(
@@ -196,6 +226,7 @@ pub fn evolve(state: Option<User>, event: &Event, occurred_at: Timestamp) -> Opt
         }
         Event::UserLocked(_) => u.status = UserStatus::Locked,
         Event::UserUnlocked(_) => u.status = UserStatus::Active,
+        Event::UserRolesChanged(e) => u.roles = e.roles.clone(),
         Event::LoginFailed(_) | Event::UserLoggedOutEverywhere(_) => {}
         _ => return Some(u),
     }
@@ -210,6 +241,7 @@ pub fn user_of(event: &Event) -> Option<Uuid> {
         Event::PasswordChanged(e) => Some(e.user_id),
         Event::UserLocked(e) | Event::UserUnlocked(e) => Some(e.user_id),
         Event::UserLoggedOutEverywhere(e) => Some(e.user_id),
+        Event::UserRolesChanged(e) => Some(e.user_id),
         Event::LoginFailed(e) => e.user_id,
         _ => None,
     }
@@ -245,5 +277,21 @@ mod tests {
         let u = evolve(None, &e, chrono::Utc::now()).unwrap();
         assert_eq!(u.username, "bob");
         assert!(u.can_log_in());
+
+        let change = u.decide_set_roles(&["security".into(), "user".into(), "security".into()]);
+        let change = change.unwrap();
+        let v = evolve(Some(u.clone()), &change[0], chrono::Utc::now()).unwrap();
+        assert_eq!(v.roles, ["security", "user"]);
+        assert_eq!(v.version, u.version + 1);
+        assert_eq!(
+            v.decide_set_roles(&v.roles),
+            Ok(vec![]),
+            "no change, no event"
+        );
+        assert_eq!(
+            u.decide_set_roles(&["root".into()]),
+            Err(UserError::UnknownRole("root".into()))
+        );
+        assert_eq!(u.decide_set_roles(&[]), Err(UserError::NoRoles));
     }
 }

@@ -3,8 +3,9 @@
 use super::AppState;
 use super::admin::SecurityCaller;
 use super::extract::ApiJson;
+use crate::domain::webhook::WebhookFormat;
 use crate::error::Error;
-use crate::service::webhooks::{FORMAT_JSON, NewSubscription};
+use crate::service::webhooks::NewSubscription;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -31,15 +32,17 @@ struct CreateBody {
 
 async fn create(
     State(app): State<AppState>,
-    _: SecurityCaller,
+    SecurityCaller(caller): SecurityCaller,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, Error> {
     let new = NewSubscription {
         url: body.url,
         event_types: body.event_types,
-        format: body.format.unwrap_or_else(|| FORMAT_JSON.to_owned()),
+        format: body
+            .format
+            .unwrap_or_else(|| WebhookFormat::Json.as_str().to_owned()),
     };
-    let (view, secret) = app.create_webhook(new).await?;
+    let (view, secret) = app.create_webhook(new, caller.actor()).await?;
     let mut body = serde_json::to_value(view).expect("a view serializes");
     body["secret"] = json!(secret);
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -52,11 +55,11 @@ async fn list(State(app): State<AppState>, _: SecurityCaller) -> Result<Response
 
 async fn remove(
     State(app): State<AppState>,
-    _: SecurityCaller,
+    SecurityCaller(caller): SecurityCaller,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| Error::InvalidRequest("the subscription id is not a UUID".into()))?;
-    app.delete_webhook(id).await?;
+    app.delete_webhook(id, caller.actor()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

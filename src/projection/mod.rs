@@ -1,11 +1,15 @@
-//! Inline projections: the users, sessions and refresh_tokens tables. They change only here,
-//! through the domain's `evolve`, both live (in the transaction that appends the events) and in
-//! a rebuild from position 0, so the two cannot drift apart.
+//! Inline projections: the users, sessions and refresh_tokens tables, and the signing keys, API
+//! keys and webhook subscriptions. They change only here, through the domain's `evolve`, both
+//! live (in the transaction that appends the events) and in a rebuild from position 0, so the
+//! two cannot drift apart. (What must not enter the log, secrets and delivery checkpoints, is
+//! written by the commands beside their events and is no projection: a rebuild leaves it.)
 
 use crate::domain::Timestamp;
 use crate::domain::event::Event;
+use crate::domain::keys;
 use crate::domain::session::{self, Session};
 use crate::domain::user::{self, User};
+use crate::domain::webhook;
 use crate::store::{EventFilter, Store, StoreError, TokenRecord, UnitOfWork, WriteSession};
 
 /// Applies events just appended to one session stream.
@@ -48,6 +52,39 @@ pub async fn apply_user<U: UnitOfWork>(
         uow.put_user(u).await?;
     }
     Ok(state)
+}
+
+/// Applies an event of a signing key's, an API key's or a webhook subscription's stream to its
+/// row; false (and nothing done) for any other event.
+pub async fn apply_registry<U: UnitOfWork>(
+    uow: &mut U,
+    event: &Event,
+    at: Timestamp,
+) -> Result<bool, StoreError> {
+    if let Some(kid) = keys::signing_key_of(event) {
+        let before = uow
+            .signing_key_records()
+            .await?
+            .into_iter()
+            .find(|k| k.kid == kid);
+        if let Some(k) = keys::evolve_signing_key(before, event, at) {
+            uow.put_signing_key(&k).await?;
+        }
+    } else if let Some(id) = keys::api_key_of(event) {
+        let before = uow.api_key_record(id).await?;
+        if let Some(k) = keys::evolve_api_key(before, event, at) {
+            uow.put_api_key(&k).await?;
+        }
+    } else if let Some(id) = webhook::subscription_of(event) {
+        let before = uow.webhook_record(id).await?;
+        match webhook::evolve(before, event, at) {
+            Some(w) => uow.put_webhook(&w).await?,
+            None => uow.delete_webhook(id).await?,
+        }
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// `sessiond projections rebuild`: empties every inline projection of `store` and replays the
@@ -93,8 +130,9 @@ async fn replay_all<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, S
         for recorded in &page {
             let event = recorded.decode()?;
             let at = recorded.occurred_at()?;
-            // Each event lands on exactly one stream: a session's or a user's (or neither); a
-            // retention prune is replayed where it happened, so pruned rows stay pruned.
+            // Each event lands on exactly one stream: a session's, a user's, a key's or a
+            // subscription's (or none of them); a retention prune is replayed where it happened,
+            // so pruned rows stay pruned.
             if let Event::RetentionPruned(p) = &event {
                 ws.prune_ended_before(p.ended_before).await?;
             } else if let Some(id) = session::session_of(&event) {
@@ -103,6 +141,8 @@ async fn replay_all<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, S
             } else if let Some(id) = user::user_of(&event) {
                 let before = ws.user_by_id(id).await?;
                 apply_user(ws, before, std::slice::from_ref(&event), at).await?;
+            } else {
+                apply_registry(ws, &event, at).await?;
             }
             replayed += 1;
         }

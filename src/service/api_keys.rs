@@ -2,8 +2,8 @@
 //! `security` role, or an API key with a role that covers the route.
 
 use super::{Principal, Sessiond};
-use crate::commands::Record;
-use crate::domain::event::{Actor, ApiKeyCreated, ApiKeyRevoked, Event, EventMetadata};
+use crate::commands::{CreateApiKey, RevokeApiKey};
+use crate::domain::event::{Actor, EventMetadata};
 use crate::domain::token::{API_KEY_PREFIX, ApiKey};
 use crate::error::Error;
 use crate::store::StoredApiKey;
@@ -38,10 +38,6 @@ impl Caller {
             Caller::ApiKey(k) => Actor::ApiKey(k.key_id),
         }
     }
-}
-
-fn api_key_stream(key_id: Uuid) -> String {
-    format!("api_key-{key_id}")
 }
 
 impl Sessiond {
@@ -106,21 +102,21 @@ impl Sessiond {
         let mut entropy = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut entropy);
         let key = ApiKey::new(Uuid::now_v7(), entropy);
-        let stored = StoredApiKey {
+        let command = CreateApiKey {
             key_id: key.id(),
             name: name.to_owned(),
-            key_hash: key.hash().0,
             roles,
-            created_at: self.now(),
-            revoked_at: None,
+            key_hash: key.hash().0,
         };
-        self.store.insert_api_key(&stored).await?;
-        let event = Event::ApiKeyCreated(ApiKeyCreated {
-            key_id: stored.key_id,
-            name: stored.name.clone(),
-            roles: stored.roles.clone(),
-        });
-        self.record(api_key_stream(stored.key_id), event).await?;
+        let record = self.writer.submit(command, system()).await?;
+        let stored = StoredApiKey {
+            key_id: record.key_id,
+            name: record.name,
+            key_hash: key.hash().0,
+            roles: record.roles,
+            created_at: record.created_at,
+            revoked_at: record.revoked_at,
+        };
         Ok((stored, key))
     }
 
@@ -130,21 +126,14 @@ impl Sessiond {
 
     /// Revokes a key at once; 404 for an unknown or already revoked key.
     pub async fn revoke_api_key(&self, key_id: Uuid) -> Result<(), Error> {
-        if !self.store.revoke_api_key(key_id, self.now()).await? {
-            return Err(Error::NotFound);
-        }
-        let event = Event::ApiKeyRevoked(ApiKeyRevoked { key_id });
-        self.record(api_key_stream(key_id), event).await
-    }
-
-    async fn record(&self, stream_id: String, event: Event) -> Result<(), Error> {
-        let cmd = Record {
-            stream_id,
-            events: vec![event],
-        };
         self.writer
-            .submit(cmd, EventMetadata::new(Actor::System, None))
-            .await?;
-        Ok(())
+            .submit(RevokeApiKey { key_id }, system())
+            .await?
+            .map_err(|_| Error::NotFound)
     }
+}
+
+/// API keys are made and revoked from the command line: the system acts.
+fn system() -> EventMetadata {
+    EventMetadata::new(Actor::System, None)
 }

@@ -1,21 +1,18 @@
-//! Webhook subscriptions: created, listed and deleted from the CLI or the security API. The secret
-//! is generated here, shown once to whoever created the subscription, and stored sealed.
+//! Webhook subscriptions: created, listed and deleted from the CLI or the security API, through
+//! the writer (`webhook.subscribed` / `webhook.unsubscribed`, with the caller as actor). The
+//! secret is generated here, shown once to whoever created the subscription, and stored sealed,
+//! outside the log.
 
-use crate::domain::Timestamp;
-use crate::domain::event::Event;
+use crate::commands::{Subscribe, Unsubscribe};
+use crate::domain::event::{Actor, Event, EventMetadata};
+use crate::domain::webhook::WebhookFormat;
 use crate::error::Error;
 use crate::store::{Store, WebhookSubscription};
-use crate::tokens::keys::MasterKey;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use serde::Serialize;
 use uuid::Uuid;
-
-/// Each event as JSON.
-pub const FORMAT_JSON: &str = "json";
-/// Session revocations as OpenID CAEP `session-revoked` security event tokens.
-pub const FORMAT_CAEP: &str = "caep";
 
 pub const SECRET_PREFIX: &str = "whsec_";
 
@@ -33,7 +30,7 @@ pub struct SubscriptionView {
     pub subscription_id: Uuid,
     pub url: String,
     pub event_types: Vec<String>,
-    pub format: String,
+    pub format: WebhookFormat,
     pub created_at: String,
     pub delivered_position: i64,
     pub failures: i64,
@@ -47,7 +44,7 @@ impl From<&WebhookSubscription> for SubscriptionView {
             subscription_id: w.subscription_id,
             url: w.url.clone(),
             event_types: w.event_types.clone(),
-            format: w.format.clone(),
+            format: w.format,
             created_at: crate::domain::format_timestamp(w.created_at),
             delivered_position: w.delivered_position,
             failures: w.failures,
@@ -61,14 +58,8 @@ fn invalid(code: &'static str, message: impl Into<String>) -> Error {
     Error::InvalidField(code, message.into())
 }
 
-/// Checks the request, stores the subscription (delivering from the current head of the log
-/// onwards) and returns it with its secret, which is not shown again.
-pub async fn create(
-    store: &Store,
-    master: &MasterKey,
-    now: Timestamp,
-    new: NewSubscription,
-) -> Result<(SubscriptionView, String), Error> {
+/// Checks the request: the URL, the event types and the format as they will be stored.
+fn check(new: NewSubscription) -> Result<(reqwest::Url, Vec<String>, WebhookFormat), Error> {
     let url = reqwest::Url::parse(new.url.trim()).map_err(|_| {
         invalid(
             "invalid_url",
@@ -107,45 +98,19 @@ pub async fn create(
             event_types.push(t.to_owned());
         }
     }
-    match new.format.as_str() {
-        FORMAT_JSON => {}
-        FORMAT_CAEP => {
-            if event_types.iter().any(|t| t != "session.revoked") {
-                return Err(invalid(
-                    "invalid_event_type",
-                    "the caep format carries session.revoked only",
-                ));
-            }
-            event_types = vec!["session.revoked".to_owned()];
-        }
-        _ => {
+    let format = WebhookFormat::parse(&new.format)
+        .ok_or_else(|| invalid("invalid_format", "format must be \"json\" or \"caep\""))?;
+    if format == WebhookFormat::Caep {
+        if event_types.iter().any(|t| t != "session.revoked") {
             return Err(invalid(
-                "invalid_format",
-                "format must be \"json\" or \"caep\"",
+                "invalid_event_type",
+                "the caep format carries session.revoked only",
             ));
         }
+        event_types = vec!["session.revoked".to_owned()];
     }
-    let subscription_id = Uuid::new_v4();
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let secret = format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
-    let subscription = WebhookSubscription {
-        subscription_id,
-        url: url.to_string(),
-        secret_sealed: master.seal(&subscription_id.to_string(), secret.as_bytes()),
-        event_types,
-        format: new.format,
-        created_at: now,
-        delivered_position: store.head().await?.position,
-        failures: 0,
-        last_error: None,
-        last_attempt_at: None,
-    };
-    store.insert_webhook(&subscription).await?;
-    tracing::info!(subscription_id = %subscription_id, url = %redacted_url(&subscription.url), "webhook subscription created");
-    Ok((SubscriptionView::from(&subscription), secret))
+    Ok((url, event_types, format))
 }
-
 pub async fn list(store: &Store) -> Result<Vec<SubscriptionView>, Error> {
     Ok(store
         .webhooks()
@@ -153,15 +118,6 @@ pub async fn list(store: &Store) -> Result<Vec<SubscriptionView>, Error> {
         .iter()
         .map(SubscriptionView::from)
         .collect())
-}
-
-pub async fn delete(store: &Store, id: Uuid) -> Result<(), Error> {
-    if store.delete_webhook(id).await? {
-        tracing::info!(subscription_id = %id, "webhook subscription deleted");
-        Ok(())
-    } else {
-        Err(Error::NotFound)
-    }
 }
 
 /// Scheme, host and port only: a path or query may carry a token of the subscriber's.
@@ -178,18 +134,60 @@ pub fn redacted_url(url: &str) -> String {
 }
 
 impl super::Sessiond {
+    /// Checks the request, records the subscription (delivering the events after it) and
+    /// returns it with its secret, which is not shown again.
     pub async fn create_webhook(
         &self,
         new: NewSubscription,
+        actor: Actor,
     ) -> Result<(SubscriptionView, String), Error> {
-        create(&self.store, &self.master_key, self.clock.now(), new).await
+        let (url, event_types, format) = check(new)?;
+        let subscription_id = Uuid::new_v4();
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let secret = format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+        let command = Subscribe {
+            subscription_id,
+            url: url.to_string(),
+            event_types,
+            format,
+            secret_sealed: self
+                .master_key
+                .seal(&subscription_id.to_string(), secret.as_bytes()),
+        };
+        let (row, delivered_position) = self
+            .writer
+            .submit(command, EventMetadata::new(actor, None))
+            .await?;
+        tracing::info!(subscription_id = %subscription_id, url = %redacted_url(&row.url), "webhook subscription created");
+        let view = SubscriptionView {
+            subscription_id,
+            url: row.url,
+            event_types: row.event_types,
+            format: row.format,
+            created_at: crate::domain::format_timestamp(row.created_at),
+            delivered_position,
+            failures: 0,
+            last_error: None,
+            last_attempt_at: None,
+        };
+        Ok((view, secret))
     }
 
     pub async fn webhooks(&self) -> Result<Vec<SubscriptionView>, Error> {
         list(&self.store).await
     }
 
-    pub async fn delete_webhook(&self, id: Uuid) -> Result<(), Error> {
-        delete(&self.store, id).await
+    /// Removes a subscription (`webhook.unsubscribed`); 404 for an unknown one.
+    pub async fn delete_webhook(&self, id: Uuid, actor: Actor) -> Result<(), Error> {
+        let command = Unsubscribe {
+            subscription_id: id,
+        };
+        self.writer
+            .submit(command, EventMetadata::new(actor, None))
+            .await?
+            .map_err(|_| Error::NotFound)?;
+        tracing::info!(subscription_id = %id, "webhook subscription deleted");
+        Ok(())
     }
 }

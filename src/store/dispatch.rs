@@ -3,6 +3,7 @@
 //! [`tables`] (every read and write through the pool).
 
 pub(crate) mod dialect;
+pub(crate) mod registry;
 pub(crate) mod rows;
 pub(crate) mod tables;
 
@@ -40,17 +41,12 @@ route! {
     fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError>;
     /// Whether any user holds `role` (the first start says how to make a security user).
     fn has_user_with_role(&self, role: &str) -> Result<bool, StoreError>;
-    fn insert_api_key(&self, key: &StoredApiKey) -> Result<(), StoreError>;
     /// The API key with this id whose stored hash matches; `None` for any other.
     fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError>;
     fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError>;
-    fn revoke_api_key(&self, key_id: Uuid, at: Timestamp) -> Result<bool, StoreError>;
     fn head(&self) -> Result<ChainHead, StoreError>;
+    /// Every signing key with its sealed private half, oldest first.
     fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError>;
-    fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError>;
-    /// Inserts `key` unless an active signing key exists; true if it was inserted. Nodes that
-    /// start together on an empty database end up with one key.
-    fn create_first_signing_key(&self, key: &StoredSigningKey) -> Result<bool, StoreError>;
     /// Every row of every inline projection in a fixed order, for comparing live and rebuilt.
     fn projection_snapshot(&self) -> Result<Vec<String>, StoreError>;
     /// Active sessions past their idle or absolute expiry at `now`, soonest first.
@@ -58,11 +54,10 @@ route! {
     fn count_active_sessions(&self) -> Result<i64, StoreError>;
     /// Fails unless the database answers and this build's migrations are all applied.
     fn check_ready(&self) -> Result<(), StoreError>;
-    /// Writes a key's status, activation and retirement times.
-    fn update_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError>;
-    fn insert_webhook(&self, w: &WebhookSubscription) -> Result<(), StoreError>;
+    /// Every subscription with its sealed secret and delivery checkpoint.
     fn webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError>;
-    fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError>;
+    /// Subscriptions made before they were recorded in the log, to be adopted into it.
+    fn unlogged_webhooks(&self) -> Result<Vec<Uuid>, StoreError>;
     /// One delivery attempt: on success (`error` None) the checkpoint moves to
     /// `delivered_position` and the failure count resets; a failure counts up.
     fn record_webhook_attempt(

@@ -10,9 +10,11 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::domain::event::{DecodeError, Event, EventMetadata};
+use crate::domain::keys::{ApiKeyRecord, SigningKeyRecord, SigningKeyStatus};
 use crate::domain::session::Session;
 use crate::domain::token::TokenKey;
 use crate::domain::user::User;
+use crate::domain::webhook::{SubscriptionRecord, WebhookFormat};
 use crate::domain::{Timestamp, format_timestamp};
 use std::future::Future;
 use uuid::Uuid;
@@ -199,6 +201,60 @@ pub trait UnitOfWork: Send {
         &mut self,
         cutoff: Timestamp,
     ) -> impl Future<Output = Result<PruneCounts, StoreError>> + Send;
+
+    // Signing keys, API keys and webhook subscriptions: projected like the rest, but written
+    // rarely, so not batched: each call sends the batch's pending writes first and then runs
+    // its statement in the transaction.
+
+    /// Every signing key, oldest first (by creation, then kid).
+    fn signing_key_records(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<SigningKeyRecord>, StoreError>> + Send;
+    fn put_signing_key(
+        &mut self,
+        key: &SigningKeyRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn api_key_record(
+        &mut self,
+        key_id: Uuid,
+    ) -> impl Future<Output = Result<Option<ApiKeyRecord>, StoreError>> + Send;
+    fn put_api_key(
+        &mut self,
+        key: &ApiKeyRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn webhook_record(
+        &mut self,
+        subscription_id: Uuid,
+    ) -> impl Future<Output = Result<Option<SubscriptionRecord>, StoreError>> + Send;
+    fn put_webhook(
+        &mut self,
+        subscription: &SubscriptionRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete_webhook(
+        &mut self,
+        subscription_id: Uuid,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Keeps what must not enter the log (a sealed private key or webhook secret, an API key's
+    /// hash) under `owner`, the stream id of what it belongs to. Not a projection: a rebuild
+    /// leaves it alone.
+    fn put_secret(
+        &mut self,
+        owner: &str,
+        material: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete_secret(&mut self, owner: &str)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A new subscription's delivery checkpoint: it delivers events after `after_position`.
+    /// Delivery moves it (`Store::record_webhook_attempt`); a rebuild leaves it alone.
+    fn start_webhook_delivery(
+        &mut self,
+        subscription_id: Uuid,
+        after_position: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete_webhook_delivery(
+        &mut self,
+        subscription_id: Uuid,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The writer's transaction control over its unit of work.
@@ -268,20 +324,50 @@ pub struct EventFilter {
     pub limit: Option<i64>,
 }
 
-/// A signing key as stored: the private half sealed with the master key.
+/// A signing key as stored: its projected row and, from the secrets table, the private half
+/// sealed with the master key.
 #[derive(Debug, Clone)]
 pub struct StoredSigningKey {
     pub kid: String,
     pub algorithm: String,
     pub public_key: Vec<u8>,
     pub private_key_sealed: Vec<u8>,
-    pub status: String,
+    pub status: SigningKeyStatus,
     pub created_at: Timestamp,
     pub activated_at: Option<Timestamp>,
     pub retired_at: Option<Timestamp>,
 }
 
-/// A webhook subscription and where its delivery stands.
+impl StoredSigningKey {
+    pub fn new(record: SigningKeyRecord, private_key_sealed: Vec<u8>) -> Self {
+        StoredSigningKey {
+            kid: record.kid,
+            algorithm: record.algorithm,
+            public_key: record.public_key,
+            private_key_sealed,
+            status: record.status,
+            created_at: record.created_at,
+            activated_at: record.activated_at,
+            retired_at: record.retired_at,
+        }
+    }
+
+    /// The projected part: everything but the private half.
+    pub fn record(&self) -> SigningKeyRecord {
+        SigningKeyRecord {
+            kid: self.kid.clone(),
+            algorithm: self.algorithm.clone(),
+            public_key: self.public_key.clone(),
+            status: self.status,
+            created_at: self.created_at,
+            activated_at: self.activated_at,
+            retired_at: self.retired_at,
+        }
+    }
+}
+
+/// A webhook subscription (its projected row), its sealed secret and where its delivery
+/// stands (the delivery worker's checkpoint).
 #[derive(Debug, Clone)]
 pub struct WebhookSubscription {
     pub subscription_id: Uuid,
@@ -290,8 +376,7 @@ pub struct WebhookSubscription {
     pub secret_sealed: Vec<u8>,
     /// Event types delivered; empty means every type.
     pub event_types: Vec<String>,
-    /// `json` (each event as JSON) or `caep` (session revocations as CAEP security event tokens).
-    pub format: String,
+    pub format: WebhookFormat,
     pub created_at: Timestamp,
     /// The last log position delivered (or passed over as not subscribed).
     pub delivered_position: i64,

@@ -2,6 +2,7 @@
 //! (ChaCha20-Poly1305, the key id as associated data) before it touches the store.
 
 use crate::domain::Timestamp;
+use crate::domain::keys::SigningKeyStatus;
 use crate::store::StoredSigningKey;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -162,7 +163,7 @@ impl SigningKey {
             algorithm: "EdDSA".into(),
             public_key: public_key.to_vec(),
             private_key_sealed: master.seal(&kid, der.as_bytes()),
-            status: "active".into(),
+            status: SigningKeyStatus::Active,
             created_at: now,
             activated_at: Some(now),
             retired_at: None,

@@ -3,7 +3,7 @@
 
 pub mod keys;
 
-use crate::domain::event::{Event, SigningKeyChanged, SigningKeyCreated, signing_key_stream};
+use crate::domain::keys::SigningKeyStatus;
 use crate::domain::{Duration, Timestamp};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -246,12 +246,12 @@ impl TokenService {
 }
 
 /// The keys in the store, unsealed: the active one first. When there is none yet, a new key
-/// is generated; the caller stores it and records its events.
+/// is generated; the caller records it (`commands::CreateFirstSigningKey`).
 pub struct LoadedKeys {
     pub active: SigningKey,
     pub others: Vec<SigningKey>,
-    /// Set when `active` was just created and must be stored and announced.
-    pub created: Option<(crate::store::StoredSigningKey, Vec<Event>)>,
+    /// Set when `active` was just created and must be recorded.
+    pub created: Option<crate::store::StoredSigningKey>,
 }
 
 pub fn load_keys(
@@ -261,9 +261,12 @@ pub fn load_keys(
 ) -> Result<LoadedKeys, KeyError> {
     let mut active = None;
     let mut others = Vec::new();
-    for s in stored.iter().filter(|s| s.status != "expired") {
+    for s in stored
+        .iter()
+        .filter(|s| s.status != SigningKeyStatus::Expired)
+    {
         let key = SigningKey::unseal(s, master)?;
-        if s.status == "active" && active.is_none() {
+        if s.status == SigningKeyStatus::Active && active.is_none() {
             active = Some(key);
         } else {
             others.push(key);
@@ -277,25 +280,11 @@ pub fn load_keys(
         });
     }
     let (key, stored) = SigningKey::generate(master, now);
-    let events = vec![
-        Event::SigningKeyCreated(SigningKeyCreated {
-            kid: key.kid.clone(),
-            algorithm: "EdDSA".into(),
-            public_key: key.public_key_b64(),
-        }),
-        Event::SigningKeyActivated(SigningKeyChanged {
-            kid: key.kid.clone(),
-        }),
-    ];
     Ok(LoadedKeys {
         active: key,
         others,
-        created: Some((stored, events)),
+        created: Some(stored),
     })
-}
-
-pub fn key_stream(kid: &str) -> String {
-    signing_key_stream(kid)
 }
 
 #[cfg(test)]

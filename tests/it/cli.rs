@@ -280,3 +280,90 @@ async fn the_first_security_user_and_api_keys_are_made_from_the_command_line() {
     let (ok, _, err) = cli(&["keys", "revoke-api-key", &key_id], dir).await;
     assert!(!ok && err.contains("no active API key"), "{err}");
 }
+
+#[tokio::test]
+async fn roles_change_from_the_command_line_through_the_log() {
+    use base64::Engine;
+    let app = spawn_app().await;
+    let dir = app.data_dir.path();
+    app.register("carol").await;
+    let roles_of = |access: &str| -> serde_json::Value {
+        let payload = access.split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["roles"].clone()
+    };
+    let before = app.login("carol").await;
+    assert_eq!(roles_of(&before.access), serde_json::json!(["user"]));
+
+    let (ok, out, err) = cli(
+        &["users", "set-roles", "Carol", "--role", "user,security"],
+        dir,
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(field(&out, "roles:"), "user, security");
+    let changed = app
+        .events(sessiond::store::EventFilter {
+            event_types: vec!["user.roles_changed".into()],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(changed.len(), 1);
+    assert_eq!(
+        data(&changed[0])["roles"],
+        serde_json::json!(["user", "security"])
+    );
+    assert_eq!(data(&changed[0])["previous"], serde_json::json!(["user"]));
+    assert!(changed[0].metadata.contains(r#""kind":"system""#));
+
+    // The session keeps the roles of its login; the next login has the new ones.
+    let refreshed = app.refresh_ok(&before.refresh).await;
+    assert_eq!(roles_of(&refreshed.access), serde_json::json!(["user"]));
+    let after = app.login("carol").await;
+    assert_eq!(
+        roles_of(&after.access),
+        serde_json::json!(["user", "security"])
+    );
+
+    // The same roles (in any order) record nothing; bad input is refused and records nothing.
+    let (ok, _, err) = cli(
+        &["users", "set-roles", "carol", "--role", "security,user"],
+        dir,
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["users", "set-roles", "carol", "--role", "root"], dir).await;
+    assert!(!ok && err.contains("role"), "{err}");
+    let (ok, _, err) = cli(&["users", "set-roles", "nobody", "--role", "user"], dir).await;
+    assert!(!ok && err.contains("no user"), "{err}");
+    let user = app
+        .service
+        .store
+        .user_by_name("carol")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.roles, ["user", "security"]);
+    assert_eq!(
+        app.events(sessiond::store::EventFilter {
+            event_types: vec!["user.roles_changed".into()],
+            ..Default::default()
+        })
+        .await
+        .len(),
+        1
+    );
+
+    let (ok, out, err) = sessiond_cli(&["projections", "rebuild"], dir);
+    assert!(ok, "{out}{err}");
+    let user = app
+        .service
+        .store
+        .user_by_name("carol")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.roles, ["user", "security"]);
+}

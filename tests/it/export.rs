@@ -3,9 +3,9 @@
 
 use crate::helpers::*;
 use crate::shutdown::{start, terminate};
-use sessiond::commands::Record;
+use sessiond::commands::RecordLoginFailure;
 use sessiond::domain::context::RequestContext;
-use sessiond::domain::event::{Actor, Event, EventMetadata, LoginFailed, LoginFailure};
+use sessiond::domain::event::{Actor, EventMetadata, LoginFailure};
 
 const EVENTS: usize = 100_000;
 const PER_COMMAND: usize = 500;
@@ -33,29 +33,23 @@ async fn an_export_of_100_000_events_streams_with_flat_memory() {
         user_agent: Some(FIREFOX.into()),
         ..Default::default()
     };
-    // A password-spraying night: 100,000 failed logins, recorded 500 to a command.
+    // A password-spraying night: 100,000 failed logins, recorded by 200 senders at once.
     let mut pending = Vec::new();
     for i in 0..EVENTS / PER_COMMAND {
-        let events = (0..PER_COMMAND)
-            .map(|j| {
-                Event::LoginFailed(LoginFailed {
+        let writer = app.service.writer.clone();
+        let context = context.clone();
+        pending.push(tokio::spawn(async move {
+            for j in 0..PER_COMMAND {
+                let cmd = RecordLoginFailure {
                     username: format!("user{i}x{j}"),
-                    user_id: None,
                     reason: LoginFailure::UnknownUser,
                     context: context.clone(),
-                })
-            })
-            .collect();
-        let cmd = Record {
-            stream_id: format!("login-{}", uuid::Uuid::new_v4()),
-            events,
-        };
-        let writer = app.service.writer.clone();
-        pending.push(tokio::spawn(async move {
-            writer
-                .submit(cmd, EventMetadata::new(Actor::Anonymous, None))
-                .await
-                .unwrap()
+                };
+                writer
+                    .submit(cmd, EventMetadata::new(Actor::Anonymous, None))
+                    .await
+                    .unwrap()
+            }
         }));
     }
     for p in pending {

@@ -118,7 +118,10 @@ async fn scripted_run(app: &TestApp) {
         event_types: vec![],
         format: "json".into(),
     };
-    app.service.create_webhook(new).await.unwrap();
+    app.service
+        .create_webhook(new, sessiond::domain::event::Actor::System)
+        .await
+        .unwrap();
 
     app.register("scripted").await;
     assert_eq!(

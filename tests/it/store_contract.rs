@@ -4,11 +4,16 @@
 //! while slow and fast writers interleave.
 
 use crate::pg::{TestDatabase, fresh_database};
-use sessiond::commands::{Command, Context, LogoutEverywhere, Refresh, Register, StartSession};
+use sessiond::commands::{
+    Command, Context, CreateApiKey, CreateFirstSigningKey, LogoutEverywhere, Refresh, Register,
+    RevokeApiKey, RotateSigningKeys, SetRoles, StartSession, Subscribe, Unsubscribe,
+};
 use sessiond::domain::context::{Device, RequestContext};
 use sessiond::domain::event::{Actor, Event, EventMetadata, SigningKeyChanged};
+use sessiond::domain::keys::{RotationPolicy, SigningKeyStatus};
 use sessiond::domain::session::{SessionPolicy, SessionStatus};
-use sessiond::domain::token::{RefreshToken, TokenKey};
+use sessiond::domain::token::{ApiKey, RefreshToken, TokenKey};
+use sessiond::domain::webhook::WebhookFormat;
 use sessiond::domain::{Duration, Timestamp, parse_timestamp};
 use sessiond::rules::RuleEngine;
 use sessiond::store::chain::ChainVerifier;
@@ -16,6 +21,7 @@ use sessiond::store::{
     EventFilter, NewEvent, PostgresStore, RecordedEvent, SqliteStore, Store, StoreError,
     UnitOfWork, WriteSession,
 };
+use sessiond::tokens::keys::{MasterKey, SigningKey};
 use std::collections::HashMap;
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -26,6 +32,13 @@ pub struct Backend {
     pub store: Store,
     _sqlite_dir: Option<TempDir>,
     _postgres: Option<TestDatabase>,
+}
+
+impl Backend {
+    /// The database URL of a PostgreSQL backend.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self._postgres.as_ref().map(|db| db.url.as_str())
+    }
 }
 
 /// A fresh SQLite store and, when configured, a fresh PostgreSQL one.
@@ -690,5 +703,330 @@ async fn a_known_token_id_with_another_body_is_unknown() {
         });
         assert!(b.store.token(&forged).await.unwrap().is_none(), "{name}");
         assert!(b.store.token(&token(1)).await.unwrap().is_some(), "{name}");
+    }
+}
+
+/// Runs one command in a transaction of its own at `now`, as the system.
+async fn run_command<W: WriteSession, C: Command>(
+    ws: &mut W,
+    command: C,
+    now: Timestamp,
+) -> C::Reply {
+    let meta = EventMetadata::new(Actor::System, None);
+    sessiond::commands::writer::run_once(ws, command, &meta, now)
+        .await
+        .unwrap()
+}
+
+fn master_key() -> MasterKey {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
+    MasterKey::load(Some(text), std::path::Path::new("/nonexistent")).unwrap()
+}
+
+const ROTATION: RotationPolicy = RotationPolicy {
+    rotation_interval: Duration::hours(1),
+    publish_ahead: Duration::minutes(10),
+    retired_for: Duration::minutes(11),
+};
+
+/// What `registry_history` made, to look up afterwards.
+struct RegistryHistory {
+    kids: Vec<String>,
+    kept_key: ApiKey,
+    revoked_key: ApiKey,
+    kept_hook: Uuid,
+    delivered: i64,
+}
+
+/// Every kind of registry change through its command: a first signing key and a rotation that
+/// publishes, activates, retires and expires; two API keys, one revoked; two subscriptions,
+/// one deleted; a user's roles changed. Then delivery moves one subscription's checkpoint.
+async fn registry_history(store: &Store) -> RegistryHistory {
+    let master = master_key();
+    let minutes = |m: i64| t0() + Duration::minutes(m);
+    let (_, first) = SigningKey::generate(&master, t0());
+    let mut kids = vec![first.kid.clone()];
+    let api = |n: u8| ApiKey::new(Uuid::from_u128(500 + u128::from(n)), [n; 32]);
+    let (kept_key, revoked_key) = (api(1), api(2));
+    let hooks = [Uuid::from_u128(601), Uuid::from_u128(602)];
+    with_write_session!(store, |ws| {
+        run_batch(&mut ws, &script()[..1], t0()).await;
+        assert!(run_command(&mut ws, CreateFirstSigningKey { key: first.clone() }, t0()).await);
+        let (_, again) = SigningKey::generate(&master, t0());
+        assert!(
+            !run_command(&mut ws, CreateFirstSigningKey { key: again }, t0()).await,
+            "an active key is there"
+        );
+        for (at, start_now) in [(1, true), (11, false), (22, false), (23, true)] {
+            let (_, candidate) = SigningKey::generate(&master, minutes(at));
+            let kid = candidate.kid.clone();
+            let rotate = RotateSigningKeys {
+                candidate,
+                policy: ROTATION,
+                start_now,
+            };
+            let report = run_command(&mut ws, rotate, minutes(at)).await;
+            if report.published.is_some() {
+                kids.push(kid);
+            }
+        }
+        for (key, name) in [(&kept_key, "gateway"), (&revoked_key, "old")] {
+            let create = CreateApiKey {
+                key_id: key.id(),
+                name: name.into(),
+                roles: vec!["security".into()],
+                key_hash: key.hash().0,
+            };
+            run_command(&mut ws, create, minutes(30)).await;
+        }
+        let revoke = RevokeApiKey {
+            key_id: revoked_key.id(),
+        };
+        assert_eq!(
+            run_command(&mut ws, revoke.clone(), minutes(31)).await,
+            Ok(())
+        );
+        assert!(run_command(&mut ws, revoke, minutes(31)).await.is_err());
+        for (i, id) in hooks.iter().enumerate() {
+            let subscribe = Subscribe {
+                subscription_id: *id,
+                url: format!("https://hooks.example.test/{i}"),
+                event_types: vec!["session.revoked".into()],
+                format: if i == 0 {
+                    WebhookFormat::Caep
+                } else {
+                    WebhookFormat::Json
+                },
+                secret_sealed: master.seal(&id.to_string(), b"whsec_test"),
+            };
+            run_command(&mut ws, subscribe, minutes(32)).await;
+        }
+        let unsubscribe = Unsubscribe {
+            subscription_id: hooks[1],
+        };
+        assert_eq!(
+            run_command(&mut ws, unsubscribe.clone(), minutes(33)).await,
+            Ok(())
+        );
+        assert!(
+            run_command(&mut ws, unsubscribe, minutes(33))
+                .await
+                .is_err()
+        );
+        let set = SetRoles {
+            username: "Alice".into(),
+            roles: vec!["security".into(), "user".into()],
+        };
+        let alice = run_command(&mut ws, set, minutes(34)).await.unwrap();
+        assert_eq!(alice.roles, ["security", "user"]);
+    });
+    // Delivery gets to the head of the log, then fails once.
+    let delivered = store.head().await.unwrap().position;
+    store
+        .record_webhook_attempt(hooks[0], delivered, None, minutes(35))
+        .await
+        .unwrap();
+    store
+        .record_webhook_attempt(
+            hooks[0],
+            delivered,
+            Some("the subscriber answered HTTP 500"),
+            minutes(36),
+        )
+        .await
+        .unwrap();
+    RegistryHistory {
+        kids,
+        kept_key,
+        revoked_key,
+        kept_hook: hooks[0],
+        delivered,
+    }
+}
+
+#[tokio::test]
+async fn keys_api_keys_subscriptions_and_roles_are_projections_a_rebuild_reproduces() {
+    for b in backends("keys_api_keys_subscriptions_and_roles").await {
+        let name = b.name;
+        let h = registry_history(&b.store).await;
+
+        let keys = b.store.signing_keys().await.unwrap();
+        let statuses: Vec<_> = keys.iter().map(|k| (k.kid.as_str(), k.status)).collect();
+        assert_eq!(
+            statuses,
+            [
+                (h.kids[0].as_str(), SigningKeyStatus::Expired),
+                (h.kids[1].as_str(), SigningKeyStatus::Active),
+                (h.kids[2].as_str(), SigningKeyStatus::Published),
+            ],
+            "{name}"
+        );
+        let live = b.store.projection_snapshot().await.unwrap();
+        for table in ["signing_keys|", "api_keys|", "webhook_subscriptions|"] {
+            assert!(live.iter().any(|r| r.starts_with(table)), "{name}: {table}");
+        }
+        assert_eq!(
+            live.iter()
+                .filter(|r| r.starts_with("webhook_subscriptions|"))
+                .count(),
+            1,
+            "{name}: the deleted subscription is gone"
+        );
+        let user = b.store.user_by_id(ALICE).await.unwrap().unwrap();
+        assert_eq!(user.roles, ["security", "user"], "{name}");
+        let events = all_events(&b.store).await;
+        let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+        for t in [
+            "signing_key.created",
+            "signing_key.activated",
+            "signing_key.retired",
+            "signing_key.expired",
+            "api_key.created",
+            "api_key.revoked",
+            "webhook.subscribed",
+            "webhook.unsubscribed",
+            "user.roles_changed",
+        ] {
+            assert!(types.contains(&t), "{name}: {t} recorded");
+        }
+        assert!(
+            events
+                .iter()
+                .filter(|e| e.event_type != "user.registered")
+                .all(|e| e.metadata.contains("\"system\"")),
+            "{name}: the actor is in every event"
+        );
+
+        // Damage the rows, then empty every projection: a rebuild must bring back each row.
+        let damage = [
+            "UPDATE signing_keys SET status = 'active'",
+            "UPDATE api_keys SET revoked_at = NULL",
+            "DELETE FROM webhook_subscriptions",
+        ];
+        for sql in damage {
+            match &b.store {
+                Store::Sqlite(s) => {
+                    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", s.path().display()))
+                        .await
+                        .unwrap();
+                    sqlx::query(sql).execute(&pool).await.unwrap();
+                    pool.close().await;
+                }
+                Store::Postgres(_) => {
+                    let url = b.postgres_url().unwrap();
+                    let pool = sqlx::PgPool::connect(url).await.unwrap();
+                    sqlx::query(sql).execute(&pool).await.unwrap();
+                    pool.close().await;
+                }
+            }
+        }
+        assert_ne!(b.store.projection_snapshot().await.unwrap(), live, "{name}");
+        with_write_session!(&b.store, |ws| {
+            ws.begin(&[]).await.unwrap();
+            ws.clear_projections().await.unwrap();
+            ws.commit().await.unwrap();
+        });
+        assert!(
+            b.store.projection_snapshot().await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert_eq!(rebuild(&b.store).await, events.len() as u64, "{name}");
+        assert_eq!(b.store.projection_snapshot().await.unwrap(), live, "{name}");
+        assert_chain(name, &all_events(&b.store).await);
+    }
+}
+
+#[tokio::test]
+async fn secrets_and_delivery_checkpoints_survive_a_rebuild_and_stay_out_of_the_log() {
+    for b in backends("secrets_and_delivery_checkpoints_survive").await {
+        let name = b.name;
+        let h = registry_history(&b.store).await;
+        let keys_before = b.store.signing_keys().await.unwrap();
+        let hooks_before = b.store.webhooks().await.unwrap();
+        assert_eq!(hooks_before.len(), 1, "{name}");
+        let hook = &hooks_before[0];
+        assert_eq!(hook.subscription_id, h.kept_hook, "{name}");
+        assert_eq!(hook.format, WebhookFormat::Caep, "{name}");
+        assert_eq!(
+            (
+                hook.delivered_position,
+                hook.failures,
+                hook.last_error.as_deref()
+            ),
+            (h.delivered, 1, Some("the subscriber answered HTTP 500")),
+            "{name}"
+        );
+
+        rebuild(&b.store).await;
+
+        // The sealed private halves still open, the webhook secret too, and delivery goes on
+        // from where it was.
+        let master = master_key();
+        let keys_after = b.store.signing_keys().await.unwrap();
+        assert_eq!(keys_after.len(), keys_before.len(), "{name}");
+        for (before, after) in keys_before.iter().zip(&keys_after) {
+            assert_eq!(
+                before.private_key_sealed, after.private_key_sealed,
+                "{name}"
+            );
+            SigningKey::unseal(after, &master).unwrap();
+        }
+        let after = &b.store.webhooks().await.unwrap()[0];
+        assert_eq!(after.secret_sealed, hook.secret_sealed, "{name}");
+        assert_eq!(
+            master
+                .open(&h.kept_hook.to_string(), &after.secret_sealed)
+                .unwrap(),
+            b"whsec_test",
+            "{name}"
+        );
+        assert_eq!(
+            (
+                after.delivered_position,
+                after.failures,
+                after.last_error.as_deref()
+            ),
+            (h.delivered, 1, Some("the subscriber answered HTTP 500")),
+            "{name}"
+        );
+        assert_eq!(after.created_at, hook.created_at, "{name}");
+        // API keys are found by their hash, which is kept beside the row, not in the log.
+        let found = b.store.api_key(&h.kept_key.key()).await.unwrap().unwrap();
+        assert!(found.revoked_at.is_none(), "{name}");
+        let revoked = b
+            .store
+            .api_key(&h.revoked_key.key())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(revoked.revoked_at.is_some(), "{name}");
+        let forged = ApiKey::new(h.kept_key.id(), [9; 32]);
+        assert!(
+            b.store.api_key(&forged.key()).await.unwrap().is_none(),
+            "{name}"
+        );
+
+        let text: String = all_events(&b.store)
+            .await
+            .iter()
+            .map(|e| format!("{}{}", e.data, e.metadata))
+            .collect();
+        let hex = sessiond::domain::token::hex;
+        for k in &keys_after {
+            let der = master.open(&k.kid, &k.private_key_sealed).unwrap();
+            assert!(
+                !text.contains(&hex(&der)),
+                "{name}: a private key in the log"
+            );
+        }
+        assert!(!text.contains("whsec_test"), "{name}");
+        for key in [&h.kept_key, &h.revoked_key] {
+            assert!(
+                !text.contains(&hex(&key.hash().0)),
+                "{name}: a key hash in the log"
+            );
+            assert!(!text.contains(key.expose()), "{name}");
+        }
     }
 }

@@ -443,3 +443,55 @@ async fn the_cli_creates_lists_and_deletes_subscriptions() {
     assert!(!ok);
     assert!(err.contains("no subscription"), "{err}");
 }
+
+#[tokio::test]
+async fn subscriptions_are_in_the_log_with_the_caller_as_actor_and_without_their_secret() {
+    let app = fast_retries_app().await;
+    let admin = security_token(&app).await;
+    let officer = app
+        .service
+        .store
+        .user_by_name("sec-officer")
+        .await
+        .unwrap()
+        .unwrap();
+    let created = subscribe(
+        &app,
+        &admin,
+        json!({ "url": "http://127.0.0.1:9/hook", "event_types": ["session.revoked"] }),
+    )
+    .await;
+    let id = created["subscription_id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let r = app
+        .http
+        .delete(app.url(&format!("/v1/admin/webhooks/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let events = app
+        .events(sessiond::store::EventFilter {
+            stream_id: Some(format!("webhook-{id}")),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        types(&events),
+        ["webhook.subscribed", "webhook.unsubscribed"]
+    );
+    let subscribed = data(&events[0]);
+    assert_eq!(subscribed["url"], "http://127.0.0.1:9/hook");
+    assert_eq!(subscribed["event_types"], json!(["session.revoked"]));
+    assert_eq!(subscribed["format"], "json");
+    for e in &events {
+        let meta: Value = serde_json::from_str(&e.metadata).unwrap();
+        assert_eq!(
+            meta["actor"],
+            json!({ "kind": "admin", "id": officer.user_id })
+        );
+        assert!(!e.data.contains(&secret), "the secret stays out of the log");
+    }
+}

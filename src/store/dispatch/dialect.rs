@@ -31,26 +31,42 @@ pub struct Sql {
     /// The event payload's `session_id` and `user_id` (a filter's subject).
     pub data_session_id: &'static str,
     pub data_user_id: &'static str,
-    pub signing_keys: &'static str,
-    pub insert_signing_key: &'static str,
-    /// As `insert_signing_key`, unless an active key exists.
-    pub insert_first_signing_key: &'static str,
-    pub update_signing_key: &'static str,
     pub session_ids_of: &'static str,
     /// Aliased `found`.
     pub has_user_with_role: &'static str,
-    pub insert_api_key: &'static str,
-    pub api_key: &'static str,
-    pub api_keys: &'static str,
-    pub revoke_api_key: &'static str,
     pub sessions_due: &'static str,
     /// Aliased `n`.
     pub count_active_sessions: &'static str,
     /// The highest migration applied, aliased `v`.
     pub migrated: &'static str,
-    pub insert_webhook: &'static str,
+    pub registry: RegistrySql,
+}
+
+/// The SQL of the signing keys, API keys and webhook subscriptions (projected rows written by
+/// the writer), of the secrets kept beside them, and of delivery's checkpoints.
+pub struct RegistrySql {
+    /// With the sealed private half (`private_key_sealed`), oldest first.
+    pub signing_keys: &'static str,
+    /// The projected rows alone, oldest first.
+    pub signing_key_records: &'static str,
+    pub put_signing_key: &'static str,
+    /// With the key's hash (`key_hash`), by id.
+    pub api_key: &'static str,
+    /// With their hashes, oldest first.
+    pub api_keys: &'static str,
+    pub api_key_record: &'static str,
+    pub put_api_key: &'static str,
+    /// With the sealed secret and the delivery checkpoint, oldest first.
     pub webhooks: &'static str,
+    /// Subscription rows that no event names, oldest first.
+    pub unlogged_webhooks: &'static str,
+    pub webhook_record: &'static str,
+    pub put_webhook: &'static str,
     pub delete_webhook: &'static str,
+    pub put_secret: &'static str,
+    pub delete_secret: &'static str,
+    pub start_webhook_delivery: &'static str,
+    pub delete_webhook_delivery: &'static str,
     pub webhook_delivered: &'static str,
     pub webhook_failed: &'static str,
 }

@@ -4,27 +4,17 @@
 
 use super::dialect::{Cols, Dialect, Stmt};
 use crate::domain::context::RequestContext;
+use crate::domain::keys::{ApiKeyRecord, SigningKeyRecord, SigningKeyStatus};
 use crate::domain::session::{Session, SessionStatus};
 use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::{User, UserStatus};
+use crate::domain::webhook::{SubscriptionRecord, WebhookFormat};
 use crate::domain::{Timestamp, format_timestamp, parse_timestamp};
 use crate::store::{
     ChainHead, RecordedEvent, StoreError, StoredApiKey, StoredSigningKey, TokenRecord,
     WebhookSubscription,
 };
 use uuid::Uuid;
-
-/// A signing key's INSERT up to its values, `$rest` (placeholders differ per dialect).
-macro_rules! insert_signing_key {
-    ($rest:literal $(,)?) => {
-        concat!(
-            "INSERT INTO signing_keys (kid, algorithm, public_key, private_key_sealed, status, \
-             created_at, activated_at, retired_at) ",
-            $rest
-        )
-    };
-}
-pub(crate) use insert_signing_key;
 
 pub fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("plain data serializes")
@@ -144,39 +134,92 @@ pub fn event<D: Dialect>(r: &D::Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-pub fn signing_key<D: Dialect>(r: &D::Row) -> Result<StoredSigningKey, StoreError> {
-    Ok(StoredSigningKey {
+pub fn signing_key_record<D: Dialect>(r: &D::Row) -> Result<SigningKeyRecord, StoreError> {
+    let status = r.text("status")?;
+    Ok(SigningKeyRecord {
         kid: r.text("kid")?,
         algorithm: r.text("algorithm")?,
         public_key: r.bytes("public_key")?,
-        private_key_sealed: r.bytes("private_key_sealed")?,
-        status: r.text("status")?,
+        status: SigningKeyStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("signing key status {status:?}")))?,
         created_at: time::<D>(r, "created_at")?,
         activated_at: D::time(r, "activated_at")?,
         retired_at: D::time(r, "retired_at")?,
     })
 }
 
-pub fn api_key<D: Dialect>(r: &D::Row) -> Result<StoredApiKey, StoreError> {
-    Ok(StoredApiKey {
+/// A key's row with its sealed private half (from the secrets table).
+pub fn signing_key<D: Dialect>(r: &D::Row) -> Result<StoredSigningKey, StoreError> {
+    let record = signing_key_record::<D>(r)?;
+    Ok(StoredSigningKey::new(
+        record,
+        r.bytes("private_key_sealed")?,
+    ))
+}
+
+pub fn signing_key_args<'a>(q: Stmt<'a>, k: &'a SigningKeyRecord) -> Stmt<'a> {
+    q.arg(k.kid.as_str())
+        .arg(k.algorithm.as_str())
+        .arg(k.public_key.as_slice())
+        .arg(k.status.as_str())
+        .arg(format_timestamp(k.created_at))
+        .arg(k.activated_at.map(format_timestamp))
+        .arg(k.retired_at.map(format_timestamp))
+}
+
+pub fn api_key_record<D: Dialect>(r: &D::Row) -> Result<ApiKeyRecord, StoreError> {
+    Ok(ApiKeyRecord {
         key_id: uuid(r.text("key_id")?)?,
         name: r.text("name")?,
-        key_hash: hash32(r.bytes("key_hash")?)?,
         roles: from_json(r, "roles")?,
         created_at: time::<D>(r, "created_at")?,
         revoked_at: D::time(r, "revoked_at")?,
     })
 }
 
-pub fn webhook<D: Dialect>(r: &D::Row) -> Result<WebhookSubscription, StoreError> {
-    Ok(WebhookSubscription {
+/// A key's row with its hash (from the secrets table).
+pub fn api_key<D: Dialect>(r: &D::Row) -> Result<StoredApiKey, StoreError> {
+    let k = api_key_record::<D>(r)?;
+    Ok(StoredApiKey {
+        key_id: k.key_id,
+        name: k.name,
+        key_hash: hash32(r.bytes("key_hash")?)?,
+        roles: k.roles,
+        created_at: k.created_at,
+        revoked_at: k.revoked_at,
+    })
+}
+
+pub fn api_key_args<'a>(q: Stmt<'a>, k: &'a ApiKeyRecord) -> Stmt<'a> {
+    q.arg(k.key_id.to_string())
+        .arg(k.name.as_str())
+        .arg(json(&k.roles))
+        .arg(format_timestamp(k.created_at))
+        .arg(k.revoked_at.map(format_timestamp))
+}
+
+pub fn subscription<D: Dialect>(r: &D::Row) -> Result<SubscriptionRecord, StoreError> {
+    let format = r.text("format")?;
+    Ok(SubscriptionRecord {
         subscription_id: uuid(r.text("subscription_id")?)?,
         url: r.text("url")?,
-        secret_sealed: r.bytes("secret_sealed")?,
-        event_types: serde_json::from_str(&r.text("event_types")?)
-            .map_err(|e| StoreError::Corrupt(format!("webhook event types: {e}")))?,
-        format: r.text("format")?,
+        event_types: from_json(r, "event_types")?,
+        format: WebhookFormat::parse(&format)
+            .ok_or_else(|| StoreError::Corrupt(format!("webhook format {format:?}")))?,
         created_at: time::<D>(r, "created_at")?,
+    })
+}
+
+/// A subscription's row with its sealed secret and its delivery checkpoint.
+pub fn webhook<D: Dialect>(r: &D::Row) -> Result<WebhookSubscription, StoreError> {
+    let w = subscription::<D>(r)?;
+    Ok(WebhookSubscription {
+        subscription_id: w.subscription_id,
+        url: w.url,
+        secret_sealed: r.bytes("secret_sealed")?,
+        event_types: w.event_types,
+        format: w.format,
+        created_at: w.created_at,
         delivered_position: r.int("delivered_position")?,
         failures: r.int("failures")?,
         last_error: r.opt_text("last_error")?,
@@ -184,16 +227,12 @@ pub fn webhook<D: Dialect>(r: &D::Row) -> Result<WebhookSubscription, StoreError
     })
 }
 
-/// The parameters of a signing key's INSERT, in column order.
-pub fn signing_key_args<'a, D: Dialect>(q: Stmt<'a>, k: &'a StoredSigningKey) -> Stmt<'a> {
-    q.arg(k.kid.as_str())
-        .arg(k.algorithm.as_str())
-        .arg(k.public_key.as_slice())
-        .arg(k.private_key_sealed.as_slice())
-        .arg(k.status.as_str())
-        .arg(format_timestamp(k.created_at))
-        .arg(k.activated_at.map(format_timestamp))
-        .arg(k.retired_at.map(format_timestamp))
+pub fn subscription_args<'a>(q: Stmt<'a>, w: &'a SubscriptionRecord) -> Stmt<'a> {
+    q.arg(w.subscription_id.to_string())
+        .arg(w.url.as_str())
+        .arg(json(&w.event_types))
+        .arg(w.format.as_str())
+        .arg(format_timestamp(w.created_at))
 }
 
 pub fn push_events<'a, D: Dialect>(q: &mut Stmt<'a>, rows: &'a [RecordedEvent]) {

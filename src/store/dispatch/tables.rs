@@ -7,10 +7,7 @@ use crate::domain::session::Session;
 use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::User;
 use crate::domain::{Timestamp, format_timestamp};
-use crate::store::{
-    ChainHead, EventFilter, RecordedEvent, StoreError, StoredApiKey, StoredSigningKey, TokenRecord,
-    WebhookSubscription,
-};
+use crate::store::{ChainHead, EventFilter, RecordedEvent, StoreError, TokenRecord};
 use sqlx::Pool;
 use uuid::Uuid;
 
@@ -30,7 +27,7 @@ pub async fn head<D: Dialect>(c: &mut D::Connection) -> Result<ChainHead, StoreE
 }
 
 /// `q`'s row, if any, mapped.
-async fn one<D: Dialect, T>(
+pub(super) async fn one<D: Dialect, T>(
     c: &mut D::Connection,
     q: Stmt<'_>,
     map: impl Fn(&D::Row) -> Result<T, StoreError>,
@@ -39,7 +36,7 @@ async fn one<D: Dialect, T>(
 }
 
 /// `q`'s rows, mapped.
-async fn all<D: Dialect, T>(
+pub(super) async fn all<D: Dialect, T>(
     c: &mut D::Connection,
     q: Stmt<'_>,
     map: impl Fn(&D::Row) -> Result<T, StoreError>,
@@ -132,15 +129,6 @@ pub async fn tokens_with_sessions<D: Dialect>(
     Ok(found)
 }
 
-/// Inserts `k` unless an active key exists; true if it was inserted.
-pub async fn insert_first_signing_key<D: Dialect>(
-    c: &mut D::Connection,
-    k: &StoredSigningKey,
-) -> Result<bool, StoreError> {
-    let q = rows::signing_key_args::<D>(Stmt::new::<D>(D::SQL.insert_first_signing_key), k);
-    Ok(D::execute(c, q).await? == 1)
-}
-
 /// The tables of one database, through its pool: every read and write that needs no writer.
 pub struct Tables<D: sqlx::Database> {
     pub(crate) pool: Pool<D>,
@@ -169,10 +157,6 @@ impl<D: Dialect> Tables<D> {
         map: impl Fn(&D::Row) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         one::<D, _>(&mut *self.pool.acquire().await?, q, map).await
-    }
-
-    async fn execute(&self, q: Stmt<'_>) -> Result<u64, StoreError> {
-        Ok(D::execute(&mut *self.pool.acquire().await?, q).await?)
     }
 
     pub async fn close(&self) {
@@ -249,26 +233,6 @@ impl<D: Dialect> Tables<D> {
         self.all(q, rows::event::<D>).await
     }
 
-    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        let q = Stmt::new::<D>(D::SQL.signing_keys);
-        self.all(q, rows::signing_key::<D>).await
-    }
-
-    pub async fn insert_signing_key(&self, k: &StoredSigningKey) -> Result<(), StoreError> {
-        let q = rows::signing_key_args::<D>(Stmt::new::<D>(D::SQL.insert_signing_key), k);
-        self.execute(q).await.map(|_| ())
-    }
-
-    /// Writes a key's status, activation and retirement times.
-    pub async fn update_signing_key(&self, k: &StoredSigningKey) -> Result<(), StoreError> {
-        let q = Stmt::new::<D>(D::SQL.update_signing_key)
-            .arg(k.status.as_str())
-            .arg(k.activated_at.map(format_timestamp))
-            .arg(k.retired_at.map(format_timestamp))
-            .arg(k.kid.as_str());
-        self.execute(q).await.map(|_| ())
-    }
-
     /// Every session a user ever had, newest first: a timeline reads their streams.
     pub async fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
         let q = Stmt::new::<D>(D::SQL.session_ids_of).arg(user_id.to_string());
@@ -279,39 +243,6 @@ impl<D: Dialect> Tables<D> {
     pub async fn has_user_with_role(&self, role: &str) -> Result<bool, StoreError> {
         let q = Stmt::new::<D>(D::SQL.has_user_with_role).arg(role);
         Ok(self.one(q, |r| r.flag("found")).await? == Some(true))
-    }
-
-    pub async fn insert_api_key(&self, k: &StoredApiKey) -> Result<(), StoreError> {
-        let q = Stmt::new::<D>(D::SQL.insert_api_key)
-            .arg(k.key_id.to_string())
-            .arg(k.name.as_str())
-            .arg(k.key_hash.as_slice())
-            .arg(rows::json(&k.roles))
-            .arg(format_timestamp(k.created_at))
-            .arg(k.revoked_at.map(format_timestamp));
-        self.execute(q).await.map(|_| ())
-    }
-
-    /// The key with this id, if its stored hash is `key.hash` (else `None`, as if unknown).
-    pub async fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError> {
-        let q = Stmt::new::<D>(D::SQL.api_key).arg(key.id.to_string());
-        let found = self.one(q, |r| Ok((r.bytes("key_hash")?, rows::api_key::<D>(r)?)));
-        Ok(found
-            .await?
-            .and_then(|(stored, k)| key.hash.matches(&stored).then_some(k)))
-    }
-
-    pub async fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError> {
-        let q = Stmt::new::<D>(D::SQL.api_keys);
-        self.all(q, rows::api_key::<D>).await
-    }
-
-    /// Marks a key revoked; `false` when there is no such key or it was already revoked.
-    pub async fn revoke_api_key(&self, key_id: Uuid, at: Timestamp) -> Result<bool, StoreError> {
-        let q = Stmt::new::<D>(D::SQL.revoke_api_key)
-            .arg(format_timestamp(at))
-            .arg(key_id.to_string());
-        Ok(self.execute(q).await? == 1)
     }
 
     /// Active sessions whose idle (hence also any absolute) expiry is at or before `now`,
@@ -341,53 +272,6 @@ impl<D: Dialect> Tables<D> {
         Ok(())
     }
 
-    pub async fn insert_webhook(&self, w: &WebhookSubscription) -> Result<(), StoreError> {
-        let q = Stmt::new::<D>(D::SQL.insert_webhook)
-            .arg(w.subscription_id.to_string())
-            .arg(w.url.as_str())
-            .arg(w.secret_sealed.as_slice())
-            .arg(rows::json(&w.event_types))
-            .arg(w.format.as_str())
-            .arg(format_timestamp(w.created_at))
-            .arg(w.delivered_position)
-            .arg(w.failures)
-            .arg(w.last_error.as_deref())
-            .arg(w.last_attempt_at.map(format_timestamp));
-        self.execute(q).await.map(|_| ())
-    }
-
-    pub async fn webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
-        let q = Stmt::new::<D>(D::SQL.webhooks);
-        self.all(q, rows::webhook::<D>).await
-    }
-
-    /// Returns whether there was such a subscription.
-    pub async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
-        let q = Stmt::new::<D>(D::SQL.delete_webhook).arg(id.to_string());
-        Ok(self.execute(q).await? > 0)
-    }
-
-    /// Records one delivery attempt: success moves the checkpoint and clears the failure
-    /// count; a failure counts up and keeps its reason.
-    pub async fn record_webhook_attempt(
-        &self,
-        id: Uuid,
-        delivered_position: i64,
-        error: Option<&str>,
-        at: Timestamp,
-    ) -> Result<(), StoreError> {
-        let sql = match error {
-            None => D::SQL.webhook_delivered,
-            Some(_) => D::SQL.webhook_failed,
-        };
-        let q = Stmt::new::<D>(sql)
-            .arg(delivered_position)
-            .arg(error)
-            .arg(format_timestamp(at))
-            .arg(id.to_string());
-        self.execute(q).await.map(|_| ())
-    }
-
     /// Every row of every inline projection in a fixed order, for comparing live and rebuilt.
     pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
         let mut c = self.pool.acquire().await?;
@@ -396,6 +280,9 @@ impl<D: Dialect> Tables<D> {
             ("users", "user_id"),
             ("sessions", "session_id"),
             ("refresh_tokens", "token_id"),
+            ("signing_keys", "kid"),
+            ("api_keys", "key_id"),
+            ("webhook_subscriptions", "subscription_id"),
         ] {
             let row = D::row_text(&mut c, table).await?;
             let sql = format!("SELECT '{table}|' || {row} AS r FROM {table} t ORDER BY {key}");

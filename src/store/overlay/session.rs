@@ -5,11 +5,13 @@
 
 use super::Overlay;
 use crate::domain::Timestamp;
+use crate::domain::keys::{ApiKeyRecord, SigningKeyRecord};
 use crate::domain::session::Session;
 use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::User;
+use crate::domain::webhook::SubscriptionRecord;
 use crate::store::dispatch::dialect::Dialect;
-use crate::store::dispatch::tables;
+use crate::store::dispatch::{registry, tables};
 use crate::store::{
     ChainHead, NewEvent, PruneCounts, RecordedEvent, StoreError, TokenRecord, UnitOfWork,
 };
@@ -139,6 +141,13 @@ impl<B: WriteBackend> OverlaySession<B> {
         Ok(())
     }
 
+    /// The transaction's connection with every pending write sent: for the rarely written
+    /// tables, whose statements run at once rather than in the batch's flush.
+    async fn flushed(&mut self) -> Result<&mut <Db<B> as sqlx::Database>::Connection, StoreError> {
+        self.flush(FlushEnd::Open).await?;
+        self.backend.conn()
+    }
+
     async fn flush_if_full(&mut self) -> Result<(), StoreError> {
         if self.overlay.full() {
             self.flush(FlushEnd::Open).await?;
@@ -200,7 +209,9 @@ impl<B: WriteBackend> crate::store::WriteSession for OverlaySession<B> {
     async fn clear_projections(&mut self) -> Result<(), StoreError> {
         // Pending events must reach the log; pending projection rows would be deleted anyway.
         self.flush(FlushEnd::Open).await?;
-        Db::<B>::script(self.backend.conn()?, tables::CLEAR_PROJECTIONS).await?;
+        let c = self.backend.conn()?;
+        Db::<B>::script(&mut *c, tables::CLEAR_PROJECTIONS).await?;
+        Db::<B>::script(c, registry::CLEAR_PROJECTIONS).await?;
         self.overlay.read_tokens.clear();
         self.overlay.read_sessions.clear();
         self.overlay.read_users.clear();
@@ -324,5 +335,49 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
             sessions,
             refresh_tokens,
         })
+    }
+
+    async fn signing_key_records(&mut self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        registry::signing_key_records::<Db<B>>(self.flushed().await?).await
+    }
+
+    async fn put_signing_key(&mut self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        registry::put_signing_key::<Db<B>>(self.flushed().await?, key).await
+    }
+
+    async fn api_key_record(&mut self, key_id: Uuid) -> Result<Option<ApiKeyRecord>, StoreError> {
+        registry::api_key_record::<Db<B>>(self.flushed().await?, key_id).await
+    }
+
+    async fn put_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        registry::put_api_key::<Db<B>>(self.flushed().await?, key).await
+    }
+
+    async fn webhook_record(&mut self, id: Uuid) -> Result<Option<SubscriptionRecord>, StoreError> {
+        registry::webhook_record::<Db<B>>(self.flushed().await?, id).await
+    }
+
+    async fn put_webhook(&mut self, subscription: &SubscriptionRecord) -> Result<(), StoreError> {
+        registry::put_webhook::<Db<B>>(self.flushed().await?, subscription).await
+    }
+
+    async fn delete_webhook(&mut self, id: Uuid) -> Result<(), StoreError> {
+        registry::delete_webhook::<Db<B>>(self.flushed().await?, id).await
+    }
+
+    async fn put_secret(&mut self, owner: &str, material: &[u8]) -> Result<(), StoreError> {
+        registry::put_secret::<Db<B>>(self.flushed().await?, owner, material).await
+    }
+
+    async fn delete_secret(&mut self, owner: &str) -> Result<(), StoreError> {
+        registry::delete_secret::<Db<B>>(self.flushed().await?, owner).await
+    }
+
+    async fn start_webhook_delivery(&mut self, id: Uuid, after: i64) -> Result<(), StoreError> {
+        registry::start_webhook_delivery::<Db<B>>(self.flushed().await?, id, after).await
+    }
+
+    async fn delete_webhook_delivery(&mut self, id: Uuid) -> Result<(), StoreError> {
+        registry::delete_webhook_delivery::<Db<B>>(self.flushed().await?, id).await
     }
 }

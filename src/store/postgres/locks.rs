@@ -1,5 +1,5 @@
-//! What several nodes on one database coordinate through: advisory locks (the append lock, the
-//! signing-key lock, one lock per background job) and the commit notifications that wake
+//! What several nodes on one database coordinate through: advisory locks (the append lock, one
+//! lock per background job) and the commit notifications that wake
 //! followers on other nodes.
 //!
 //! Keys use PostgreSQL's two-int4 form, whose first half names sessiond's lock space, so they
@@ -19,8 +19,6 @@ const JOB_LOCK_SPACE: i32 = 0x5e55_10d1;
 /// Held (transaction-scoped) for every batch the writer appends: positions are assigned under
 /// it, so they follow each other without gaps and become visible in commit order.
 pub(super) const APPEND_LOCK: (i32, i32) = (LOCK_SPACE, 1);
-/// Held while a node checks for, and maybe creates, the first signing key.
-pub(super) const SIGNING_KEY_LOCK: (i32, i32) = (LOCK_SPACE, 2);
 
 /// The channel a commit notifies, with the last committed position as payload.
 pub(super) const COMMIT_CHANNEL: &str = "sessiond_events";

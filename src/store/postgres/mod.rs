@@ -1,8 +1,8 @@
 //! The multi-node backend: one PostgreSQL database shared by every sessiond node. Each node's
 //! group-commit writer owns one connection; a pool serves reads. Nodes agree through the
 //! database only: the append lock orders the log, the unique constraint settles races on a
-//! stream, advisory locks elect who runs a job or creates the first signing key, and NOTIFY
-//! tells followers on other nodes that the log moved.
+//! stream (the first signing key is created under the append lock), advisory locks elect who
+//! runs a job, and NOTIFY tells followers on other nodes that the log moved.
 
 mod locks;
 mod rows;
@@ -11,9 +11,8 @@ mod write_session;
 pub use locks::HeldJobLock;
 pub use write_session::{PostgresWriteSession, PostgresWriter};
 
-use crate::store::dispatch::tables::{self, Tables};
-use crate::store::{StoreError, StoredSigningKey};
-use locks::SIGNING_KEY_LOCK;
+use crate::store::StoreError;
+use crate::store::dispatch::tables::Tables;
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
@@ -56,26 +55,6 @@ impl PostgresStore {
             .options([("idle_in_transaction_session_timeout", "10s")]);
         let writer = PostgresWriter::new(options);
         Ok(PostgresWriteSession::new(writer, self.head().await?))
-    }
-
-    /// Inserts `k` unless an active key exists, under a lock: nodes starting together on an
-    /// empty database end up with one key. True if `k` was inserted.
-    pub async fn create_first_signing_key(&self, k: &StoredSigningKey) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // See the writer's BEGIN: the insert must see what was committed while we waited.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(SIGNING_KEY_LOCK.0)
-            .bind(SIGNING_KEY_LOCK.1)
-            .execute(&mut *tx)
-            .await?;
-        // Under READ COMMITTED this statement's snapshot is taken after the lock was granted,
-        // so it sees a key another node committed while we waited.
-        let inserted = tables::insert_first_signing_key::<Postgres>(&mut tx, k).await?;
-        tx.commit().await?;
-        Ok(inserted)
     }
 
     /// The job's lock if no other node holds it.

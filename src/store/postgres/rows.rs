@@ -8,9 +8,9 @@ use crate::domain::token::TokenKey;
 use crate::domain::{Timestamp, format_timestamp};
 use crate::store::StoreError;
 use crate::store::dispatch::dialect::{
-    Arg, Cols, Dialect, Query, Sql, Stmt, bind_scalar, raw_access,
+    Arg, Cols, Dialect, Query, RegistrySql, Sql, Stmt, bind_scalar, raw_access,
 };
-use crate::store::dispatch::rows::{insert_signing_key, ts_millis, uuid};
+use crate::store::dispatch::rows::{ts_millis, uuid};
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
@@ -19,6 +19,14 @@ use uuid::Uuid;
 macro_rules! millis {
     ($col:literal) => {
         concat!("(extract(epoch FROM ", $col, ") * 1000)::bigint AS ", $col)
+    };
+    ($expr:literal, $alias:literal) => {
+        concat!(
+            "(extract(epoch FROM ",
+            $expr,
+            ") * 1000)::bigint AS ",
+            $alias
+        )
     };
 }
 
@@ -58,13 +66,36 @@ macro_rules! session_columns {
     };
 }
 
+macro_rules! signing_key_columns {
+    () => {
+        concat!(
+            "k.kid, k.algorithm, k.public_key, k.status, ",
+            millis!("k.created_at", "created_at"),
+            ", ",
+            millis!("k.activated_at", "activated_at"),
+            ", ",
+            millis!("k.retired_at", "retired_at")
+        )
+    };
+}
+
 macro_rules! api_key_columns {
     () => {
         concat!(
-            "key_id::text AS key_id, name, key_hash, roles::text AS roles, ",
-            millis!("created_at"),
+            "a.key_id::text AS key_id, a.name, a.roles::text AS roles, ",
+            millis!("a.created_at", "created_at"),
             ", ",
-            millis!("revoked_at")
+            millis!("a.revoked_at", "revoked_at")
+        )
+    };
+}
+
+macro_rules! webhook_columns {
+    () => {
+        concat!(
+            "w.subscription_id::text AS subscription_id, w.url, ",
+            "w.event_types::text AS event_types, w.format, ",
+            millis!("w.created_at", "created_at")
         )
     };
 }
@@ -109,66 +140,97 @@ impl Dialect for Postgres {
              hash) ",
         data_session_id: "data->>'session_id'",
         data_user_id: "data->>'user_id'",
-        signing_keys: concat!(
-            "SELECT kid, algorithm, public_key, private_key_sealed, status, ",
-            millis!("created_at"),
-            ", ",
-            millis!("activated_at"),
-            ", ",
-            millis!("retired_at"),
-            " FROM signing_keys ORDER BY created_at, kid"
-        ),
-        insert_signing_key: insert_signing_key!(
-            "VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8::timestamptz)"
-        ),
-        insert_first_signing_key: insert_signing_key!(
-            "SELECT $1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8::timestamptz \
-             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status = 'active')"
-        ),
-        update_signing_key: "UPDATE signing_keys SET status = $1, \
-             activated_at = $2::timestamptz, retired_at = $3::timestamptz WHERE kid = $4",
         session_ids_of: "SELECT session_id::text AS session_id FROM sessions \
              WHERE user_id = $1::uuid ORDER BY created_at DESC",
         has_user_with_role: "SELECT EXISTS (SELECT 1 FROM users WHERE roles ? $1) AS found",
-        insert_api_key: "INSERT INTO api_keys (key_id, name, key_hash, roles, created_at, \
-             revoked_at) \
-             VALUES ($1::uuid, $2, $3, $4::jsonb, $5::timestamptz, $6::timestamptz)",
-        api_key: concat!(
-            "SELECT ",
-            api_key_columns!(),
-            " FROM api_keys WHERE key_id = $1::uuid"
-        ),
-        api_keys: concat!(
-            "SELECT ",
-            api_key_columns!(),
-            " FROM api_keys ORDER BY created_at, key_id"
-        ),
-        revoke_api_key: "UPDATE api_keys SET revoked_at = $1::timestamptz \
-             WHERE key_id = $2::uuid AND revoked_at IS NULL",
         sessions_due: "SELECT session_id::text AS session_id FROM sessions \
              WHERE status = 'active' AND idle_expires_at <= $1::timestamptz \
              ORDER BY idle_expires_at LIMIT $2",
         count_active_sessions: "SELECT count(*) AS n FROM sessions WHERE status = 'active'",
         migrated: "SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success",
-        insert_webhook: "INSERT INTO webhook_subscriptions (subscription_id, url, \
-             secret_sealed, event_types, format, created_at, delivered_position, failures, \
-             last_error, last_attempt_at) VALUES ($1::uuid, $2, $3, $4::jsonb, $5, \
-             $6::timestamptz, $7, $8, $9, $10::timestamptz)",
-        webhooks: concat!(
-            "SELECT subscription_id::text AS subscription_id, url, secret_sealed, ",
-            "event_types::text AS event_types, format, ",
-            millis!("created_at"),
-            ", delivered_position, failures, last_error, ",
-            millis!("last_attempt_at"),
-            " FROM webhook_subscriptions ORDER BY created_at, subscription_id"
-        ),
-        delete_webhook: "DELETE FROM webhook_subscriptions WHERE subscription_id = $1::uuid",
-        webhook_delivered: "UPDATE webhook_subscriptions SET \
-             delivered_position = GREATEST(delivered_position, $1), failures = 0, \
-             last_error = $2, last_attempt_at = $3::timestamptz WHERE subscription_id = $4::uuid",
-        webhook_failed: "UPDATE webhook_subscriptions SET \
-             delivered_position = GREATEST(delivered_position, $1), failures = failures + 1, \
-             last_error = $2, last_attempt_at = $3::timestamptz WHERE subscription_id = $4::uuid",
+        // Secrets are kept under the owner's stream id (`domain::event::*_stream`).
+        registry: RegistrySql {
+            signing_keys: concat!(
+                "SELECT ",
+                signing_key_columns!(),
+                ", s.material AS private_key_sealed FROM signing_keys k ",
+                "JOIN secrets s ON s.owner = 'signing_key-' || k.kid ORDER BY k.created_at, k.kid"
+            ),
+            signing_key_records: concat!(
+                "SELECT ",
+                signing_key_columns!(),
+                " FROM signing_keys k ORDER BY k.created_at, k.kid"
+            ),
+            put_signing_key: "INSERT INTO signing_keys (kid, algorithm, public_key, status, \
+                 created_at, activated_at, retired_at) \
+                 VALUES ($1, $2, $3, $4, $5::timestamptz, $6::timestamptz, $7::timestamptz) \
+                 ON CONFLICT (kid) DO UPDATE SET status = excluded.status, \
+                 activated_at = excluded.activated_at, retired_at = excluded.retired_at",
+            api_key: concat!(
+                "SELECT ",
+                api_key_columns!(),
+                ", s.material AS key_hash FROM api_keys a ",
+                "JOIN secrets s ON s.owner = 'api_key-' || a.key_id::text ",
+                "WHERE a.key_id = $1::uuid"
+            ),
+            api_keys: concat!(
+                "SELECT ",
+                api_key_columns!(),
+                ", s.material AS key_hash FROM api_keys a ",
+                "JOIN secrets s ON s.owner = 'api_key-' || a.key_id::text ",
+                "ORDER BY a.created_at, a.key_id"
+            ),
+            api_key_record: concat!(
+                "SELECT ",
+                api_key_columns!(),
+                " FROM api_keys a WHERE a.key_id = $1::uuid"
+            ),
+            put_api_key: "INSERT INTO api_keys (key_id, name, roles, created_at, revoked_at) \
+                 VALUES ($1::uuid, $2, $3::jsonb, $4::timestamptz, $5::timestamptz) \
+                 ON CONFLICT (key_id) DO UPDATE SET name = excluded.name, roles = excluded.roles, \
+                 revoked_at = excluded.revoked_at",
+            webhooks: concat!(
+                "SELECT ",
+                webhook_columns!(),
+                ", s.material AS secret_sealed, p.delivered_position, p.failures, p.last_error, ",
+                millis!("p.last_attempt_at", "last_attempt_at"),
+                " FROM webhook_subscriptions w ",
+                "JOIN secrets s ON s.owner = 'webhook-' || w.subscription_id::text ",
+                "JOIN webhook_progress p ON p.subscription_id = w.subscription_id ",
+                "ORDER BY w.created_at, w.subscription_id"
+            ),
+            unlogged_webhooks: "SELECT subscription_id::text AS subscription_id \
+                 FROM webhook_subscriptions w WHERE NOT EXISTS (SELECT 1 FROM events e \
+                 WHERE e.stream_id = 'webhook-' || w.subscription_id::text) \
+                 ORDER BY created_at, subscription_id",
+            webhook_record: concat!(
+                "SELECT ",
+                webhook_columns!(),
+                " FROM webhook_subscriptions w WHERE w.subscription_id = $1::uuid"
+            ),
+            put_webhook: "INSERT INTO webhook_subscriptions (subscription_id, url, event_types, \
+                 format, created_at) VALUES ($1::uuid, $2, $3::jsonb, $4, $5::timestamptz) \
+                 ON CONFLICT (subscription_id) DO UPDATE SET url = excluded.url, \
+                 event_types = excluded.event_types, format = excluded.format, \
+                 created_at = excluded.created_at",
+            delete_webhook: "DELETE FROM webhook_subscriptions WHERE subscription_id = $1::uuid",
+            put_secret: "INSERT INTO secrets (owner, material) VALUES ($1, $2) \
+                 ON CONFLICT (owner) DO UPDATE SET material = excluded.material",
+            delete_secret: "DELETE FROM secrets WHERE owner = $1",
+            start_webhook_delivery: "INSERT INTO webhook_progress (subscription_id, \
+                 delivered_position, failures) VALUES ($1::uuid, $2, 0) \
+                 ON CONFLICT (subscription_id) DO NOTHING",
+            delete_webhook_delivery: "DELETE FROM webhook_progress \
+                 WHERE subscription_id = $1::uuid",
+            webhook_delivered: "UPDATE webhook_progress SET \
+                 delivered_position = GREATEST(delivered_position, $1), failures = 0, \
+                 last_error = $2, last_attempt_at = $3::timestamptz \
+                 WHERE subscription_id = $4::uuid",
+            webhook_failed: "UPDATE webhook_progress SET \
+                 delivered_position = GREATEST(delivered_position, $1), \
+                 failures = failures + 1, last_error = $2, last_attempt_at = $3::timestamptz \
+                 WHERE subscription_id = $4::uuid",
+        },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;
     const NUMBERED: bool = true;

@@ -9,8 +9,8 @@ mod write_session;
 
 pub use write_session::{SqliteWriteSession, SqliteWriter};
 
-use crate::store::dispatch::tables::{self, Tables};
-use crate::store::{StoreError, StoredSigningKey};
+use crate::store::StoreError;
+use crate::store::dispatch::tables::Tables;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -126,12 +126,6 @@ impl SqliteStore {
             }
         }
         Ok(())
-    }
-
-    /// Inserts `k` unless an active key exists; true if it was inserted. One statement, so
-    /// SQLite's single write lock makes the check and the insert one step.
-    pub async fn create_first_signing_key(&self, k: &StoredSigningKey) -> Result<bool, StoreError> {
-        tables::insert_first_signing_key::<Sqlite>(&mut *self.pool.acquire().await?, k).await
     }
 }
 

@@ -5,9 +5,9 @@ use crate::domain::token::TokenKey;
 use crate::domain::{Timestamp, format_timestamp};
 use crate::store::StoreError;
 use crate::store::dispatch::dialect::{
-    Arg, Cols, Dialect, Query, Sql, Stmt, bind_scalar, raw_access,
+    Arg, Cols, Dialect, Query, RegistrySql, Sql, Stmt, bind_scalar, raw_access,
 };
-use crate::store::dispatch::rows::{insert_signing_key, ts};
+use crate::store::dispatch::rows::ts;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use uuid::Uuid;
@@ -28,43 +28,62 @@ impl Dialect for Sqlite {
              schema_version, data, metadata, occurred_at, recorded_at, prev_hash, hash) ",
         data_session_id: "json_extract(data, '$.session_id')",
         data_user_id: "json_extract(data, '$.user_id')",
-        signing_keys: "SELECT kid, algorithm, public_key, private_key_sealed, status, \
-             created_at, activated_at, retired_at FROM signing_keys ORDER BY created_at, kid",
-        insert_signing_key: insert_signing_key!("VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-        // One statement, so SQLite's single write lock makes the check and the insert one step.
-        insert_first_signing_key: insert_signing_key!(
-            "SELECT ?, ?, ?, ?, ?, ?, ?, ? \
-             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status = 'active')",
-        ),
-        update_signing_key: "UPDATE signing_keys SET status = ?, activated_at = ?, \
-             retired_at = ? WHERE kid = ?",
         session_ids_of: "SELECT session_id FROM sessions WHERE user_id = ? \
              ORDER BY created_at DESC",
         has_user_with_role: "SELECT EXISTS (SELECT 1 FROM users, json_each(users.roles) \
              WHERE json_each.value = ?) AS found",
-        insert_api_key: "INSERT INTO api_keys (key_id, name, key_hash, roles, created_at, \
-             revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
-        api_key: "SELECT * FROM api_keys WHERE key_id = ?",
-        api_keys: "SELECT * FROM api_keys ORDER BY created_at, key_id",
-        revoke_api_key: "UPDATE api_keys SET revoked_at = ? \
-             WHERE key_id = ? AND revoked_at IS NULL",
         sessions_due: "SELECT session_id FROM sessions \
              WHERE status = 'active' AND idle_expires_at <= ? ORDER BY idle_expires_at LIMIT ?",
         // The partial index holds active sessions only: a count over it reads no other rows.
         count_active_sessions: "SELECT count(*) AS n FROM sessions INDEXED BY sessions_due \
              WHERE status = 'active'",
         migrated: "SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success = 1",
-        insert_webhook: "INSERT INTO webhook_subscriptions (subscription_id, url, \
-             secret_sealed, event_types, format, created_at, delivered_position, failures, \
-             last_error, last_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        webhooks: "SELECT * FROM webhook_subscriptions ORDER BY created_at, subscription_id",
-        delete_webhook: "DELETE FROM webhook_subscriptions WHERE subscription_id = ?",
-        webhook_delivered: "UPDATE webhook_subscriptions SET \
-             delivered_position = MAX(delivered_position, ?), failures = 0, last_error = ?, \
-             last_attempt_at = ? WHERE subscription_id = ?",
-        webhook_failed: "UPDATE webhook_subscriptions SET \
-             delivered_position = MAX(delivered_position, ?), failures = failures + 1, \
-             last_error = ?, last_attempt_at = ? WHERE subscription_id = ?",
+        // Secrets are kept under the owner's stream id (`domain::event::*_stream`).
+        registry: RegistrySql {
+            signing_keys: "SELECT k.*, s.material AS private_key_sealed FROM signing_keys k \
+                 JOIN secrets s ON s.owner = 'signing_key-' || k.kid ORDER BY k.created_at, k.kid",
+            signing_key_records: "SELECT * FROM signing_keys ORDER BY created_at, kid",
+            put_signing_key: "INSERT INTO signing_keys (kid, algorithm, public_key, status, \
+                 created_at, activated_at, retired_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (kid) DO UPDATE SET status = excluded.status, \
+                 activated_at = excluded.activated_at, retired_at = excluded.retired_at",
+            api_key: "SELECT a.*, s.material AS key_hash FROM api_keys a \
+                 JOIN secrets s ON s.owner = 'api_key-' || a.key_id WHERE a.key_id = ?",
+            api_keys: "SELECT a.*, s.material AS key_hash FROM api_keys a \
+                 JOIN secrets s ON s.owner = 'api_key-' || a.key_id ORDER BY a.created_at, a.key_id",
+            api_key_record: "SELECT * FROM api_keys WHERE key_id = ?",
+            put_api_key: "INSERT INTO api_keys (key_id, name, roles, created_at, revoked_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET name = excluded.name, \
+                 roles = excluded.roles, revoked_at = excluded.revoked_at",
+            webhooks: "SELECT w.*, s.material AS secret_sealed, p.delivered_position, \
+                 p.failures, p.last_error, p.last_attempt_at FROM webhook_subscriptions w \
+                 JOIN secrets s ON s.owner = 'webhook-' || w.subscription_id \
+                 JOIN webhook_progress p ON p.subscription_id = w.subscription_id \
+                 ORDER BY w.created_at, w.subscription_id",
+            unlogged_webhooks: "SELECT subscription_id FROM webhook_subscriptions w \
+                 WHERE NOT EXISTS (SELECT 1 FROM events e \
+                 WHERE e.stream_id = 'webhook-' || w.subscription_id) \
+                 ORDER BY created_at, subscription_id",
+            webhook_record: "SELECT * FROM webhook_subscriptions WHERE subscription_id = ?",
+            put_webhook: "INSERT INTO webhook_subscriptions (subscription_id, url, event_types, \
+                 format, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscription_id) \
+                 DO UPDATE SET url = excluded.url, event_types = excluded.event_types, \
+                 format = excluded.format, created_at = excluded.created_at",
+            delete_webhook: "DELETE FROM webhook_subscriptions WHERE subscription_id = ?",
+            put_secret: "INSERT INTO secrets (owner, material) VALUES (?, ?) \
+                 ON CONFLICT (owner) DO UPDATE SET material = excluded.material",
+            delete_secret: "DELETE FROM secrets WHERE owner = ?",
+            start_webhook_delivery: "INSERT INTO webhook_progress (subscription_id, \
+                 delivered_position, failures) VALUES (?, ?, 0) \
+                 ON CONFLICT (subscription_id) DO NOTHING",
+            delete_webhook_delivery: "DELETE FROM webhook_progress WHERE subscription_id = ?",
+            webhook_delivered: "UPDATE webhook_progress SET \
+                 delivered_position = MAX(delivered_position, ?), failures = 0, last_error = ?, \
+                 last_attempt_at = ? WHERE subscription_id = ?",
+            webhook_failed: "UPDATE webhook_progress SET \
+                 delivered_position = MAX(delivered_position, ?), failures = failures + 1, \
+                 last_error = ?, last_attempt_at = ? WHERE subscription_id = ?",
+        },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;
     const NUMBERED: bool = false;

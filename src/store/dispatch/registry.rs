@@ -1,0 +1,173 @@
+//! Signing keys, API keys and webhook subscriptions, written once for both databases: their
+//! projected rows, the secrets kept beside them (never in the log, never cleared by a rebuild)
+//! and delivery's checkpoints. The writer's statements take its transaction's connection; the
+//! pool's reads join the secrets in.
+
+use super::dialect::{Cols, Dialect, Stmt};
+use super::rows;
+use super::tables::{Tables, all, one};
+use crate::domain::Timestamp;
+use crate::domain::format_timestamp;
+use crate::domain::keys::{ApiKeyRecord, SigningKeyRecord};
+use crate::domain::token::TokenKey;
+use crate::domain::webhook::SubscriptionRecord;
+use crate::store::{StoreError, StoredApiKey, StoredSigningKey, WebhookSubscription};
+use uuid::Uuid;
+
+/// Empties the projected tables of this module (for a rebuild); secrets and checkpoints stay.
+pub const CLEAR_PROJECTIONS: &str =
+    "DELETE FROM signing_keys; DELETE FROM api_keys; DELETE FROM webhook_subscriptions;";
+
+async fn execute<D: Dialect>(c: &mut D::Connection, q: Stmt<'_>) -> Result<(), StoreError> {
+    D::execute(c, q).await?;
+    Ok(())
+}
+
+pub async fn signing_key_records<D: Dialect>(
+    c: &mut D::Connection,
+) -> Result<Vec<SigningKeyRecord>, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.signing_key_records);
+    all::<D, _>(c, q, rows::signing_key_record::<D>).await
+}
+
+pub async fn put_signing_key<D: Dialect>(
+    c: &mut D::Connection,
+    k: &SigningKeyRecord,
+) -> Result<(), StoreError> {
+    let q = rows::signing_key_args(Stmt::new::<D>(D::SQL.registry.put_signing_key), k);
+    execute::<D>(c, q).await
+}
+
+pub async fn api_key_record<D: Dialect>(
+    c: &mut D::Connection,
+    key_id: Uuid,
+) -> Result<Option<ApiKeyRecord>, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.api_key_record).arg(key_id.to_string());
+    one::<D, _>(c, q, rows::api_key_record::<D>).await
+}
+
+pub async fn put_api_key<D: Dialect>(
+    c: &mut D::Connection,
+    k: &ApiKeyRecord,
+) -> Result<(), StoreError> {
+    let q = rows::api_key_args(Stmt::new::<D>(D::SQL.registry.put_api_key), k);
+    execute::<D>(c, q).await
+}
+
+pub async fn webhook_record<D: Dialect>(
+    c: &mut D::Connection,
+    id: Uuid,
+) -> Result<Option<SubscriptionRecord>, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.webhook_record).arg(id.to_string());
+    one::<D, _>(c, q, rows::subscription::<D>).await
+}
+
+pub async fn put_webhook<D: Dialect>(
+    c: &mut D::Connection,
+    w: &SubscriptionRecord,
+) -> Result<(), StoreError> {
+    let q = rows::subscription_args(Stmt::new::<D>(D::SQL.registry.put_webhook), w);
+    execute::<D>(c, q).await
+}
+
+pub async fn delete_webhook<D: Dialect>(c: &mut D::Connection, id: Uuid) -> Result<(), StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.delete_webhook).arg(id.to_string());
+    execute::<D>(c, q).await
+}
+
+pub async fn put_secret<D: Dialect>(
+    c: &mut D::Connection,
+    owner: &str,
+    material: &[u8],
+) -> Result<(), StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.put_secret)
+        .arg(owner)
+        .arg(material);
+    execute::<D>(c, q).await
+}
+
+pub async fn delete_secret<D: Dialect>(
+    c: &mut D::Connection,
+    owner: &str,
+) -> Result<(), StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.delete_secret).arg(owner);
+    execute::<D>(c, q).await
+}
+
+pub async fn start_webhook_delivery<D: Dialect>(
+    c: &mut D::Connection,
+    id: Uuid,
+    after_position: i64,
+) -> Result<(), StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.start_webhook_delivery)
+        .arg(id.to_string())
+        .arg(after_position);
+    execute::<D>(c, q).await
+}
+
+pub async fn delete_webhook_delivery<D: Dialect>(
+    c: &mut D::Connection,
+    id: Uuid,
+) -> Result<(), StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.delete_webhook_delivery).arg(id.to_string());
+    execute::<D>(c, q).await
+}
+
+impl<D: Dialect> Tables<D> {
+    /// Every signing key with its sealed private half, oldest first.
+    pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let q = Stmt::new::<D>(D::SQL.registry.signing_keys);
+        all::<D, _>(&mut c, q, rows::signing_key::<D>).await
+    }
+
+    /// The key with this id, if its stored hash is `key.hash` (else `None`, as if unknown).
+    pub async fn api_key(&self, key: &TokenKey) -> Result<Option<StoredApiKey>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let q = Stmt::new::<D>(D::SQL.registry.api_key).arg(key.id.to_string());
+        let found = one::<D, _>(&mut c, q, rows::api_key::<D>).await?;
+        Ok(found.filter(|k| key.hash.matches(&k.key_hash)))
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<StoredApiKey>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let q = Stmt::new::<D>(D::SQL.registry.api_keys);
+        all::<D, _>(&mut c, q, rows::api_key::<D>).await
+    }
+
+    /// Every subscription with its sealed secret and delivery checkpoint.
+    pub async fn webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let q = Stmt::new::<D>(D::SQL.registry.webhooks);
+        all::<D, _>(&mut c, q, rows::webhook::<D>).await
+    }
+
+    /// Subscriptions made before they were recorded in the log (by builds that wrote the row
+    /// only), to be adopted into it.
+    pub async fn unlogged_webhooks(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let q = Stmt::new::<D>(D::SQL.registry.unlogged_webhooks);
+        all::<D, _>(&mut c, q, |r| rows::uuid(r.text("subscription_id")?)).await
+    }
+
+    /// Records one delivery attempt: success moves the checkpoint and clears the failure
+    /// count; a failure counts up and keeps its reason.
+    pub async fn record_webhook_attempt(
+        &self,
+        id: Uuid,
+        delivered_position: i64,
+        error: Option<&str>,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let sql = match error {
+            None => D::SQL.registry.webhook_delivered,
+            Some(_) => D::SQL.registry.webhook_failed,
+        };
+        let q = Stmt::new::<D>(sql)
+            .arg(delivered_position)
+            .arg(error)
+            .arg(format_timestamp(at))
+            .arg(id.to_string());
+        execute::<D>(&mut *self.pool.acquire().await?, q).await
+    }
+}
