@@ -68,14 +68,21 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Err
 }
 
 /// Parses JSON, with a message that says what is wrong but never echoes a submitted value.
+/// The document is checked first by [`Strict`]: a key given twice or a NUL character is
+/// refused, whatever the target type would have made of it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    serde_json::from_slice::<Strict>(bytes)
+        .and_then(|_| serde_json::from_slice(bytes))
+        .map_err(|e| {
         use serde_json::error::Category;
         let message = match e.classify() {
             Category::Data => {
                 let text = e.to_string();
+                if text.starts_with(DUPLICATE_KEY) || text.starts_with(NUL_CHARACTER) {
+                    let what = text.split(" at line ").next().unwrap_or_default();
+                    format!("invalid request body: {what} (line {}, column {})", e.line(), e.column())
                 // serde names missing or unknown fields usefully; other data errors quote values.
-                if text.starts_with("missing field") || text.starts_with("unknown field") {
+                } else if text.starts_with("missing field") || text.starts_with("unknown field") {
                     format!("invalid request body: {text}")
                 } else {
                     format!("invalid request body: a field has the wrong type or value (line {}, column {})", e.line(), e.column())
@@ -86,6 +93,73 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         };
         Error::InvalidRequest(message)
     })
+}
+
+const DUPLICATE_KEY: &str = "an object has the same key twice";
+const NUL_CHARACTER: &str = "a string contains a NUL character";
+
+/// Any JSON document, walked to refuse what a typed parse would let through: a key given twice
+/// in one object (serde_json keeps the last one, while a proxy or a log in front may have read
+/// the first) and NUL characters in strings or keys (no field takes one, and C-string code
+/// downstream would cut the value there). Nesting is bounded by serde_json's recursion limit.
+struct Strict;
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Strict, E> {
+        if s.contains('\0') {
+            return Err(E::custom(NUL_CHARACTER));
+        }
+        Ok(Strict)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        use serde::de::Error as _;
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key.contains('\0') {
+                return Err(A::Error::custom(NUL_CHARACTER));
+            }
+            if !seen.insert(key) {
+                return Err(A::Error::custom(DUPLICATE_KEY));
+            }
+            map.next_value::<Strict>()?;
+        }
+        Ok(Strict)
+    }
 }
 
 /// Where the request came from and what sent it, for the events it causes.

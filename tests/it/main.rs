@@ -10,6 +10,7 @@ mod auth_api;
 mod bad_input;
 mod browser;
 mod cli;
+mod crash;
 mod devices;
 mod expiry;
 mod export;

@@ -1,0 +1,635 @@
+//! A bad-input corpus over every route the server documents in `/openapi.json` (so routes
+//! added later are covered without touching this file): oversized and repeated headers,
+//! invalid UTF-8 in bodies, paths and queries, duplicate JSON keys, deeply nested JSON, huge
+//! numbers, NUL bytes, wrong methods and wrong content types. Every request is sent with a
+//! security user's access token, so it reaches as deep as a real caller's would. Each gets a
+//! 4xx JSON answer with an `error` field, nothing is written, and the server stays up.
+
+use crate::helpers::*;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// What a route takes in its body, from the document's `requestBody`.
+#[derive(Debug, Clone)]
+enum Body {
+    None,
+    /// The schema's properties: (name, JSON type).
+    Json(Vec<(String, String)>),
+    Form(Vec<(String, String)>),
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    method: Method,
+    /// The documented path, `{param}`s and all.
+    template: String,
+    body: Body,
+    query: Vec<String>,
+}
+
+/// One malformed request.
+struct Case {
+    what: String,
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Option<(Option<&'static str>, Vec<u8>)>,
+    /// The status it must get, when the case decides it; any 4xx otherwise. `Some(200)`: the
+    /// oddity may be ignored (no 5xx, and any refusal in our JSON).
+    status: Option<StatusCode>,
+}
+
+fn properties(doc: &Value, schema: &Value) -> Vec<(String, String)> {
+    let name = schema["$ref"]
+        .as_str()
+        .and_then(|r| r.rsplit('/').next())
+        .unwrap_or_default();
+    let schema = if name.is_empty() {
+        schema
+    } else {
+        &doc["components"]["schemas"][name]
+    };
+    schema["properties"]
+        .as_object()
+        .map(|props| {
+            props
+                .iter()
+                .map(|(k, v)| (k.clone(), v["type"].as_str().unwrap_or("string").to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn routes(doc: &Value) -> Vec<Route> {
+    let mut out = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let content = &op["requestBody"]["content"];
+            let body = if let Some(s) = content.get("application/json") {
+                Body::Json(properties(doc, &s["schema"]))
+            } else if let Some(s) = content.get("application/x-www-form-urlencoded") {
+                Body::Form(properties(doc, &s["schema"]))
+            } else {
+                Body::None
+            };
+            let query = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect();
+            out.push(Route {
+                method: method.to_uppercase().parse().unwrap(),
+                template: template.clone(),
+                body,
+                query,
+            });
+        }
+    }
+    out
+}
+
+/// A plausible value of each type: each case breaks exactly one thing of such a body.
+fn plausible(ty: &str) -> Value {
+    match ty {
+        "integer" | "number" => Value::from(1),
+        "boolean" => Value::Bool(true),
+        "array" => serde_json::json!(["x"]),
+        "object" => serde_json::json!({}),
+        _ => Value::from("x"),
+    }
+}
+
+/// `{"a":…,"b":…}` with the value of `replaced` written as the raw text given.
+fn json_body(props: &[(String, String)], replaced: Option<(&str, &[u8])>) -> Vec<u8> {
+    let mut out = b"{".to_vec();
+    for (i, (name, ty)) in props.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend(serde_json::to_vec(name).unwrap());
+        out.push(b':');
+        match replaced {
+            Some((r, raw)) if r == name => out.extend_from_slice(raw),
+            _ => out.extend(serde_json::to_vec(&plausible(ty)).unwrap()),
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+fn form_body(props: &[(String, String)], replaced: Option<(&str, &str)>) -> Vec<u8> {
+    props
+        .iter()
+        .map(|(name, _)| match replaced {
+            Some((r, raw)) if r == name => format!("{name}={raw}"),
+            _ => format!("{name}=x"),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+        .into_bytes()
+}
+
+const JSON: Option<&str> = Some("application/json");
+const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+
+/// The route's plausible body with its own content type, for cases that break something else.
+fn plausible_body(route: &Route) -> Option<(Option<&'static str>, Vec<u8>)> {
+    match &route.body {
+        Body::None => None,
+        Body::Json(props) => Some((JSON, json_body(props, None))),
+        Body::Form(props) => Some((FORM, form_body(props, None))),
+    }
+}
+
+fn header(name: &str, value: &[u8]) -> (HeaderName, HeaderValue) {
+    (
+        HeaderName::from_bytes(name.as_bytes()).unwrap(),
+        HeaderValue::from_bytes(value).unwrap(),
+    )
+}
+
+fn cases(route: &Route, path: &str, bearer: &str) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let auth = header("authorization", format!("Bearer {bearer}").as_bytes());
+    let base_headers = || {
+        let mut h = HeaderMap::new();
+        h.insert(auth.0.clone(), auth.1.clone());
+        h
+    };
+    let mut case = |what: String,
+                    extra: Vec<(HeaderName, HeaderValue)>,
+                    path: String,
+                    body: Option<(Option<&'static str>, Vec<u8>)>,
+                    status: Option<StatusCode>| {
+        let mut headers = base_headers();
+        for (k, v) in extra {
+            headers.append(k, v);
+        }
+        cases.push(Case {
+            what,
+            method: route.method.clone(),
+            path,
+            headers,
+            body,
+            status,
+        });
+    };
+
+    // Headers: too large (one, and many), repeated where one value is meant, not UTF-8.
+    let big = vec![b'a'; 40 * 1024];
+    case(
+        "one 40 KiB header".into(),
+        vec![header("x-padding", &big)],
+        path.into(),
+        plausible_body(route),
+        Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+    );
+    let many = (0..60)
+        .map(|i| header(&format!("x-padding-{i}"), &[b'b'; 700]))
+        .collect();
+    case(
+        "60 headers of 700 bytes".into(),
+        many,
+        path.into(),
+        plausible_body(route),
+        Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+    );
+    for (name, value) in [
+        ("authorization", "Bearer sdak_not-this-one".as_bytes()),
+        ("content-type", b"text/plain"),
+        ("cookie", b"a=b"),
+        ("origin", b"https://evil.example"),
+        ("x-request-id", b"second"),
+    ] {
+        let mut extra = Vec::new();
+        if name == "content-type" {
+            extra.push(header("content-type", b"application/json"));
+        }
+        if name == "cookie" || name == "origin" || name == "x-request-id" {
+            extra.push(header(name, b"first"));
+        }
+        extra.push(header(name, value));
+        case(
+            format!("repeated {name}"),
+            extra,
+            path.into(),
+            plausible_body(route),
+            Some(StatusCode::BAD_REQUEST),
+        );
+    }
+    // Not UTF-8 (obs-text) where a handler reads the header as text: harmless on a read, so
+    // only read routes get these, and they must answer without a 5xx (see `send`).
+    if route.method == Method::GET {
+        for name in [
+            "x-forwarded-for",
+            "user-agent",
+            "cookie",
+            "origin",
+            "last-event-id",
+        ] {
+            case(
+                format!("{name} not UTF-8"),
+                vec![header(name, b"\xff\xfe\x80")],
+                path.into(),
+                None,
+                Some(StatusCode::OK),
+            );
+        }
+    }
+
+    // Paths: each parameter made of bad bytes, and junk after the route.
+    let params: Vec<&str> = route
+        .template
+        .split('/')
+        .filter(|s| s.starts_with('{'))
+        .collect();
+    for param in &params {
+        for (what, bad) in [
+            ("invalid UTF-8", "%FF%FE".to_owned()),
+            ("a NUL byte", "a%00b".to_owned()),
+            ("a traversal", "..%2F..%2Fetc%2Fpasswd".to_owned()),
+            ("a 4 KiB segment", "z".repeat(4096)),
+        ] {
+            case(
+                format!("{param} as {what}"),
+                vec![],
+                route.template.replace(param, &bad),
+                plausible_body(route),
+                None,
+            );
+        }
+    }
+    case(
+        "invalid UTF-8 after the route".into(),
+        vec![],
+        format!("{path}/%C3%28"),
+        plausible_body(route),
+        None,
+    );
+    case(
+        "a NUL byte after the route".into(),
+        vec![],
+        format!("{path}%00"),
+        plausible_body(route),
+        None,
+    );
+
+    // Query strings.
+    for name in &route.query {
+        for (what, bad) in [
+            ("invalid UTF-8", "%FF"),
+            ("a NUL byte", "x%00"),
+            ("a huge number", "99999999999999999999999999999999"),
+            ("a negative number", "-1"),
+        ] {
+            let numeric = ["limit", "after", "before"].contains(&name.as_str());
+            if !numeric && what.contains("number") {
+                continue;
+            }
+            case(
+                format!("query {name} as {what}"),
+                vec![],
+                format!("{path}?{name}={bad}"),
+                None,
+                Some(StatusCode::BAD_REQUEST),
+            );
+        }
+    }
+    if !route.query.is_empty() {
+        case(
+            "an unknown query parameter".into(),
+            vec![],
+            format!("{path}?no_such_parameter=1"),
+            None,
+            Some(StatusCode::BAD_REQUEST),
+        );
+    }
+
+    // Bodies.
+    match &route.body {
+        Body::None => {}
+        Body::Json(props) => {
+            let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+            let mut bodies: Vec<(String, Option<&'static str>, Vec<u8>)> = vec![
+                ("not JSON".into(), JSON, b"{\"a\": nope}".to_vec()),
+                ("an array".into(), JSON, b"[]".to_vec()),
+                ("null".into(), JSON, b"null".to_vec()),
+                (
+                    "a NUL byte in the text".into(),
+                    JSON,
+                    b"{\"a\0\":1}".to_vec(),
+                ),
+                (
+                    "text/plain".into(),
+                    Some("text/plain"),
+                    json_body(props, None),
+                ),
+                ("a form content type".into(), FORM, json_body(props, None)),
+                ("no content type".into(), None, json_body(props, None)),
+                ("a key with a NUL".into(), JSON, {
+                    let mut b = json_body(props, None);
+                    b.pop();
+                    b.extend_from_slice(b",\"k\\u0000\":1}");
+                    b
+                }),
+            ];
+            for (name, ty) in props {
+                let bad: Vec<(&str, Vec<u8>)> = vec![
+                    ("a huge number", b"1e999999".to_vec()),
+                    ("a huge integer", b"123456789012345678901234567890".to_vec()),
+                    ("deeply nested", deep.clone().into_bytes()),
+                    ("a NUL character", b"\"a\\u0000b\"".to_vec()),
+                    ("invalid UTF-8", b"\"\xff\xfe\"".to_vec()),
+                    ("a lone surrogate", b"\"\\ud800\"".to_vec()),
+                ];
+                for (what, raw) in bad {
+                    bodies.push((
+                        format!("{name} as {what}"),
+                        JSON,
+                        json_body(props, Some((name, &raw))),
+                    ));
+                }
+                // The same key twice, the second with another value: refused, not last-wins.
+                let mut twice = json_body(props, None);
+                twice.pop();
+                twice.extend_from_slice(b",");
+                twice.extend(serde_json::to_vec(name).unwrap());
+                twice.extend_from_slice(b":");
+                twice.extend(serde_json::to_vec(&plausible(ty)).unwrap());
+                twice.extend_from_slice(b"}");
+                bodies.push((format!("{name} twice"), JSON, twice));
+            }
+            for (what, ct, body) in bodies {
+                case(
+                    format!("body: {what}"),
+                    vec![],
+                    path.into(),
+                    Some((ct, body)),
+                    None,
+                );
+            }
+        }
+        Body::Form(props) => {
+            let mut bodies: Vec<(String, Option<&'static str>, Vec<u8>)> = vec![
+                (
+                    "JSON".into(),
+                    JSON,
+                    b"{\"grant_type\":\"password\"}".to_vec(),
+                ),
+                ("no content type".into(), None, form_body(props, None)),
+                ("a raw NUL".into(), FORM, b"a\0=b".to_vec()),
+            ];
+            for (name, _) in props {
+                for (what, raw) in [
+                    ("a NUL byte", "a%00b"),
+                    ("invalid UTF-8", "%FF%FE"),
+                    ("a broken escape", "%zz"),
+                ] {
+                    bodies.push((
+                        format!("{name} as {what}"),
+                        FORM,
+                        form_body(props, Some((name, raw))),
+                    ));
+                }
+                let mut twice = form_body(props, None);
+                twice.extend(format!("&{name}=y").into_bytes());
+                bodies.push((format!("{name} twice"), FORM, twice));
+            }
+            for (what, ct, body) in bodies {
+                case(
+                    format!("body: {what}"),
+                    vec![],
+                    path.into(),
+                    Some((ct, body)),
+                    None,
+                );
+            }
+        }
+    }
+    cases
+}
+
+/// Every method not documented for a path is a 405, with our JSON.
+fn wrong_methods(doc: &Value, bearer: &str, fill: &dyn Fn(&str) -> String) -> Vec<Case> {
+    let mut out = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let allowed: Vec<String> = item.as_object().unwrap().keys().cloned().collect();
+        for m in ["GET", "POST", "PUT", "PATCH", "DELETE", "BREW"] {
+            let lower = m.to_lowercase();
+            // axum answers HEAD wherever GET is served.
+            if allowed.contains(&lower) {
+                continue;
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {bearer}")).unwrap(),
+            );
+            out.push(Case {
+                what: format!("method {m}"),
+                method: m.parse().unwrap(),
+                path: fill(template),
+                headers,
+                body: Some((JSON, b"{}".to_vec())),
+                status: Some(StatusCode::METHOD_NOT_ALLOWED),
+            });
+        }
+    }
+    out
+}
+
+/// Sends one case; `Err` says how the answer fell short.
+async fn send(app: &TestApp, c: &Case) -> Result<(), String> {
+    let mut r = app
+        .http
+        .request(c.method.clone(), app.url(&c.path))
+        .headers(c.headers.clone())
+        .timeout(std::time::Duration::from_secs(20));
+    if let Some((ct, body)) = &c.body {
+        if let Some(ct) = ct {
+            r = r.header("content-type", *ct);
+        }
+        r = r.body(body.clone());
+    }
+    let label = format!(
+        "{} {} ({})",
+        c.method,
+        c.path.chars().take(100).collect::<String>(),
+        c.what
+    );
+    let r = r
+        .send()
+        .await
+        .map_err(|e| format!("{label}: no answer: {e}"))?;
+    let status = r.status();
+    // `Some(200)` marks a case whose oddity may be ignored: no 5xx, and a refusal is ours.
+    if c.status == Some(StatusCode::OK) {
+        if status.is_server_error() {
+            return Err(format!("{label}: {status}"));
+        }
+        if status.is_success() {
+            return Ok(());
+        }
+    } else if let Some(expected) = c.status
+        && status != expected
+    {
+        return Err(format!("{label}: {status}, expected {expected}"));
+    }
+    if !status.is_client_error() {
+        return Err(format!("{label}: {status}"));
+    }
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if !ct.starts_with("application/json") {
+        return Err(format!("{label}: {status} with content type {ct:?}"));
+    }
+    let body: Value = r
+        .json()
+        .await
+        .map_err(|e| format!("{label}: the body is not JSON: {e}"))?;
+    if !body["error"].is_string() {
+        return Err(format!("{label}: no error code in {body}"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_documented_route_refuses_the_bad_input_corpus_and_writes_nothing() {
+    let app = spawn_app().await;
+    // A security user (made as an operator would) whose token reaches every route's parsing,
+    // and another user with a live session for the routes that name one.
+    let (ok, out, err) = sessiond_cli(
+        &["users", "create", "analyst", "--role", "security"],
+        app.data_dir.path(),
+    );
+    assert!(ok, "{err}");
+    let password = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let r = app.login_as("analyst", &password).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let analyst = Tokens::from_json(&r.json().await.unwrap());
+    let victim_id = app.register("victim").await;
+    let victim = app.login("victim").await;
+
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let routes = routes(&doc);
+    assert!(routes.len() > 30, "the document lists the routes");
+    let fill = |template: &str| {
+        template
+            .split('/')
+            .map(|seg| match seg {
+                "{user}" => victim_id.clone(),
+                "{session_id}" => victim.session_id.clone(),
+                "{ip}" => "127.0.0.1".into(),
+                s if s.starts_with('{') => uuid::Uuid::new_v4().to_string(),
+                s => s.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+
+    let before = app.event_count().await;
+    let mut sent = 0;
+    let mut failures = Vec::new();
+    let mut failures_written = 0;
+    for route in &routes {
+        let path = fill(&route.template);
+        for c in cases(route, &path, &analyst.access) {
+            failures.extend(send(&app, &c).await.err());
+            sent += 1;
+        }
+        let r = app.http.get(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "up after {}", route.template);
+        let written = app.event_count().await - before - failures_written;
+        if written > 0 {
+            failures_written += written;
+            failures.push(format!(
+                "{} {}: bad requests wrote {written} events",
+                route.method, route.template
+            ));
+        }
+    }
+    for c in wrong_methods(&doc, &analyst.access, &fill) {
+        failures.extend(send(&app, &c).await.err());
+        sent += 1;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} bad requests were not refused as they should be:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(sent > 900, "{sent} requests");
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "no bad request wrote an event"
+    );
+    // Both users are as they were.
+    assert_eq!(app.me(&analyst.access).await.status(), StatusCode::OK);
+    app.refresh_ok(&victim.refresh).await;
+}
+
+/// Bytes no HTTP client library would send, written on a socket: the server answers with a
+/// 4xx (hyper refuses a request line that is not a URI before any route sees it) and stays up.
+#[tokio::test]
+async fn raw_requests_with_bytes_outside_http_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let before = app.event_count().await;
+    let requests: Vec<Vec<u8>> = vec![
+        b"GET /v1/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /v1/me\0 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n{}{}{}".to_vec(),
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Nul: a\0b\r\n\r\n".to_vec(),
+        [b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec(), (0..200).flat_map(|i| format!("X-H{i}: v\r\n").into_bytes()).collect(), b"\r\n".to_vec()].concat(),
+    ];
+    for raw in requests {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(&raw).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            s.read_to_end(&mut answer),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&answer);
+        let status: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no status for {:?}: {text:?}",
+                    String::from_utf8_lossy(&raw)
+                )
+            });
+        assert!(
+            (400..500).contains(&status),
+            "{:?}: {text}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+    let r = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(app.event_count().await, before);
+}
