@@ -21,6 +21,7 @@ mod oauth;
 mod openapi;
 mod ops;
 mod postgres_surfaces;
+mod props;
 mod refresh;
 mod rules;
 mod rules_cli;
