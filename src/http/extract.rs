@@ -73,26 +73,38 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Err
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     serde_json::from_slice::<Strict>(bytes)
         .and_then(|_| serde_json::from_slice(bytes))
-        .map_err(|e| {
-        use serde_json::error::Category;
-        let message = match e.classify() {
-            Category::Data => {
-                let text = e.to_string();
-                if text.starts_with(DUPLICATE_KEY) || text.starts_with(NUL_CHARACTER) {
-                    let what = text.split(" at line ").next().unwrap_or_default();
-                    format!("invalid request body: {what} (line {}, column {})", e.line(), e.column())
-                // serde names missing or unknown fields usefully; other data errors quote values.
-                } else if text.starts_with("missing field") || text.starts_with("unknown field") {
-                    format!("invalid request body: {text}")
-                } else {
-                    format!("invalid request body: a field has the wrong type or value (line {}, column {})", e.line(), e.column())
-                }
+        .map_err(json_error)
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    let message = match e.classify() {
+        Category::Data => {
+            let text = e.to_string();
+            if text.starts_with(DUPLICATE_KEY) || text.starts_with(NUL_CHARACTER) {
+                let what = text.split(" at line ").next().unwrap_or_default();
+                format!(
+                    "invalid request body: {what} (line {}, column {})",
+                    e.line(),
+                    e.column()
+                )
+            // serde names missing or unknown fields usefully; other data errors quote values.
+            } else if text.starts_with("missing field") || text.starts_with("unknown field") {
+                format!("invalid request body: {text}")
+            } else {
+                format!(
+                    "invalid request body: a field has the wrong type or value (line {}, column {})",
+                    e.line(),
+                    e.column()
+                )
             }
-            Category::Syntax | Category::Eof => format!("malformed JSON at line {}, column {}", e.line(), e.column()),
-            Category::Io => "the request body could not be read".to_owned(),
-        };
-        Error::InvalidRequest(message)
-    })
+        }
+        Category::Syntax | Category::Eof => {
+            format!("malformed JSON at line {}, column {}", e.line(), e.column())
+        }
+        Category::Io => "the request body could not be read".to_owned(),
+    };
+    Error::InvalidRequest(message)
 }
 
 const DUPLICATE_KEY: &str = "an object has the same key twice";
@@ -225,5 +237,33 @@ impl<S: Send + Sync> FromRequestParts<S> for RequiredBearer {
         bearer(&parts.headers)?
             .map(RequiredBearer)
             .ok_or(Error::MissingToken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn refusal(body: &str) -> String {
+        match parse_json::<Value>(body.as_bytes()) {
+            Err(Error::InvalidRequest(m)) => m,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_key_twice_or_a_nul_is_refused_even_where_the_target_would_take_it() {
+        // serde_json alone reads these as `{"a": 2}`, last-wins.
+        assert!(refusal(r#"{"a":1,"a":2}"#).contains("same key twice"));
+        assert!(refusal(r#"{"x":[{"b":"s","b":"secret"}]}"#).contains("same key twice"));
+        assert!(refusal(r#"{"a":"x\u0000y"}"#).contains("NUL"));
+        assert!(refusal(r#"{"a\u0000":1}"#).contains("NUL"));
+        // The message says where, never what.
+        assert!(!refusal(r#"{"x":[{"b":"s","b":"secret"}]}"#).contains("secret"));
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(refusal(&deep).contains("malformed JSON"));
+        let ok: Value = parse_json(br#"{"a":{"a":1},"b":["a","a"],"c":"\u0001"}"#).unwrap();
+        assert_eq!(ok["a"]["a"], 1);
     }
 }

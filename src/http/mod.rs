@@ -68,8 +68,8 @@ const SINGLE_VALUED: &[&str] = &[
     auth::CSRF_HEADER,
 ];
 
-/// Refuses oversized and ambiguous headers and URLs with bytes no route takes, and turns any client error that is not JSON yet
-/// (an extractor's plain-text rejection) into our JSON shape.
+/// Refuses oversized and ambiguous headers and URLs with bytes no route takes, and turns any
+/// client error that is not JSON yet (an extractor's plain-text rejection) into our JSON shape.
 async fn request_guard(req: Request, next: Next) -> Response {
     let headers = req.headers();
     let size: usize = headers

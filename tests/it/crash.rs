@@ -35,6 +35,9 @@ pub struct Outcome {
     pub lost: usize,
     /// Chains whose last acknowledged token did not refresh after the restart.
     pub dead_chains: usize,
+    /// Rotations that committed but whose answer the kill cut off: the restart's refresh of
+    /// the chain was a grace retry. (It shows the kill landed inside a batch.)
+    pub committed_unanswered: usize,
 }
 
 impl std::ops::AddAssign for Outcome {
@@ -42,6 +45,7 @@ impl std::ops::AddAssign for Outcome {
         self.acknowledged += o.acknowledged;
         self.lost += o.lost;
         self.dead_chains += o.dead_chains;
+        self.committed_unanswered += o.committed_unanswered;
     }
 }
 
@@ -271,6 +275,14 @@ pub async fn trial(database_url: Option<&str>, trial_no: usize) -> Outcome {
             }
         }
     }
+    outcome.committed_unanswered = store
+        .events(&sessiond::store::EventFilter {
+            event_types: vec!["session.refresh_retried".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len();
     let live = store.projection_snapshot().await.unwrap();
     assert!(
         live.iter()
@@ -294,8 +306,8 @@ pub async fn trial(database_url: Option<&str>, trial_no: usize) -> Outcome {
 
 fn assert_nothing_lost(what: &str, trials: usize, total: Outcome) {
     println!(
-        "{what}: trials: {trials}, acknowledged rotations: {}, lost: {}, chains that did not refresh after the restart: {}",
-        total.acknowledged, total.lost, total.dead_chains
+        "{what}: trials: {trials}, acknowledged rotations: {}, lost: {}, chains that did not refresh after the restart: {}, rotations committed but unanswered at the kill: {}",
+        total.acknowledged, total.lost, total.dead_chains, total.committed_unanswered
     );
     assert!(total.acknowledged >= trials * 50, "{total:?}");
     assert_eq!(total.lost, 0, "{total:?}");
