@@ -67,13 +67,18 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Err
         })
 }
 
-/// Parses JSON, with a message that says what is wrong but never echoes a submitted value.
-/// The document is checked first by [`Strict`]: a key given twice or a NUL character is
-/// refused, whatever the target type would have made of it.
+/// Parses a JSON object, with a message that says what is wrong but never echoes a submitted
+/// value. The document is checked first by [`Strict`]: a key given twice or a NUL character is
+/// refused, and so is any other top-level value (serde reads a struct from an array too, so
+/// `["sdrt_…"]` would pass as a refresh body), whatever the target type would have made of it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice::<Strict>(bytes)
-        .and_then(|_| serde_json::from_slice(bytes))
-        .map_err(json_error)
+    let Strict { object } = serde_json::from_slice(bytes).map_err(json_error)?;
+    if !object {
+        return Err(Error::InvalidRequest(
+            "invalid request body: expected a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(json_error)
 }
 
 fn json_error(e: serde_json::Error) -> Error {
@@ -114,7 +119,10 @@ const NUL_CHARACTER: &str = "a string contains a NUL character";
 /// in one object (serde_json keeps the last one, while a proxy or a log in front may have read
 /// the first) and NUL characters in strings or keys (no field takes one, and C-string code
 /// downstream would cut the value there). Nesting is bounded by serde_json's recursion limit.
-struct Strict;
+/// `object` says whether the value is an object.
+struct Strict {
+    object: bool,
+}
 
 impl<'de> serde::Deserialize<'de> for Strict {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -132,30 +140,30 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
-        Ok(Strict)
+        Ok(Strict { object: false })
     }
     fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
-        Ok(Strict)
+        Ok(Strict { object: false })
     }
     fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
-        Ok(Strict)
+        Ok(Strict { object: false })
     }
     fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
-        Ok(Strict)
+        Ok(Strict { object: false })
     }
     fn visit_unit<E>(self) -> Result<Strict, E> {
-        Ok(Strict)
+        Ok(Strict { object: false })
     }
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Strict, E> {
         if s.contains('\0') {
             return Err(E::custom(NUL_CHARACTER));
         }
-        Ok(Strict)
+        Ok(Strict { object: false })
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
         while seq.next_element::<Strict>()?.is_some() {}
-        Ok(Strict)
+        Ok(Strict { object: false })
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
@@ -170,7 +178,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
             }
             map.next_value::<Strict>()?;
         }
-        Ok(Strict)
+        Ok(Strict { object: true })
     }
 }
 
@@ -263,6 +271,9 @@ mod tests {
         assert!(!refusal(r#"{"x":[{"b":"s","b":"secret"}]}"#).contains("secret"));
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(refusal(&deep).contains("malformed JSON"));
+        // A struct would read itself from an array: only an object is a body.
+        assert!(refusal(r#"["sdrt_x"]"#).contains("expected a JSON object"));
+        assert!(refusal("null").contains("expected a JSON object"));
         let ok: Value = parse_json(br#"{"a":{"a":1},"b":["a","a"],"c":"\u0001"}"#).unwrap();
         assert_eq!(ok["a"]["a"], 1);
     }

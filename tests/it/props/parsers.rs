@@ -188,7 +188,7 @@ fn the_access_token_verifier_refuses_every_forgery_with_a_typed_error() {
                 ".{0,5}",
             ],
             json_value(),
-            0..5,
+            1..5,
         ),
         |changes| {
             let mut edited = original.clone();
@@ -206,7 +206,7 @@ fn the_access_token_verifier_refuses_every_forgery_with_a_typed_error() {
     );
 
     // Any byte of the signed part or the signature changed: refused.
-    run((0..jwt.len(), any::<u8>()), |(at, b)| {
+    run((0..jwt.len(), 0x21u8..0x7f), |(at, b)| {
         let mut bytes = jwt.clone().into_bytes();
         prop_assume!(bytes[at] != b && bytes[at] != b'.');
         bytes[at] = b;
