@@ -14,6 +14,8 @@ pub enum Error {
     UnsupportedMediaType,
     #[error("the request body is too large")]
     PayloadTooLarge,
+    #[error("the request headers are too large")]
+    HeadersTooLarge,
     #[error("wrong username or password")]
     InvalidCredentials,
     #[error("the refresh token is invalid, expired or revoked")]
@@ -66,6 +68,7 @@ impl Error {
             Error::InvalidField(code, _) => code,
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::PayloadTooLarge => "payload_too_large",
+            Error::HeadersTooLarge => "headers_too_large",
             Error::InvalidCredentials => "invalid_credentials",
             Error::InvalidGrant => "invalid_grant",
             Error::ReauthRequired => "reauth_required",

@@ -12,6 +12,7 @@ pub fn status(e: &Error) -> StatusCode {
         Error::InvalidRequest(_) | Error::InvalidField(..) => StatusCode::BAD_REQUEST,
         Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         Error::InvalidCredentials
         | Error::InvalidGrant
         | Error::ReauthRequired
@@ -48,4 +49,21 @@ impl IntoResponse for Error {
         }
         response
     }
+}
+
+/// The JSON answer for a client error that something other than our handlers produced (an
+/// axum extractor's plain-text rejection, such as a path segment that is not UTF-8): the same
+/// status, our shape. Nothing of the original text is sent.
+pub fn client_error_as_json(status: StatusCode) -> Response {
+    let e = match status {
+        StatusCode::NOT_FOUND => Error::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => Error::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Error::UnsupportedMediaType,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Error::HeadersTooLarge,
+        _ => Error::InvalidRequest("the request is malformed".into()),
+    };
+    let mut response = e.into_response();
+    *response.status_mut() = status;
+    response
 }

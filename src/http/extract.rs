@@ -67,25 +67,119 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Err
         })
 }
 
-/// Parses JSON, with a message that says what is wrong but never echoes a submitted value.
+/// Parses a JSON object, with a message that says what is wrong but never echoes a submitted
+/// value. The document is checked first by [`Strict`]: a key given twice or a NUL character is
+/// refused, and so is any other top-level value (serde reads a struct from an array too, so
+/// `["sdrt_…"]` would pass as a refresh body), whatever the target type would have made of it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        use serde_json::error::Category;
-        let message = match e.classify() {
-            Category::Data => {
-                let text = e.to_string();
-                // serde names missing or unknown fields usefully; other data errors quote values.
-                if text.starts_with("missing field") || text.starts_with("unknown field") {
-                    format!("invalid request body: {text}")
-                } else {
-                    format!("invalid request body: a field has the wrong type or value (line {}, column {})", e.line(), e.column())
-                }
+    let Strict { object } = serde_json::from_slice(bytes).map_err(json_error)?;
+    if !object {
+        return Err(Error::InvalidRequest(
+            "invalid request body: expected a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(json_error)
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    let message = match e.classify() {
+        Category::Data => {
+            let text = e.to_string();
+            if text.starts_with(DUPLICATE_KEY) || text.starts_with(NUL_CHARACTER) {
+                let what = text.split(" at line ").next().unwrap_or_default();
+                format!(
+                    "invalid request body: {what} (line {}, column {})",
+                    e.line(),
+                    e.column()
+                )
+            // serde names missing or unknown fields usefully; other data errors quote values.
+            } else if text.starts_with("missing field") || text.starts_with("unknown field") {
+                format!("invalid request body: {text}")
+            } else {
+                format!(
+                    "invalid request body: a field has the wrong type or value (line {}, column {})",
+                    e.line(),
+                    e.column()
+                )
             }
-            Category::Syntax | Category::Eof => format!("malformed JSON at line {}, column {}", e.line(), e.column()),
-            Category::Io => "the request body could not be read".to_owned(),
-        };
-        Error::InvalidRequest(message)
-    })
+        }
+        Category::Syntax | Category::Eof => {
+            format!("malformed JSON at line {}, column {}", e.line(), e.column())
+        }
+        Category::Io => "the request body could not be read".to_owned(),
+    };
+    Error::InvalidRequest(message)
+}
+
+const DUPLICATE_KEY: &str = "an object has the same key twice";
+const NUL_CHARACTER: &str = "a string contains a NUL character";
+
+/// Any JSON document, walked to refuse what a typed parse would let through: a key given twice
+/// in one object (serde_json keeps the last one, while a proxy or a log in front may have read
+/// the first) and NUL characters in strings or keys (no field takes one, and C-string code
+/// downstream would cut the value there). Nesting is bounded by serde_json's recursion limit.
+/// `object` says whether the value is an object.
+struct Strict {
+    object: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict { object: false })
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict { object: false })
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict { object: false })
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict { object: false })
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict { object: false })
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Strict, E> {
+        if s.contains('\0') {
+            return Err(E::custom(NUL_CHARACTER));
+        }
+        Ok(Strict { object: false })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict { object: false })
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        use serde::de::Error as _;
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key.contains('\0') {
+                return Err(A::Error::custom(NUL_CHARACTER));
+            }
+            if !seen.insert(key) {
+                return Err(A::Error::custom(DUPLICATE_KEY));
+            }
+            map.next_value::<Strict>()?;
+        }
+        Ok(Strict { object: true })
+    }
 }
 
 /// Where the request came from and what sent it, for the events it causes.
@@ -151,5 +245,36 @@ impl<S: Send + Sync> FromRequestParts<S> for RequiredBearer {
         bearer(&parts.headers)?
             .map(RequiredBearer)
             .ok_or(Error::MissingToken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn refusal(body: &str) -> String {
+        match parse_json::<Value>(body.as_bytes()) {
+            Err(Error::InvalidRequest(m)) => m,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_key_twice_or_a_nul_is_refused_even_where_the_target_would_take_it() {
+        // serde_json alone reads these as `{"a": 2}`, last-wins.
+        assert!(refusal(r#"{"a":1,"a":2}"#).contains("same key twice"));
+        assert!(refusal(r#"{"x":[{"b":"s","b":"secret"}]}"#).contains("same key twice"));
+        assert!(refusal(r#"{"a":"x\u0000y"}"#).contains("NUL"));
+        assert!(refusal(r#"{"a\u0000":1}"#).contains("NUL"));
+        // The message says where, never what.
+        assert!(!refusal(r#"{"x":[{"b":"s","b":"secret"}]}"#).contains("secret"));
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(refusal(&deep).contains("malformed JSON"));
+        // A struct would read itself from an array: only an object is a body.
+        assert!(refusal(r#"["sdrt_x"]"#).contains("expected a JSON object"));
+        assert!(refusal("null").contains("expected a JSON object"));
+        let ok: Value = parse_json(br#"{"a":{"a":1},"b":["a","a"],"c":"\u0001"}"#).unwrap();
+        assert_eq!(ok["a"]["a"], 1);
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP surfaces, one router each, merged here with the layers every route shares: request ids,
-//! one access-log line per request, a body limit and JSON answers for unknown routes.
+//! one access-log line per request, a body limit, a header guard and JSON answers for unknown
+//! routes and for every other client error.
 
 pub mod admin;
 pub mod auth;
@@ -20,7 +21,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -45,8 +46,90 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(request_guard))
         .layer(middleware::from_fn(request_log))
         .with_state(state)
+}
+
+/// Request headers larger than this in total are refused with 431 before any handler runs.
+pub const HEADER_LIMIT: usize = 32 * 1024;
+
+/// Headers that carry one value: a second copy makes the request ambiguous (a proxy may have
+/// checked one copy and a handler read the other), so it is refused.
+const SINGLE_VALUED: &[&str] = &[
+    "authorization",
+    "content-type",
+    "content-length",
+    "cookie",
+    "host",
+    "origin",
+    "dpop",
+    "x-request-id",
+    auth::CSRF_HEADER,
+];
+
+/// Refuses oversized and ambiguous headers and URLs with bytes no route takes, and turns any
+/// client error that is not JSON yet (an extractor's plain-text rejection) into our JSON shape.
+async fn request_guard(req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > HEADER_LIMIT {
+        return error::client_error_as_json(
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        );
+    }
+    if let Some(name) = SINGLE_VALUED
+        .iter()
+        .find(|name| headers.get_all(**name).iter().nth(1).is_some())
+    {
+        return Error::InvalidRequest(format!("the {name} header may be sent only once"))
+            .into_response();
+    }
+    if !url_is_clean(req.uri()) {
+        return Error::InvalidRequest(
+            "the URL must be UTF-8 without NUL characters once percent-decoded".into(),
+        )
+        .into_response();
+    }
+    let response = next.run(req).await;
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if response.status().is_client_error() && !json {
+        return error::client_error_as_json(response.status());
+    }
+    response
+}
+
+/// Whether the path and query, percent-decoded, are UTF-8 without NUL: no route takes such
+/// bytes, and decoders downstream differ on what they make of them (lossy or refused).
+fn url_is_clean(uri: &axum::http::Uri) -> bool {
+    let raw = uri.path_and_query().map_or("", |p| p.as_str()).as_bytes();
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    !decoded.contains(&0) && std::str::from_utf8(&decoded).is_ok()
 }
 
 /// The request's id: the caller's `X-Request-Id` when it is sane, otherwise a fresh one.

@@ -163,6 +163,10 @@ fn form_decode(s: &str) -> Option<String> {
         }
         i += 1;
     }
+    // No parameter takes a NUL; refused like malformed UTF-8.
+    if out.contains(&0) {
+        return None;
+    }
     String::from_utf8(out).ok()
 }
 
@@ -296,5 +300,6 @@ mod tests {
         );
         assert!(form_pairs(&Bytes::from_static(b"a=%zz")).is_none());
         assert!(form_pairs(&Bytes::from_static(b"a=%e2%28")).is_none());
+        assert!(form_pairs(&Bytes::from_static(b"username=a%00b")).is_none());
     }
 }

@@ -1,5 +1,7 @@
 //! Malformed requests get a 4xx JSON error and change nothing.
 
+mod corpus;
+
 use crate::helpers::*;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
