@@ -204,6 +204,7 @@ impl App {
             commits,
             geoip,
             rules,
+            streams: Default::default(),
         });
         let jobs = Jobs::new(&service);
         let scheduler = if options.start_jobs {

@@ -295,9 +295,7 @@ async fn deliver_with_retries(
 pub fn event_body(event: &RecordedEvent) -> Vec<u8> {
     let mut data: serde_json::Value =
         serde_json::from_str(&event.data).unwrap_or(serde_json::Value::Null);
-    if let Some(fields) = data.as_object_mut() {
-        fields.remove("password_hash");
-    }
+    crate::domain::event::strip_secrets(&mut data);
     let metadata: serde_json::Value =
         serde_json::from_str(&event.metadata).unwrap_or(serde_json::Value::Null);
     serde_json::to_vec(&serde_json::json!({

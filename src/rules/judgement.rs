@@ -101,7 +101,7 @@ impl RuleEngine {
                     .lock()
                     .expect("rules state")
                     .breaker
-                    .admit(&self.breaker, facts.now);
+                    .admit(&self.breaker, &rule.id, facts.now);
                 if let Admission::Degrade {
                     newly_tripped,
                     count,
