@@ -227,6 +227,14 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// Where webhook deliveries may go.
+    pub fn destination_policy(&self) -> crate::domain::destination::DestinationPolicy {
+        crate::domain::destination::DestinationPolicy {
+            allow_networks: self.webhook_allow_networks.clone(),
+            allow_http: self.webhook_allow_http,
+        }
+    }
+
     /// Defaults, then the file, then `env` (pass `std::env::vars()`), then `overrides`.
     pub fn load(
         overrides: &Overrides,
@@ -438,6 +446,12 @@ impl Config {
             "admin_stream_recheck_interval",
             self.admin_stream_recheck_interval,
         )?;
+        if self.admin_stream_recheck_interval > Duration::minutes(1) {
+            return Err(err(
+                "admin_stream_recheck_interval",
+                "must be at most 1m: a stream must end soon after its caller loses the role",
+            ));
+        }
         if self.webhook_retry_max < self.webhook_retry_initial {
             return Err(err(
                 "webhook_retry_max",

@@ -262,7 +262,11 @@ type = "session_context_change"
     app.clock.advance(sessiond::domain::Duration::minutes(1));
     let r = refresh_from(&app, &t.refresh, NEW_YORK, CHROME_120).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "revoked by travel");
-    let last = receipts(&app).await.pop().unwrap();
-    assert_eq!(last["rule_id"], "impossible_travel");
-    assert_eq!(last["action"], "revoke_session");
+    let travel: Vec<Value> = receipts(&app)
+        .await
+        .into_iter()
+        .filter(|f| f["rule_id"] == "impossible_travel")
+        .collect();
+    assert_eq!(travel.len(), 1);
+    assert_eq!(travel[0]["action"], "revoke_session", "not degraded");
 }

@@ -31,4 +31,6 @@ mod shutdown;
 mod signout;
 mod startup;
 mod store_contract;
+mod tls;
+mod webhook_transport;
 mod webhooks;
