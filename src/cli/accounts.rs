@@ -50,7 +50,11 @@ pub enum ApiKeysCmd {
         name: String,
         /// resource_server (introspection, revocation feed; the default, least privilege) or
         /// security (the whole security API: say so explicitly).
-        #[arg(long = "role", value_delimiter = ',', default_value = "resource_server")]
+        #[arg(
+            long = "role",
+            value_delimiter = ',',
+            default_value = "resource_server"
+        )]
         roles: Vec<String>,
     },
     /// List API keys (never the keys themselves).

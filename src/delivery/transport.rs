@@ -38,9 +38,8 @@ impl Resolve for FilteringResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = found
                 .iter()
                 .copied()
@@ -48,7 +47,9 @@ impl Resolve for FilteringResolver {
                 .collect();
             if allowed.is_empty() {
                 tracing::warn!(host = %host, addresses = ?found, "webhook destination refused after DNS resolution");
-                return Err(Box::new(DestinationRefused) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(
+                    Box::new(DestinationRefused) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -70,8 +71,8 @@ pub fn client(
         .https_only(!policy.allow_http)
         .dns_resolver(Arc::new(FilteringResolver { policy }));
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("webhook_ca_file {}: {e}", path.display()))?;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("webhook_ca_file {}: {e}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("webhook_ca_file {}: {e}", path.display()))?;
         if certs.is_empty() {

@@ -147,11 +147,15 @@ async fn check_destination(url: &reqwest::Url, policy: &DestinationPolicy) -> Re
         return Ok(());
     }
     let port = url.port_or_known_default().unwrap_or(443);
-    let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
+    let resolved =
+        tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
     if let Ok(Ok(addrs)) = resolved {
         for addr in addrs {
             if let Some(kind) = policy.refuses(addr.ip()) {
-                return Err(refused(format!("{host} resolves to {}, which", addr.ip()), kind));
+                return Err(refused(
+                    format!("{host} resolves to {}, which", addr.ip()),
+                    kind,
+                ));
             }
         }
     }

@@ -56,8 +56,11 @@ async fn ends_within(mut r: reqwest::Response, limit: Duration) {
 
 /// The stream is open and delivering: an event committed now arrives on it.
 async fn delivers(app: &TestApp, r: &mut reqwest::Response) {
-    app.register(&format!("probe-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
-        .await;
+    app.register(&format!(
+        "probe-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ))
+    .await;
     let mut seen = String::new();
     while !seen.contains("user.registered") {
         let chunk = tokio::time::timeout(Duration::from_secs(10), r.chunk())

@@ -475,7 +475,11 @@ async fn signing_out_with_an_expired_access_token_ends_the_session_and_the_reloa
             json!({ "script": "const done = arguments[arguments.length - 1]; Api.refresh().then(done, () => done('error'));", "args": [] }),
         )
         .await;
-    assert_eq!(back_in, Value::Bool(false), "the reload does not sign back in");
+    assert_eq!(
+        back_in,
+        Value::Bool(false),
+        "the reload does not sign back in"
+    );
     assert!(b.all("#devices-section.hidden").await.len() == 1);
     assert!(b.all("#signin-section:not(.hidden)").await.len() == 1);
     b.screenshot("signed-out.png").await;

@@ -3,9 +3,7 @@
 //! or log out on failed logins, and each rule has a circuit-breaker budget of its own.
 
 use crate::helpers::*;
-use crate::rules::{
-    CHROME_120, NEW_YORK, PARIS, app_with_rules, receipts, rule_file, travel_rule,
-};
+use crate::rules::{CHROME_120, NEW_YORK, PARIS, app_with_rules, receipts, rule_file, travel_rule};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
@@ -90,7 +88,9 @@ async fn an_events_export_file_is_the_owners_only_and_holds_no_password_hash() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(
-        lines.iter().any(|e| e["event_type"] == "user.password_changed"),
+        lines
+            .iter()
+            .any(|e| e["event_type"] == "user.password_changed"),
         "{text}"
     );
     assert!(!text.contains("password_hash"), "{text}");

@@ -37,7 +37,13 @@ fn openssl(dir: &Path, args: &[&str]) {
 pub fn make_pki() -> Pki {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
     ca.extend([
@@ -57,7 +63,14 @@ pub fn make_pki() -> Pki {
     openssl(d, &ca);
     let mut csr = vec!["req"];
     csr.extend(ec);
-    csr.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
     openssl(d, &csr);
     std::fs::write(
         d.join("server.ext"),
@@ -68,8 +81,21 @@ pub fn make_pki() -> Pki {
     openssl(
         d,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
         ],
     );
     Pki {
@@ -123,7 +149,9 @@ pub async fn https_receiver(pki: &Pki) -> (u16, Arc<Seen>) {
                 if let Some(request) = read_request(&mut tls).await {
                     seen.requests.lock().unwrap().push(request);
                     let _ = tls
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
                         .await;
                     let _ = tls.shutdown().await;
                 }
@@ -212,7 +240,16 @@ impl TlsPostgres {
         };
         chown(d);
         let initdb = format!("{PG_BIN}/initdb");
-        run(&[&initdb, "-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "--no-sync"]);
+        run(&[
+            &initdb,
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        ]);
         std::fs::copy(&pki.cert, data.join("server.crt")).unwrap();
         std::fs::copy(&pki.key, data.join("server.key")).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -254,7 +291,10 @@ impl TlsPostgres {
     }
 
     fn url(&self, query: &str) -> String {
-        format!("postgres://postgres@localhost:{}/postgres?{query}", self.port)
+        format!(
+            "postgres://postgres@localhost:{}/postgres?{query}",
+            self.port
+        )
     }
 }
 
@@ -262,7 +302,10 @@ impl Drop for TlsPostgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
         let pg_ctl = format!("{PG_BIN}/pg_ctl");
-        let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n");
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n");
         let mut cmd = if root.unwrap_or(false) {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--", &pg_ctl]);
@@ -271,7 +314,14 @@ impl Drop for TlsPostgres {
             Command::new(&pg_ctl)
         };
         let _ = cmd
-            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
             .output();
     }
 }
@@ -319,7 +369,9 @@ async fn the_service_talks_to_postgresql_over_verified_tls_as_the_url_says() {
     };
     config.listen = "127.0.0.1:0".parse().unwrap();
     let started = sessiond::App::build(config).await;
-    let e = started.err().expect("an untrusted certificate stops the start");
+    let e = started
+        .err()
+        .expect("an untrusted certificate stops the start");
     assert!(
         e.to_string().to_lowercase().contains("certificate"),
         "the error names the certificate: {e}"

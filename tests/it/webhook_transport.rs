@@ -62,7 +62,7 @@ const NEVER: &str = "user.locked";
 
 #[tokio::test]
 async fn a_webhook_to_loopback_private_or_metadata_addresses_is_refused_with_400_unless_allow_listed()
-{
+ {
     let app = spawn_app().await;
     let key = api_key(&app).await;
     for url in [
@@ -93,8 +93,14 @@ async fn a_webhook_to_loopback_private_or_metadata_addresses_is_refused_with_400
     let r = create(&app, &key, json!({ "url": "http://hooks.example.com/in" })).await;
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_url");
-    assert!(body["message"].as_str().unwrap().contains("http://"), "{body}");
-    assert!(subscriptions(&app, &key).await.is_empty(), "nothing was stored");
+    assert!(
+        body["message"].as_str().unwrap().contains("http://"),
+        "{body}"
+    );
+    assert!(
+        subscriptions(&app, &key).await.is_empty(),
+        "nothing was stored"
+    );
 
     // The operator allows the private networks it means to reach.
     let app = spawn_app_with(|c| {
@@ -127,7 +133,12 @@ async fn a_webhook_to_loopback_private_or_metadata_addresses_is_refused_with_400
         assert!(r.status().is_success());
     }
     // Still not the rest of the private space.
-    let r = create(&app, &key, json!({ "url": "https://192.168.0.10/", "event_types": [NEVER] })).await;
+    let r = create(
+        &app,
+        &key,
+        json!({ "url": "https://192.168.0.10/", "event_types": [NEVER] }),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -187,7 +198,9 @@ async fn at_connect_time_a_name_resolving_to_loopback_and_a_loopback_literal_are
     for s in subscriptions(&app, &key).await {
         // Nothing about the refused address or its range leaks into what the API shows.
         assert_eq!(s["last_error"], "destination not allowed", "{s}");
-        assert!([by_name, by_ip].contains(&s["subscription_id"].as_str().unwrap().parse().unwrap()));
+        assert!(
+            [by_name, by_ip].contains(&s["subscription_id"].as_str().unwrap().parse().unwrap())
+        );
     }
     assert_eq!(
         connections.load(Ordering::SeqCst),
@@ -211,7 +224,12 @@ async fn https_webhooks_are_verified_against_the_extra_ca_file_and_refused_witho
     let untrusting = spawn_app_with(fast).await;
     let key = api_key(&untrusting).await;
     let url = format!("https://localhost:{port}/hook");
-    let r = create(&untrusting, &key, json!({ "url": url, "event_types": ["user.registered"] })).await;
+    let r = create(
+        &untrusting,
+        &key,
+        json!({ "url": url, "event_types": ["user.registered"] }),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     untrusting.register("alice").await;
     wait_until("the untrusted delivery to fail", async || {
@@ -220,7 +238,10 @@ async fn https_webhooks_are_verified_against_the_extra_ca_file_and_refused_witho
             && seen.handshakes_failed.load(Ordering::SeqCst) >= 1
     })
     .await;
-    assert!(seen.requests.lock().unwrap().is_empty(), "no request got through");
+    assert!(
+        seen.requests.lock().unwrap().is_empty(),
+        "no request got through"
+    );
     drop(untrusting);
 
     // With it (webhook_ca_file): delivered over TLS, signed as ever.
@@ -231,7 +252,12 @@ async fn https_webhooks_are_verified_against_the_extra_ca_file_and_refused_witho
     })
     .await;
     let key = api_key(&app).await;
-    let r = create(&app, &key, json!({ "url": url, "event_types": ["user.registered"] })).await;
+    let r = create(
+        &app,
+        &key,
+        json!({ "url": url, "event_types": ["user.registered"] }),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     app.register("bob").await;
     wait_until("the delivery over TLS", async || {
@@ -261,7 +287,8 @@ async fn a_missing_or_empty_ca_file_stops_the_start_with_its_name() {
             .err()
             .expect("the start fails");
         assert!(
-            e.to_string().contains("webhook_ca_file") && e.to_string().contains(path.to_str().unwrap()),
+            e.to_string().contains("webhook_ca_file")
+                && e.to_string().contains(path.to_str().unwrap()),
             "{e}"
         );
     }
