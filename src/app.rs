@@ -180,6 +180,16 @@ impl App {
         ));
         crate::passwords::warm_up();
         let master_key = Arc::new(master);
+        let policy = Arc::new(config.destination_policy());
+        let http = crate::delivery::transport::client(
+            config
+                .webhook_timeout
+                .to_std()
+                .unwrap_or(std::time::Duration::from_secs(10)),
+            policy.clone(),
+            config.webhook_ca_file.as_deref(),
+        )
+        .map_err(StartError::Io)?;
         let deliverer = Deliverer {
             store: store.clone(),
             master_key: master_key.clone(),
@@ -192,6 +202,8 @@ impl App {
                 webhook_retry_initial: config.webhook_retry_initial,
                 webhook_retry_max: config.webhook_retry_max,
             },
+            policy,
+            http,
         };
         let config = Arc::new(config);
         let service = Arc::new(Sessiond {
@@ -204,6 +216,7 @@ impl App {
             commits,
             geoip,
             rules,
+            streams: Default::default(),
         });
         let jobs = Jobs::new(&service);
         let scheduler = if options.start_jobs {

@@ -404,6 +404,36 @@ async fn verify(store: &Store) -> Result<ExitCode, StartError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An export file, created readable by its owner only (0600); an existing one is truncated and
+/// tightened.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    options.open(path)
+}
+
+/// The event as exported: its stored form less the password hash that `user.registered` and
+/// `user.password_changed` carry (the chain hashes still name the stored form, so
+/// `events verify` runs on the database, not on an export).
+fn without_password_hash(e: &crate::store::RecordedEvent) -> crate::store::RecordedEvent {
+    let mut e = e.clone();
+    if let Ok(mut data) = serde_json::from_str::<serde_json::Value>(&e.data)
+        && crate::domain::event::strip_secrets(&mut data)
+    {
+        e.data = data.to_string();
+    }
+    e
+}
+
 async fn export(
     store: &Store,
     mut filter: EventFilter,
@@ -411,9 +441,7 @@ async fn export(
 ) -> Result<ExitCode, StartError> {
     let io = |e: std::io::Error| StartError::Io(e.to_string());
     let mut out: Box<dyn Write> = match &output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(io)?,
-        )),
+        Some(path) => Box::new(std::io::BufWriter::new(private_file(path).map_err(io)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     filter.limit = Some(PAGE);
@@ -421,8 +449,8 @@ async fn export(
         let page = store.events(&filter).await?;
         let Some(last) = page.last() else { break };
         filter.after_position = last.position;
-        for e in &page {
-            serde_json::to_writer(&mut out, e).map_err(|e| StartError::Io(e.to_string()))?;
+        for e in page.iter().map(without_password_hash) {
+            serde_json::to_writer(&mut out, &e).map_err(|e| StartError::Io(e.to_string()))?;
             out.write_all(b"\n").map_err(io)?;
         }
     }

@@ -65,6 +65,19 @@ pub struct Config {
     pub rules_breaker_fraction: f64,
     pub rules_breaker_floor: u32,
     pub rules_breaker_window: Duration,
+    /// How often a live admin stream checks that its caller still holds the security role
+    /// (session live, user not locked, API key not revoked).
+    pub admin_stream_recheck_interval: Duration,
+    /// Live admin streams one caller (user or API key) may hold open at once on a node.
+    pub admin_stream_max_per_caller: usize,
+    /// Networks webhook deliveries may reach although they are loopback, private, link-local
+    /// or metadata addresses (refused by default).
+    pub webhook_allow_networks: Vec<IpNet>,
+    /// Whether plain `http://` webhook URLs are accepted (off: `https://` only).
+    pub webhook_allow_http: bool,
+    /// PEM file of extra CA certificates trusted for webhook TLS (a private CA), beside the
+    /// built-in public roots.
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 /// A database URL. It may carry a password, so it is never printed: `Debug` shows the scheme.
@@ -146,6 +159,11 @@ pub const KEYS: &[&str] = &[
     "rules_breaker_fraction",
     "rules_breaker_floor",
     "rules_breaker_window",
+    "admin_stream_recheck_interval",
+    "admin_stream_max_per_caller",
+    "webhook_allow_networks",
+    "webhook_allow_http",
+    "webhook_ca_file",
 ];
 
 impl Default for Config {
@@ -185,6 +203,11 @@ impl Default for Config {
             rules_breaker_fraction: 0.005,
             rules_breaker_floor: 20,
             rules_breaker_window: Duration::minutes(10),
+            admin_stream_recheck_interval: Duration::seconds(5),
+            admin_stream_max_per_caller: 4,
+            webhook_allow_networks: Vec::new(),
+            webhook_allow_http: false,
+            webhook_ca_file: None,
         }
     }
 }
@@ -204,6 +227,14 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// Where webhook deliveries may go.
+    pub fn destination_policy(&self) -> crate::domain::destination::DestinationPolicy {
+        crate::domain::destination::DestinationPolicy {
+            allow_networks: self.webhook_allow_networks.clone(),
+            allow_http: self.webhook_allow_http,
+        }
+    }
+
     /// Defaults, then the file, then `env` (pass `std::env::vars()`), then `overrides`.
     pub fn load(
         overrides: &Overrides,
@@ -319,6 +350,23 @@ impl Config {
                     c.public_url = Some(url.trim_end_matches('/').to_owned());
                 }
                 "oauth_password_grant" => c.oauth_password_grant = boolean(k, value)?,
+                "admin_stream_recheck_interval" => {
+                    c.admin_stream_recheck_interval = duration_ms(k, value)?
+                }
+                "admin_stream_max_per_caller" => {
+                    c.admin_stream_max_per_caller = integer(k, value, 1, 1000)? as usize
+                }
+                "webhook_allow_networks" => {
+                    c.webhook_allow_networks = list(k, value)?
+                        .iter()
+                        .map(|s| {
+                            parse_net(s)
+                                .ok_or_else(|| err(k, format!("{s:?} is not an address or CIDR")))
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                "webhook_allow_http" => c.webhook_allow_http = boolean(k, value)?,
+                "webhook_ca_file" => c.webhook_ca_file = Some(PathBuf::from(non_empty(k, value)?)),
                 "geoip_city" => c.geoip_city = Some(PathBuf::from(non_empty(k, value)?)),
                 "geoip_asn" => c.geoip_asn = Some(PathBuf::from(non_empty(k, value)?)),
                 "rules" => c.rules = Some(PathBuf::from(non_empty(k, value)?)),
@@ -394,6 +442,16 @@ impl Config {
         positive("webhook_retry_initial", self.webhook_retry_initial)?;
         positive("webhook_poll_interval", self.webhook_poll_interval)?;
         positive("webhook_timeout", self.webhook_timeout)?;
+        positive(
+            "admin_stream_recheck_interval",
+            self.admin_stream_recheck_interval,
+        )?;
+        if self.admin_stream_recheck_interval > Duration::minutes(1) {
+            return Err(err(
+                "admin_stream_recheck_interval",
+                "must be at most 1m: a stream must end soon after its caller loses the role",
+            ));
+        }
         if self.webhook_retry_max < self.webhook_retry_initial {
             return Err(err(
                 "webhook_retry_max",

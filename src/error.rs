@@ -40,6 +40,8 @@ pub enum Error {
     MethodNotAllowed,
     #[error("{1}")]
     Conflict(&'static str, String),
+    #[error("this caller already holds {0} live streams; close one first")]
+    TooManyStreams(usize),
     #[error("the service is shutting down")]
     Unavailable,
     #[error("internal error")]
@@ -80,6 +82,7 @@ impl Error {
             Error::NotFound => "not_found",
             Error::MethodNotAllowed => "method_not_allowed",
             Error::Conflict(code, _) => code,
+            Error::TooManyStreams(_) => "too_many_streams",
             Error::Unavailable => "unavailable",
             Error::Internal(_) => "internal_error",
         }

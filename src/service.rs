@@ -46,6 +46,8 @@ pub struct Sessiond {
     pub commits: tokio::sync::watch::Receiver<i64>,
     pub geoip: Arc<crate::context::geoip::GeoIp>,
     pub rules: Arc<crate::rules::RuleEngine>,
+    /// Live admin streams per caller on this node (the per-caller cap).
+    pub streams: api_keys::StreamSlots,
 }
 
 /// What login and refresh hand back.
@@ -185,6 +187,7 @@ impl Sessiond {
             roles: user.roles.clone(),
             token: token.key(),
             context: ctx.clone(),
+            verified_password_hash: user.password_hash.clone(),
         };
         match self
             .writer
@@ -193,6 +196,8 @@ impl Sessiond {
         {
             Ok(session) => Ok(self.issue(&session, token)),
             Err(StartRefusal::Locked) => Err(Error::AccountLocked),
+            // The password it proved is no longer the password.
+            Err(StartRefusal::StalePassword) => Err(Error::InvalidCredentials),
             Err(StartRefusal::Denied) => Err(Error::Denied),
             Err(StartRefusal::UnknownUser) => Err(Error::InvalidCredentials),
         }

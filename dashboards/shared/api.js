@@ -62,9 +62,15 @@ const Api = (() => {
     return true;
   }
 
+  // Signing out must work with an expired access token too: the refresh cookie ends the
+  // session and the server clears it, so the reload that follows cannot sign back in.
   async function logout() {
-    if (accessToken) await request('POST', '/v1/auth/logout').catch(() => {});
     accessToken = null;
+    await fetch('/v1/auth/refresh/logout', {
+      method: 'POST',
+      headers: { 'X-Sessiond-CSRF': '1' },
+      credentials: 'same-origin',
+    }).catch(() => {});
   }
 
   // el('td', {class: 'x'}, 'text', otherNode): strings become text nodes, never markup.

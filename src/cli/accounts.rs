@@ -48,8 +48,13 @@ pub enum ApiKeysCmd {
         /// What the key is for, shown in listings and the event log.
         #[arg(long)]
         name: String,
-        /// security (the security API) or resource_server (introspection, revocation feed).
-        #[arg(long = "role", value_delimiter = ',', default_value = "security")]
+        /// resource_server (introspection, revocation feed; the default, least privilege) or
+        /// security (the whole security API: say so explicitly).
+        #[arg(
+            long = "role",
+            value_delimiter = ',',
+            default_value = "resource_server"
+        )]
         roles: Vec<String>,
     },
     /// List API keys (never the keys themselves).

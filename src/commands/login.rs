@@ -61,12 +61,18 @@ pub struct StartSession {
     pub roles: Vec<String>,
     pub token: TokenKey,
     pub context: RequestContext,
+    /// The stored hash the password was verified against, outside the writer. A password change
+    /// that commits between that check and this command makes it stale, and the writer refuses
+    /// the start: the change promised to end every session the old password opened.
+    pub verified_password_hash: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartRefusal {
     UnknownUser,
     Locked,
+    /// The password changed after it was checked for this login.
+    StalePassword,
     /// A rule refused the login.
     Denied,
 }
@@ -84,6 +90,10 @@ impl Command for StartSession {
         };
         if !user.can_log_in() {
             return Ok(Err(StartRefusal::Locked));
+        }
+        if !user.still_has_password(&self.verified_password_hash) {
+            counter!(crate::metrics::LOGINS, "outcome" => "stale_password").increment(1);
+            return Ok(Err(StartRefusal::StalePassword));
         }
         let facts = Facts {
             trigger: Trigger::SessionStarted,

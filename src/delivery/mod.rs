@@ -8,9 +8,11 @@
 //! append: a CLI tool, another node).
 
 pub mod caep;
+pub mod transport;
 
 use crate::clock::Clock;
 use crate::domain::Duration as Span;
+use crate::domain::destination::DestinationPolicy;
 use crate::domain::webhook::WebhookFormat;
 use crate::store::{EventFilter, RecordedEvent, Store, StoreError, WebhookSubscription};
 use crate::tokens::TokenService;
@@ -63,6 +65,10 @@ pub struct Deliverer {
     pub clock: Arc<dyn Clock>,
     pub commits: watch::Receiver<i64>,
     pub config: DeliverySettings,
+    /// Where deliveries may go (checked before each request and again after DNS resolution).
+    pub policy: Arc<DestinationPolicy>,
+    /// The one client every worker sends with ([`transport::client`]).
+    pub http: reqwest::Client,
 }
 
 /// Starts the delivery supervisor; it ends, with its workers, when `stop` turns true.
@@ -154,11 +160,7 @@ async fn deliver_loop(app: Arc<Deliverer>, id: Uuid, mut stop: watch::Receiver<b
     let mut committed = app.commits.clone();
     let mut writer_alive = true;
     let poll = to_std(app.config.webhook_poll_interval);
-    let http = reqwest::Client::builder()
-        .timeout(to_std(app.config.webhook_timeout))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("an HTTP client with a timeout builds");
+    let http = app.http.clone();
     let (target, mut checkpoint) = match load_target(&app, id).await {
         Ok(Some(t)) => t,
         Ok(None) => return,
@@ -295,9 +297,7 @@ async fn deliver_with_retries(
 pub fn event_body(event: &RecordedEvent) -> Vec<u8> {
     let mut data: serde_json::Value =
         serde_json::from_str(&event.data).unwrap_or(serde_json::Value::Null);
-    if let Some(fields) = data.as_object_mut() {
-        fields.remove("password_hash");
-    }
+    crate::domain::event::strip_secrets(&mut data);
     let metadata: serde_json::Value =
         serde_json::from_str(&event.metadata).unwrap_or(serde_json::Value::Null);
     serde_json::to_vec(&serde_json::json!({
@@ -321,6 +321,9 @@ async fn send(
     event: &RecordedEvent,
     attempt: u32,
 ) -> Result<(), String> {
+    if let Some(why) = transport::refusal(&target.url, &app.policy) {
+        return Err(why.into());
+    }
     let (body, content_type) = if target.format == WebhookFormat::Caep {
         match caep::security_event_token(app, &target.url, target.id, event).await {
             Ok(Some(jwt)) => (jwt.into_bytes(), caep::CONTENT_TYPE),
@@ -351,6 +354,7 @@ async fn send(
             "the subscriber answered HTTP {}",
             r.status().as_u16()
         )),
+        Err(e) if transport::was_refused(&e) => Err(transport::REFUSED.into()),
         Err(e) if e.is_timeout() => Err("the subscriber did not answer in time".into()),
         Err(e) if e.is_connect() => Err("cannot connect to the subscriber".into()),
         Err(_) => Err("the request to the subscriber failed".into()),

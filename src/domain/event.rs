@@ -465,6 +465,14 @@ impl EventMetadata {
     }
 }
 
+/// Removes what only the service itself may read from an event's data (the password hash that
+/// `user.registered` and `user.password_changed` carry, needed to rebuild the users table):
+/// every export, admin view and delivery shows the data through this.
+pub fn strip_secrets(data: &mut serde_json::Value) -> bool {
+    data.as_object_mut()
+        .is_some_and(|fields| fields.remove("password_hash").is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

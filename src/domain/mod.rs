@@ -2,6 +2,7 @@
 //! context are arguments, so every decision can be replayed and tested synchronously.
 
 pub mod context;
+pub mod destination;
 pub mod event;
 pub mod keys;
 pub mod parse;

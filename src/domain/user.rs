@@ -126,6 +126,13 @@ impl User {
         self.status == UserStatus::Active
     }
 
+    /// Whether a password proven against `verified_hash` still proves who this user is: false
+    /// once the password has changed since (each hash has its own salt, so a new password, even
+    /// the same one again, is a new hash).
+    pub fn still_has_password(&self, verified_hash: &str) -> bool {
+        self.password_hash == verified_hash
+    }
+
     pub fn decide_change_password(
         &self,
         password_hash: String,

@@ -257,7 +257,7 @@ async fn export(
 /// reconnects with `Last-Event-ID` resumes exactly where it was.
 async fn stream(
     State(app): State<AppState>,
-    _: SecurityCaller,
+    SecurityCaller(caller): SecurityCaller,
     headers: HeaderMap,
     params: Params,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Error> {
@@ -292,45 +292,81 @@ async fn stream(
                 })?,
         );
     }
+    let slot = app.stream_slot(&caller)?;
     // Without a starting point, the stream begins with what happens next.
     let after = match after {
         Some(a) => a,
         None => app.head_position().await?,
     };
-    let committed = app.commits();
-    let state = (app, after, VecDeque::new(), committed);
-    let events = futures_util::stream::unfold(
-        state,
-        |(app, mut after, mut buffer, mut committed)| async move {
-            loop {
-                if let Some(view) = buffer.pop_front() {
-                    let view: crate::service::admin::EventView = view;
-                    let event = SseEvent::default()
-                        .id(view.position.to_string())
-                        .event(view.event_type.clone())
-                        .json_data(&view)
-                        .unwrap_or_else(|_| SseEvent::default().comment("unencodable event"));
-                    return Some((Ok(event), (app, after, buffer, committed)));
+    let recheck = app
+        .config
+        .admin_stream_recheck_interval
+        .to_std()
+        .unwrap_or(Duration::from_secs(5));
+    let state = StreamState {
+        committed: app.commits(),
+        app,
+        caller,
+        _slot: slot,
+        after,
+        buffer: VecDeque::new(),
+        recheck,
+        next_check: tokio::time::Instant::now() + recheck,
+    };
+    let events = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            // Authority is re-checked on a timer, not once at the start: the stream ends soon
+            // after the caller's session, lock state, role or API key says it should.
+            if tokio::time::Instant::now() >= st.next_check {
+                if let Err(e) = st.app.still_authorised(&st.caller, &[SECURITY_ROLE]).await {
+                    tracing::info!(reason = %e.code(), "admin stream closed: the caller lost its authority");
+                    return None;
                 }
-                match app.events_after(after, 200).await {
-                    Ok(page) if !page.is_empty() => {
-                        after = page.last().map_or(after, |e| e.position);
-                        buffer.extend(page);
-                    }
-                    Ok(_) => {
-                        // Woken by any node's commits; the timeout catches a lost notification.
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(1), committed.changed()).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "event stream read failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+                st.next_check = tokio::time::Instant::now() + st.recheck;
+            }
+            if let Some(view) = st.buffer.pop_front() {
+                let event = SseEvent::default()
+                    .id(view.position.to_string())
+                    .event(view.event_type.clone())
+                    .json_data(&view)
+                    .unwrap_or_else(|_| SseEvent::default().comment("unencodable event"));
+                return Some((Ok(event), st));
+            }
+            match st.app.events_after(st.after, 200).await {
+                Ok(page) if !page.is_empty() => {
+                    st.after = page.last().map_or(st.after, |e| e.position);
+                    st.buffer.extend(page);
+                }
+                Ok(_) => {
+                    // Woken by any node's commits; the timeout catches a lost notification
+                    // and brings the next authority check.
+                    let wait = st
+                        .next_check
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .min(Duration::from_secs(1));
+                    let _ = tokio::time::timeout(wait, st.committed.changed()).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream read failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-        },
-    );
+        }
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// What a live stream carries between events: its caller (re-checked), its slot under the
+/// per-caller cap (freed when the stream is dropped), and where it is in the log.
+struct StreamState {
+    app: AppState,
+    caller: Caller,
+    _slot: crate::service::api_keys::StreamSlot,
+    after: i64,
+    buffer: VecDeque<crate::service::admin::EventView>,
+    committed: tokio::sync::watch::Receiver<i64>,
+    recheck: Duration,
+    next_check: tokio::time::Instant,
 }
 
 async fn revoke_session(

@@ -16,6 +16,9 @@ use serde_json::json;
 
 pub const REFRESH_COOKIE: &str = "sessiond_refresh";
 pub const REFRESH_PATH: &str = "/v1/auth/refresh";
+/// Sign-out by the refresh cookie: under the cookie's path, so the browser sends the cookie
+/// there (and nowhere else but the refresh route).
+pub const COOKIE_LOGOUT_PATH: &str = "/v1/auth/refresh/logout";
 /// The header a cookie-mode refresh must carry; a cross-site form or image cannot set it.
 pub const CSRF_HEADER: &str = "x-sessiond-csrf";
 
@@ -24,6 +27,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/register", post(register))
         .route("/v1/auth/login", post(login))
         .route(REFRESH_PATH, post(refresh))
+        .route(COOKIE_LOGOUT_PATH, post(logout_by_cookie))
         .route("/v1/auth/logout", post(logout))
         .route("/v1/auth/logout-all", post(logout_all))
         .route("/v1/auth/password", post(change_password))
@@ -157,6 +161,33 @@ async fn logout(
     Ok(response)
 }
 
+/// Signs a browser out by its refresh cookie, whether or not its access token has expired:
+/// ends the cookie's session and always clears the cookie. The same CSRF defence as a cookie
+/// refresh (a cross-site page must not sign the user out). An unknown or already ended token
+/// is a sign-out that has already happened: 204 too.
+async fn logout_by_cookie(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    check_csrf(&app, &headers)?;
+    let ended = match cookie(&headers, REFRESH_COOKIE) {
+        Some(token) => match app.logout_by_refresh_token(&token, &ctx).await {
+            Ok(()) | Err(Error::InvalidGrant) => Ok(()),
+            Err(e) => Err(e),
+        },
+        None => Ok(()),
+    };
+    let mut response = match ended {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    };
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, clear_cookie());
+    Ok(response)
+}
+
 async fn logout_all(
     State(app): State<AppState>,
     Context(ctx): Context,
@@ -266,10 +297,10 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 fn check_csrf(app: &AppState, headers: &HeaderMap) -> Result<(), Error> {
     let refuse = |why: &str| Err(Error::Forbidden("csrf_rejected", why.to_owned()));
     if !headers.contains_key(CSRF_HEADER) {
-        return refuse("cookie refresh needs the X-Sessiond-CSRF header");
+        return refuse("a cookie request needs the X-Sessiond-CSRF header");
     }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return refuse("cookie refresh needs an Origin header");
+        return refuse("a cookie request needs an Origin header");
     };
     let allowed = if app.config.cookie_allowed_origins.is_empty() {
         // Same origin: the Origin's host[:port] is the Host this request was sent to.
@@ -285,6 +316,6 @@ fn check_csrf(app: &AppState, headers: &HeaderMap) -> Result<(), Error> {
     if allowed {
         Ok(())
     } else {
-        refuse("this Origin may not refresh by cookie")
+        refuse("this Origin may not use the refresh cookie")
     }
 }

@@ -141,6 +141,15 @@ fn operations() -> Vec<Op> {
         ),
         op(
             "post",
+            "/v1/auth/refresh/logout",
+            "auth",
+            "Sign a browser out by its refresh cookie (with X-Sessiond-CSRF and an allowed Origin), expired access token or not; always clears the cookie",
+            Public,
+            None,
+            (204, ""),
+        ),
+        op(
+            "post",
             "/v1/auth/logout-all",
             "auth",
             "End every session of the caller",

@@ -2,10 +2,11 @@
 //! update can make every user "travel" at once; past a cap of revocations in a window the
 //! breaker degrades them to `flag`, records its trip as an event and says so loudly.
 //!
-//! The cap is `max(floor, ceil(max_fraction × active users))` over `window`.
+//! The cap is `max(floor, ceil(max_fraction × active users))` over `window`, per rule: each rule
+//! has a budget of its own, so one noisy rule that trips cannot exhaust the others'.
 
 use crate::domain::{Duration, Timestamp};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
@@ -29,9 +30,15 @@ const ACTIVE_USERS_TTL_SECONDS: i64 = 60;
 
 #[derive(Debug, Default)]
 pub struct Breaker {
+    budgets: HashMap<String, Budget>,
+    active_users: Option<(u64, Timestamp)>,
+}
+
+/// One rule's revocations in the window, and its trip.
+#[derive(Debug, Default)]
+struct Budget {
     taken: VecDeque<Timestamp>,
     tripped_until: Option<Timestamp>,
-    active_users: Option<(u64, Timestamp)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,24 +69,30 @@ impl Breaker {
         ((active * config.max_fraction).ceil() as u32).max(config.floor)
     }
 
-    /// One revoking action wants to happen at `now`.
-    pub fn admit(&mut self, config: &BreakerConfig, now: Timestamp) -> Admission {
-        while self
+    /// One revoking action of rule `rule` wants to happen at `now`.
+    pub fn admit(&mut self, config: &BreakerConfig, rule: &str, now: Timestamp) -> Admission {
+        let cap = self.cap(config);
+        // Budgets idle for a whole window hold nothing: drop them (rules come and go on reload).
+        self.budgets.retain(|_, b| {
+            b.taken.back().is_some_and(|t| now - *t < config.window)
+                || b.tripped_until.is_some_and(|until| now < until)
+        });
+        let budget = self.budgets.entry(rule.to_owned()).or_default();
+        while budget
             .taken
             .front()
             .is_some_and(|t| now - *t >= config.window)
         {
-            self.taken.pop_front();
+            budget.taken.pop_front();
         }
-        let cap = self.cap(config);
-        let count = self.taken.len() as u32;
+        let count = budget.taken.len() as u32;
         if count < cap {
-            self.taken.push_back(now);
+            budget.taken.push_back(now);
             return Admission::Allow;
         }
-        let newly_tripped = self.tripped_until.is_none_or(|until| now >= until);
+        let newly_tripped = budget.tripped_until.is_none_or(|until| now >= until);
         if newly_tripped {
-            self.tripped_until = Some(now + config.window);
+            budget.tripped_until = Some(now + config.window);
         }
         Admission::Degrade {
             newly_tripped,
@@ -107,10 +120,10 @@ mod tests {
         b.set_active_users(300, t0);
         assert_eq!(b.cap(&config), 3);
         for _ in 0..3 {
-            assert_eq!(b.admit(&config, t0), Admission::Allow);
+            assert_eq!(b.admit(&config, "r", t0), Admission::Allow);
         }
         assert!(matches!(
-            b.admit(&config, t0),
+            b.admit(&config, "r", t0),
             Admission::Degrade {
                 newly_tripped: true,
                 count: 3,
@@ -119,7 +132,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            b.admit(&config, t0 + Duration::minutes(1)),
+            b.admit(&config, "r", t0 + Duration::minutes(1)),
             Admission::Degrade {
                 newly_tripped: false,
                 ..
@@ -127,8 +140,40 @@ mod tests {
         ));
         // The window rolls on: revocations flow again.
         assert_eq!(
-            b.admit(&config, t0 + Duration::minutes(11)),
+            b.admit(&config, "r", t0 + Duration::minutes(11)),
             Admission::Allow
         );
+    }
+
+    #[test]
+    fn each_rule_has_a_budget_of_its_own() {
+        let config = BreakerConfig {
+            max_fraction: 0.0,
+            floor: 2,
+            window: Duration::minutes(10),
+        };
+        let t0 = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
+        let mut b = Breaker::default();
+        b.set_active_users(1000, t0);
+        // A noisy rule spends its budget and trips.
+        for _ in 0..2 {
+            assert_eq!(b.admit(&config, "noisy", t0), Admission::Allow);
+        }
+        for _ in 0..50 {
+            assert!(matches!(
+                b.admit(&config, "noisy", t0),
+                Admission::Degrade { .. }
+            ));
+        }
+        // Another rule still revokes, up to its own cap.
+        assert_eq!(b.admit(&config, "quiet", t0), Admission::Allow);
+        assert_eq!(b.admit(&config, "quiet", t0), Admission::Allow);
+        assert!(matches!(
+            b.admit(&config, "quiet", t0),
+            Admission::Degrade {
+                newly_tripped: true,
+                ..
+            }
+        ));
     }
 }

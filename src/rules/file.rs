@@ -161,6 +161,18 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Rule>, RuleError> {
                     .into(),
             ));
         }
+        // Anyone can make a login fail for any username: a rule that ends sessions or locks the
+        // account on failures would let them log anyone out or lock anyone out.
+        if on.contains(&Trigger::LoginFailed)
+            && let Some(a) = action.filter(|a| a.is_revoking())
+        {
+            return Err(fail(format!(
+                "actions: {} cannot apply to login.failed: anyone can make a login fail for any \
+                 account, so it would let them lock or log out whom they like (use notify or \
+                 flag; login throttling limits guessing)",
+                a.as_str()
+            )));
+        }
         for name in placeholders(&r.explanation) {
             if !detector.fields().contains(&name) {
                 return Err(fail(format!(

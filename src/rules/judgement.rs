@@ -96,12 +96,11 @@ impl RuleEngine {
                 Mode::Shadow | Mode::Off => None,
             };
             if taken.is_some_and(Action::is_revoking) {
-                let admission = self
-                    .state
-                    .lock()
-                    .expect("rules state")
-                    .breaker
-                    .admit(&self.breaker, facts.now);
+                let admission = self.state.lock().expect("rules state").breaker.admit(
+                    &self.breaker,
+                    &rule.id,
+                    facts.now,
+                );
                 if let Admission::Degrade {
                     newly_tripped,
                     count,

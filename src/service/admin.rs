@@ -69,10 +69,8 @@ pub struct EventView {
 impl EventView {
     pub fn of(e: &RecordedEvent) -> EventView {
         let mut data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
-        if let Some(obj) = data.as_object_mut() {
-            // Needed to rebuild the users table, useless to an analyst, valuable to a cracker.
-            obj.remove("password_hash");
-        }
+        // Needed to rebuild the users table, useless to an analyst, valuable to a cracker.
+        crate::domain::event::strip_secrets(&mut data);
         let meta: Option<EventMetadata> = serde_json::from_str(&e.metadata).ok();
         EventView {
             position: e.position,

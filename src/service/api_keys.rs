@@ -4,10 +4,13 @@
 use super::{Principal, Sessiond};
 use crate::commands::{CreateApiKey, RevokeApiKey};
 use crate::domain::event::{Actor, EventMetadata};
-use crate::domain::token::{API_KEY_PREFIX, ApiKey};
+use crate::domain::token::{API_KEY_PREFIX, ApiKey, TokenHash, TokenKey};
+use crate::domain::user::UserStatus;
 use crate::error::Error;
 use crate::store::StoredApiKey;
 use rand::RngCore;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// May use the whole security API.
@@ -61,14 +64,81 @@ impl Sessiond {
     /// The caller, if it holds one of `roles`; 403 otherwise.
     pub async fn caller_with_role(&self, bearer: &str, roles: &[&str]) -> Result<Caller, Error> {
         let caller = self.caller(bearer).await?;
-        if roles.iter().any(|r| caller.has_role(r)) {
-            Ok(caller)
-        } else {
-            Err(Error::Forbidden(
+        self.still_authorised(&caller, roles).await?;
+        Ok(caller)
+    }
+
+    /// Whether `caller` holds one of `roles` now, as the store says: an API key not revoked
+    /// and still with the role; a user's session still live, the user not locked, and the user
+    /// (as now stored, not as at login) still with the role. Checked at the start of every
+    /// protected request and again, periodically, by long-lived channels (the admin stream).
+    pub async fn still_authorised(&self, caller: &Caller, roles: &[&str]) -> Result<(), Error> {
+        let forbidden = || {
+            Error::Forbidden(
                 "forbidden",
                 format!("this route needs the role {}", roles.join(" or ")),
-            ))
+            )
+        };
+        let holds = |have: &[String]| roles.iter().any(|r| have.iter().any(|h| h == r));
+        match caller {
+            Caller::ApiKey(k) => {
+                let key = TokenKey {
+                    id: k.key_id,
+                    hash: TokenHash(k.key_hash),
+                };
+                match self.store.api_key(&key).await? {
+                    Some(now) if now.revoked_at.is_none() => {
+                        if holds(&now.roles) {
+                            Ok(())
+                        } else {
+                            Err(forbidden())
+                        }
+                    }
+                    _ => Err(Error::InvalidToken(crate::tokens::TokenError::Invalid)),
+                }
+            }
+            Caller::User(p) => {
+                let now = self.now();
+                let session = self.store.session(p.session.session_id).await?;
+                if !session.is_some_and(|s| s.is_active() && s.expiry_due(now).is_none()) {
+                    return Err(Error::SessionEnded);
+                }
+                let user = self
+                    .store
+                    .user_by_id(p.user_id())
+                    .await?
+                    .ok_or(Error::SessionEnded)?;
+                if user.status == UserStatus::Locked {
+                    return Err(Error::AccountLocked);
+                }
+                if holds(&p.session.roles) && holds(&user.roles) {
+                    Ok(())
+                } else {
+                    Err(forbidden())
+                }
+            }
         }
+    }
+
+    /// Takes one of the caller's live-stream slots on this node, or refuses with 429 when it
+    /// holds `admin_stream_max_per_caller` already. The slot is given back when the guard drops
+    /// (the stream ends or the client goes away).
+    pub fn stream_slot(&self, caller: &Caller) -> Result<StreamSlot, Error> {
+        let who = match caller {
+            Caller::User(p) => format!("user-{}", p.user_id()),
+            Caller::ApiKey(k) => format!("apikey-{}", k.key_id),
+        };
+        let max = self.config.admin_stream_max_per_caller;
+        let mut open = self.streams.lock().expect("stream slots lock");
+        let n = open.entry(who.clone()).or_insert(0);
+        if *n >= max {
+            return Err(Error::TooManyStreams(max));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            slots: self.streams.clone(),
+            who,
+        })
     }
 
     /// Creates a key and returns it: the only time the key itself is seen.
@@ -130,6 +200,27 @@ impl Sessiond {
             .submit(RevokeApiKey { key_id }, system())
             .await?
             .map_err(|_| Error::NotFound)
+    }
+}
+
+/// Open admin streams per caller on this node.
+pub type StreamSlots = Arc<Mutex<HashMap<String, usize>>>;
+
+/// One open admin stream of a caller; dropping it frees the slot.
+pub struct StreamSlot {
+    slots: StreamSlots,
+    who: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.lock().expect("stream slots lock");
+        if let Some(n) = open.get_mut(&self.who) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.who);
+            }
+        }
     }
 }
 

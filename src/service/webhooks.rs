@@ -4,6 +4,7 @@
 //! outside the log.
 
 use crate::commands::{Subscribe, Unsubscribe};
+use crate::domain::destination::DestinationPolicy;
 use crate::domain::event::{Actor, Event, EventMetadata};
 use crate::domain::webhook::WebhookFormat;
 use crate::error::Error;
@@ -59,7 +60,10 @@ fn invalid(code: &'static str, message: impl Into<String>) -> Error {
 }
 
 /// Checks the request: the URL, the event types and the format as they will be stored.
-fn check(new: NewSubscription) -> Result<(reqwest::Url, Vec<String>, WebhookFormat), Error> {
+fn check(
+    new: NewSubscription,
+    policy: &DestinationPolicy,
+) -> Result<(reqwest::Url, Vec<String>, WebhookFormat), Error> {
     let url = reqwest::Url::parse(new.url.trim()).map_err(|_| {
         invalid(
             "invalid_url",
@@ -76,6 +80,12 @@ fn check(new: NewSubscription) -> Result<(reqwest::Url, Vec<String>, WebhookForm
         return Err(invalid(
             "invalid_url",
             "the url must not carry credentials; the signature authenticates deliveries",
+        ));
+    }
+    if url.scheme() == "http" && !policy.allow_http {
+        return Err(invalid(
+            "invalid_url",
+            "plain http:// webhooks are refused: use https:// (webhook_allow_http allows http)",
         ));
     }
     let mut event_types = Vec::new();
@@ -111,6 +121,47 @@ fn check(new: NewSubscription) -> Result<(reqwest::Url, Vec<String>, WebhookForm
     }
     Ok((url, event_types, format))
 }
+
+/// How long a subscription waits for its host's addresses; past it, the name is judged at
+/// delivery (every connection is checked after resolution anyway).
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Refuses a destination inside the host's own or private networks (unless allow-listed): an
+/// IP literal by itself, a name (`localhost` too) by every address it resolves to now.
+/// Delivery checks again after each resolution, so a name that changes later gains nothing.
+async fn check_destination(url: &reqwest::Url, policy: &DestinationPolicy) -> Result<(), Error> {
+    let host = url.host_str().unwrap_or_default();
+    let refused = |what: String, kind: &str| {
+        Error::InvalidField(
+            "destination_not_allowed",
+            format!(
+                "{what} is {kind}: webhooks may not reach loopback, private, link-local or \
+                 metadata addresses (an operator can allow a network with webhook_allow_networks)"
+            ),
+        )
+    };
+    if let Some(kind) = policy.refuses_host(host) {
+        return Err(refused(format!("the url's host {host}"), kind));
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return Ok(());
+    }
+    let port = url.port_or_known_default().unwrap_or(443);
+    let resolved =
+        tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
+    if let Ok(Ok(addrs)) = resolved {
+        for addr in addrs {
+            if let Some(kind) = policy.refuses(addr.ip()) {
+                return Err(refused(
+                    format!("{host} resolves to {}, which", addr.ip()),
+                    kind,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn list(store: &Store) -> Result<Vec<SubscriptionView>, Error> {
     Ok(store
         .webhooks()
@@ -141,7 +192,9 @@ impl super::Sessiond {
         new: NewSubscription,
         actor: Actor,
     ) -> Result<(SubscriptionView, String), Error> {
-        let (url, event_types, format) = check(new)?;
+        let policy = self.config.destination_policy();
+        let (url, event_types, format) = check(new, &policy)?;
+        check_destination(&url, &policy).await?;
         let subscription_id = Uuid::new_v4();
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);

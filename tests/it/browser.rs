@@ -403,3 +403,92 @@ async fn sessions_left(app: &TestApp) -> usize {
         .unwrap()
         .len()
 }
+
+impl Browser {
+    /// Runs `script` in the page (WebDriver "execute script") and returns its value.
+    async fn execute(&self, script: &str) -> Value {
+        self.post("/execute/sync", json!({ "script": script, "args": [] }))
+            .await
+    }
+
+    /// The names of the cookies the browser holds for the current page's site (HttpOnly ones
+    /// included: WebDriver sees the whole jar).
+    async fn cookie_names(&self) -> Vec<String> {
+        self.get("/cookie")
+            .await
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_with_an_expired_access_token_ends_the_session_and_the_reload_stays_out() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    app.register("alice").await;
+    b.goto(&app.url("/account/")).await;
+    sign_in(&b, "alice").await;
+    b.wait_for("#devices tr", 1).await;
+    b.wait_for("#signout:not(.hidden)", 1).await;
+    assert_eq!(sessions_left(&app).await, 1);
+    // The page holds the refresh cookie (its path is the refresh route's).
+    b.goto(&app.url("/v1/auth/refresh")).await;
+    assert!(
+        b.cookie_names()
+            .await
+            .iter()
+            .any(|n| n.contains("sessiond_refresh")),
+        "signed in with the refresh cookie"
+    );
+    b.goto(&app.url("/account/")).await;
+    b.wait_for("#signout:not(.hidden)", 1).await;
+
+    // Half an hour later (the server's clock) the access token in the page has expired.
+    app.clock.advance(chrono::Duration::minutes(30));
+    b.execute("window.beforeSignOut = true; return true;").await;
+    b.click("#signout").await;
+    // The page reloads after signing out: wait for the new document.
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let v = b
+            .execute("return window.beforeSignOut === undefined && document.readyState === 'complete' && typeof Api !== 'undefined';")
+            .await;
+        if v == Value::Bool(true) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "the page reloaded after signing out");
+    assert_eq!(sessions_left(&app).await, 0, "the session ended");
+    // What the reload tries to sign back in with: the page's own refresh, which now fails.
+    let back_in = b
+        .post(
+            "/execute/async",
+            json!({ "script": "const done = arguments[arguments.length - 1]; Api.refresh().then(done, () => done('error'));", "args": [] }),
+        )
+        .await;
+    assert_eq!(
+        back_in,
+        Value::Bool(false),
+        "the reload does not sign back in"
+    );
+    assert!(b.all("#devices-section.hidden").await.len() == 1);
+    assert!(b.all("#signin-section:not(.hidden)").await.len() == 1);
+    b.screenshot("signed-out.png").await;
+    b.goto(&app.url("/v1/auth/refresh")).await;
+    assert!(
+        !b.cookie_names()
+            .await
+            .iter()
+            .any(|n| n.contains("sessiond_refresh")),
+        "the refresh cookie is gone"
+    );
+}

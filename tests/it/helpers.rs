@@ -57,6 +57,13 @@ pub struct TestApp {
     pub data_dir: TempDir,
 }
 
+/// Lets webhooks reach receivers the test runs on this machine: plain http on loopback, which
+/// the defaults refuse (https only, no internal addresses).
+pub fn local_webhooks(c: &mut Config) {
+    c.webhook_allow_http = true;
+    c.webhook_allow_networks = vec!["127.0.0.0/8".parse().unwrap()];
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }

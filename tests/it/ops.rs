@@ -232,6 +232,7 @@ async fn the_grafana_dashboards_are_valid_and_query_only_exported_metrics() {
     let rules = dir.path().join("rules");
     crate::rules::rule_file(&rules, "context.toml", CONTEXT_RULE);
     let app = spawn_app_with(|c| {
+        local_webhooks(c);
         c.webhook_poll_interval = Duration::milliseconds(50);
         c.geoip_city = Some(city);
         c.geoip_asn = Some(asn);

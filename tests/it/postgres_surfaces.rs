@@ -20,6 +20,7 @@ async fn devices_api_keys_search_feed_webhooks_and_the_sweep_work_on_postgres() 
         move |c| {
             c.database_url = Some(sessiond::config::DatabaseUrl::parse(&url).unwrap());
             c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+            local_webhooks(c);
         },
         Arc::new(ManualClock::default()),
         None,

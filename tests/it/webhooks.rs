@@ -87,6 +87,7 @@ fn assert_signed(r: &Received, secret: &str) {
 
 async fn fast_retries_app() -> TestApp {
     spawn_app_with(|c| {
+        local_webhooks(c);
         c.webhook_retry_initial = Duration::milliseconds(20);
         c.webhook_retry_max = Duration::milliseconds(100);
         c.webhook_poll_interval = Duration::milliseconds(50);

@@ -28,6 +28,35 @@ pub(crate) const WAL_LEFTOVER_FRAMES: i64 = 128;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Creates the database file readable and writable by its owner only (0600) before SQLite opens
+/// it, and tightens an existing one with its WAL and shared-memory files: they hold password
+/// hashes and session state. SQLite gives the `-wal` and `-shm` files it creates the mode of the
+/// database file, so they are 0600 too.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e: std::io::Error| StoreError::Corrupt(format!("{}: {e}", path.display()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let file = PathBuf::from(name);
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The SQLite store. Its reads and writes through the pool are the shared [`Tables`] (reached
 /// through `Deref`); what is SQLite's own is here.
 #[derive(Clone)]
@@ -43,6 +72,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        owner_only(path)?;
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
