@@ -43,7 +43,12 @@ pub struct SessionPolicy {
     pub idle_lifetime: Duration,
     pub absolute_lifetime: Duration,
     pub grace_window: Duration,
+    /// Retries (early and late) handed out per generation.
     pub max_grace_retries: u32,
+    /// How long after a rotation a retry of the replaced token may still get its successor:
+    /// past the grace window, a *late* retry (an answer the client lost). Not longer than the
+    /// grace window turns late retries off.
+    pub late_retry_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,11 +65,17 @@ pub struct Session {
     pub absolute_expires_at: Timestamp,
     /// The generation whose tokens are current.
     pub generation: u32,
-    /// Grace retries handed out within the current generation.
+    /// Retries (early and late) handed out within the current generation.
     pub retries: u32,
     /// When the current generation began, and the token whose use began it.
     pub rotated_at: Option<Timestamp>,
     pub rotated_from: Option<TokenHash>,
+    /// The one token of the current generation (issued by the login or the rotation): what a
+    /// retry of the token it replaced gets again. The family never has another live token.
+    pub current_token: Option<TokenKey>,
+    /// The generation whose token a late retry last handed out again: a late retry on the
+    /// generation after it is reuse.
+    pub late_retry_generation: Option<u32>,
     pub login_context: RequestContext,
     pub last_context: RequestContext,
     pub reauth_required: bool,
@@ -83,8 +94,25 @@ pub struct PresentedToken {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshGrant {
+    /// The family moved to a new generation, whose token is the command's new token.
     Rotated { generation: u32 },
-    Retried { generation: u32, retry: u32 },
+    /// A retry of the token just replaced: the answer is `successor`, the token the rotation
+    /// issued (never a new one). `late` when it came after the grace window.
+    Retried {
+        generation: u32,
+        retry: u32,
+        late: bool,
+        successor: TokenKey,
+    },
+}
+
+/// When a retry of the token just replaced came, measured from the rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryTiming {
+    /// Within the grace window: a concurrent retry or a quick resend.
+    Early,
+    /// After the grace window, within the late-retry window: a lost answer.
+    Late,
 }
 
 /// Why a request on a session is refused. The HTTP layer maps these to codes; the reasons are
@@ -97,8 +125,11 @@ pub enum Refusal {
     Expired(ExpiryKind),
     /// A spent token came back: the family is now revoked.
     Reuse(ReuseClass),
-    /// The previous token within the grace window, but the retry allowance is used up.
+    /// A retry of the previous token, but the generation's retry allowance is used up.
     RetryLimit,
+    /// A retry of the previous token whose successor cannot be handed out again (it was
+    /// issued before successors were derived from the refresh-token secret).
+    SuccessorUnavailable,
     /// The session must prove the password again before it may refresh.
     ReauthRequired,
     /// A security rule refused this request.
@@ -161,8 +192,10 @@ impl Session {
         (now + policy.idle_lifetime).min(self.absolute_expires_at)
     }
 
-    /// The refresh decision (DESIGN §4): rotate the current token, allow a bounded concurrent
-    /// retry of the token just replaced, treat any other known generation as reuse.
+    /// The refresh decision (DESIGN §4): rotate the current token; answer a retry of the token
+    /// just replaced, early or late, with the *same* successor; treat any other known token as
+    /// reuse. `reissuable` says whether the current token can be handed out again (the caller
+    /// re-derives it from its id); the family never gets a second live token.
     pub fn decide_refresh(
         &self,
         presented: PresentedToken,
@@ -170,6 +203,7 @@ impl Session {
         context: &RequestContext,
         now: Timestamp,
         policy: &SessionPolicy,
+        reissuable: bool,
     ) -> Decision<RefreshGrant> {
         if !self.is_active() {
             return refuse(Refusal::SessionEnded);
@@ -199,43 +233,33 @@ impl Session {
         }
 
         let previous = presented.generation + 1 == self.generation;
-        let within_grace = since_rotation.is_some_and(|d| d <= policy.grace_window);
-        let same_client = context.same_client_as(&self.last_context);
-        if previous && within_grace && same_client {
-            if self.reauth_required {
-                return refuse(Refusal::ReauthRequired);
-            }
-            if self.retries >= policy.max_grace_retries {
-                // A client hammering the same token is broken, not stolen: refuse, keep the family.
-                return refuse(Refusal::RetryLimit);
-            }
-            let retry = self.retries + 1;
-            return Decision {
-                events: vec![Event::RefreshRetried(RefreshRetried {
-                    session_id: self.session_id,
-                    generation: self.generation,
-                    token_id: new_token.id,
-                    token_hash: new_token.hash,
-                    presented_hash: presented.hash,
-                    retry,
-                    idle_expires_at: self.next_idle_expiry(now, policy),
-                    context: context.clone(),
-                })],
-                outcome: Ok(RefreshGrant::Retried {
-                    generation: self.generation,
-                    retry,
-                }),
-            };
-        }
-
+        // The token whose use began this generation; a sibling of it (left by a build that
+        // minted retry siblings) is a displaced branch.
+        let replaced = previous && self.rotated_from == Some(presented.hash);
+        let timing = since_rotation.and_then(|d| retry_timing(d, policy));
         let class = if !previous {
             ReuseClass::OlderGeneration
-        } else if self.rotated_from != Some(presented.hash) {
+        } else if !replaced {
             ReuseClass::DisplacedBranch
-        } else if within_grace {
-            ReuseClass::PreviousOtherContext
-        } else {
+        } else if timing.is_none() {
             ReuseClass::PreviousAfterGrace
+        } else if !self.retry_by_same_device(context) {
+            ReuseClass::PreviousOtherContext
+        } else if timing == Some(RetryTiming::Late)
+            && self.late_retry_generation == Some(self.generation - 1)
+        {
+            // A real client loses an answer rarely; a thief and a victim sharing one family
+            // alternate, each presenting a token the other already replaced.
+            ReuseClass::RepeatedLateRetry
+        } else {
+            return self.decide_retry(
+                presented,
+                timing == Some(RetryTiming::Late),
+                context,
+                now,
+                policy,
+                reissuable,
+            );
         };
         Decision {
             events: vec![
@@ -255,6 +279,59 @@ impl Session {
                 }),
             ],
             outcome: Err(Refusal::Reuse(class)),
+        }
+    }
+
+    /// Whether a retry of the replaced token comes from the device the rotation answered: the
+    /// same device class (woothee category, OS and browser name; versions ignored). The network
+    /// is not compared: a phone that leaves Wi-Fi for cellular is the same device, and the
+    /// retry gets no branch of its own, only the successor the rotation issued. The one place
+    /// this is decided (a key-bound family would compare the proof's key here).
+    pub fn retry_by_same_device(&self, context: &RequestContext) -> bool {
+        context.device_class() == self.last_context.device_class()
+    }
+
+    /// A retry of the token just replaced, by the same device: the same successor again, within
+    /// the generation's bound.
+    fn decide_retry(
+        &self,
+        presented: PresentedToken,
+        late: bool,
+        context: &RequestContext,
+        now: Timestamp,
+        policy: &SessionPolicy,
+        reissuable: bool,
+    ) -> Decision<RefreshGrant> {
+        if self.reauth_required {
+            return refuse(Refusal::ReauthRequired);
+        }
+        if self.retries >= policy.max_grace_retries {
+            // A client hammering the same token is broken, not stolen: refuse, keep the family.
+            return refuse(Refusal::RetryLimit);
+        }
+        let Some(successor) = self.current_token.filter(|_| reissuable) else {
+            return refuse(Refusal::SuccessorUnavailable);
+        };
+        let retry = self.retries + 1;
+        Decision {
+            events: vec![Event::RefreshRetried(RefreshRetried {
+                session_id: self.session_id,
+                generation: self.generation,
+                token_id: successor.id,
+                token_hash: successor.hash,
+                presented_hash: presented.hash,
+                retry,
+                late,
+                sibling: false,
+                idle_expires_at: self.next_idle_expiry(now, policy),
+                context: context.clone(),
+            })],
+            outcome: Ok(RefreshGrant::Retried {
+                generation: self.generation,
+                retry,
+                late,
+                successor,
+            }),
         }
     }
 
@@ -326,6 +403,17 @@ impl Session {
     }
 }
 
+/// Early within the grace window, late within the late-retry window, else no retry at all.
+fn retry_timing(since_rotation: Duration, policy: &SessionPolicy) -> Option<RetryTiming> {
+    if since_rotation <= policy.grace_window {
+        Some(RetryTiming::Early)
+    } else if since_rotation <= policy.late_retry_window {
+        Some(RetryTiming::Late)
+    } else {
+        None
+    }
+}
+
 fn refuse<T>(refusal: Refusal) -> Decision<T> {
     Decision {
         events: Vec::new(),
@@ -351,6 +439,11 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             retries: 0,
             rotated_at: None,
             rotated_from: None,
+            current_token: Some(TokenKey {
+                id: e.token_id,
+                hash: e.token_hash,
+            }),
+            late_retry_generation: None,
             login_context: e.context.clone(),
             last_context: e.context.clone(),
             reauth_required: false,
@@ -366,12 +459,19 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             s.retries = 0;
             s.rotated_at = Some(occurred_at);
             s.rotated_from = Some(e.presented_hash);
+            s.current_token = Some(TokenKey {
+                id: e.token_id,
+                hash: e.token_hash,
+            });
             s.idle_expires_at = e.idle_expires_at;
             s.last_seen_at = occurred_at;
             s.last_context = e.context.clone();
         }
         Event::RefreshRetried(e) => {
             s.retries = e.retry;
+            if e.late {
+                s.late_retry_generation = Some(e.generation);
+            }
             s.idle_expires_at = e.idle_expires_at;
             s.last_seen_at = occurred_at;
             s.last_context = e.context.clone();
@@ -413,7 +513,9 @@ pub fn issued_token(event: &Event) -> Option<(Uuid, TokenKey, u32)> {
         Event::SessionRefreshed(e) => {
             Some((e.session_id, key(e.token_id, e.token_hash), e.generation))
         }
-        Event::RefreshRetried(e) => {
+        // Only a retry recorded by an older build minted a token (a sibling); a retry now hands
+        // out the successor the rotation already issued.
+        Event::RefreshRetried(e) if e.sibling => {
             Some((e.session_id, key(e.token_id, e.token_hash), e.generation))
         }
         _ => None,
