@@ -14,6 +14,7 @@ mod devices;
 mod expiry;
 mod export;
 mod jobs;
+mod late_retry;
 mod migration;
 mod nodes;
 mod oauth;
