@@ -12,7 +12,7 @@ use std::fmt;
 use uuid::Uuid;
 
 /// Labels the derivation, so the secret is used for nothing else.
-const SECRET_LABEL: &[u8] = b"sessiond refresh-token secret v1";
+pub const SECRET_LABEL: &[u8] = b"sessiond refresh-token secret v1";
 
 pub struct RefreshTokens {
     mac: Hmac<Sha256>,
