@@ -16,6 +16,7 @@ mod export;
 mod jobs;
 mod late_retry;
 mod migration;
+mod migration_0008;
 mod nodes;
 mod oauth;
 mod openapi;

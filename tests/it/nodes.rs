@@ -63,6 +63,11 @@ async fn a_thousand_concurrent_refreshes_across_two_nodes_get_one_successor() {
     let granted = crate::refresh::race(&[&a, &b], &t1.refresh, 1000).await;
     crate::refresh::assert_one_successor(&[&a, &b], &t1, &granted).await;
     assert_sound_log(&a).await;
+    let live = a.service.store.projection_snapshot().await.unwrap();
+    sessiond::projection::rebuild_projections(&a.service.store)
+        .await
+        .unwrap();
+    assert_eq!(a.service.store.projection_snapshot().await.unwrap(), live);
 
     // The CLI walks the same chain.
     let (ok, out, err) = sessiond_cli(
@@ -256,7 +261,11 @@ async fn the_command_line_works_on_postgres() {
     let (a, _b) = two_nodes(&db).await;
     a.register("trent").await;
     let t = a.login("trent").await;
-    a.refresh_ok(&t.refresh).await;
+    let t2 = a.refresh_ok(&t.refresh).await;
+    // An early and a late retry: the projections carry the successor and the late mark.
+    assert_eq!(a.refresh_ok(&t.refresh).await.refresh, t2.refresh);
+    a.clock.advance(chrono::Duration::minutes(3));
+    assert_eq!(a.refresh_ok(&t.refresh).await.refresh, t2.refresh);
     let live = a.service.store.projection_snapshot().await.unwrap();
 
     let (ok, out, err) = cli(&["projections", "rebuild"]);
