@@ -131,7 +131,11 @@ async fn an_older_database_learns_each_sessions_token_and_refuses_retries_it_can
     assert!(s.is_active(), "the family is kept");
     // Its one current token still refreshes.
     let next = app.refresh_ok(l.current.expose()).await;
-    assert_ne!(next.refresh, l.current.expose(), "rotated to a minted token");
+    assert_ne!(
+        next.refresh,
+        l.current.expose(),
+        "rotated to a minted token"
+    );
     app.refresh_ok(&next.refresh).await;
 
     let Some(db) = fresh_database("an_older_database_learns_each_sessions_token").await else {
