@@ -179,6 +179,7 @@ impl App {
             loaded.others,
         ));
         crate::passwords::warm_up();
+        let refresh_tokens = Arc::new(crate::tokens::refresh::RefreshTokens::new(&master));
         let master_key = Arc::new(master);
         let policy = Arc::new(config.destination_policy());
         let http = crate::delivery::transport::client(
@@ -211,6 +212,7 @@ impl App {
             store,
             writer,
             tokens,
+            refresh_tokens,
             clock: options.clock,
             master_key,
             commits,

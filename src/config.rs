@@ -24,6 +24,9 @@ pub struct Config {
     pub refresh_absolute_lifetime: Duration,
     pub refresh_grace_window: Duration,
     pub refresh_max_grace_retries: u32,
+    /// After the grace window and up to this long after a rotation, a retry of the replaced
+    /// token from the same device gets its successor (the answer was lost); 0 turns it off.
+    pub refresh_late_retry_window: Duration,
     pub registration_enabled: bool,
     pub trusted_proxies: Vec<IpNet>,
     /// Origins allowed to refresh by cookie; empty means "the origin this server is reached at".
@@ -135,6 +138,7 @@ pub const KEYS: &[&str] = &[
     "refresh_absolute_lifetime",
     "refresh_grace_window",
     "refresh_max_grace_retries",
+    "refresh_late_retry_window",
     "registration_enabled",
     "trusted_proxies",
     "cookie_allowed_origins",
@@ -179,6 +183,7 @@ impl Default for Config {
             refresh_absolute_lifetime: Duration::days(30),
             refresh_grace_window: Duration::seconds(30),
             refresh_max_grace_retries: 3,
+            refresh_late_retry_window: Duration::minutes(10),
             registration_enabled: true,
             trusted_proxies: Vec::new(),
             cookie_allowed_origins: Vec::new(),
@@ -303,6 +308,7 @@ impl Config {
                 "refresh_idle_lifetime" => c.refresh_idle_lifetime = duration(k, value)?,
                 "refresh_absolute_lifetime" => c.refresh_absolute_lifetime = duration(k, value)?,
                 "refresh_grace_window" => c.refresh_grace_window = duration(k, value)?,
+                "refresh_late_retry_window" => c.refresh_late_retry_window = duration(k, value)?,
                 "refresh_max_grace_retries" => {
                     c.refresh_max_grace_retries = integer(k, value, 0, 100)? as u32
                 }
@@ -429,6 +435,15 @@ impl Config {
         {
             return Err(err("refresh_grace_window", "must be between 0s and 5m"));
         }
+        let late = self.refresh_late_retry_window;
+        if late != Duration::zero()
+            && (late < self.refresh_grace_window || late > Duration::hours(1))
+        {
+            return Err(err(
+                "refresh_late_retry_window",
+                "must be 0s (off) or between refresh_grace_window and 1h",
+            ));
+        }
         if self.signing_key_rotation_interval < Duration::hours(1) {
             return Err(err("signing_key_rotation_interval", "must be at least 1h"));
         }
@@ -473,6 +488,7 @@ impl Config {
             absolute_lifetime: self.refresh_absolute_lifetime,
             grace_window: self.refresh_grace_window,
             max_grace_retries: self.refresh_max_grace_retries,
+            late_retry_window: self.refresh_late_retry_window,
         }
     }
 

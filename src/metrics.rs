@@ -75,7 +75,7 @@ fn describe() {
     describe_counter!(REFRESHES, "Refresh attempts by outcome");
     describe_counter!(
         GRACE_RETRIES,
-        "Concurrent retries of the previous refresh token within the grace window"
+        "Retries of the replaced refresh token answered with its successor, by kind (early: within the grace window, late: after it)"
     );
     describe_counter!(REUSE, "Refresh-token reuse detected, by class");
     describe_counter!(REVOCATIONS, "Sessions revoked, by reason");

@@ -11,15 +11,15 @@ use crate::config::Config;
 use crate::domain::Timestamp;
 use crate::domain::context::RequestContext;
 use crate::domain::event::{Actor, EventMetadata, LoginFailure, RevokeReason};
-use crate::domain::session::{Refusal, Session};
+use crate::domain::session::{RefreshGrant, Refusal, Session};
 use crate::domain::token::RefreshToken;
 use crate::domain::user::{self, User, UserError};
 use crate::error::Error;
 use crate::passwords;
 use crate::store::Store;
 use crate::tokens::keys::MasterKey;
+use crate::tokens::refresh::RefreshTokens;
 use crate::tokens::{AccessClaims, AccessGrant, TokenService};
-use rand::RngCore;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -38,6 +38,8 @@ pub struct Sessiond {
     pub store: Store,
     pub writer: Writer,
     pub tokens: Arc<TokenService>,
+    /// Mints refresh tokens from their ids, so a retry gets the same successor on any node.
+    pub refresh_tokens: Arc<RefreshTokens>,
     pub clock: Arc<dyn Clock>,
     /// Seals signing keys and webhook secrets at rest.
     pub master_key: Arc<MasterKey>,
@@ -59,6 +61,9 @@ pub struct IssuedTokens {
     pub session_id: Uuid,
     /// When the refresh token's family ends at the latest (the cookie's lifetime).
     pub absolute_expires_at: Timestamp,
+    /// Seconds until this refresh token stops working unless used: the family's idle expiry,
+    /// which never passes the absolute one (`refresh_token_expires_in` of a token answer).
+    pub refresh_token_expires_in: i64,
 }
 
 /// The caller behind a valid access token of a live session.
@@ -76,14 +81,6 @@ impl Principal {
 
 fn meta(actor: Actor, ctx: &RequestContext) -> EventMetadata {
     EventMetadata::new(actor, ctx.request_id.clone())
-}
-
-fn new_refresh_token() -> RefreshToken {
-    // thread_rng is a ChaCha CSPRNG seeded and periodically reseeded from the OS: as good as
-    // OsRng for a token, without a getrandom syscall per request.
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    RefreshToken::new(Uuid::now_v7(), bytes)
 }
 
 fn user_error(e: UserError) -> Error {
@@ -179,7 +176,7 @@ impl Sessiond {
             });
         }
         let user = user.expect("a successful login has a user");
-        let token = new_refresh_token();
+        let token = self.refresh_tokens.fresh();
         let cmd = StartSession {
             user_id: user.user_id,
             session_id: Uuid::now_v7(),
@@ -209,16 +206,25 @@ impl Sessiond {
         ctx: &RequestContext,
     ) -> Result<IssuedTokens, Error> {
         let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
-        let token = new_refresh_token();
+        let token = self.refresh_tokens.fresh();
         let cmd = Refresh {
             presented: presented.key(),
             new_token: token.key(),
             context: ctx.clone(),
+            minter: self.refresh_tokens.clone(),
         };
         match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
             Ok(refreshed) => {
                 let (session, grant) = (refreshed.session, refreshed.grant);
                 tracing::debug!(session_id = %session.session_id, ?grant, "refresh granted");
+                let token = match grant {
+                    RefreshGrant::Rotated { .. } => token,
+                    // The successor the rotation issued, minted again from its id (the
+                    // handler checked that it can be).
+                    RefreshGrant::Retried { successor, .. } => {
+                        self.refresh_tokens.mint(successor.id)
+                    }
+                };
                 Ok(self.issue(&session, token))
             }
             Err(RefreshRefusal::Refused(Refusal::ReauthRequired)) => Err(Error::ReauthRequired),
@@ -238,13 +244,16 @@ impl Sessiond {
             roles: &session.roles,
             auth_time: session.auth_time,
         };
-        let (access_token, expires_in) = self.tokens.issue(&grant, self.now());
+        let now = self.now();
+        let (access_token, expires_in) = self.tokens.issue(&grant, now);
+        let refresh_expires_at = session.idle_expires_at.min(session.absolute_expires_at);
         IssuedTokens {
             access_token,
             expires_in,
             refresh_token,
             session_id: session.session_id,
             absolute_expires_at: session.absolute_expires_at,
+            refresh_token_expires_in: (refresh_expires_at - now).num_seconds().max(0),
         }
     }
 

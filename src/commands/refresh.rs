@@ -1,4 +1,4 @@
-//! A refresh (rotation, grace retry or reuse) and a re-authentication, decided on the session's
+//! A refresh (rotation, retry of the replaced token or reuse) and a re-authentication, decided on the session's
 //! own state in the writer's transaction.
 
 use super::effects::{Outcome, OutcomeKind, Target, carry_out};
@@ -6,13 +6,15 @@ use super::judge::{judge, session_facts};
 use super::recording::{load_session, record_session};
 use super::{Command, Context};
 use crate::domain::context::RequestContext;
-use crate::domain::event::{ReuseClass, RevokeReason};
+use crate::domain::event::RevokeReason;
 use crate::domain::session::{PresentedToken, RefreshGrant, Refusal, Session};
 use crate::domain::token::TokenKey;
 use crate::metrics::{GRACE_RETRIES, REFRESHES, REUSE, count_revocations, observe_expiry};
 use crate::rules::Trigger;
 use crate::store::{StoreError, UnitOfWork};
+use crate::tokens::refresh::RefreshTokens;
 use metrics::counter;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Refresh {
@@ -20,6 +22,8 @@ pub struct Refresh {
     /// The token the family rotates to, if it rotates.
     pub new_token: TokenKey,
     pub context: RequestContext,
+    /// Tells whether the current token can be handed out again to a retry.
+    pub minter: Arc<RefreshTokens>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,10 +55,23 @@ impl Command for Refresh {
             hash: self.presented.hash,
             generation: token.generation,
         };
-        let decision =
-            session.decide_refresh(presented, self.new_token, &self.context, cx.now, cx.policy);
+        // Only a retry of the previous generation needs to know (one HMAC).
+        let reissuable = token.generation + 1 == session.generation
+            && session
+                .current_token
+                .is_some_and(|k| self.minter.reissues(&k));
+        let decision = session.decide_refresh(
+            presented,
+            self.new_token,
+            &self.context,
+            cx.now,
+            cx.policy,
+            reissuable,
+        );
         let trigger = match decision.outcome {
             Ok(RefreshGrant::Rotated { .. }) => Some(Trigger::SessionRefreshed),
+            // A retry is a refresh: the rules judge it like one.
+            Ok(RefreshGrant::Retried { .. }) => Some(Trigger::RefreshRetried),
             Err(Refusal::Reuse(_)) => Some(Trigger::ReuseDetected),
             _ => None,
         };
@@ -101,14 +118,15 @@ impl Command for Refresh {
                 ..
             }) => "rotated",
             Ok(Refreshed {
-                grant: RefreshGrant::Retried { .. },
+                grant: RefreshGrant::Retried { late, .. },
                 ..
             }) => {
-                counter!(GRACE_RETRIES).increment(1);
-                "grace_retry"
+                let kind = if *late { "late" } else { "early" };
+                counter!(GRACE_RETRIES, "kind" => kind).increment(1);
+                if *late { "late_retry" } else { "grace_retry" }
             }
             Err(RefreshRefusal::Refused(Refusal::Reuse(class))) => {
-                counter!(REUSE, "class" => reuse_class(*class)).increment(1);
+                counter!(REUSE, "class" => class.as_str()).increment(1);
                 count_revocations(RevokeReason::Reuse, 1);
                 "reuse"
             }
@@ -117,21 +135,13 @@ impl Command for Refresh {
                 "expired"
             }
             Err(RefreshRefusal::Refused(Refusal::RetryLimit)) => "retry_limit",
+            Err(RefreshRefusal::Refused(Refusal::SuccessorUnavailable)) => "successor_unavailable",
             Err(RefreshRefusal::Refused(Refusal::ReauthRequired)) => "reauth_required",
             Err(RefreshRefusal::Refused(Refusal::SessionEnded)) => "session_ended",
             Err(RefreshRefusal::Refused(Refusal::Denied)) => "denied",
             Err(RefreshRefusal::UnknownToken) => "unknown_token",
         };
         counter!(REFRESHES, "outcome" => outcome).increment(1)
-    }
-}
-
-fn reuse_class(class: ReuseClass) -> &'static str {
-    match class {
-        ReuseClass::PreviousAfterGrace => "previous_after_grace",
-        ReuseClass::PreviousOtherContext => "previous_other_context",
-        ReuseClass::DisplacedBranch => "displaced_branch",
-        ReuseClass::OlderGeneration => "older_generation",
     }
 }
 

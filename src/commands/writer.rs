@@ -144,6 +144,7 @@ pub async fn run_once<W: WriteSession, C: Command>(
         absolute_lifetime: crate::domain::Duration::zero(),
         grace_window: crate::domain::Duration::zero(),
         max_grace_retries: 0,
+        late_retry_window: crate::domain::Duration::zero(),
     };
     let rules = RuleEngine::disabled();
     let cx = Context {

@@ -24,6 +24,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.refresh_absolute_lifetime, Duration::days(30));
     assert_eq!(c.refresh_grace_window, Duration::seconds(30));
     assert_eq!(c.refresh_max_grace_retries, 3);
+    assert_eq!(c.refresh_late_retry_window, Duration::minutes(10));
     assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(c.data_dir, PathBuf::from("./data"));
 }
@@ -46,6 +47,18 @@ fn environment_beats_file_and_bad_values_name_their_key() {
     assert_eq!(e.key, "trusted_proxies");
     let e = load(None, &[("SESSIOND_LISTEN", "localhost")]).unwrap_err();
     assert_eq!(e.key, "listen");
+}
+
+#[test]
+fn the_late_retry_window_is_off_or_between_the_grace_window_and_an_hour() {
+    let c = load(None, &[("SESSIOND_REFRESH_LATE_RETRY_WINDOW", "0s")]).unwrap();
+    assert_eq!(c.refresh_late_retry_window, Duration::zero());
+    let c = load(Some("refresh_late_retry_window = \"5m\"\n"), &[]).unwrap();
+    assert_eq!(c.session_policy().late_retry_window, Duration::minutes(5));
+    for bad in ["10s", "2h", "soon"] {
+        let e = load(None, &[("SESSIOND_REFRESH_LATE_RETRY_WINDOW", bad)]).unwrap_err();
+        assert_eq!(e.key, "refresh_late_retry_window", "{bad}");
+    }
 }
 
 #[test]

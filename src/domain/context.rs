@@ -72,17 +72,13 @@ impl RequestContext {
         self.ip.map(network_prefix)
     }
 
-    /// Device class for "is this the same client": category, OS and browser name, never versions.
+    /// Device class for "is this the same device": category, OS and browser name, never
+    /// versions. Unknown on both sides counts as the same: a client that sends no User-Agent
+    /// is not a different client on its second request.
     pub fn device_class(&self) -> Option<String> {
         self.device
             .as_ref()
             .map(|d| format!("{}/{}/{}", d.category, d.os, d.browser))
-    }
-
-    /// Same network and same device class. Unknown on both sides counts as the same: a client
-    /// that sends no User-Agent is not a different client on its second request.
-    pub fn same_client_as(&self, other: &RequestContext) -> bool {
-        self.network() == other.network() && self.device_class() == other.device_class()
     }
 }
 

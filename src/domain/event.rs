@@ -71,16 +71,32 @@ impl RevokeReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReuseClass {
-    /// The token that was just rotated, presented after the grace window.
+    /// The token that was just rotated, presented after the late-retry window (after the
+    /// grace window when late retries are off).
     PreviousAfterGrace,
-    /// The token that was just rotated, within the grace window but from another network or
-    /// device class than the rotation.
+    /// The token that was just rotated, within the retry windows but from another device class
+    /// than the rotation.
     PreviousOtherContext,
     /// A token of the generation before, handed out as a sibling (retry) but never used while it
     /// was current: another holder of the family moved on without it.
     DisplacedBranch,
     /// A token two or more generations old.
     OlderGeneration,
+    /// A late retry right after a late retry on the generation before: the family's tokens
+    /// alternate between two holders.
+    RepeatedLateRetry,
+}
+
+impl ReuseClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReuseClass::PreviousAfterGrace => "previous_after_grace",
+            ReuseClass::PreviousOtherContext => "previous_other_context",
+            ReuseClass::DisplacedBranch => "displaced_branch",
+            ReuseClass::OlderGeneration => "older_generation",
+            ReuseClass::RepeatedLateRetry => "repeated_late_retry",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,16 +190,24 @@ pub struct SessionRefreshed {
     pub context: RequestContext,
 }
 
+/// A retry of the token just replaced got the successor the rotation issued, again.
+/// Version 2; version 1 (older builds) minted a sibling token of the generation instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefreshRetried {
     pub session_id: Uuid,
-    /// The current generation; the new token is a sibling within it.
+    /// The current generation, the successor's.
     pub generation: u32,
+    /// The token handed out: the successor (version 1: the new sibling).
     pub token_id: Uuid,
     pub token_hash: TokenHash,
     pub presented_hash: TokenHash,
-    /// 1 for the first retry of this generation.
+    /// 1 for the first retry of this generation (early and late together).
     pub retry: u32,
+    /// After the grace window, within the late-retry window: an answer the client lost.
+    pub late: bool,
+    /// Version 1 only: the retry minted a token of its own (the projection indexes it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sibling: bool,
     #[serde(with = "super::ts_format")]
     pub idle_expires_at: Timestamp,
     pub context: RequestContext,
@@ -381,7 +405,7 @@ catalogue! {
     UserLoggedOutEverywhere(UserLoggedOutEverywhere) = "user.logged_out_everywhere", version 1;
     SessionStarted(SessionStarted) = "session.started", version 1;
     SessionRefreshed(SessionRefreshed) = "session.refreshed", version 1;
-    RefreshRetried(RefreshRetried) = "session.refresh_retried", version 1;
+    RefreshRetried(RefreshRetried) = "session.refresh_retried", version 2;
     ReuseDetected(ReuseDetected) = "session.reuse_detected", version 1;
     ReauthRequired(ReauthRequired) = "session.reauth_required", version 1;
     SessionRevoked(SessionRevoked) = "session.revoked", version 1;
@@ -428,7 +452,15 @@ pub fn upcast(
             version: schema_version,
         });
     }
-    // Every type is at version 1: nothing to upcast yet.
+    let mut data = data;
+    if event_type == "session.refresh_retried"
+        && schema_version < 2
+        && let Some(fields) = data.as_object_mut()
+    {
+        // v1 -> v2: a v1 retry was early (there were no late ones) and minted a sibling.
+        fields.insert("late".into(), serde_json::Value::Bool(false));
+        fields.insert("sibling".into(), serde_json::Value::Bool(true));
+    }
     Ok(data)
 }
 
@@ -474,38 +506,4 @@ pub fn strip_secrets(data: &mut serde_json::Value) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_event_round_trips_through_its_stored_form() {
-        let e = Event::SessionRevoked(SessionRevoked {
-            session_id: Uuid::nil(),
-            reason: RevokeReason::PasswordChange,
-            context: None,
-        });
-        let back = Event::decode(e.event_type(), e.schema_version(), e.data()).unwrap();
-        assert_eq!(back, e);
-        assert_eq!(e.data()["reason"], "password_change");
-    }
-
-    #[test]
-    fn unknown_and_future_events_are_named_errors() {
-        assert!(matches!(
-            Event::decode("session.teleported", 1, serde_json::json!({})),
-            Err(DecodeError::UnknownType(_))
-        ));
-        assert!(matches!(
-            Event::decode("session.revoked", 9, serde_json::json!({})),
-            Err(DecodeError::FutureVersion { .. })
-        ));
-    }
-
-    #[test]
-    fn catalogue_names_are_unique() {
-        let mut names = Event::TYPES.to_vec();
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), Event::TYPES.len());
-    }
-}
+mod tests;

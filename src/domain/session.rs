@@ -4,8 +4,8 @@
 
 use super::context::RequestContext;
 use super::event::{
-    Event, ExpiryKind, ReauthRequired, RefreshRetried, ReuseClass, ReuseDetected, RevokeReason,
-    SessionExpired, SessionRefreshed, SessionRevoked, SessionStarted,
+    Event, ExpiryKind, ReauthRequired, ReuseClass, RevokeReason, SessionExpired, SessionRevoked,
+    SessionStarted,
 };
 use super::token::{TokenHash, TokenKey};
 use super::{Duration, Timestamp};
@@ -43,7 +43,12 @@ pub struct SessionPolicy {
     pub idle_lifetime: Duration,
     pub absolute_lifetime: Duration,
     pub grace_window: Duration,
+    /// Retries (early and late) handed out per generation.
     pub max_grace_retries: u32,
+    /// How long after a rotation a retry of the replaced token may still get its successor:
+    /// past the grace window, a *late* retry (an answer the client lost). Not longer than the
+    /// grace window turns late retries off.
+    pub late_retry_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,11 +65,17 @@ pub struct Session {
     pub absolute_expires_at: Timestamp,
     /// The generation whose tokens are current.
     pub generation: u32,
-    /// Grace retries handed out within the current generation.
+    /// Retries (early and late) handed out within the current generation.
     pub retries: u32,
     /// When the current generation began, and the token whose use began it.
     pub rotated_at: Option<Timestamp>,
     pub rotated_from: Option<TokenHash>,
+    /// The one token of the current generation (issued by the login or the rotation): what a
+    /// retry of the token it replaced gets again. The family never has another live token.
+    pub current_token: Option<TokenKey>,
+    /// The generation whose token a late retry last handed out again: a late retry on the
+    /// generation after it is reuse.
+    pub late_retry_generation: Option<u32>,
     pub login_context: RequestContext,
     pub last_context: RequestContext,
     pub reauth_required: bool,
@@ -72,19 +83,6 @@ pub struct Session {
     pub end_reason: Option<String>,
     /// Version of the session stream this state reflects.
     pub version: i64,
-}
-
-/// What the store knows about a presented refresh token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PresentedToken {
-    pub hash: TokenHash,
-    pub generation: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshGrant {
-    Rotated { generation: u32 },
-    Retried { generation: u32, retry: u32 },
 }
 
 /// Why a request on a session is refused. The HTTP layer maps these to codes; the reasons are
@@ -97,8 +95,11 @@ pub enum Refusal {
     Expired(ExpiryKind),
     /// A spent token came back: the family is now revoked.
     Reuse(ReuseClass),
-    /// The previous token within the grace window, but the retry allowance is used up.
+    /// A retry of the previous token, but the generation's retry allowance is used up.
     RetryLimit,
+    /// A retry of the previous token whose successor cannot be handed out again (it was
+    /// issued before successors were derived from the refresh-token secret).
+    SuccessorUnavailable,
     /// The session must prove the password again before it may refresh.
     ReauthRequired,
     /// A security rule refused this request.
@@ -159,103 +160,6 @@ impl Session {
 
     fn next_idle_expiry(&self, now: Timestamp, policy: &SessionPolicy) -> Timestamp {
         (now + policy.idle_lifetime).min(self.absolute_expires_at)
-    }
-
-    /// The refresh decision (DESIGN §4): rotate the current token, allow a bounded concurrent
-    /// retry of the token just replaced, treat any other known generation as reuse.
-    pub fn decide_refresh(
-        &self,
-        presented: PresentedToken,
-        new_token: TokenKey,
-        context: &RequestContext,
-        now: Timestamp,
-        policy: &SessionPolicy,
-    ) -> Decision<RefreshGrant> {
-        if !self.is_active() {
-            return refuse(Refusal::SessionEnded);
-        }
-        if let Some(expired) = self.expire(now) {
-            return expired;
-        }
-        let since_rotation = self.rotated_at.map(|at| now - at);
-
-        if presented.generation == self.generation {
-            if self.reauth_required {
-                return refuse(Refusal::ReauthRequired);
-            }
-            let generation = self.generation + 1;
-            return Decision {
-                events: vec![Event::SessionRefreshed(SessionRefreshed {
-                    session_id: self.session_id,
-                    generation,
-                    token_id: new_token.id,
-                    token_hash: new_token.hash,
-                    presented_hash: presented.hash,
-                    idle_expires_at: self.next_idle_expiry(now, policy),
-                    context: context.clone(),
-                })],
-                outcome: Ok(RefreshGrant::Rotated { generation }),
-            };
-        }
-
-        let previous = presented.generation + 1 == self.generation;
-        let within_grace = since_rotation.is_some_and(|d| d <= policy.grace_window);
-        let same_client = context.same_client_as(&self.last_context);
-        if previous && within_grace && same_client {
-            if self.reauth_required {
-                return refuse(Refusal::ReauthRequired);
-            }
-            if self.retries >= policy.max_grace_retries {
-                // A client hammering the same token is broken, not stolen: refuse, keep the family.
-                return refuse(Refusal::RetryLimit);
-            }
-            let retry = self.retries + 1;
-            return Decision {
-                events: vec![Event::RefreshRetried(RefreshRetried {
-                    session_id: self.session_id,
-                    generation: self.generation,
-                    token_id: new_token.id,
-                    token_hash: new_token.hash,
-                    presented_hash: presented.hash,
-                    retry,
-                    idle_expires_at: self.next_idle_expiry(now, policy),
-                    context: context.clone(),
-                })],
-                outcome: Ok(RefreshGrant::Retried {
-                    generation: self.generation,
-                    retry,
-                }),
-            };
-        }
-
-        let class = if !previous {
-            ReuseClass::OlderGeneration
-        } else if self.rotated_from != Some(presented.hash) {
-            ReuseClass::DisplacedBranch
-        } else if within_grace {
-            ReuseClass::PreviousOtherContext
-        } else {
-            ReuseClass::PreviousAfterGrace
-        };
-        Decision {
-            events: vec![
-                Event::ReuseDetected(ReuseDetected {
-                    session_id: self.session_id,
-                    class,
-                    presented_hash: presented.hash,
-                    presented_generation: presented.generation,
-                    current_generation: self.generation,
-                    since_rotation_ms: since_rotation.map(|d| d.num_milliseconds()),
-                    context: context.clone(),
-                }),
-                Event::SessionRevoked(SessionRevoked {
-                    session_id: self.session_id,
-                    reason: RevokeReason::Reuse,
-                    context: Some(context.clone()),
-                }),
-            ],
-            outcome: Err(Refusal::Reuse(class)),
-        }
     }
 
     /// Ends the session for `reason`. Ending an ended session changes nothing.
@@ -351,6 +255,11 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             retries: 0,
             rotated_at: None,
             rotated_from: None,
+            current_token: Some(TokenKey {
+                id: e.token_id,
+                hash: e.token_hash,
+            }),
+            late_retry_generation: None,
             login_context: e.context.clone(),
             last_context: e.context.clone(),
             reauth_required: false,
@@ -366,12 +275,19 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             s.retries = 0;
             s.rotated_at = Some(occurred_at);
             s.rotated_from = Some(e.presented_hash);
+            s.current_token = Some(TokenKey {
+                id: e.token_id,
+                hash: e.token_hash,
+            });
             s.idle_expires_at = e.idle_expires_at;
             s.last_seen_at = occurred_at;
             s.last_context = e.context.clone();
         }
         Event::RefreshRetried(e) => {
             s.retries = e.retry;
+            if e.late {
+                s.late_retry_generation = Some(e.generation);
+            }
             s.idle_expires_at = e.idle_expires_at;
             s.last_seen_at = occurred_at;
             s.last_context = e.context.clone();
@@ -413,7 +329,9 @@ pub fn issued_token(event: &Event) -> Option<(Uuid, TokenKey, u32)> {
         Event::SessionRefreshed(e) => {
             Some((e.session_id, key(e.token_id, e.token_hash), e.generation))
         }
-        Event::RefreshRetried(e) => {
+        // Only a retry recorded by an older build minted a token (a sibling); a retry now hands
+        // out the successor the rotation already issued.
+        Event::RefreshRetried(e) if e.sibling => {
             Some((e.session_id, key(e.token_id, e.token_hash), e.generation))
         }
         _ => None,
@@ -434,6 +352,9 @@ pub fn session_of(event: &Event) -> Option<Uuid> {
         _ => None,
     }
 }
+
+mod refresh;
+pub use refresh::{PresentedToken, RefreshGrant, RetryTiming};
 
 #[cfg(test)]
 mod tests;

@@ -248,6 +248,7 @@ fn token_response(app: &AppState, issued: IssuedTokens, mode: Mode) -> Response 
         "access_token": issued.access_token,
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
+        "refresh_token_expires_in": issued.refresh_token_expires_in,
         "session_id": issued.session_id,
     });
     let mut response = if mode == Mode::Json {

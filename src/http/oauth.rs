@@ -216,6 +216,7 @@ fn token_response(issued: IssuedTokens) -> Response {
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
         "refresh_token": issued.refresh_token.expose(),
+        "refresh_token_expires_in": issued.refresh_token_expires_in,
         "scope": DEFAULT_SCOPE,
     }));
     let mut response = body.into_response();

@@ -94,6 +94,16 @@ impl Backtest {
                     e.context.clone(),
                 )
             }
+            Event::RefreshRetried(e) => {
+                let user = sessions.get(&e.session_id).map(|s| s.user_id);
+                (
+                    Trigger::RefreshRetried,
+                    user,
+                    None,
+                    Some(e.session_id),
+                    e.context.clone(),
+                )
+            }
             Event::LoginFailed(e) => (
                 Trigger::LoginFailed,
                 e.user_id,
@@ -138,10 +148,15 @@ impl Backtest {
                 hits.usernames.extend(username.clone());
             }
         }
-        if let (Event::SessionRefreshed(e), Some(id)) = (event, session_id)
+        let last = match event {
+            Event::SessionRefreshed(e) => Some(&e.context),
+            Event::RefreshRetried(e) => Some(&e.context),
+            _ => None,
+        };
+        if let (Some(context), Some(id)) = (last, session_id)
             && let Some(s) = sessions.get_mut(&id)
         {
-            s.last = e.context.clone();
+            s.last = context.clone();
         }
     }
 }

@@ -94,6 +94,9 @@ impl Action {
 pub enum Trigger {
     SessionStarted,
     SessionRefreshed,
+    /// A retry of the token just replaced (early or late). A rule listening to
+    /// `session.refreshed` judges retries too: a retry is a refresh.
+    RefreshRetried,
     LoginFailed,
     ReuseDetected,
 }
@@ -102,6 +105,7 @@ impl Trigger {
     pub const ALL: &'static [Trigger] = &[
         Trigger::SessionStarted,
         Trigger::SessionRefreshed,
+        Trigger::RefreshRetried,
         Trigger::LoginFailed,
         Trigger::ReuseDetected,
     ];
@@ -110,6 +114,7 @@ impl Trigger {
         match self {
             Trigger::SessionStarted => "session.started",
             Trigger::SessionRefreshed => "session.refreshed",
+            Trigger::RefreshRetried => "session.refresh_retried",
             Trigger::LoginFailed => "login.failed",
             Trigger::ReuseDetected => "session.reuse_detected",
         }
@@ -121,7 +126,10 @@ impl Trigger {
 
     /// Events whose context may join the user's trusted baseline when no rule flags them.
     pub fn builds_baseline(self) -> bool {
-        matches!(self, Trigger::SessionStarted | Trigger::SessionRefreshed)
+        matches!(
+            self,
+            Trigger::SessionStarted | Trigger::SessionRefreshed | Trigger::RefreshRetried
+        )
     }
 }
 
@@ -167,7 +175,9 @@ pub struct Rule {
 
 impl Rule {
     pub fn listens_to(&self, trigger: Trigger) -> bool {
-        self.mode != Mode::Off && self.on.contains(&trigger)
+        let refresh_rule =
+            trigger == Trigger::RefreshRetried && self.on.contains(&Trigger::SessionRefreshed);
+        self.mode != Mode::Off && (self.on.contains(&trigger) || refresh_rule)
     }
 
     pub fn excepted(&self, facts: &Facts) -> bool {

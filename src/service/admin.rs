@@ -221,8 +221,8 @@ fn lineage(events: &[RecordedEvent]) -> Result<(Vec<Generation>, Vec<Value>), Er
                     .rfind(|g| g.generation == r.generation)
                 {
                     g.retries.push(json!({
-                        "at": at, "retry": r.retry, "token": r.token_hash.short(),
-                        "ip": r.context.ip,
+                        "at": at, "retry": r.retry, "late": r.late,
+                        "token": r.token_hash.short(), "ip": r.context.ip,
                     }));
                 }
             }

@@ -77,6 +77,15 @@ impl MasterKey {
         <[u8; 32]>::try_from(bytes.as_slice()).ok().map(MasterKey)
     }
 
+    /// A key for another purpose, named by `label`: HMAC-SHA256(master key, label).
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.0)
+            .expect("HMAC takes any key length");
+        mac.update(label);
+        mac.finalize().into_bytes().into()
+    }
+
     fn cipher(&self) -> ChaCha20Poly1305 {
         ChaCha20Poly1305::new((&self.0).into())
     }

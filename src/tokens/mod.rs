@@ -2,6 +2,7 @@
 //! publishes the keys to verify them.
 
 pub mod keys;
+pub mod refresh;
 
 use crate::domain::keys::SigningKeyStatus;
 use crate::domain::{Duration, Timestamp};

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 /// A user with the security role, logged in.
-async fn analyst(app: &TestApp) -> Tokens {
+pub async fn analyst(app: &TestApp) -> Tokens {
     app.service
         .register(
             "analyst",

@@ -11,15 +11,18 @@ async fn busy_history(app: &TestApp) {
     let a = app.login("alice").await;
     let a2 = app.refresh_ok(&a.refresh).await;
     app.refresh_ok(&a.refresh).await; // retry
+    app.clock.advance(sessiond::domain::Duration::minutes(3));
+    app.refresh_ok(&a.refresh).await; // a late retry: a2 was never used
     let b = app.login("bob").await;
     app.refresh_ok(&b.refresh).await;
-    app.clock.advance(sessiond::domain::Duration::minutes(2));
+    app.clock.advance(sessiond::domain::Duration::minutes(11));
     app.refresh(&b.refresh).await; // reuse
     assert_eq!(app.login_as("alice", "wrong password").await.status(), 401);
     app.login("alice").await;
+    let a3 = app.refresh_ok(&a2.refresh).await;
     app.http
         .post(app.url("/v1/auth/logout-all"))
-        .bearer_auth(&a2.access)
+        .bearer_auth(&a3.access)
         .send()
         .await
         .unwrap();
@@ -130,7 +133,7 @@ async fn export_writes_filtered_ndjson() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 4);
     assert!(
         lines.iter().all(|l| l["event_type"] == "session.refreshed"
             || l["event_type"] == "session.reuse_detected")

@@ -131,7 +131,7 @@ async fn scripted_run(app: &TestApp) {
     let t = app.login("scripted").await;
     app.refresh_ok(&t.refresh).await;
     app.refresh_ok(&t.refresh).await; // a concurrent retry within the grace window
-    app.clock.advance(Duration::minutes(2));
+    app.clock.advance(Duration::minutes(11));
     assert_eq!(app.refresh(&t.refresh).await.status(), 401); // reuse
     let t = app.login("scripted").await;
     app.http

@@ -1,5 +1,5 @@
-//! The refresh decision over HTTP: rotation, grace retries, reuse and its classes, and a storm of
-//! concurrent refreshes of one token.
+//! The refresh decision over HTTP: rotation, retries that get the same successor, reuse and its
+//! classes, and a 1,000-way race on one token.
 
 use crate::helpers::*;
 use reqwest::StatusCode;
@@ -16,12 +16,14 @@ async fn reuse_class(app: &TestApp, session_id: &str) -> Option<String> {
 }
 
 #[tokio::test]
-async fn reuse_after_the_grace_window_kills_the_family_newest_token_included() {
+async fn reuse_after_the_late_retry_window_kills_the_family_newest_token_included() {
     let app = spawn_app().await;
     app.register("alice").await;
     let t1 = app.login("alice").await;
     let t2 = app.refresh_ok(&t1.refresh).await;
-    app.clock.advance(Duration::seconds(31));
+    // Past the grace window (30 s) and the late-retry window (10 min) from the rotation.
+    app.clock
+        .advance(Duration::minutes(10) + Duration::seconds(1));
 
     assert_eq!(
         error_code(app.refresh(&t1.refresh).await, StatusCode::UNAUTHORIZED).await,
@@ -72,30 +74,39 @@ async fn reuse_of_an_older_generation_kills_the_family() {
     );
 }
 
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+
 #[tokio::test]
-async fn a_retry_within_grace_from_the_same_client_gets_a_token_another_device_kills_the_family() {
+async fn a_retry_within_grace_gets_the_same_successor_another_device_kills_the_family() {
     let app = spawn_app().await;
     app.register("carol").await;
     let t1 = app.login("carol").await;
     let t2 = app.refresh_ok(&t1.refresh).await;
     let retry = app.refresh_ok(&t1.refresh).await;
-    assert_ne!(retry.refresh, t2.refresh);
-    let kinds = types(&app.session_events(&t1.session_id).await).join(",");
+    assert_eq!(
+        retry.refresh, t2.refresh,
+        "the same successor, never a sibling"
+    );
+    assert_ne!(retry.access, t2.access, "a fresh access token");
+    assert_eq!(app.me(&retry.access).await.status(), StatusCode::OK);
+    let events = app.session_events(&t1.session_id).await;
+    let kinds = types(&events).join(",");
     assert!(
         kinds.ends_with("session.refreshed,session.refresh_retried"),
         "{kinds}"
     );
-    // Both answers are usable; one moves the family on.
-    let t3 = app.refresh_ok(&retry.refresh).await;
+    let retried = data(events.last().unwrap());
+    assert_eq!(retried["late"], false);
+    assert_eq!(retried["token_hash"], data(&events[1])["token_hash"]);
 
     // The spent token, within grace, but from another browser: theft.
     let chrome = reqwest::Client::builder()
-        .user_agent("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36")
+        .user_agent(CHROME)
         .build()
         .unwrap();
     let r = chrome
         .post(app.url("/v1/auth/refresh"))
-        .json(&serde_json::json!({ "refresh_token": retry.refresh }))
+        .json(&serde_json::json!({ "refresh_token": t1.refresh }))
         .send()
         .await
         .unwrap();
@@ -108,68 +119,47 @@ async fn a_retry_within_grace_from_the_same_client_gets_a_token_another_device_k
         Some("previous_other_context")
     );
     assert_eq!(
-        app.refresh(&t3.refresh).await.status(),
+        app.refresh(&t2.refresh).await.status(),
         StatusCode::UNAUTHORIZED
     );
 }
 
 #[tokio::test]
-async fn a_retry_from_another_network_behind_a_trusted_proxy_is_reuse() {
+async fn a_retry_from_another_network_by_the_same_device_gets_the_same_successor() {
     let app = spawn_app_with(|c| c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
     app.register("dan").await;
-    let from = |ip: &'static str, token: String| {
-        app.http
-            .post(app.url("/v1/auth/refresh"))
-            .header("x-forwarded-for", ip)
-            .json(&serde_json::json!({ "refresh_token": token }))
-            .send()
-    };
     let t1 = app.login("dan").await;
-    let r = from("198.51.100.10", t1.refresh.clone()).await.unwrap();
+    let r = refresh_from(&app, &t1.refresh, "198.51.100.10", FIREFOX).await;
     assert_eq!(r.status(), StatusCode::OK);
-    // Same /24: a retry.
+    let t2 = Tokens::from_json(&r.json().await.unwrap());
+    // The phone left Wi-Fi for cellular: another network, the same device.
+    let r = refresh_from(&app, &t1.refresh, "203.0.113.5", FIREFOX).await;
+    assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
-        from("198.51.100.99", t1.refresh.clone())
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    // Another network: reuse.
-    assert_eq!(
-        from("203.0.113.5", t1.refresh.clone())
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
+        Tokens::from_json(&r.json().await.unwrap()).refresh,
+        t2.refresh
     );
     let events = app.session_events(&t1.session_id).await;
-    let refreshed = events
-        .iter()
-        .find(|e| e.event_type == "session.refreshed")
-        .unwrap();
     assert_eq!(
-        data(refreshed)["context"]["ip"],
+        data(&events[1])["context"]["ip"],
         "198.51.100.10",
         "the forwarded client is recorded"
     );
-    assert_eq!(
-        reuse_class(&app, &t1.session_id).await.as_deref(),
-        Some("previous_other_context")
-    );
+    assert_eq!(data(&events[2])["context"]["ip"], "203.0.113.5");
+    // The one live token moves the family on.
+    app.refresh_ok(&t2.refresh).await;
 }
 
-#[tokio::test]
-async fn fifty_concurrent_refreshes_of_one_token_leave_one_live_family() {
-    let app = spawn_app().await;
-    app.register("erin").await;
-    let t1 = app.login("erin").await;
-
+/// `n` refreshes of `token` at once, spread over `nodes`; the answers with status 200.
+pub async fn race(nodes: &[&TestApp], token: &str, n: usize) -> Vec<Tokens> {
     let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..50 {
-        let http = app.http.clone();
-        let url = app.url("/v1/auth/refresh");
-        let token = t1.refresh.clone();
+    for i in 0..n {
+        let node = nodes[i % nodes.len()];
+        let (http, url, token) = (
+            node.http.clone(),
+            node.url("/v1/auth/refresh"),
+            token.to_owned(),
+        );
         requests.spawn(async move {
             let r = http
                 .post(url)
@@ -190,34 +180,74 @@ async fn fifty_concurrent_refreshes_of_one_token_leave_one_live_family() {
             other => panic!("unexpected {other}: {body}"),
         }
     }
+    granted
+}
 
-    let events = app.session_events(&t1.session_id).await;
+/// After a race on `t1`: every 200 carried one successor, the log has one rotation and no
+/// reuse, the family is alive, `t1` no longer refreshes (its retries are used up) and the
+/// successor is the one token that does.
+pub async fn assert_one_successor(nodes: &[&TestApp], t1: &Tokens, granted: &[Tokens]) {
+    let successor = &granted.first().expect("the rotation answered 200").refresh;
+    assert!(
+        granted.iter().all(|t| &t.refresh == successor),
+        "every 200 carries the same refresh token"
+    );
+    assert!(granted.iter().all(|t| t.session_id == t1.session_id));
+    let events = nodes[0].session_events(&t1.session_id).await;
     let count = |t: &str| events.iter().filter(|e| e.event_type == t).count();
     assert_eq!(count("session.refreshed"), 1, "exactly one rotation");
     assert!(count("session.refresh_retried") <= 3, "retries are bounded");
-    assert_eq!(
-        count("session.reuse_detected") + count("session.revoked"),
-        0,
-        "a retry storm is not theft"
-    );
     assert_eq!(
         granted.len(),
         1 + count("session.refresh_retried"),
         "every 200 is the rotation or a recorded retry"
     );
-    assert!(granted.iter().all(|t| t.session_id == t1.session_id));
+    assert_eq!(
+        count("session.reuse_detected") + count("session.revoked"),
+        0,
+        "a race is not theft"
+    );
+    // The spent token: its retries are used up (or get the successor again), never a token
+    // of its own, and the family survives.
+    for node in nodes {
+        for _ in 0..4 {
+            let r = node.refresh(&t1.refresh).await;
+            if r.status() == StatusCode::OK {
+                assert_eq!(
+                    &Tokens::from_json(&r.json().await.unwrap()).refresh,
+                    successor
+                );
+            } else {
+                assert_eq!(
+                    error_code(r, StatusCode::UNAUTHORIZED).await,
+                    "invalid_grant"
+                );
+            }
+        }
+        let session = node
+            .service
+            .store
+            .session(t1.session_id.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(session.is_active(), "the family is alive");
+        assert_eq!(session.generation, 2, "one current generation");
+    }
+    // The successor works, from any node, and moves the family on.
+    let next = nodes[nodes.len() - 1].refresh_ok(successor).await;
+    assert_eq!(nodes[0].me(&next.access).await.status(), StatusCode::OK);
+    let events = nodes[0].session_events(&t1.session_id).await;
+    assert!(!types(&events).contains(&"session.reuse_detected"));
+}
 
-    let session = app
-        .service
-        .store
-        .session(t1.session_id.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(session.is_active());
-    assert_eq!(session.generation, 2, "one current generation");
-    // Any answer the client kept moves the family on.
-    app.refresh_ok(&granted.last().unwrap().refresh).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_refreshes_of_one_token_get_one_successor() {
+    let app = spawn_app().await;
+    app.register("erin").await;
+    let t1 = app.login("erin").await;
+    let granted = race(&[&app], &t1.refresh, 1000).await;
+    assert_one_successor(&[&app], &t1, &granted).await;
 }
 
 #[tokio::test]

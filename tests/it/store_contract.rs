@@ -87,6 +87,7 @@ fn policy() -> SessionPolicy {
         absolute_lifetime: Duration::days(90),
         grace_window: Duration::seconds(30),
         max_grace_retries: 3,
+        late_retry_window: Duration::minutes(10),
     }
 }
 
@@ -178,11 +179,15 @@ fn start(session_id: Uuid, token: TokenKey) -> Step {
 /// Register, log in twice, rotate, reuse an old token, hit an unknown one, log out everywhere.
 fn script() -> Vec<Step> {
     let ctx = context();
+    let minter = std::sync::Arc::new(sessiond::tokens::refresh::RefreshTokens::from_secret(
+        &[0; 32],
+    ));
     let refresh = |from, to| {
         Step::Refresh(Refresh {
             presented: token(from),
             new_token: token(to),
             context: ctx.clone(),
+            minter: minter.clone(),
         })
     };
     vec![

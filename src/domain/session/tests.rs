@@ -9,6 +9,7 @@ fn policy() -> SessionPolicy {
         absolute_lifetime: Duration::days(30),
         grace_window: Duration::seconds(30),
         max_grace_retries: 3,
+        late_retry_window: Duration::minutes(10),
     }
 }
 
@@ -72,6 +73,7 @@ fn rotation_moves_idle_expiry_but_never_the_absolute_one() {
         &ctx("198.51.100.4", "Firefox"),
         now,
         &policy(),
+        true,
     );
     assert_eq!(d.outcome, Ok(RefreshGrant::Rotated { generation: 2 }));
     let s2 = apply(Some(s.clone()), &d.events, now).unwrap();
@@ -89,6 +91,7 @@ fn rotation_moves_idle_expiry_but_never_the_absolute_one() {
             &ctx("198.51.100.4", "Firefox"),
             at,
             &policy(),
+            true,
         );
         assert!(d.outcome.is_ok(), "day {day}: {:?}", d.outcome);
         s = apply(Some(s), &d.events, at).unwrap();
@@ -100,93 +103,227 @@ fn rotation_moves_idle_expiry_but_never_the_absolute_one() {
         &ctx("198.51.100.4", "Firefox"),
         t0() + Duration::days(30),
         &policy(),
+        true,
     );
     assert_eq!(d.outcome, Err(Refusal::Expired(ExpiryKind::Absolute)));
 }
 
-#[test]
-fn the_previous_token_within_grace_from_the_same_client_is_a_bounded_retry() {
+/// Decides a refresh of `s` with a successor that can be handed out again.
+fn refresh(
+    s: &Session,
+    p: PresentedToken,
+    n: u8,
+    c: &RequestContext,
+    at: Timestamp,
+) -> Decision<RefreshGrant> {
+    s.decide_refresh(p, token(n), c, at, &policy(), true)
+}
+
+/// A session rotated once, at t0, from token 1 to token 2.
+fn rotated() -> Session {
     let s = started();
-    let c = ctx("198.51.100.4", "Firefox");
-    let d = s.decide_refresh(presented(1, 1), token(2), &c, t0(), &policy());
-    let mut s = apply(Some(s), &d.events, t0()).unwrap();
+    let d = refresh(
+        &s,
+        presented(1, 1),
+        2,
+        &ctx("198.51.100.4", "Firefox"),
+        t0(),
+    );
+    apply(Some(s), &d.events, t0()).unwrap()
+}
+
+fn retried(
+    generation: u32,
+    retry: u32,
+    late: bool,
+    successor: u8,
+) -> Result<RefreshGrant, Refusal> {
+    Ok(RefreshGrant::Retried {
+        generation,
+        retry,
+        late,
+        successor: token(successor),
+    })
+}
+
+#[test]
+fn a_retry_of_the_replaced_token_gets_the_same_successor_within_the_bound() {
+    let mut s = rotated();
+    assert_eq!(s.current_token, Some(token(2)));
     let near = t0() + Duration::seconds(5);
     for retry in 1..=3 {
-        // A neighbour on the same /24 is the same network.
-        let d = s.decide_refresh(
+        // Another network (Wi-Fi to cellular), the same device: still the same client.
+        let d = refresh(
+            &s,
             presented(1, 1),
-            token(10 + retry as u8),
-            &ctx("198.51.100.77", "Firefox"),
+            10 + retry as u8,
+            &ctx("203.0.113.77", "Firefox"),
             near,
-            &policy(),
         );
-        assert_eq!(
-            d.outcome,
-            Ok(RefreshGrant::Retried {
-                generation: 2,
-                retry
-            })
-        );
+        assert_eq!(d.outcome, retried(2, retry, false, 2), "never a sibling");
         s = apply(Some(s), &d.events, near).unwrap();
+        assert_eq!(s.current_token, Some(token(2)), "still one live token");
+        assert_eq!(s.generation, 2);
+        assert!(
+            issued_token(&d.events[0]).is_none(),
+            "a retry mints no token"
+        );
     }
-    let d = s.decide_refresh(presented(1, 1), token(20), &c, near, &policy());
+    let d = refresh(
+        &s,
+        presented(1, 1),
+        20,
+        &ctx("198.51.100.4", "Firefox"),
+        near,
+    );
     assert_eq!(d.outcome, Err(Refusal::RetryLimit));
     assert!(d.events.is_empty(), "the family survives a retry storm");
+    // The successor itself still rotates.
+    let d = refresh(
+        &s,
+        presented(2, 2),
+        21,
+        &ctx("198.51.100.4", "Firefox"),
+        near,
+    );
+    assert_eq!(d.outcome, Ok(RefreshGrant::Rotated { generation: 3 }));
+}
+
+#[test]
+fn a_late_retry_of_an_unused_successor_gets_it_from_the_same_device_only() {
+    let s = rotated();
+    let late = t0() + Duration::minutes(4);
+    let cellular = ctx("203.0.113.9", "Firefox");
+    let d = refresh(&s, presented(1, 1), 9, &cellular, late);
+    assert_eq!(d.outcome, retried(2, 1, true, 2));
+    let Event::RefreshRetried(e) = &d.events[0] else {
+        panic!("{:?}", d.events)
+    };
+    assert!(e.late && !e.sibling);
+    let after = apply(Some(s.clone()), &d.events, late).unwrap();
+    assert_eq!(after.late_retry_generation, Some(2));
+
+    let other_device = ctx("198.51.100.4", "Chrome");
+    let d = refresh(&s, presented(1, 1), 9, &other_device, late);
+    assert_eq!(
+        d.outcome,
+        Err(Refusal::Reuse(ReuseClass::PreviousOtherContext))
+    );
+    let too_late = t0() + Duration::minutes(10) + Duration::seconds(1);
+    let d = refresh(&s, presented(1, 1), 9, &cellular, too_late);
+    assert_eq!(
+        d.outcome,
+        Err(Refusal::Reuse(ReuseClass::PreviousAfterGrace))
+    );
+    // Without late retries, past the grace window is reuse.
+    let off = SessionPolicy {
+        late_retry_window: Duration::zero(),
+        ..policy()
+    };
+    let d = s.decide_refresh(
+        presented(1, 1),
+        token(9),
+        &cellular,
+        t0() + Duration::seconds(31),
+        &off,
+        true,
+    );
+    assert_eq!(
+        d.outcome,
+        Err(Refusal::Reuse(ReuseClass::PreviousAfterGrace))
+    );
+}
+
+#[test]
+fn late_retries_on_two_consecutive_generations_are_reuse() {
+    let c = ctx("198.51.100.4", "Firefox");
+    let s = rotated();
+    let t1 = t0() + Duration::minutes(3);
+    let d = refresh(&s, presented(1, 1), 9, &c, t1);
+    assert!(d.outcome.is_ok());
+    let s = apply(Some(s), &d.events, t1).unwrap();
+    // The client got token 2 at last and uses it; then loses that answer too.
+    let d = refresh(&s, presented(2, 2), 3, &c, t1);
+    assert_eq!(d.outcome, Ok(RefreshGrant::Rotated { generation: 3 }));
+    let s = apply(Some(s), &d.events, t1).unwrap();
+    let early = t1 + Duration::seconds(10);
+    assert_eq!(
+        refresh(&s, presented(2, 2), 9, &c, early).outcome,
+        retried(3, 1, false, 3),
+        "an early retry is no sign of alternation"
+    );
+    let t2 = t1 + Duration::minutes(3);
+    let d = refresh(&s, presented(2, 2), 9, &c, t2);
+    assert_eq!(
+        d.outcome,
+        Err(Refusal::Reuse(ReuseClass::RepeatedLateRetry))
+    );
+    assert!(matches!(d.events[1], Event::SessionRevoked(_)));
 }
 
 #[test]
 fn reuse_is_classified_and_revokes_the_family() {
     let c = ctx("198.51.100.4", "Firefox");
-    let s = started();
-    let d = s.decide_refresh(presented(1, 1), token(2), &c, t0(), &policy());
-    let s = apply(Some(s), &d.events, t0()).unwrap();
-
-    let after_grace = t0() + Duration::seconds(31);
-    let d = s.decide_refresh(presented(1, 1), token(9), &c, after_grace, &policy());
+    let s = rotated();
+    let after_window = t0() + Duration::minutes(11);
+    let d = refresh(&s, presented(1, 1), 9, &c, after_window);
     assert_eq!(
         d.outcome,
         Err(Refusal::Reuse(ReuseClass::PreviousAfterGrace))
     );
-    let dead = apply(Some(s.clone()), &d.events, after_grace).unwrap();
+    let dead = apply(Some(s.clone()), &d.events, after_window).unwrap();
     assert_eq!(dead.status, SessionStatus::Revoked);
     assert_eq!(dead.end_reason.as_deref(), Some("reuse"));
     // The newest token is dead too.
-    let d = dead.decide_refresh(presented(2, 2), token(9), &c, after_grace, &policy());
+    let d = refresh(&dead, presented(2, 2), 9, &c, after_window);
     assert_eq!(d.outcome, Err(Refusal::SessionEnded));
 
-    let elsewhere = ctx("203.0.113.9", "Firefox");
-    let d = s.decide_refresh(presented(1, 1), token(9), &elsewhere, t0(), &policy());
-    assert_eq!(
-        d.outcome,
-        Err(Refusal::Reuse(ReuseClass::PreviousOtherContext))
-    );
     let other_browser = ctx("198.51.100.4", "Chrome");
-    let d = s.decide_refresh(presented(1, 1), token(9), &other_browser, t0(), &policy());
+    let d = refresh(&s, presented(1, 1), 9, &other_browser, t0());
     assert_eq!(
         d.outcome,
         Err(Refusal::Reuse(ReuseClass::PreviousOtherContext))
     );
 
-    let d = s.decide_refresh(presented(2, 2), token(3), &c, t0(), &policy());
+    // Once the successor has been used, the token before it is reuse, however soon.
+    let d = refresh(&s, presented(2, 2), 3, &c, t0());
     let s3 = apply(Some(s), &d.events, t0()).unwrap();
-    let d = s3.decide_refresh(presented(1, 1), token(9), &c, t0(), &policy());
+    let d = refresh(&s3, presented(1, 1), 9, &c, t0());
     assert_eq!(d.outcome, Err(Refusal::Reuse(ReuseClass::OlderGeneration)));
 }
 
 #[test]
-fn a_sibling_left_behind_is_a_displaced_branch() {
+fn a_successor_that_cannot_be_minted_again_is_refused_without_harm() {
+    let s = rotated();
     let c = ctx("198.51.100.4", "Firefox");
-    let s = started();
-    let d = s.decide_refresh(presented(1, 1), token(2), &c, t0(), &policy());
-    let s = apply(Some(s), &d.events, t0()).unwrap();
-    let d = s.decide_refresh(presented(1, 1), token(3), &c, t0(), &policy());
-    assert!(matches!(d.outcome, Ok(RefreshGrant::Retried { .. })));
-    let s = apply(Some(s), &d.events, t0()).unwrap();
-    // Generation 2 now has tokens 2 and 3; token 3 moves on, token 2 is left behind.
-    let d = s.decide_refresh(presented(3, 2), token(4), &c, t0(), &policy());
+    let d = s.decide_refresh(presented(1, 1), token(9), &c, t0(), &policy(), false);
+    assert_eq!(d.outcome, Err(Refusal::SuccessorUnavailable));
+    assert!(d.events.is_empty(), "the family and its successor stay");
+}
+
+#[test]
+fn a_sibling_left_behind_by_an_older_build_is_a_displaced_branch() {
+    let c = ctx("198.51.100.4", "Firefox");
+    let s = rotated();
+    // A version 1 retry minted token 3 as a sibling of token 2 in generation 2.
+    let v1 = serde_json::json!({
+        "session_id": s.session_id, "generation": 2, "token_id": token(3).id,
+        "token_hash": token(3).hash, "presented_hash": token(1).hash, "retry": 1,
+        "idle_expires_at": "2026-01-08T12:00:00.000Z", "context": c,
+    });
+    let sibling = Event::decode("session.refresh_retried", 1, v1).unwrap();
+    assert_eq!(
+        issued_token(&sibling).map(|t| t.1),
+        Some(token(3)),
+        "indexed on replay"
+    );
+    let s = apply(Some(s), &[sibling], t0()).unwrap();
+    assert_eq!(s.current_token, Some(token(2)));
+    // Token 3 moves on, token 2 is left behind.
+    let d = refresh(&s, presented(3, 2), 4, &c, t0());
     let s = apply(Some(s), &d.events, t0()).unwrap();
     let later = t0() + Duration::minutes(5);
-    let d = s.decide_refresh(presented(2, 2), token(5), &c, later, &policy());
+    let d = refresh(&s, presented(2, 2), 5, &c, later);
     assert_eq!(d.outcome, Err(Refusal::Reuse(ReuseClass::DisplacedBranch)));
 }
 
@@ -195,7 +332,7 @@ fn idle_and_absolute_expiry_are_recorded_when_noticed() {
     let c = ctx("198.51.100.4", "Firefox");
     let s = started();
     let idle = t0() + Duration::days(7);
-    let d = s.decide_refresh(presented(1, 1), token(2), &c, idle, &policy());
+    let d = refresh(&s, presented(1, 1), 2, &c, idle);
     assert_eq!(d.outcome, Err(Refusal::Expired(ExpiryKind::Idle)));
     let ended = apply(Some(s.clone()), &d.events, idle).unwrap();
     assert_eq!(ended.status, SessionStatus::Expired);
@@ -217,6 +354,7 @@ fn reauth_blocks_refresh_until_cleared() {
         &ctx("198.51.100.4", "Firefox"),
         t0(),
         &policy(),
+        true,
     );
     assert_eq!(d.outcome, Err(Refusal::ReauthRequired));
     assert!(d.events.is_empty());

@@ -95,6 +95,9 @@ pub fn session<D: Dialect>(r: &D::Row) -> Result<Session, StoreError> {
                 TokenHash::from_slice(&b).ok_or_else(|| StoreError::Corrupt("rotated_from".into()))
             })
             .transpose()?,
+        current_token: current_token(r)?,
+        // 0: never (generations start at 1).
+        late_retry_generation: Some(small(r, "late_retry_generation")?).filter(|g| *g > 0),
         login_context: context("login_context")?,
         last_context: context("last_context")?,
         reauth_required: r.flag("reauth_required")?,
@@ -102,6 +105,22 @@ pub fn session<D: Dialect>(r: &D::Row) -> Result<Session, StoreError> {
         end_reason: r.opt_text("end_reason")?,
         version: r.int("version")?,
     })
+}
+
+/// The session's current token: its id (16 bytes) and hash, both or neither.
+fn current_token(r: &impl Cols) -> Result<Option<TokenKey>, StoreError> {
+    let corrupt = || StoreError::Corrupt("current_token".into());
+    match (
+        r.opt_bytes("current_token_id")?,
+        r.opt_bytes("current_token_hash")?,
+    ) {
+        (Some(id), Some(hash)) => Ok(Some(TokenKey {
+            id: Uuid::from_slice(&id).map_err(|_| corrupt())?,
+            hash: TokenHash::from_slice(&hash).ok_or_else(corrupt)?,
+        })),
+        (None, None) => Ok(None),
+        _ => Err(corrupt()),
+    }
 }
 
 /// The refresh-token row (columns `t_hash`, `t_session`, `t_generation`) if it is `key`'s.
@@ -276,8 +295,8 @@ pub fn push_sessions<'a, D: Dialect>(
     q.push(
         "INSERT INTO sessions (session_id, user_id, status, scope, roles, created_at, auth_time, \
          last_seen_at, idle_expires_at, absolute_expires_at, generation, retries, rotated_at, \
-         rotated_from, login_context, last_context, reauth_required, ended_at, end_reason, \
-         version) ",
+         rotated_from, current_token_id, current_token_hash, late_retry_generation, \
+         login_context, last_context, reauth_required, ended_at, end_reason, version) ",
     );
     q.values(rows, |t, s| {
         t.cast(s.session_id.to_string(), D::UUID)
@@ -298,6 +317,9 @@ pub fn push_sessions<'a, D: Dialect>(
             .bind(i64::from(s.retries))
             .cast(s.rotated_at.map(format_timestamp), D::TIME)
             .bind(s.rotated_from.as_ref().map(|h| h.0.as_slice()))
+            .bind(s.current_token.as_ref().map(|k| k.id.as_bytes().as_slice()))
+            .bind(s.current_token.as_ref().map(|k| k.hash.0.as_slice()))
+            .bind(i64::from(s.late_retry_generation.unwrap_or(0)))
             .cast(json(&s.login_context), D::JSON)
             .cast(json(&s.last_context), D::JSON)
             .bind(s.reauth_required)
@@ -313,7 +335,10 @@ pub fn push_sessions<'a, D: Dialect>(
         "auth_time = excluded.auth_time, last_seen_at = excluded.last_seen_at, \
          idle_expires_at = excluded.idle_expires_at, generation = excluded.generation, \
          retries = excluded.retries, rotated_at = excluded.rotated_at, \
-         rotated_from = excluded.rotated_from, last_context = excluded.last_context, \
+         rotated_from = excluded.rotated_from, current_token_id = excluded.current_token_id, \
+         current_token_hash = excluded.current_token_hash, \
+         late_retry_generation = excluded.late_retry_generation, \
+         last_context = excluded.last_context, \
          reauth_required = excluded.reauth_required, ended_at = excluded.ended_at, \
          end_reason = excluded.end_reason, version = excluded.version",
     );

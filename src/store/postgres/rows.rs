@@ -58,7 +58,8 @@ macro_rules! session_columns {
             millis!("absolute_expires_at"),
             ", generation, retries, ",
             millis!("rotated_at"),
-            ", rotated_from, login_context::text AS login_context, ",
+            ", rotated_from, current_token_id, current_token_hash, late_retry_generation, ",
+            "login_context::text AS login_context, ",
             "last_context::text AS last_context, reauth_required, ",
             millis!("ended_at"),
             ", end_reason, version"
