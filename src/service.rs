@@ -4,13 +4,13 @@
 use crate::clock::Clock;
 use crate::commands::{
     ChangePassword, EndSession, EndSessionByToken, LogoutEverywhere, Reauthenticate,
-    RecordLoginFailure, Refresh, RefreshRefusal, Register, SetRoles, SetRolesRefusal, StartRefusal,
+    Refresh, RefreshRefusal, Register, SetRoles, SetRolesRefusal, StartRefusal,
     StartSession, Writer,
 };
 use crate::config::Config;
 use crate::domain::Timestamp;
 use crate::domain::context::RequestContext;
-use crate::domain::event::{Actor, EventMetadata, LoginFailure, RevokeReason};
+use crate::domain::event::{Actor, EventMetadata, RevokeReason};
 use crate::domain::session::{Refusal, Session};
 use crate::domain::token::RefreshToken;
 use crate::domain::user::{self, User, UserError};
@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 pub mod admin;
 pub mod api_keys;
+mod credentials;
 pub mod devices;
 pub mod maintenance;
 pub mod oauth;
@@ -46,6 +47,8 @@ pub struct Sessiond {
     pub commits: tokio::sync::watch::Receiver<i64>,
     pub geoip: Arc<crate::context::geoip::GeoIp>,
     pub rules: Arc<crate::rules::RuleEngine>,
+    /// argon2 within its concurrency limit and bounded queue.
+    pub passwords: Arc<passwords::PasswordGate>,
 }
 
 /// What login and refresh hand back.
@@ -109,7 +112,8 @@ impl Sessiond {
     ) -> Result<User, Error> {
         let username = user::normalize_username(username).map_err(user_error)?;
         user::validate_password(&password).map_err(user_error)?;
-        let password_hash = passwords::hash(password).await;
+        self.check_new_password(&password, &username)?;
+        let password_hash = self.passwords.hash(password).await?;
         let user_id = Uuid::new_v4();
         let cmd = Register {
             user_id,
@@ -152,30 +156,10 @@ impl Sessiond {
             Some(n) => self.store.user_by_name(n).await?,
             None => None,
         };
-        let ok = passwords::verify(user.as_ref().map(|u| u.password_hash.clone()), password).await;
         let recorded_name =
             name.unwrap_or_else(|| username.chars().take(user::USERNAME_MAX).collect());
-        let failure = match &user {
-            None => Some(LoginFailure::UnknownUser),
-            Some(_) if !ok => Some(LoginFailure::BadPassword),
-            Some(u) if !u.can_log_in() => Some(LoginFailure::Locked),
-            Some(_) => None,
-        };
-        if let Some(reason) = failure {
-            let actor = user
-                .as_ref()
-                .map_or(Actor::Anonymous, |u| Actor::User(u.user_id));
-            let cmd = RecordLoginFailure {
-                username: recorded_name,
-                reason,
-                context: ctx.clone(),
-            };
-            self.writer.submit(cmd, meta(actor, ctx)).await?;
-            return Err(match reason {
-                LoginFailure::Locked => Error::AccountLocked,
-                _ => Error::InvalidCredentials,
-            });
-        }
+        self.check_password(&recorded_name, user.as_ref(), password, ctx)
+            .await?;
         let user = user.expect("a successful login has a user");
         let token = new_refresh_token();
         let cmd = StartSession {
@@ -323,18 +307,10 @@ impl Sessiond {
             .user_by_id(principal.user_id())
             .await?
             .ok_or(Error::SessionEnded)?;
-        if !passwords::verify(Some(user.password_hash.clone()), current).await {
-            let cmd = RecordLoginFailure {
-                username: user.username.clone(),
-                reason: LoginFailure::BadPassword,
-                context: ctx.clone(),
-            };
-            self.writer
-                .submit(cmd, meta(Actor::User(user.user_id), ctx))
-                .await?;
-            return Err(Error::InvalidCredentials);
-        }
-        let password_hash = passwords::hash(new).await;
+        self.check_new_password(&new, &user.username)?;
+        self.check_password(&user.username, Some(&user), current, ctx)
+            .await?;
+        let password_hash = self.passwords.hash(new).await?;
         let cmd = ChangePassword {
             user_id: user.user_id,
             password_hash,
@@ -368,20 +344,8 @@ impl Sessiond {
             .await?
             .ok_or(Error::InvalidGrant)?;
         let user = self.user(session.user_id).await?;
-        if !passwords::verify(Some(user.password_hash.clone()), password).await {
-            let cmd = RecordLoginFailure {
-                username: user.username.clone(),
-                reason: LoginFailure::BadPassword,
-                context: ctx.clone(),
-            };
-            self.writer
-                .submit(cmd, meta(Actor::User(user.user_id), ctx))
-                .await?;
-            return Err(Error::InvalidCredentials);
-        }
-        if !user.can_log_in() {
-            return Err(Error::AccountLocked);
-        }
+        self.check_password(&user.username, Some(&user), password, ctx)
+            .await?;
         let cmd = Reauthenticate {
             presented: key,
             context: ctx.clone(),

@@ -22,7 +22,8 @@ pub fn status(e: &Error) -> StatusCode {
         Error::NotFound => StatusCode::NOT_FOUND,
         Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Error::Conflict(..) => StatusCode::CONFLICT,
-        Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable | Error::Overloaded | Error::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        Error::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -41,6 +42,11 @@ impl IntoResponse for Error {
             Error::InvalidToken(_) | Error::SessionEnded => Some("Bearer error=\"invalid_token\""),
             _ => None,
         };
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Some(c) = challenge {
             response
                 .headers_mut()
