@@ -492,7 +492,10 @@ impl Config {
         positive("http_header_read_timeout", self.http_header_read_timeout)?;
         positive("http_request_timeout", self.http_request_timeout)?;
         for (k, limit) in [
-            ("login_throttle_address_window", self.login_throttle.account_address),
+            (
+                "login_throttle_address_window",
+                self.login_throttle.account_address,
+            ),
             ("login_throttle_network_window", self.login_throttle.network),
             ("login_throttle_account_window", self.login_throttle.account),
         ] {

@@ -140,7 +140,13 @@ pub fn observe_request(route: &str, method: &str, status: u16, seconds: f64) {
 /// server. Counters are only ever touched with `increment(0)`: a value already counted stays.
 pub fn seed(rules: &[(String, &'static str)], jobs: &[&'static str]) {
     use crate::domain::throttle::ThrottleScope;
-    for outcome in ["success", "unknown_user", "bad_password", "locked", "throttled"] {
+    for outcome in [
+        "success",
+        "unknown_user",
+        "bad_password",
+        "locked",
+        "throttled",
+    ] {
         counter!(LOGINS, "outcome" => outcome).increment(0);
     }
     for scope in ThrottleScope::ALL {

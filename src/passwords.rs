@@ -77,7 +77,11 @@ impl PasswordGate {
 
     /// Verifies `password` against `stored`. With no stored hash (unknown user) it verifies
     /// against a fixed dummy hash, so the answer takes as long as a real wrong password.
-    pub async fn verify(&self, stored: Option<String>, password: String) -> Result<bool, Overloaded> {
+    pub async fn verify(
+        &self,
+        stored: Option<String>,
+        password: String,
+    ) -> Result<bool, Overloaded> {
         self.run(move || {
             let known = stored.is_some();
             let phc = stored.unwrap_or_else(|| dummy_hash().to_owned());
@@ -123,12 +127,17 @@ pub fn check_strength(password: &str, username: &str, min_score: u8) -> Result<(
     if score >= min_score {
         return Ok(());
     }
-    let mut reason = format!("the password is too easy to guess (strength {score} of 4, {min_score} needed)");
+    let mut reason =
+        format!("the password is too easy to guess (strength {score} of 4, {min_score} needed)");
     if let Some(feedback) = estimate.feedback() {
         if let Some(warning) = feedback.warning() {
             reason.push_str(&format!(": {warning}"));
         }
-        let tips: Vec<String> = feedback.suggestions().iter().map(|s| s.to_string()).collect();
+        let tips: Vec<String> = feedback
+            .suggestions()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if !tips.is_empty() {
             reason.push_str(&format!(". {}", tips.join(" ")));
         }

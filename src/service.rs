@@ -3,9 +3,8 @@
 
 use crate::clock::Clock;
 use crate::commands::{
-    ChangePassword, EndSession, EndSessionByToken, LogoutEverywhere, Reauthenticate,
-    Refresh, RefreshRefusal, Register, SetRoles, SetRolesRefusal, StartRefusal,
-    StartSession, Writer,
+    ChangePassword, EndSession, EndSessionByToken, LogoutEverywhere, Reauthenticate, Refresh,
+    RefreshRefusal, Register, SetRoles, SetRolesRefusal, StartRefusal, StartSession, Writer,
 };
 use crate::config::Config;
 use crate::domain::Timestamp;

@@ -69,7 +69,10 @@ pub fn throttle_keys(username: &str, ip: Option<IpAddr>) -> Vec<(ThrottleScope, 
             ThrottleScope::AccountAddress,
             format!("acct_addr:{username}|{ip}"),
         ));
-        keys.push((ThrottleScope::Network, format!("net:{}", network_prefix(ip))));
+        keys.push((
+            ThrottleScope::Network,
+            format!("net:{}", network_prefix(ip)),
+        ));
     }
     keys.push((ThrottleScope::Account, format!("acct:{username}")));
     keys

@@ -1,10 +1,10 @@
 //! Operator endpoints: liveness, readiness and Prometheus metrics.
 
 use super::AppState;
-use axum::Router;
-use axum::extract::State;
 use crate::domain::token::TokenHash;
 use crate::error::Error;
+use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -72,4 +72,3 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     )
         .into_response()
 }
-

@@ -7,8 +7,8 @@
 use crate::domain::Timestamp;
 use crate::domain::event::Event;
 use crate::domain::keys;
-use crate::domain::throttle::throttle_keys;
 use crate::domain::session::{self, Session};
+use crate::domain::throttle::throttle_keys;
 use crate::domain::user::{self, User};
 use crate::domain::webhook;
 use crate::store::{EventFilter, Store, StoreError, TokenRecord, UnitOfWork, WriteSession};

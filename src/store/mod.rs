@@ -53,9 +53,9 @@ impl StoreError {
             | sqlx::Error::Tls(_) => true,
             // Class 08 (connection exception), 57P01-57P03 (shutdown, cannot connect now),
             // 53300 (too many connections).
-            sqlx::Error::Database(d) => d.code().is_some_and(|c| {
-                c.starts_with("08") || c.starts_with("57P") || c == "53300"
-            }),
+            sqlx::Error::Database(d) => d
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
             _ => false,
         }
     }

@@ -374,8 +374,16 @@ mod tests {
         let claims = tokens.verify(&jwt, now).unwrap();
         for typ in ["secevent+jwt", "JWT", "dpop+jwt"] {
             let other = tokens.sign_typed(typ, &claims);
-            assert_eq!(tokens.verify(&other, now), Err(TokenError::WrongType), "{typ}");
+            assert_eq!(
+                tokens.verify(&other, now),
+                Err(TokenError::WrongType),
+                "{typ}"
+            );
         }
-        assert!(tokens.verify(&tokens.sign_typed("application/AT+JWT", &claims), now).is_ok());
+        assert!(
+            tokens
+                .verify(&tokens.sign_typed("application/AT+JWT", &claims), now)
+                .is_ok()
+        );
     }
 }

@@ -31,7 +31,10 @@ async fn a_login_flood_is_answered_while_refresh_and_healthz_keep_answering() {
         flood.push(tokio::spawn(async move {
             let r = http
                 .post(url)
-                .header("x-forwarded-for", format!("198.{}.{}.1", 18 + i / 250, i % 250))
+                .header(
+                    "x-forwarded-for",
+                    format!("198.{}.{}.1", 18 + i / 250, i % 250),
+                )
                 .json(&json!({ "username": format!("flood{i}"), "password": "guess" }))
                 .send()
                 .await
@@ -39,7 +42,11 @@ async fn a_login_flood_is_answered_while_refresh_and_healthz_keep_answering() {
             let retry = r.headers().get("retry-after").is_some();
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap();
-            (status, body["error"].as_str().unwrap_or("").to_owned(), retry)
+            (
+                status,
+                body["error"].as_str().unwrap_or("").to_owned(),
+                retry,
+            )
         }));
     }
     // Meanwhile the real user refreshes and the orchestrator probes liveness.
@@ -79,9 +86,14 @@ async fn past_the_in_flight_limit_a_request_is_refused_at_once_but_healthz_answe
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = app.post_json("/v1/auth/login", json!({"username": "a", "password": "b"})).await;
+    let r = app
+        .post_json("/v1/auth/login", json!({"username": "a", "password": "b"}))
+        .await;
     assert_eq!(r.headers()["retry-after"], "1");
-    assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "overloaded");
+    assert_eq!(
+        error_code(r, StatusCode::SERVICE_UNAVAILABLE).await,
+        "overloaded"
+    );
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     drop(slow);
@@ -97,7 +109,10 @@ async fn a_request_that_takes_too_long_is_answered_503() {
             json!({"username": "judy", "password": PASSWORD}),
         )
         .await;
-    assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "request_timeout");
+    assert_eq!(
+        error_code(r, StatusCode::SERVICE_UNAVAILABLE).await,
+        "request_timeout"
+    );
 }
 
 /// Reads until the server closes the connection; what it sent, or None if it never closed.
@@ -119,14 +134,22 @@ async fn slow_headers_and_idle_connections_are_closed_by_the_header_read_timeout
         spawn_app_with(|c| c.http_header_read_timeout = chrono::Duration::milliseconds(300)).await;
     // Slowloris: the head of a request, never finished.
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
-    let got = read_until_closed(&mut slow).await.expect("the server closes it");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut slow)
+        .await
+        .expect("the server closes it");
     assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
 
     // A kept-alive connection that sends nothing after its first request.
     let mut idle = TcpStream::connect(app.addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-    let got = read_until_closed(&mut idle).await.expect("the server closes it");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut idle)
+        .await
+        .expect("the server closes it");
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200 OK"));
 }
 
@@ -187,14 +210,26 @@ async fn while_the_database_is_unreachable_requests_get_503_unavailable_and_read
 
     let r = app.refresh(&tokens.refresh).await;
     assert!(r.headers().contains_key("retry-after"));
-    assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "unavailable");
+    assert_eq!(
+        error_code(r, StatusCode::SERVICE_UNAVAILABLE).await,
+        "unavailable"
+    );
     let r = app
-        .post_json("/v1/auth/login", json!({"username": "kate", "password": PASSWORD}))
+        .post_json(
+            "/v1/auth/login",
+            json!({"username": "kate", "password": PASSWORD}),
+        )
         .await;
     assert!(r.headers().contains_key("retry-after"));
-    assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "unavailable");
+    assert_eq!(
+        error_code(r, StatusCode::SERVICE_UNAVAILABLE).await,
+        "unavailable"
+    );
     let r = app.me(&tokens.access).await;
-    assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "unavailable");
+    assert_eq!(
+        error_code(r, StatusCode::SERVICE_UNAVAILABLE).await,
+        "unavailable"
+    );
 
     let r = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -34,7 +34,11 @@ async fn login_from_ip(app: &TestApp, user: &str, password: &str, ip: &str) -> r
 /// A 429 `too_many_attempts` with a Retry-After of at most the window; returns the seconds.
 async fn assert_throttled(r: reqwest::Response) -> u64 {
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=15 * 60).contains(&wait), "retry-after {wait}");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "too_many_attempts", "{body}");
@@ -56,7 +60,10 @@ async fn thirty_wrong_passwords_from_one_address_end_in_429s_and_the_user_still_
         }
     }
     let first_429 = statuses.iter().position(|s| *s == 429).expect("throttled");
-    assert_eq!(first_429, 5, "five failures are allowed, then 429: {statuses:?}");
+    assert_eq!(
+        first_429, 5,
+        "five failures are allowed, then 429: {statuses:?}"
+    );
     assert!(statuses[..5].iter().all(|s| *s == 401), "{statuses:?}");
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
 
@@ -68,7 +75,11 @@ async fn thirty_wrong_passwords_from_one_address_end_in_429s_and_the_user_still_
 
     let events = app.all_events().await;
     let count = |t: &str| events.iter().filter(|e| e.event_type == t).count();
-    assert_eq!(count("login.failed"), 5, "a refused attempt checks no password");
+    assert_eq!(
+        count("login.failed"),
+        5,
+        "a refused attempt checks no password"
+    );
     assert_eq!(count("login.throttled"), 26);
     let throttled = events
         .iter()
@@ -118,7 +129,13 @@ async fn the_network_and_the_account_counters_hold_against_spraying_and_spreadin
     app.register("dave").await;
     // Spraying: one guess each for many names from one /24 (each from another address).
     for i in 0..4 {
-        let r = login_from_ip(&app, &format!("user{i}"), "Winter2026!", &format!("203.0.113.{i}")).await;
+        let r = login_from_ip(
+            &app,
+            &format!("user{i}"),
+            "Winter2026!",
+            &format!("203.0.113.{i}"),
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
     // The /24 is now closed for every account, the right password included.
@@ -172,7 +189,11 @@ async fn every_route_that_checks_a_password_gives_the_same_throttled_answer() {
         .http
         .post(app.url("/oauth/token"))
         .header("x-forwarded-for", ATTACKER)
-        .form(&[("grant_type", "password"), ("username", "erin"), ("password", PASSWORD)])
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "erin"),
+            ("password", PASSWORD),
+        ])
         .send()
         .await
         .unwrap();

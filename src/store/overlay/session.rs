@@ -365,7 +365,11 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         registry::delete_webhook::<Db<B>>(self.flushed().await?, id).await
     }
 
-    async fn put_login_failures(&mut self, keys: &[String], at: Timestamp) -> Result<(), StoreError> {
+    async fn put_login_failures(
+        &mut self,
+        keys: &[String],
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
         registry::put_login_failures::<Db<B>>(self.flushed().await?, keys, at).await
     }
 
