@@ -16,7 +16,6 @@ use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 use crate::tokens::keys::{KeyError, MASTER_KEY_ENV, MasterKey};
 use crate::tokens::{TokenService, load_keys};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -136,6 +135,14 @@ impl App {
             Some(dir) => RuleEngine::load(dir, breaker).map_err(StartError::Rules)?,
             None => RuleEngine::disabled(),
         });
+        let loaded_rules: Vec<(String, &'static str)> = rules
+            .rules()
+            .rules
+            .iter()
+            .map(|r| (r.id.clone(), r.mode.as_str()))
+            .collect();
+        let job_names = crate::jobs::JobKind::ALL.map(|j| j.name());
+        crate::metrics::seed(&loaded_rules, &job_names);
         let store = open_store(&config, true).await?;
         let (writer, writer_task) = spawn_writer(
             &store,
@@ -180,6 +187,13 @@ impl App {
         ));
         crate::passwords::warm_up();
         let refresh_tokens = Arc::new(crate::tokens::refresh::RefreshTokens::new(&master));
+        if config.public_url.is_none() {
+            // Links in the OAuth metadata are never taken from a request's Host header.
+            tracing::warn!(
+                base = %config.base_url(),
+                "public_url is not set: the OAuth metadata links to the listen address; set public_url to the URL clients use"
+            );
+        }
         let master_key = Arc::new(master);
         let policy = Arc::new(config.destination_policy());
         let http = crate::delivery::transport::client(
@@ -219,7 +233,15 @@ impl App {
             geoip,
             rules,
             streams: Default::default(),
+            passwords: Arc::new(crate::passwords::PasswordGate::new(config.password_queue)),
         });
+        // The key-status gauges and the log head, exported from the start.
+        if let Err(e) = service.refresh_key_ring().await {
+            tracing::warn!(error = %e, "cannot read the signing keys for their metrics");
+        }
+        if let Ok(head) = service.store.head().await {
+            metrics::gauge!(crate::metrics::LOG_HEAD).set(head.position as f64);
+        }
         let jobs = Jobs::new(&service);
         let scheduler = if options.start_jobs {
             Some(
@@ -262,12 +284,38 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        let config = self.service.config.clone();
+        let header_timeout = config
+            .http_header_read_timeout
+            .to_std()
+            .unwrap_or(Duration::from_secs(10));
+        // One shutdown signal for the main listener and the metrics listener.
+        let (stop, stopping) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let metrics = match config.metrics_listen {
+            Some(addr) => {
+                let metrics_listener = TcpListener::bind(addr).await?;
+                tracing::info!(%addr, "serving /metrics on its own address");
+                let router = crate::http::metrics_only_router(self.service.clone());
+                Some(tokio::spawn(crate::http::server::serve(
+                    metrics_listener,
+                    router,
+                    header_timeout,
+                    wait(stopping.clone()),
+                )))
+            }
+            None => None,
+        };
+        crate::http::server::serve(listener, router, header_timeout, wait(stopping)).await?;
+        if let Some(task) = metrics {
+            let _ = task.await;
+        }
         tracing::info!("no longer accepting requests; in-flight requests finished");
         self.shutdown().await;
         Ok(())

@@ -5,6 +5,7 @@
 use crate::domain::Duration;
 use crate::domain::parse::{parse_duration, parse_net};
 use crate::domain::session::SessionPolicy;
+use crate::domain::throttle::{Limit, ThrottlePolicy};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -81,6 +82,26 @@ pub struct Config {
     /// PEM file of extra CA certificates trusted for webhook TLS (a private CA), beside the
     /// built-in public roots.
     pub webhook_ca_file: Option<PathBuf>,
+    /// Login throttling (on by default, whatever the rules): failed password checks allowed
+    /// per window for one account from one address, for one /24 (/64) network, and for one
+    /// account from anywhere. A limit of 0 turns that counter off.
+    pub login_throttle: ThrottlePolicy,
+    /// Password checks that may wait for an argon2 slot; more are refused at once (503).
+    pub password_queue: usize,
+    /// The zxcvbn score (0–4) a new password needs.
+    pub password_min_score: u8,
+    /// How long a connection may take to send a request's head, counted from when the server
+    /// starts waiting for it: on a new connection and between requests of a kept-alive one
+    /// (so it is also the idle timeout).
+    pub http_header_read_timeout: Duration,
+    /// How long a request may take until its answer starts.
+    pub http_request_timeout: Duration,
+    /// Requests served at once; more are answered 503 `overloaded` at once.
+    pub http_max_in_flight: usize,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
+    /// When set, `/metrics` is served on this address only (and not on `listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A database URL. It may carry a password, so it is never printed: `Debug` shows the scheme.
@@ -168,6 +189,19 @@ pub const KEYS: &[&str] = &[
     "webhook_allow_networks",
     "webhook_allow_http",
     "webhook_ca_file",
+    "login_throttle_address_limit",
+    "login_throttle_address_window",
+    "login_throttle_network_limit",
+    "login_throttle_network_window",
+    "login_throttle_account_limit",
+    "login_throttle_account_window",
+    "password_queue",
+    "password_min_score",
+    "http_header_read_timeout",
+    "http_request_timeout",
+    "http_max_in_flight",
+    "metrics_token",
+    "metrics_listen",
 ];
 
 impl Default for Config {
@@ -201,7 +235,7 @@ impl Default for Config {
             webhook_poll_interval: Duration::seconds(5),
             webhook_timeout: Duration::seconds(10),
             public_url: None,
-            oauth_password_grant: true,
+            oauth_password_grant: false,
             geoip_city: None,
             geoip_asn: None,
             rules: None,
@@ -213,6 +247,27 @@ impl Default for Config {
             webhook_allow_networks: Vec::new(),
             webhook_allow_http: false,
             webhook_ca_file: None,
+            login_throttle: ThrottlePolicy {
+                account_address: Limit {
+                    max_failures: 5,
+                    window: Duration::minutes(15),
+                },
+                network: Limit {
+                    max_failures: 100,
+                    window: Duration::minutes(15),
+                },
+                account: Limit {
+                    max_failures: 20,
+                    window: Duration::minutes(15),
+                },
+            },
+            password_queue: 32,
+            password_min_score: 3,
+            http_header_read_timeout: Duration::seconds(10),
+            http_request_timeout: Duration::seconds(30),
+            http_max_in_flight: 1024,
+            metrics_token: None,
+            metrics_listen: None,
         }
     }
 }
@@ -395,6 +450,46 @@ impl Config {
                     c.rules_breaker_floor = integer(k, value, 0, 1_000_000)? as u32
                 }
                 "rules_breaker_window" => c.rules_breaker_window = duration(k, value)?,
+                "login_throttle_address_limit" => {
+                    c.login_throttle.account_address.max_failures =
+                        integer(k, value, 0, 1_000_000)? as u32
+                }
+                "login_throttle_address_window" => {
+                    c.login_throttle.account_address.window = duration(k, value)?
+                }
+                "login_throttle_network_limit" => {
+                    c.login_throttle.network.max_failures = integer(k, value, 0, 1_000_000)? as u32
+                }
+                "login_throttle_network_window" => {
+                    c.login_throttle.network.window = duration(k, value)?
+                }
+                "login_throttle_account_limit" => {
+                    c.login_throttle.account.max_failures = integer(k, value, 0, 1_000_000)? as u32
+                }
+                "login_throttle_account_window" => {
+                    c.login_throttle.account.window = duration(k, value)?
+                }
+                "password_queue" => c.password_queue = integer(k, value, 0, 100_000)? as usize,
+                "password_min_score" => c.password_min_score = integer(k, value, 0, 4)? as u8,
+                "http_header_read_timeout" => c.http_header_read_timeout = duration_ms(k, value)?,
+                "http_request_timeout" => c.http_request_timeout = duration_ms(k, value)?,
+                "http_max_in_flight" => {
+                    c.http_max_in_flight = integer(k, value, 1, 1_000_000)? as usize
+                }
+                "metrics_token" => {
+                    let token = non_empty(k, value)?;
+                    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(err(k, "must be at least 16 printable characters"));
+                    }
+                    c.metrics_token = Some(token)
+                }
+                "metrics_listen" => {
+                    c.metrics_listen = Some(
+                        string(k, value)?
+                            .parse()
+                            .map_err(|_| err(k, "expected an address like 127.0.0.1:9090"))?,
+                    )
+                }
                 other => {
                     return Err(err(
                         other,
@@ -466,6 +561,21 @@ impl Config {
                 "admin_stream_recheck_interval",
                 "must be at most 1m: a stream must end soon after its caller loses the role",
             ));
+        }
+        positive("http_header_read_timeout", self.http_header_read_timeout)?;
+        positive("http_request_timeout", self.http_request_timeout)?;
+        for (k, limit) in [
+            (
+                "login_throttle_address_window",
+                self.login_throttle.account_address,
+            ),
+            ("login_throttle_network_window", self.login_throttle.network),
+            ("login_throttle_account_window", self.login_throttle.account),
+        ] {
+            positive(k, limit.window)?;
+            if limit.window > Duration::days(1) {
+                return Err(err(k, "must be at most 1d"));
+            }
         }
         if self.webhook_retry_max < self.webhook_retry_initial {
             return Err(err(

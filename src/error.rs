@@ -42,8 +42,14 @@ pub enum Error {
     Conflict(&'static str, String),
     #[error("this caller already holds {0} live streams; close one first")]
     TooManyStreams(usize),
-    #[error("the service is shutting down")]
+    #[error("the service is unavailable for a moment; try again shortly")]
     Unavailable,
+    #[error("the server is too busy to check a password now; try again shortly")]
+    Overloaded,
+    #[error("too many failed attempts; wait before trying again")]
+    TooManyAttempts { retry_after: u64 },
+    #[error("the request took too long")]
+    Timeout,
     #[error("internal error")]
     Internal(String),
 }
@@ -52,6 +58,11 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::WriterStopped => Error::Unavailable,
+            // The database is down or out of reach: a passing state, not a bug.
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable");
+                Error::Unavailable
+            }
             other => Error::Internal(other.to_string()),
         }
     }
@@ -63,7 +74,24 @@ impl From<TokenError> for Error {
     }
 }
 
+impl From<crate::passwords::Overloaded> for Error {
+    fn from(_: crate::passwords::Overloaded) -> Self {
+        Error::Overloaded
+    }
+}
+
 impl Error {
+    /// Seconds a client should wait before trying again (`Retry-After`), for the answers that
+    /// say "not now" rather than "no".
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::TooManyAttempts { retry_after } => Some(*retry_after),
+            Error::Overloaded | Error::Timeout => Some(1),
+            Error::Unavailable => Some(5),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Error::InvalidRequest(_) => "invalid_request",
@@ -84,6 +112,9 @@ impl Error {
             Error::Conflict(code, _) => code,
             Error::TooManyStreams(_) => "too_many_streams",
             Error::Unavailable => "unavailable",
+            Error::Overloaded => "overloaded",
+            Error::TooManyAttempts { .. } => "too_many_attempts",
+            Error::Timeout => "request_timeout",
             Error::Internal(_) => "internal_error",
         }
     }

@@ -15,6 +15,7 @@ pub const HTTP_DURATION: &str = "sessiond_http_request_duration_seconds";
 /// Successful logins by the country GeoIP placed them in (`unknown` without a database).
 pub const LOGIN_COUNTRIES: &str = "sessiond_login_countries_total";
 pub const LOGINS: &str = "sessiond_logins_total";
+pub const LOGIN_THROTTLED: &str = "sessiond_login_throttled_total";
 pub const REFRESHES: &str = "sessiond_refreshes_total";
 pub const GRACE_RETRIES: &str = "sessiond_refresh_grace_retries_total";
 pub const REUSE: &str = "sessiond_refresh_reuse_total";
@@ -30,6 +31,8 @@ pub const JOB_RUNS: &str = "sessiond_job_runs_total";
 pub const JOB_LAST_SUCCESS: &str = "sessiond_job_last_success_timestamp_seconds";
 pub const JOB_DURATION: &str = "sessiond_job_duration_seconds";
 pub const SIGNING_KEYS: &str = "sessiond_signing_keys";
+pub const RULE_FIRINGS: &str = "sessiond_rule_firings_total";
+pub const RULE_BREAKER_TRIPS: &str = "sessiond_rule_breaker_trips_total";
 
 /// Latency buckets, in seconds: sub-millisecond commits up to slow password hashes.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -68,6 +71,10 @@ fn describe() {
         "HTTP request latency by route template, method and status"
     );
     describe_counter!(LOGINS, "Login attempts by outcome");
+    describe_counter!(
+        LOGIN_THROTTLED,
+        "Password checks refused by the login throttle, by the counter over its limit"
+    );
     describe_counter!(
         LOGIN_COUNTRIES,
         "Successful logins by GeoIP country (unknown without a database)"
@@ -108,14 +115,97 @@ pub fn render() -> String {
     handle.render()
 }
 
+/// A request's method as a label: the standard ones by name, anything else `other`, so that
+/// made-up method names (any token is a valid method) cannot each make a series.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
+}
+
 pub fn observe_request(route: &str, method: &str, status: u16, seconds: f64) {
     let labels = [
         ("route", route.to_owned()),
-        ("method", method.to_owned()),
+        ("method", method_label(method).to_owned()),
         ("status", status.to_string()),
     ];
     counter!(HTTP_REQUESTS, &labels).increment(1);
     histogram!(HTTP_DURATION, &labels).record(seconds);
+}
+
+/// Every family the dashboards query, exported from the start with a zero-valued series for
+/// each label value known up front (outcomes, reasons, classes, jobs, the loaded rules), so a
+/// panel shows 0 rather than "no data" and alerts on absent series do not fire on a quiet
+/// server. Counters are only ever touched with `increment(0)`: a value already counted stays.
+pub fn seed(rules: &[(String, &'static str)], jobs: &[&'static str]) {
+    use crate::domain::throttle::ThrottleScope;
+    for outcome in [
+        "success",
+        "unknown_user",
+        "bad_password",
+        "locked",
+        "throttled",
+    ] {
+        counter!(LOGINS, "outcome" => outcome).increment(0);
+    }
+    for scope in ThrottleScope::ALL {
+        counter!(LOGIN_THROTTLED, "scope" => scope.as_str()).increment(0);
+    }
+    counter!(LOGIN_COUNTRIES, "country" => "unknown").increment(0);
+    for outcome in [
+        "rotated",
+        "grace_retry",
+        "reuse",
+        "expired",
+        "retry_limit",
+        "reauth_required",
+        "session_ended",
+        "denied",
+        "unknown_token",
+    ] {
+        counter!(REFRESHES, "outcome" => outcome).increment(0);
+    }
+    counter!(GRACE_RETRIES).increment(0);
+    for class in [
+        "previous_after_grace",
+        "previous_other_context",
+        "displaced_branch",
+        "older_generation",
+    ] {
+        counter!(REUSE, "class" => class).increment(0);
+    }
+    for reason in RevokeReason::ALL {
+        counter!(REVOCATIONS, "reason" => reason.as_str()).increment(0);
+    }
+    for kind in [ExpiryKind::Idle, ExpiryKind::Absolute] {
+        counter!(EXPIRATIONS, "kind" => expiry_kind(kind)).increment(0);
+    }
+    for outcome in ["delivered", "failed"] {
+        counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(0);
+    }
+    for job in jobs {
+        for outcome in ["success", "failure", "skipped"] {
+            counter!(JOB_RUNS, "job" => *job, "outcome" => outcome).increment(0);
+        }
+    }
+    for (rule, mode) in rules {
+        counter!(RULE_FIRINGS, "rule" => rule.clone(), "mode" => *mode, "action" => "none")
+            .increment(0);
+        counter!(RULE_BREAKER_TRIPS, "rule" => rule.clone()).increment(0);
+    }
+    for job in jobs {
+        // Registered without a sample, a histogram is exported with zero counts.
+        let _ = histogram!(JOB_DURATION, "job" => *job);
+    }
+    for route in ["/v1/auth/login", "/v1/auth/refresh"] {
+        let labels = [("route", route), ("method", "POST"), ("status", "200")];
+        counter!(HTTP_REQUESTS, &labels).increment(0);
+        let _ = histogram!(HTTP_DURATION, &labels);
+    }
+    let _ = histogram!(WRITER_BATCH);
+    let _ = histogram!(WRITER_COMMIT);
+    gauge!(ACTIVE_SESSIONS).increment(0.0);
 }
 
 pub fn observe_batch(size: usize, seconds: f64, head: i64) {

@@ -3,9 +3,8 @@
 
 use crate::clock::Clock;
 use crate::commands::{
-    ChangePassword, EndSession, EndSessionByToken, LogoutEverywhere, Reauthenticate,
-    RecordLoginFailure, Refresh, RefreshRefusal, Register, SetRoles, SetRolesRefusal, StartRefusal,
-    StartSession, Writer,
+    ChangePassword, EndSession, EndSessionByToken, LogoutEverywhere, Reauthenticate, Refresh,
+    RefreshRefusal, Register, SetRoles, SetRolesRefusal, StartRefusal, StartSession, Writer,
 };
 use crate::config::Config;
 use crate::domain::Timestamp;
@@ -25,6 +24,7 @@ use uuid::Uuid;
 
 pub mod admin;
 pub mod api_keys;
+mod credentials;
 pub mod devices;
 pub mod maintenance;
 pub mod oauth;
@@ -50,6 +50,8 @@ pub struct Sessiond {
     pub rules: Arc<crate::rules::RuleEngine>,
     /// Live admin streams per caller on this node (the per-caller cap).
     pub streams: api_keys::StreamSlots,
+    /// argon2 within its concurrency limit and bounded queue.
+    pub passwords: Arc<passwords::PasswordGate>,
 }
 
 /// What login and refresh hand back.
@@ -108,7 +110,8 @@ impl Sessiond {
     ) -> Result<User, Error> {
         let username = user::normalize_username(username).map_err(user_error)?;
         user::validate_password(&password).map_err(user_error)?;
-        let password_hash = passwords::hash(password).await;
+        self.check_new_password(&password, &username)?;
+        let password_hash = self.passwords.hash(password).await?;
         let user_id = Uuid::new_v4();
         let cmd = Register {
             user_id,
@@ -151,30 +154,10 @@ impl Sessiond {
             Some(n) => self.store.user_by_name(n).await?,
             None => None,
         };
-        let ok = passwords::verify(user.as_ref().map(|u| u.password_hash.clone()), password).await;
         let recorded_name =
             name.unwrap_or_else(|| username.chars().take(user::USERNAME_MAX).collect());
-        let failure = match &user {
-            None => Some(LoginFailure::UnknownUser),
-            Some(_) if !ok => Some(LoginFailure::BadPassword),
-            Some(u) if !u.can_log_in() => Some(LoginFailure::Locked),
-            Some(_) => None,
-        };
-        if let Some(reason) = failure {
-            let actor = user
-                .as_ref()
-                .map_or(Actor::Anonymous, |u| Actor::User(u.user_id));
-            let cmd = RecordLoginFailure {
-                username: recorded_name,
-                reason,
-                context: ctx.clone(),
-            };
-            self.writer.submit(cmd, meta(actor, ctx)).await?;
-            return Err(match reason {
-                LoginFailure::Locked => Error::AccountLocked,
-                _ => Error::InvalidCredentials,
-            });
-        }
+        self.check_password(&recorded_name, user.as_ref(), password, ctx)
+            .await?;
         let user = user.expect("a successful login has a user");
         let token = self.refresh_tokens.fresh();
         let cmd = StartSession {
@@ -337,18 +320,10 @@ impl Sessiond {
             .user_by_id(principal.user_id())
             .await?
             .ok_or(Error::SessionEnded)?;
-        if !passwords::verify(Some(user.password_hash.clone()), current).await {
-            let cmd = RecordLoginFailure {
-                username: user.username.clone(),
-                reason: LoginFailure::BadPassword,
-                context: ctx.clone(),
-            };
-            self.writer
-                .submit(cmd, meta(Actor::User(user.user_id), ctx))
-                .await?;
-            return Err(Error::InvalidCredentials);
-        }
-        let password_hash = passwords::hash(new).await;
+        self.check_new_password(&new, &user.username)?;
+        self.check_password(&user.username, Some(&user), current, ctx)
+            .await?;
+        let password_hash = self.passwords.hash(new).await?;
         let cmd = ChangePassword {
             user_id: user.user_id,
             password_hash,
@@ -382,20 +357,8 @@ impl Sessiond {
             .await?
             .ok_or(Error::InvalidGrant)?;
         let user = self.user(session.user_id).await?;
-        if !passwords::verify(Some(user.password_hash.clone()), password).await {
-            let cmd = RecordLoginFailure {
-                username: user.username.clone(),
-                reason: LoginFailure::BadPassword,
-                context: ctx.clone(),
-            };
-            self.writer
-                .submit(cmd, meta(Actor::User(user.user_id), ctx))
-                .await?;
-            return Err(Error::InvalidCredentials);
-        }
-        if !user.can_log_in() {
-            return Err(Error::AccountLocked);
-        }
+        self.check_password(&user.username, Some(&user), password, ctx)
+            .await?;
         let cmd = Reauthenticate {
             presented: key,
             context: ctx.clone(),

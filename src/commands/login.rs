@@ -2,13 +2,15 @@
 
 use super::effects::{Outcome, OutcomeKind, Target, carry_out};
 use super::judge::judge;
-use super::recording::record_user;
+use super::recording::{append_all, record_user};
 use super::{Command, Context};
 use crate::domain::context::RequestContext;
-use crate::domain::event::{LoginFailure, login_attempt_stream};
+use crate::domain::event::{Event, LoginFailure, LoginThrottled, login_attempt_stream};
 use crate::domain::session::{self, Session};
+use crate::domain::throttle::ThrottleScope;
 use crate::domain::token::TokenKey;
 use crate::domain::user::{self, User, UserError};
+use crate::projection;
 use crate::rules::{Facts, Trigger};
 use crate::store::{StoreError, UnitOfWork};
 use metrics::counter;
@@ -167,6 +169,8 @@ impl Command for RecordLoginFailure {
         let user = uow.user_by_name(&self.username).await?;
         let user_id = user.as_ref().map(|u| u.user_id);
         let event = user::login_failed(&self.username, user.as_ref(), self.reason, &self.context);
+        // The throttle's counters move in the same transaction as the event.
+        projection::apply_throttle(uow, &event, cx.now).await?;
         let facts = Facts {
             trigger: Trigger::LoginFailed,
             now: cx.now,
@@ -201,5 +205,51 @@ impl Command for RecordLoginFailure {
             LoginFailure::Locked => "locked",
         };
         counter!(crate::metrics::LOGINS, "outcome" => outcome).increment(1)
+    }
+}
+
+/// Records an attempt the login throttle refused (no password was checked).
+#[derive(Debug, Clone)]
+pub struct RecordLoginThrottled {
+    pub username: String,
+    pub scopes: Vec<ThrottleScope>,
+    pub retry_after_seconds: u64,
+    pub context: RequestContext,
+}
+
+impl Command for RecordLoginThrottled {
+    type Reply = ();
+
+    async fn handle<U: UnitOfWork>(
+        self,
+        uow: &mut U,
+        cx: &Context<'_>,
+    ) -> Result<Self::Reply, StoreError> {
+        let user = uow.user_by_name(&self.username).await?;
+        let event = Event::LoginThrottled(LoginThrottled {
+            username: self.username,
+            user_id: user.as_ref().map(|u| u.user_id),
+            scopes: self.scopes,
+            retry_after_seconds: self.retry_after_seconds,
+            context: self.context,
+        });
+        match user {
+            Some(u) => {
+                let user_id = u.user_id;
+                record_user(uow, Some(u), user_id, vec![event], cx.meta, cx.now).await?;
+            }
+            None => {
+                let stream = login_attempt_stream(Uuid::new_v4());
+                append_all(uow, &stream, 0, vec![event], cx.meta, cx.now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn observe(&self, _reply: &()) {
+        counter!(crate::metrics::LOGINS, "outcome" => "throttled").increment(1);
+        for scope in &self.scopes {
+            counter!(crate::metrics::LOGIN_THROTTLED, "scope" => scope.as_str()).increment(1);
+        }
     }
 }

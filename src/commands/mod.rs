@@ -30,7 +30,7 @@ use std::future::Future;
 
 pub use api_keys::{CreateApiKey, RevokeApiKey, UnknownApiKey};
 pub use keys::{CreateFirstSigningKey, RotateSigningKeys};
-pub use login::{RecordLoginFailure, Register, StartRefusal, StartSession};
+pub use login::{RecordLoginFailure, RecordLoginThrottled, Register, StartRefusal, StartSession};
 pub use refresh::{Reauthenticate, Refresh, RefreshRefusal, Refreshed};
 pub use revocation::{
     ChangePassword, EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere,

@@ -9,8 +9,8 @@
 use super::{
     AdoptUnloggedWebhooks, ChangePassword, CreateApiKey, CreateFirstSigningKey, EndSession,
     EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, Reauthenticate,
-    RecordLoginFailure, Refresh, Register, RequireReauth, RevokeApiKey, RotateSigningKeys, SetLock,
-    SetRoles, StartSession, Subscribe, Unsubscribe,
+    RecordLoginFailure, RecordLoginThrottled, Refresh, Register, RequireReauth, RevokeApiKey,
+    RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
 };
 use super::{Command, Context};
 use crate::clock::Clock;
@@ -110,6 +110,7 @@ queue!(
     Register,
     StartSession,
     RecordLoginFailure,
+    RecordLoginThrottled,
     Refresh,
     Reauthenticate,
     EndSession,

@@ -34,29 +34,35 @@ pub fn request_context(
     }
 }
 
-/// The peer address unless the peer is a trusted proxy; then the right-most address of
-/// `X-Forwarded-For` that is not itself a trusted proxy. Addresses a client wrote on the left
-/// of the header cannot be told apart from lies, so they are never used.
+/// The peer address unless the peer is a trusted proxy; then `X-Forwarded-For` is walked from
+/// the right (the entry the nearest proxy wrote) past trusted proxies, and the first address
+/// that is not one is the client. Addresses a client wrote on the left cannot be told apart from
+/// lies, so they are never used. An entry that is not an address ends the walk: whoever wrote
+/// it is unknown, so the client is the last hop known (the trusted proxy on its right, or the
+/// peer), never an address further left.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(&canonical(*ip)));
-    if !is_trusted(&peer) {
-        return canonical(peer);
+    let mut client = canonical(peer);
+    if !is_trusted(&client) {
+        return client;
     }
-    let forwarded: Vec<IpAddr> = headers
+    // A header value that is not text is as unparseable as a bad entry.
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|part| parse_forwarded_ip(part.trim()))
+        .flat_map(|v| v.to_str().unwrap_or("unreadable").split(','))
+        .map(str::trim)
         .collect();
-    forwarded
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .or(forwarded.first())
-        .copied()
-        .map(canonical)
-        .unwrap_or(canonical(peer))
+    for entry in entries.iter().rev() {
+        let Some(ip) = parse_forwarded_ip(entry) else {
+            break;
+        };
+        client = canonical(ip);
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client
 }
 
 fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
@@ -121,6 +127,25 @@ mod tests {
             "an untrusted peer cannot claim another address"
         );
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+
+    #[test]
+    fn an_unparseable_forwarded_entry_ends_the_walk() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        // The attacker's chosen address sits left of a garbage entry: it must not be taken.
+        let h = headers("203.0.113.66, garbage, 10.9.9.9");
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "10.9.9.9".parse::<IpAddr>().unwrap()
+        );
+        let h = headers("203.0.113.66, not-an-ip");
+        assert_eq!(client_ip(proxy, &h, &trusted), proxy);
+        let h = headers("203.0.113.66, 198.51.100.7:4711, 10.9.9.9");
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -54,6 +54,16 @@ pub enum RevokeReason {
 }
 
 impl RevokeReason {
+    pub const ALL: [RevokeReason; 7] = [
+        RevokeReason::Logout,
+        RevokeReason::User,
+        RevokeReason::Admin,
+        RevokeReason::Reuse,
+        RevokeReason::Rule,
+        RevokeReason::PasswordChange,
+        RevokeReason::LogoutEverywhere,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RevokeReason::Logout => "logout",
@@ -138,6 +148,18 @@ pub struct LoginFailed {
     pub username: String,
     pub user_id: Option<Uuid>,
     pub reason: LoginFailure,
+    pub context: RequestContext,
+}
+
+/// An attempt refused by the login throttle before any password was checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginThrottled {
+    pub username: String,
+    pub user_id: Option<Uuid>,
+    /// The counters over their limits, strictest first.
+    pub scopes: Vec<crate::domain::throttle::ThrottleScope>,
+    /// What the client was told to wait, in seconds.
+    pub retry_after_seconds: u64,
     pub context: RequestContext,
 }
 
@@ -402,6 +424,7 @@ catalogue! {
     UserLocked(UserLockChanged) = "user.locked", version 1;
     UserUnlocked(UserLockChanged) = "user.unlocked", version 1;
     LoginFailed(LoginFailed) = "login.failed", version 1;
+    LoginThrottled(LoginThrottled) = "login.throttled", version 1;
     UserLoggedOutEverywhere(UserLoggedOutEverywhere) = "user.logged_out_everywhere", version 1;
     SessionStarted(SessionStarted) = "session.started", version 1;
     SessionRefreshed(SessionRefreshed) = "session.refreshed", version 1;

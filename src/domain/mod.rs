@@ -7,6 +7,7 @@ pub mod event;
 pub mod keys;
 pub mod parse;
 pub mod session;
+pub mod throttle;
 pub mod token;
 pub mod user;
 pub mod webhook;

@@ -234,7 +234,7 @@ pub fn evolve(state: Option<User>, event: &Event, occurred_at: Timestamp) -> Opt
         Event::UserLocked(_) => u.status = UserStatus::Locked,
         Event::UserUnlocked(_) => u.status = UserStatus::Active,
         Event::UserRolesChanged(e) => u.roles = e.roles.clone(),
-        Event::LoginFailed(_) | Event::UserLoggedOutEverywhere(_) => {}
+        Event::LoginFailed(_) | Event::LoginThrottled(_) | Event::UserLoggedOutEverywhere(_) => {}
         _ => return Some(u),
     }
     u.version += 1;
@@ -250,6 +250,7 @@ pub fn user_of(event: &Event) -> Option<Uuid> {
         Event::UserLoggedOutEverywhere(e) => Some(e.user_id),
         Event::UserRolesChanged(e) => Some(e.user_id),
         Event::LoginFailed(e) => e.user_id,
+        Event::LoginThrottled(e) => e.user_id,
         _ => None,
     }
 }

@@ -14,7 +14,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-pub const REFRESH_COOKIE: &str = "sessiond_refresh";
+/// `__Secure-`: browsers accept it only with `Secure` from a secure origin, so a network
+/// attacker on plain HTTP cannot plant or overwrite it.
+pub const REFRESH_COOKIE: &str = "__Secure-sessiond_refresh";
 pub const REFRESH_PATH: &str = "/v1/auth/refresh";
 /// Sign-out by the refresh cookie: under the cookie's path, so the browser sends the cookie
 /// there (and nowhere else but the refresh route).
@@ -278,7 +280,7 @@ fn token_response(app: &AppState, issued: IssuedTokens, mode: Mode) -> Response 
 
 fn clear_cookie() -> HeaderValue {
     HeaderValue::from_static(
-        "sessiond_refresh=; Path=/v1/auth/refresh; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
+        "__Secure-sessiond_refresh=; Path=/v1/auth/refresh; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
     )
 }
 

@@ -24,7 +24,8 @@ pub fn status(e: &Error) -> StatusCode {
         Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Error::Conflict(..) => StatusCode::CONFLICT,
         Error::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
-        Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable | Error::Overloaded | Error::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        Error::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -43,6 +44,11 @@ impl IntoResponse for Error {
             Error::InvalidToken(_) | Error::SessionEnded => Some("Bearer error=\"invalid_token\""),
             _ => None,
         };
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Some(c) = challenge {
             response
                 .headers_mut()

@@ -12,18 +12,20 @@ pub mod openapi;
 pub mod ops;
 pub mod pages;
 pub mod revocations;
+pub mod server;
 pub mod webhooks;
 pub mod wellknown;
 
 use crate::error::Error;
 use crate::service::Sessiond;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 pub type AppState = Arc<Sessiond>;
@@ -32,7 +34,22 @@ pub type AppState = Arc<Sessiond>;
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
+    let limits = Arc::new(Limits {
+        in_flight: Arc::new(Semaphore::new(state.config.http_max_in_flight)),
+        request_timeout: state
+            .config
+            .http_request_timeout
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(30)),
+    });
+    // `/metrics` is on the main listener unless it has one of its own.
+    let metrics = if state.config.metrics_listen.is_none() {
+        ops::metrics_router()
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(metrics)
         .merge(auth::router())
         .merge(wellknown::router())
         .merge(ops::router())
@@ -47,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(request_guard))
+        .layer(middleware::from_fn_with_state(limits, guard))
         .layer(middleware::from_fn(request_log))
         .with_state(state)
 }
@@ -130,6 +148,36 @@ fn url_is_clean(uri: &axum::http::Uri) -> bool {
         }
     }
     !decoded.contains(&0) && std::str::from_utf8(&decoded).is_ok()
+}
+
+/// `/metrics` alone, for `metrics_listen`.
+pub fn metrics_only_router(state: AppState) -> Router {
+    ops::metrics_router()
+        .fallback(|| async { Error::NotFound })
+        .layer(middleware::from_fn(request_log))
+        .with_state(state)
+}
+
+struct Limits {
+    in_flight: Arc<Semaphore>,
+    request_timeout: std::time::Duration,
+}
+
+/// The global in-flight limit and the request timeout. Past the limit a request is answered
+/// 503 `overloaded` at once, instead of waiting behind the others; liveness stays outside it,
+/// so a flooded server is not taken for a dead one. The timeout covers the time until the
+/// answer starts (a stream's body may go on).
+async fn guard(State(limits): State<Arc<Limits>>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
+        return Error::Overloaded.into_response();
+    };
+    match tokio::time::timeout(limits.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => Error::Timeout.into_response(),
+    }
 }
 
 /// The request's id: the caller's `X-Request-Id` when it is sane, otherwise a fresh one.

@@ -30,6 +30,7 @@ pub struct OAuthError {
     status: StatusCode,
     code: &'static str,
     description: String,
+    retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -38,7 +39,13 @@ impl OAuthError {
             status,
             code,
             description: description.into(),
+            retry_after: None,
         }
+    }
+
+    fn retry_after(mut self, seconds: Option<u64>) -> Self {
+        self.retry_after = seconds;
+        self
     }
 
     fn invalid_request(description: impl Into<String>) -> Self {
@@ -58,7 +65,16 @@ impl From<Error> for OAuthError {
             }
             Error::MissingToken | Error::InvalidToken(_) | Error::SessionEnded => "invalid_token",
             Error::Forbidden(..) => "insufficient_scope",
-            Error::Unavailable => "temporarily_unavailable",
+            Error::Unavailable | Error::Overloaded | Error::Timeout => {
+                return Self::new(status, "temporarily_unavailable", e.to_string())
+                    .retry_after(e.retry_after());
+            }
+            // Not an RFC 6749 code (it has none for this): the same answer as on every other
+            // route that checks a password.
+            Error::TooManyAttempts { .. } => {
+                return Self::new(status, "too_many_attempts", e.to_string())
+                    .retry_after(e.retry_after());
+            }
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 return Self::new(
@@ -80,6 +96,9 @@ impl IntoResponse for OAuthError {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -256,28 +275,14 @@ async fn introspect(
     Ok(response)
 }
 
-async fn metadata(State(app): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
-    // Without a configured public URL, links point where this request was sent.
-    let base = match (&app.config.public_url, headers.get(header::HOST)) {
-        (Some(url), _) => url.clone(),
-        (None, Some(host)) if host.to_str().is_ok_and(is_host) => {
-            format!("http://{}", host.to_str().unwrap_or_default())
-        }
-        _ => app.config.base_url(),
-    };
+async fn metadata(State(app): State<AppState>) -> impl IntoResponse {
+    // Links from the configuration only (`public_url`, else the listen address): a request's
+    // Host header is the client's to write, and metadata may be cached and served to others.
     Json(crate::service::oauth::authorization_server_metadata(
         &app.config.issuer,
-        &base,
+        &app.config.base_url(),
         app.config.oauth_password_grant,
     ))
-}
-
-/// `host[:port]`, nothing that could smuggle a path or a scheme into a link.
-fn is_host(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
 }
 
 #[cfg(test)]

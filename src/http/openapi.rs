@@ -206,7 +206,7 @@ fn operations() -> Vec<Op> {
             "post",
             "/oauth/token",
             "oauth",
-            "Token endpoint (RFC 6749): refresh_token and password grants",
+            "Token endpoint (RFC 6749): the refresh_token grant (password only when enabled)",
             Public,
             Form("TokenRequest"),
             (200, "OAuthTokens"),

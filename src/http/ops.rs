@@ -1,9 +1,11 @@
 //! Operator endpoints: liveness, readiness and Prometheus metrics.
 
 use super::AppState;
+use crate::domain::token::TokenHash;
+use crate::error::Error;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -12,7 +14,11 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+}
+
+/// `/metrics`, on the main listener or on `metrics_listen`.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 /// The process is up and answering.
@@ -40,7 +46,19 @@ async fn readyz(State(app): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
+async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &app.config.metrics_token {
+        let presented = super::extract::bearer(&headers).ok().flatten();
+        // Digests compared without an early exit: the token is a secret.
+        let digest = |t: &str| -> [u8; 32] {
+            use sha2::Digest;
+            sha2::Sha256::digest(t.as_bytes()).into()
+        };
+        let ok = presented.is_some_and(|p| TokenHash(digest(&p)).matches(&digest(expected)));
+        if !ok {
+            return Error::MissingToken.into_response();
+        }
+    }
     match app.count_active_sessions().await {
         Ok(n) => metrics::gauge!(crate::metrics::ACTIVE_SESSIONS).set(n as f64),
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count active sessions"),

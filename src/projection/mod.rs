@@ -8,6 +8,7 @@ use crate::domain::Timestamp;
 use crate::domain::event::Event;
 use crate::domain::keys;
 use crate::domain::session::{self, Session};
+use crate::domain::throttle::throttle_keys;
 use crate::domain::user::{self, User};
 use crate::domain::webhook;
 use crate::store::{EventFilter, Store, StoreError, TokenRecord, UnitOfWork, WriteSession};
@@ -52,6 +53,23 @@ pub async fn apply_user<U: UnitOfWork>(
         uow.put_user(u).await?;
     }
     Ok(state)
+}
+
+/// The login-throttle projection: a `login.failed` counts once under each throttle key of its
+/// name and address (nothing for any other event). Live and in a rebuild.
+pub async fn apply_throttle<U: UnitOfWork>(
+    uow: &mut U,
+    event: &Event,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    if let Event::LoginFailed(f) = event {
+        let keys: Vec<String> = throttle_keys(&f.username, f.context.ip)
+            .into_iter()
+            .map(|(_, key)| key)
+            .collect();
+        uow.put_login_failures(&keys, at).await?;
+    }
+    Ok(())
 }
 
 /// Applies an event of a signing key's, an API key's or a webhook subscription's stream to its
@@ -130,6 +148,7 @@ async fn replay_all<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, S
         for recorded in &page {
             let event = recorded.decode()?;
             let at = recorded.occurred_at()?;
+            apply_throttle(ws, &event, at).await?;
             // Each event lands on exactly one stream: a session's, a user's, a key's or a
             // subscription's (or none of them); a retention prune is replayed where it happened,
             // so pruned rows stay pruned.

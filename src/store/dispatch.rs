@@ -67,6 +67,8 @@ route! {
         error: Option<&str>,
         at: Timestamp,
     ) -> Result<(), StoreError>;
+    /// The `n`-th newest login failure (0 = newest) under a throttle key after `since`.
+    fn nth_login_failure(&self, key: &str, since: Timestamp, n: i64) -> Result<Option<Timestamp>, StoreError>;
     fn close(&self);
 }
 

@@ -37,6 +37,30 @@ pub enum StoreError {
     WriterStopped,
 }
 
+impl StoreError {
+    /// Whether the database is down or out of reach (connection refused or lost, pool
+    /// exhausted waiting for one, the server shutting down), as opposed to a fault of the data
+    /// or the query: the request may succeed when retried later.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return matches!(self, StoreError::WriterStopped);
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => true,
+            // Class 08 (connection exception), 57P01-57P03 (shutdown, cannot connect now),
+            // 53300 (too many connections).
+            sqlx::Error::Database(d) => d
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+            _ => false,
+        }
+    }
+}
+
 impl From<DecodeError> for StoreError {
     fn from(e: DecodeError) -> Self {
         StoreError::Corrupt(e.to_string())
@@ -233,6 +257,13 @@ pub trait UnitOfWork: Send {
     fn delete_webhook(
         &mut self,
         subscription_id: Uuid,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// One failed password check under each of its throttle keys (the login-throttle
+    /// projection of `login.failed`).
+    fn put_login_failures(
+        &mut self,
+        keys: &[String],
+        at: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Keeps what must not enter the log (a sealed private key or webhook secret, an API key's
     /// hash) under `owner`, the stream id of what it belongs to. Not a projection: a rebuild

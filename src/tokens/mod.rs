@@ -44,6 +44,21 @@ pub enum TokenError {
     Expired,
     #[error("the access token is not valid yet")]
     NotYetValid,
+    #[error("the token is not an access token (typ must be at+jwt)")]
+    WrongType,
+}
+
+/// The JWT `typ` of access tokens (RFC 9068 §2.1). Verifiers refuse any other (RFC 8725 §3.11),
+/// so a token of another kind signed by the same key (a security event token, say) can never
+/// pass as one.
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
+/// `at+jwt`, or its media-type form `application/at+jwt`, in any case (RFC 7515 §4.1.9).
+fn is_access_token_type(typ: Option<&str>) -> bool {
+    typ.is_some_and(|t| {
+        let t = t.to_ascii_lowercase();
+        t == ACCESS_TOKEN_TYPE || t.strip_prefix("application/") == Some(ACCESS_TOKEN_TYPE)
+    })
 }
 
 /// What a fresh access token needs to know about its session.
@@ -73,6 +88,7 @@ impl KeyRing {
             .expect("an active signing key holds a valid Ed25519 PKCS#8 document");
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(active.kid.clone());
+        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
         let header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("header"));
         KeyRing {
             active,
@@ -187,6 +203,9 @@ impl TokenService {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
+        }
+        if !is_access_token_type(header.typ.as_deref()) {
+            return Err(TokenError::WrongType);
         }
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
         let ring = self.ring();
@@ -327,14 +346,45 @@ mod tests {
 
         let header = jsonwebtoken::decode_header(&jwt).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
-        assert_eq!(header.typ.as_deref(), Some("JWT"));
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
         assert_eq!(header.kid, Some(tokens.active_kid()));
 
         // Ed25519 is deterministic: the reference encoder must produce the same bytes.
         let ring = tokens.ring();
         let mut reference = Header::new(Algorithm::EdDSA);
         reference.kid = Some(ring.active.kid.clone());
+        reference.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
         let expected = jsonwebtoken::encode(&reference, &claims, &ring.active.encoding).unwrap();
         assert_eq!(jwt, expected);
+    }
+
+    #[test]
+    fn a_token_of_another_type_never_verifies_as_an_access_token() {
+        let tokens = service();
+        let now = parse_timestamp("2026-01-01T00:00:00.000Z").unwrap();
+        let (jwt, _) = tokens.issue(
+            &AccessGrant {
+                user_id: Uuid::new_v4(),
+                session_id: Uuid::new_v4(),
+                scope: "session",
+                roles: &[],
+                auth_time: now,
+            },
+            now,
+        );
+        let claims = tokens.verify(&jwt, now).unwrap();
+        for typ in ["secevent+jwt", "JWT", "dpop+jwt"] {
+            let other = tokens.sign_typed(typ, &claims);
+            assert_eq!(
+                tokens.verify(&other, now),
+                Err(TokenError::WrongType),
+                "{typ}"
+            );
+        }
+        assert!(
+            tokens
+                .verify(&tokens.sign_typed("application/AT+JWT", &claims), now)
+                .is_ok()
+        );
     }
 }

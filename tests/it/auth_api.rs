@@ -358,7 +358,7 @@ async fn cookie_mode_keeps_the_refresh_token_out_of_reach_of_scripts() {
     assert_eq!(r.status(), StatusCode::OK);
     let rotated = r.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(
-        rotated.starts_with("sessiond_refresh=sdrt_") && !rotated.starts_with(&pair),
+        rotated.starts_with("__Secure-sessiond_refresh=sdrt_") && !rotated.starts_with(&pair),
         "a new cookie: {rotated}"
     );
     let body: Value = r.json().await.unwrap();

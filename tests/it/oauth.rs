@@ -217,7 +217,8 @@ async fn introspection_needs_a_key_with_the_right_role_and_a_revoked_key_stops_w
 
 #[tokio::test]
 async fn the_token_endpoint_speaks_oauth_errors_and_the_password_grant_can_be_turned_off() {
-    let app = spawn_app().await;
+    // The password grant is off unless configured (RFC 9700 §2.4): this server turns it on.
+    let app = spawn_app_with(|c| c.oauth_password_grant = true).await;
     app.register("alice").await;
 
     let r = app
@@ -337,7 +338,7 @@ async fn the_token_endpoint_speaks_oauth_errors_and_the_password_grant_can_be_tu
 
 #[tokio::test]
 async fn server_metadata_names_every_endpoint_and_they_answer() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| c.public_url = Some("https://sso.example".into())).await;
     let r = app
         .http
         .get(app.url("/.well-known/oauth-authorization-server"))
@@ -353,15 +354,22 @@ async fn server_metadata_names_every_endpoint_and_they_answer() {
         ("introspection_endpoint", "/oauth/introspect"),
         ("jwks_uri", "/.well-known/jwks.json"),
     ] {
-        assert_eq!(meta[field], app.url(path), "{field}");
+        assert_eq!(meta[field], format!("https://sso.example{path}"), "{field}");
     }
     assert_eq!(
         meta["grant_types_supported"],
-        serde_json::json!(["refresh_token", "password"])
+        serde_json::json!(["refresh_token"]),
+        "the password grant is off by default"
     );
+    let jwks_path = meta["jwks_uri"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("https://sso.example")
+        .unwrap()
+        .to_owned();
     let jwks: Value = app
         .http
-        .get(meta["jwks_uri"].as_str().unwrap())
+        .get(app.url(&jwks_path))
         .send()
         .await
         .unwrap()

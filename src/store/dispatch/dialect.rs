@@ -69,6 +69,10 @@ pub struct RegistrySql {
     pub delete_webhook_delivery: &'static str,
     pub webhook_delivered: &'static str,
     pub webhook_failed: &'static str,
+    /// One row of the login-throttle projection (key, time).
+    pub put_login_failure: &'static str,
+    /// A key's failures after a time, newest first, from an offset (`failed_at`).
+    pub nth_login_failure: &'static str,
 }
 
 /// One database as the shared code sees it. Implemented by `sqlx::Sqlite` and `sqlx::Postgres`.

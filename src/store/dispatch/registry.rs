@@ -15,8 +15,8 @@ use crate::store::{StoreError, StoredApiKey, StoredSigningKey, WebhookSubscripti
 use uuid::Uuid;
 
 /// Empties the projected tables of this module (for a rebuild); secrets and checkpoints stay.
-pub const CLEAR_PROJECTIONS: &str =
-    "DELETE FROM signing_keys; DELETE FROM api_keys; DELETE FROM webhook_subscriptions;";
+pub const CLEAR_PROJECTIONS: &str = "DELETE FROM signing_keys; DELETE FROM api_keys; \
+     DELETE FROM webhook_subscriptions; DELETE FROM login_failures;";
 
 async fn execute<D: Dialect>(c: &mut D::Connection, q: Stmt<'_>) -> Result<(), StoreError> {
     D::execute(c, q).await?;
@@ -113,7 +113,39 @@ pub async fn delete_webhook_delivery<D: Dialect>(
     execute::<D>(c, q).await
 }
 
+/// One failed password check, under each throttle key it feeds.
+pub async fn put_login_failures<D: Dialect>(
+    c: &mut D::Connection,
+    keys: &[String],
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    for key in keys {
+        let q = Stmt::new::<D>(D::SQL.registry.put_login_failure)
+            .arg(key.as_str())
+            .arg(format_timestamp(at));
+        execute::<D>(c, q).await?;
+    }
+    Ok(())
+}
+
 impl<D: Dialect> Tables<D> {
+    /// The `n`-th newest failure (0 = the newest) under `key` after `since`, if there are that
+    /// many: one indexed read answers "is the limit reached, and until when".
+    pub async fn nth_login_failure(
+        &self,
+        key: &str,
+        since: Timestamp,
+        n: i64,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let q = Stmt::new::<D>(D::SQL.registry.nth_login_failure)
+            .arg(key)
+            .arg(format_timestamp(since))
+            .arg(n);
+        let row = one::<D, _>(&mut c, q, |r| D::time(r, "failed_at")).await?;
+        Ok(row.flatten())
+    }
+
     /// Every signing key with its sealed private half, oldest first.
     pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
         let mut c = self.pool.acquire().await?;

@@ -283,6 +283,7 @@ impl<D: Dialect> Tables<D> {
             ("signing_keys", "kid"),
             ("api_keys", "key_id"),
             ("webhook_subscriptions", "subscription_id"),
+            ("login_failures", "throttle_key, failed_at"),
         ] {
             let row = D::row_text(&mut c, table).await?;
             let sql = format!("SELECT '{table}|' || {row} AS r FROM {table} t ORDER BY {key}");

@@ -365,6 +365,14 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         registry::delete_webhook::<Db<B>>(self.flushed().await?, id).await
     }
 
+    async fn put_login_failures(
+        &mut self,
+        keys: &[String],
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        registry::put_login_failures::<Db<B>>(self.flushed().await?, keys, at).await
+    }
+
     async fn put_secret(&mut self, owner: &str, material: &[u8]) -> Result<(), StoreError> {
         registry::put_secret::<Db<B>>(self.flushed().await?, owner, material).await
     }

@@ -35,6 +35,9 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)?.application_name("sessiond");
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            // While the database is out of reach a read fails after this (503 `unavailable`)
+            // rather than after sqlx's 30 s default, which would outlast the request timeout.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;

@@ -231,6 +231,14 @@ impl Dialect for Postgres {
                  delivered_position = GREATEST(delivered_position, $1), \
                  failures = failures + 1, last_error = $2, last_attempt_at = $3::timestamptz \
                  WHERE subscription_id = $4::uuid",
+            put_login_failure: "INSERT INTO login_failures (throttle_key, failed_at) \
+                 VALUES ($1, $2::timestamptz)",
+            nth_login_failure: concat!(
+                "SELECT ",
+                millis!("failed_at"),
+                " FROM login_failures WHERE throttle_key = $1 AND failed_at > $2::timestamptz \
+                 ORDER BY failed_at DESC LIMIT 1 OFFSET $3"
+            ),
         },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;

@@ -83,6 +83,9 @@ impl Dialect for Sqlite {
             webhook_failed: "UPDATE webhook_progress SET \
                  delivered_position = MAX(delivered_position, ?), failures = failures + 1, \
                  last_error = ?, last_attempt_at = ? WHERE subscription_id = ?",
+            put_login_failure: "INSERT INTO login_failures (throttle_key, failed_at) VALUES (?, ?)",
+            nth_login_failure: "SELECT failed_at FROM login_failures \
+                 WHERE throttle_key = ? AND failed_at > ? ORDER BY failed_at DESC LIMIT 1 OFFSET ?",
         },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;
