@@ -9,7 +9,7 @@ use crate::commands::{
 use crate::config::Config;
 use crate::domain::Timestamp;
 use crate::domain::context::RequestContext;
-use crate::domain::event::{Actor, EventMetadata, LoginFailure, RevokeReason};
+use crate::domain::event::{Actor, EventMetadata, RevokeReason};
 use crate::domain::session::{RefreshGrant, Refusal, Session};
 use crate::domain::token::RefreshToken;
 use crate::domain::user::{self, User, UserError};
