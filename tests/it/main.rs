@@ -38,7 +38,7 @@ mod shutdown;
 mod signout;
 mod startup;
 mod store_contract;
+mod throttle;
 mod tls;
 mod webhook_transport;
-mod throttle;
 mod webhooks;
