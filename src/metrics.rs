@@ -145,6 +145,7 @@ pub fn seed(rules: &[(String, &'static str)], jobs: &[&'static str]) {
         "unknown_user",
         "bad_password",
         "locked",
+        "stale_password",
         "throttled",
     ] {
         counter!(LOGINS, "outcome" => outcome).increment(0);
@@ -156,9 +157,11 @@ pub fn seed(rules: &[(String, &'static str)], jobs: &[&'static str]) {
     for outcome in [
         "rotated",
         "grace_retry",
+        "late_retry",
         "reuse",
         "expired",
         "retry_limit",
+        "successor_unavailable",
         "reauth_required",
         "session_ended",
         "denied",
@@ -166,12 +169,15 @@ pub fn seed(rules: &[(String, &'static str)], jobs: &[&'static str]) {
     ] {
         counter!(REFRESHES, "outcome" => outcome).increment(0);
     }
-    counter!(GRACE_RETRIES).increment(0);
+    for kind in ["early", "late"] {
+        counter!(GRACE_RETRIES, "kind" => kind).increment(0);
+    }
     for class in [
         "previous_after_grace",
         "previous_other_context",
         "displaced_branch",
         "older_generation",
+        "repeated_late_retry",
     ] {
         counter!(REUSE, "class" => class).increment(0);
     }
