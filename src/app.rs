@@ -180,6 +180,12 @@ impl App {
         ));
         crate::passwords::warm_up();
         let master_key = Arc::new(master);
+        let dpop = crate::tokens::dpop::DpopVerifier::new(
+            config.dpop_proof_window,
+            config
+                .dpop_nonce
+                .then(|| crate::service::dpop::nonce_key(&master_key)),
+        );
         let deliverer = Deliverer {
             store: store.clone(),
             master_key: master_key.clone(),
@@ -204,6 +210,7 @@ impl App {
             commits,
             geoip,
             rules,
+            dpop,
         });
         let jobs = Jobs::new(&service);
         let scheduler = if options.start_jobs {

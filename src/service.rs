@@ -11,7 +11,9 @@ use crate::config::Config;
 use crate::domain::Timestamp;
 use crate::domain::context::RequestContext;
 use crate::domain::event::{Actor, EventMetadata, LoginFailure, RevokeReason};
+use crate::domain::event::DpopFault;
 use crate::domain::session::{Refusal, Session};
+use dpop::{Dpop, fault_message};
 use crate::domain::token::RefreshToken;
 use crate::domain::user::{self, User, UserError};
 use crate::error::Error;
@@ -26,6 +28,7 @@ use uuid::Uuid;
 pub mod admin;
 pub mod api_keys;
 pub mod devices;
+pub mod dpop;
 pub mod maintenance;
 pub mod oauth;
 pub mod signing_keys;
@@ -46,6 +49,8 @@ pub struct Sessiond {
     pub commits: tokio::sync::watch::Receiver<i64>,
     pub geoip: Arc<crate::context::geoip::GeoIp>,
     pub rules: Arc<crate::rules::RuleEngine>,
+    /// Checks DPoP proofs (RFC 9449) and makes the server nonces.
+    pub dpop: crate::tokens::dpop::DpopVerifier,
 }
 
 /// What login and refresh hand back.
@@ -57,6 +62,8 @@ pub struct IssuedTokens {
     pub session_id: Uuid,
     /// When the refresh token's family ends at the latest (the cookie's lifetime).
     pub absolute_expires_at: Timestamp,
+    /// `DPoP` for a session bound to a key (its access token carries `cnf.jkt`), else `Bearer`.
+    pub token_type: &'static str,
 }
 
 /// The caller behind a valid access token of a live session.
@@ -146,7 +153,10 @@ impl Sessiond {
         username: &str,
         password: String,
         ctx: &RequestContext,
+        dpop: &Dpop,
     ) -> Result<IssuedTokens, Error> {
+        // The proof first: a bad one costs no password check and records nothing.
+        let proof = self.login_proof(dpop)?;
         let name = user::normalize_username(username).ok();
         let user = match &name {
             Some(n) => self.store.user_by_name(n).await?,
@@ -185,6 +195,7 @@ impl Sessiond {
             roles: user.roles.clone(),
             token: token.key(),
             context: ctx.clone(),
+            dpop: proof,
         };
         match self
             .writer
@@ -192,6 +203,9 @@ impl Sessiond {
             .await?
         {
             Ok(session) => Ok(self.issue(&session, token)),
+            Err(StartRefusal::ProofReplayed) => Err(Error::InvalidDpopProof(
+                fault_message(DpopFault::Replayed).into(),
+            )),
             Err(StartRefusal::Locked) => Err(Error::AccountLocked),
             Err(StartRefusal::Denied) => Err(Error::Denied),
             Err(StartRefusal::UnknownUser) => Err(Error::InvalidCredentials),
@@ -202,13 +216,17 @@ impl Sessiond {
         &self,
         presented: &str,
         ctx: &RequestContext,
+        dpop: &Dpop,
     ) -> Result<IssuedTokens, Error> {
         let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
+        let (proof, proof_error) = self.refresh_proof(dpop)?;
         let token = new_refresh_token();
         let cmd = Refresh {
             presented: presented.key(),
             new_token: token.key(),
             context: ctx.clone(),
+            proof,
+            require_dpop: self.dpop_required(),
         };
         match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
             Ok(refreshed) => {
@@ -218,6 +236,15 @@ impl Sessiond {
             }
             Err(RefreshRefusal::Refused(Refusal::ReauthRequired)) => Err(Error::ReauthRequired),
             Err(RefreshRefusal::Refused(Refusal::Denied)) => Err(Error::Denied),
+            Err(RefreshRefusal::Refused(Refusal::DpopProof(fault))) => {
+                Err(Error::InvalidDpopProof(match (fault, proof_error) {
+                    (DpopFault::Invalid, Some(e)) => e.to_string(),
+                    _ => fault_message(fault).to_owned(),
+                }))
+            }
+            Err(RefreshRefusal::Refused(Refusal::DpopRequired)) => Err(Error::InvalidDpopProof(
+                "this server requires DPoP-bound sessions: sign in again with a DPoP proof".into(),
+            )),
             Err(rejection) => {
                 tracing::info!(?rejection, "refresh refused");
                 Err(Error::InvalidGrant)
@@ -232,6 +259,7 @@ impl Sessiond {
             scope: &session.scope,
             roles: &session.roles,
             auth_time: session.auth_time,
+            dpop_jkt: session.dpop_jkt.as_deref(),
         };
         let (access_token, expires_in) = self.tokens.issue(&grant, self.now());
         IssuedTokens {
@@ -240,20 +268,46 @@ impl Sessiond {
             refresh_token,
             session_id: session.session_id,
             absolute_expires_at: session.absolute_expires_at,
+            token_type: if session.dpop_jkt.is_some() {
+                "DPoP"
+            } else {
+                "Bearer"
+            },
         }
     }
 
-    /// A valid access token of a session that is still alive: a revoked session's token is
-    /// refused here even before it expires.
+    /// A valid `Authorization: Bearer` access token of a session that is still alive: a revoked
+    /// session's token is refused here even before it expires, and so is a DPoP-bound token
+    /// (RFC 9449 §7.2: it is only good with a proof).
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal, Error> {
+        let principal = self.principal(bearer).await?;
+        if principal.claims.cnf.is_some() {
+            return Err(Error::InvalidToken(crate::tokens::TokenError::DpopBound));
+        }
+        Ok(principal)
+    }
+
+    /// `Authorization: DPoP <token>` with its proof: the token must be bound, the proof by its
+    /// key, for this request, with the token's hash (`ath`), and never seen before.
+    pub async fn authenticate_dpop(&self, token: &str, dpop: &Dpop) -> Result<Principal, Error> {
+        let principal = self.principal(token).await?;
+        let Some(cnf) = &principal.claims.cnf else {
+            return Err(Error::InvalidToken(crate::tokens::TokenError::NotDpopBound));
+        };
+        self.resource_proof(dpop, token, &cnf.jkt).await?;
+        Ok(principal)
+    }
+
+    async fn principal(&self, token: &str) -> Result<Principal, Error> {
         let now = self.now();
-        let claims = self.tokens.verify(bearer, now)?;
+        let claims = self.tokens.verify(token, now)?;
         let session = self
             .store
             .session(claims.sid)
             .await?
             .ok_or(Error::SessionEnded)?;
         if session.user_id != claims.sub
+            || session.dpop_jkt.as_deref() != claims.cnf.as_ref().map(|c| c.jkt.as_str())
             || !session.is_active()
             || session.expiry_due(now).is_some()
         {

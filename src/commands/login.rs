@@ -1,5 +1,6 @@
 //! Registration, a session's start after a proven password, and a failed login.
 
+use super::dpop::CheckedProof;
 use super::effects::{Outcome, OutcomeKind, Target, carry_out};
 use super::judge::judge;
 use super::recording::record_user;
@@ -61,6 +62,8 @@ pub struct StartSession {
     pub roles: Vec<String>,
     pub token: TokenKey,
     pub context: RequestContext,
+    /// A DPoP proof sent with the login: the family is bound to its key.
+    pub dpop: Option<CheckedProof>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,8 @@ pub enum StartRefusal {
     Locked,
     /// A rule refused the login.
     Denied,
+    /// The DPoP proof's `jti` was seen before.
+    ProofReplayed,
 }
 
 impl Command for StartSession {
@@ -84,6 +89,11 @@ impl Command for StartSession {
         };
         if !user.can_log_in() {
             return Ok(Err(StartRefusal::Locked));
+        }
+        if let Some(p) = &self.dpop
+            && !uow.claim_dpop_jti(&p.jti_hash, p.expires_at).await?
+        {
+            return Ok(Err(StartRefusal::ProofReplayed));
         }
         let facts = Facts {
             trigger: Trigger::SessionStarted,
@@ -105,6 +115,7 @@ impl Command for StartSession {
             roles: self.roles,
             token: self.token,
             context: self.context,
+            dpop_jkt: self.dpop.map(|p| p.jkt),
         };
         let outcome = Outcome {
             kind: OutcomeKind::Grant,

@@ -1,12 +1,13 @@
 //! A refresh (rotation, grace retry or reuse) and a re-authentication, decided on the session's
 //! own state in the writer's transaction.
 
+use super::dpop::{ProofInput, possession};
 use super::effects::{Outcome, OutcomeKind, Target, carry_out};
 use super::judge::{judge, session_facts};
 use super::recording::{load_session, record_session};
 use super::{Command, Context};
 use crate::domain::context::RequestContext;
-use crate::domain::event::{ReuseClass, RevokeReason};
+use crate::domain::event::{Event, ReuseClass, RevokeReason};
 use crate::domain::session::{PresentedToken, RefreshGrant, Refusal, Session};
 use crate::domain::token::TokenKey;
 use crate::metrics::{GRACE_RETRIES, REFRESHES, REUSE, count_revocations, observe_expiry};
@@ -20,6 +21,10 @@ pub struct Refresh {
     /// The token the family rotates to, if it rotates.
     pub new_token: TokenKey,
     pub context: RequestContext,
+    /// The DPoP proof of the request, if any; its `jti` is claimed here.
+    pub proof: ProofInput,
+    /// `require_dpop`: a family that is not bound may not refresh.
+    pub require_dpop: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,11 +56,24 @@ impl Command for Refresh {
             hash: self.presented.hash,
             generation: token.generation,
         };
-        let decision =
-            session.decide_refresh(presented, self.new_token, &self.context, cx.now, cx.policy);
+        let possession = possession(uow, &self.proof).await?;
+        let decision = session.decide_bound_refresh(
+            presented,
+            self.new_token,
+            &self.context,
+            &possession,
+            self.require_dpop,
+            cx.now,
+            cx.policy,
+        );
+        let mismatch = decision
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::DpopMismatch(_)));
         let trigger = match decision.outcome {
             Ok(RefreshGrant::Rotated { .. }) => Some(Trigger::SessionRefreshed),
             Err(Refusal::Reuse(_)) => Some(Trigger::ReuseDetected),
+            Err(Refusal::DpopProof(_)) if mismatch => Some(Trigger::DpopMismatch),
             _ => None,
         };
         let judgement = match trigger {
@@ -120,6 +138,8 @@ impl Command for Refresh {
             Err(RefreshRefusal::Refused(Refusal::ReauthRequired)) => "reauth_required",
             Err(RefreshRefusal::Refused(Refusal::SessionEnded)) => "session_ended",
             Err(RefreshRefusal::Refused(Refusal::Denied)) => "denied",
+            Err(RefreshRefusal::Refused(Refusal::DpopProof(_))) => "dpop_invalid",
+            Err(RefreshRefusal::Refused(Refusal::DpopRequired)) => "dpop_required",
             Err(RefreshRefusal::UnknownToken) => "unknown_token",
         };
         counter!(REFRESHES, "outcome" => outcome).increment(1)

@@ -7,7 +7,7 @@
 //! and deciding afresh, so one bad command never takes others down with it.
 
 use super::{
-    AdoptUnloggedWebhooks, ChangePassword, CreateApiKey, CreateFirstSigningKey, EndSession,
+    AdoptUnloggedWebhooks, ChangePassword, ClaimProof, PruneProofs, CreateApiKey, CreateFirstSigningKey, EndSession,
     EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, Reauthenticate,
     RecordLoginFailure, Refresh, Register, RequireReauth, RevokeApiKey, RotateSigningKeys, SetLock,
     SetRoles, StartSession, Subscribe, Unsubscribe,
@@ -128,6 +128,8 @@ queue!(
     Unsubscribe,
     AdoptUnloggedWebhooks,
     SetRoles,
+    ClaimProof,
+    PruneProofs,
 );
 
 /// Runs one command in a transaction of its own on `ws`, outside the writer: for the data

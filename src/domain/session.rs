@@ -4,7 +4,7 @@
 
 use super::context::RequestContext;
 use super::event::{
-    Event, ExpiryKind, ReauthRequired, RefreshRetried, ReuseClass, ReuseDetected, RevokeReason,
+    DpopFault, DpopMismatch, Event, ExpiryKind, ReauthRequired, RefreshRetried, ReuseClass, ReuseDetected, RevokeReason,
     SessionExpired, SessionRefreshed, SessionRevoked, SessionStarted,
 };
 use super::token::{TokenHash, TokenKey};
@@ -70,6 +70,8 @@ pub struct Session {
     pub reauth_required: bool,
     pub ended_at: Option<Timestamp>,
     pub end_reason: Option<String>,
+    /// The DPoP key thumbprint (RFC 7638) the family is bound to, from its start.
+    pub dpop_jkt: Option<String>,
     /// Version of the session stream this state reflects.
     pub version: i64,
 }
@@ -103,6 +105,32 @@ pub enum Refusal {
     ReauthRequired,
     /// A security rule refused this request.
     Denied,
+    /// A bound family's refresh without a valid proof by its key (recorded as a mismatch), or
+    /// any refresh with an invalid proof.
+    DpopProof(DpopFault),
+    /// DPoP is required (`require_dpop`) and this family is not bound.
+    DpopRequired,
+}
+
+/// What a request proved about a DPoP key, as the caller checked it (signature, method, URL,
+/// time, nonce and, against the store, that its `jti` was never seen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Possession {
+    /// No proof was sent.
+    Absent,
+    /// A proof was sent and does not hold.
+    Invalid(DpopFault),
+    /// A valid proof, never seen before, by the key with this thumbprint.
+    Key(String),
+}
+
+impl Possession {
+    pub fn jkt(&self) -> Option<&str> {
+        match self {
+            Possession::Key(k) => Some(k),
+            _ => None,
+        }
+    }
 }
 
 /// Events to append and the answer for the caller. A refusal can still carry events
@@ -120,6 +148,8 @@ pub struct StartSession {
     pub roles: Vec<String>,
     pub token: TokenKey,
     pub context: RequestContext,
+    /// The thumbprint of the key a DPoP proof of the login was signed with: binds the family.
+    pub dpop_jkt: Option<String>,
 }
 
 pub fn start(cmd: StartSession, now: Timestamp, policy: &SessionPolicy) -> Event {
@@ -136,6 +166,7 @@ pub fn start(cmd: StartSession, now: Timestamp, policy: &SessionPolicy) -> Event
         idle_expires_at: (now + policy.idle_lifetime).min(absolute_expires_at),
         absolute_expires_at,
         context: cmd.context,
+        dpop_jkt: cmd.dpop_jkt,
     })
 }
 
@@ -159,6 +190,50 @@ impl Session {
 
     fn next_idle_expiry(&self, now: Timestamp, policy: &SessionPolicy) -> Timestamp {
         (now + policy.idle_lifetime).min(self.absolute_expires_at)
+    }
+
+    /// The refresh decision with sender constraint (RFC 9449): a bound family refreshes only
+    /// with a valid proof by its key; anything else is refused and recorded as a mismatch
+    /// (`session.dpop_mismatch`), with nothing rotated. An invalid proof on an unbound family
+    /// is refused without a record; with `require_dpop` an unbound family is refused.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_bound_refresh(
+        &self,
+        presented: PresentedToken,
+        new_token: TokenKey,
+        context: &RequestContext,
+        possession: &Possession,
+        require_dpop: bool,
+        now: Timestamp,
+        policy: &SessionPolicy,
+    ) -> Decision<RefreshGrant> {
+        if !self.is_active() || self.expiry_due(now).is_some() {
+            return self.decide_refresh(presented, new_token, context, now, policy);
+        }
+        match (&self.dpop_jkt, possession) {
+            (Some(bound), Possession::Key(k)) if k == bound => {}
+            (Some(_), p) => {
+                let fault = match p {
+                    Possession::Absent => DpopFault::Missing,
+                    Possession::Invalid(f) => *f,
+                    Possession::Key(_) => DpopFault::OtherKey,
+                };
+                return Decision {
+                    events: vec![Event::DpopMismatch(DpopMismatch {
+                        session_id: self.session_id,
+                        fault,
+                        presented_jkt: possession.jkt().map(str::to_owned),
+                        presented_generation: presented.generation,
+                        context: context.clone(),
+                    })],
+                    outcome: Err(Refusal::DpopProof(fault)),
+                };
+            }
+            (None, Possession::Invalid(f)) => return refuse(Refusal::DpopProof(*f)),
+            (None, _) if require_dpop => return refuse(Refusal::DpopRequired),
+            (None, _) => {}
+        }
+        self.decide_refresh(presented, new_token, context, now, policy)
     }
 
     /// The refresh decision (DESIGN §4): rotate the current token, allow a bounded concurrent
@@ -200,7 +275,9 @@ impl Session {
 
         let previous = presented.generation + 1 == self.generation;
         let within_grace = since_rotation.is_some_and(|d| d <= policy.grace_window);
-        let same_client = context.same_client_as(&self.last_context);
+        // A bound family's retry is judged by the key (checked by `decide_bound_refresh`), not
+        // by the network: a phone that moved from Wi-Fi to cellular still holds its key.
+        let same_client = self.dpop_jkt.is_some() || context.same_client_as(&self.last_context);
         if previous && within_grace && same_client {
             if self.reauth_required {
                 return refuse(Refusal::ReauthRequired);
@@ -356,6 +433,7 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             reauth_required: false,
             ended_at: None,
             end_reason: None,
+            dpop_jkt: e.dpop_jkt.clone(),
             version: 1,
         });
     }
@@ -376,7 +454,7 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             s.last_seen_at = occurred_at;
             s.last_context = e.context.clone();
         }
-        Event::ReuseDetected(_) => {}
+        Event::ReuseDetected(_) | Event::DpopMismatch(_) => {}
         Event::ReauthRequired(_) => s.reauth_required = true,
         Event::SessionReauthenticated(e) => {
             s.reauth_required = false;
@@ -427,6 +505,7 @@ pub fn session_of(event: &Event) -> Option<Uuid> {
         Event::SessionRefreshed(e) => Some(e.session_id),
         Event::RefreshRetried(e) => Some(e.session_id),
         Event::ReuseDetected(e) => Some(e.session_id),
+        Event::DpopMismatch(e) => Some(e.session_id),
         Event::ReauthRequired(e) => Some(e.session_id),
         Event::SessionReauthenticated(e) => Some(e.session_id),
         Event::SessionRevoked(e) => Some(e.session_id),

@@ -3,7 +3,7 @@
 //! Bodies are form-encoded and errors use OAuth's codes and shape, not the JSON API's.
 
 use super::AppState;
-use super::extract::{Context, bearer};
+use super::extract::{Context, DpopHeader, bearer, public_base};
 use crate::error::Error;
 use crate::service::api_keys::{RESOURCE_SERVER_ROLE, SECURITY_ROLE};
 use crate::service::{DEFAULT_SCOPE, IssuedTokens};
@@ -30,6 +30,8 @@ pub struct OAuthError {
     status: StatusCode,
     code: &'static str,
     description: String,
+    /// A fresh `DPoP-Nonce` to send along (`use_dpop_nonce`, RFC 9449 §8).
+    nonce: Option<String>,
 }
 
 impl OAuthError {
@@ -38,6 +40,7 @@ impl OAuthError {
             status,
             code,
             description: description.into(),
+            nonce: None,
         }
     }
 
@@ -55,6 +58,12 @@ impl From<Error> for OAuthError {
             | Error::AccountLocked
             | Error::ReauthRequired => {
                 return Self::new(StatusCode::BAD_REQUEST, "invalid_grant", e.to_string());
+            }
+            Error::InvalidDpopProof(_) | Error::InvalidDpopToken(_) => "invalid_dpop_proof",
+            Error::UseDpopNonce(nonce) | Error::ResourceDpopNonce(nonce) => {
+                let mut e = Self::new(status, "use_dpop_nonce", e.to_string());
+                e.nonce = Some(nonce.clone());
+                return e;
             }
             Error::MissingToken | Error::InvalidToken(_) | Error::SessionEnded => "invalid_token",
             Error::Forbidden(..) => "insufficient_scope",
@@ -80,6 +89,9 @@ impl IntoResponse for OAuthError {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(v) = self.nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            headers.insert(crate::tokens::dpop::NONCE_HEADER, v);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -169,10 +181,29 @@ fn form_decode(s: &str) -> Option<String> {
 async fn token(
     State(app): State<AppState>,
     Context(ctx): Context,
+    DpopHeader(dpop): DpopHeader,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, OAuthError> {
-    let params = Params::parse(&headers, &body)?;
+) -> Response {
+    let result = grant(&app, &ctx, &dpop, &headers, &body).await;
+    let mut response = result.map(token_response).into_response();
+    // RFC 9449 §8: every answer of the token endpoint carries a fresh nonce when they are on.
+    if let Some(v) = app.dpop_nonce().and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response
+            .headers_mut()
+            .insert(crate::tokens::dpop::NONCE_HEADER, v);
+    }
+    response
+}
+
+async fn grant(
+    app: &AppState,
+    ctx: &crate::domain::context::RequestContext,
+    dpop: &crate::service::dpop::Dpop,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<IssuedTokens, OAuthError> {
+    let params = Params::parse(headers, body)?;
     let bad_scope = params.get("scope").is_some_and(|scope| {
         scope
             .split(' ')
@@ -186,11 +217,14 @@ async fn token(
         ));
     }
     let issued = match params.required("grant_type")? {
-        "refresh_token" => app.refresh(params.required("refresh_token")?, &ctx).await?,
+        "refresh_token" => {
+            app.refresh(params.required("refresh_token")?, ctx, dpop)
+                .await?
+        }
         "password" if app.config.oauth_password_grant => {
             let username = params.required("username")?;
             let password = params.required("password")?.to_owned();
-            app.login(username, password, &ctx).await?
+            app.login(username, password, ctx, dpop).await?
         }
         other => {
             return Err(OAuthError::new(
@@ -203,13 +237,13 @@ async fn token(
             ));
         }
     };
-    Ok(token_response(issued))
+    Ok(issued)
 }
 
 fn token_response(issued: IssuedTokens) -> Response {
     let body = Json(json!({
         "access_token": issued.access_token,
-        "token_type": "Bearer",
+        "token_type": issued.token_type,
         "expires_in": issued.expires_in,
         "refresh_token": issued.refresh_token.expose(),
         "scope": DEFAULT_SCOPE,
@@ -253,26 +287,12 @@ async fn introspect(
 
 async fn metadata(State(app): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     // Without a configured public URL, links point where this request was sent.
-    let base = match (&app.config.public_url, headers.get(header::HOST)) {
-        (Some(url), _) => url.clone(),
-        (None, Some(host)) if host.to_str().is_ok_and(is_host) => {
-            format!("http://{}", host.to_str().unwrap_or_default())
-        }
-        _ => app.config.base_url(),
-    };
+    let base = public_base(&app, &headers);
     Json(crate::service::oauth::authorization_server_metadata(
         &app.config.issuer,
         &base,
         app.config.oauth_password_grant,
     ))
-}
-
-/// `host[:port]`, nothing that could smuggle a path or a scheme into a link.
-fn is_host(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
 }
 
 #[cfg(test)]

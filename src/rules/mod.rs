@@ -96,6 +96,8 @@ pub enum Trigger {
     SessionRefreshed,
     LoginFailed,
     ReuseDetected,
+    /// A DPoP-bound family's refresh without a proof by its key.
+    DpopMismatch,
 }
 
 impl Trigger {
@@ -104,6 +106,7 @@ impl Trigger {
         Trigger::SessionRefreshed,
         Trigger::LoginFailed,
         Trigger::ReuseDetected,
+        Trigger::DpopMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -112,6 +115,7 @@ impl Trigger {
             Trigger::SessionRefreshed => "session.refreshed",
             Trigger::LoginFailed => "login.failed",
             Trigger::ReuseDetected => "session.reuse_detected",
+            Trigger::DpopMismatch => "session.dpop_mismatch",
         }
     }
 

@@ -82,6 +82,16 @@ impl MasterKey {
     }
 
     /// nonce || ciphertext, bound to `kid` so a sealed key cannot be swapped onto another id.
+    /// A secret for another purpose, derived from the master key (HMAC-SHA256 over `label`):
+    /// every node holding the master key derives the same one.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     pub fn seal(&self, kid: &str, plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);

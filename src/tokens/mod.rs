@@ -1,6 +1,7 @@
 //! Access tokens: EdDSA JWTs with the signing key's `kid` in the header, and the JWKS that
 //! publishes the keys to verify them.
 
+pub mod dpop;
 pub mod keys;
 
 use crate::domain::keys::SigningKeyStatus;
@@ -29,6 +30,15 @@ pub struct AccessClaims {
     #[serde(default)]
     pub roles: Vec<String>,
     pub auth_time: i64,
+    /// The DPoP key the token is bound to (RFC 9449 §6): present it with a proof by that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// `cnf` (RFC 7800) with the JWK SHA-256 thumbprint of a DPoP key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    pub jkt: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +53,10 @@ pub enum TokenError {
     Expired,
     #[error("the access token is not valid yet")]
     NotYetValid,
+    #[error("the access token is bound to a DPoP key: send it as Authorization: DPoP with a proof")]
+    DpopBound,
+    #[error("the access token is not bound to a DPoP key: send it as Authorization: Bearer")]
+    NotDpopBound,
 }
 
 /// What a fresh access token needs to know about its session.
@@ -52,6 +66,8 @@ pub struct AccessGrant<'a> {
     pub scope: &'a str,
     pub roles: &'a [String],
     pub auth_time: Timestamp,
+    /// The session's DPoP binding: the token carries `cnf.jkt`.
+    pub dpop_jkt: Option<&'a str>,
 }
 
 struct KeyRing {
@@ -162,6 +178,9 @@ impl TokenService {
             scope: grant.scope.to_owned(),
             roles: grant.roles.to_vec(),
             auth_time: grant.auth_time.timestamp(),
+            cnf: grant.dpop_jkt.map(|jkt| Confirmation {
+                jkt: jkt.to_owned(),
+            }),
         };
         (self.ring().sign(&claims), lifetime)
     }
@@ -317,6 +336,7 @@ mod tests {
             scope: "openid",
             roles: &roles,
             auth_time: now,
+            dpop_jkt: None,
         };
         let (jwt, _) = tokens.issue(&grant, now);
 

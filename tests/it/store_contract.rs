@@ -171,6 +171,7 @@ fn start(session_id: Uuid, token: TokenKey) -> Step {
         roles: vec!["user".into()],
         token,
         context: context(),
+        dpop: None,
     })
 }
 
@@ -182,6 +183,8 @@ fn script() -> Vec<Step> {
             presented: token(from),
             new_token: token(to),
             context: ctx.clone(),
+            proof: sessiond::commands::ProofInput::Absent,
+            require_dpop: false,
         })
     };
     vec![

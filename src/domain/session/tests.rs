@@ -48,6 +48,7 @@ fn started() -> Session {
             roles: vec!["user".into()],
             token: token(1),
             context: ctx("198.51.100.4", "Firefox"),
+            dpop_jkt: None,
         },
         t0(),
         &policy(),

@@ -69,6 +69,9 @@ pub struct RegistrySql {
     pub delete_webhook_delivery: &'static str,
     pub webhook_delivered: &'static str,
     pub webhook_failed: &'static str,
+    /// A DPoP proof's jti hash and expiry; inserts nothing if the hash is known.
+    pub claim_dpop_jti: &'static str,
+    pub prune_dpop_jtis: &'static str,
 }
 
 /// One database as the shared code sees it. Implemented by `sqlx::Sqlite` and `sqlx::Postgres`.

@@ -61,7 +61,7 @@ macro_rules! session_columns {
             ", rotated_from, login_context::text AS login_context, ",
             "last_context::text AS last_context, reauth_required, ",
             millis!("ended_at"),
-            ", end_reason, version"
+            ", end_reason, version, dpop_jkt"
         )
     };
 }
@@ -230,6 +230,9 @@ impl Dialect for Postgres {
                  delivered_position = GREATEST(delivered_position, $1), \
                  failures = failures + 1, last_error = $2, last_attempt_at = $3::timestamptz \
                  WHERE subscription_id = $4::uuid",
+            claim_dpop_jti: "INSERT INTO dpop_proofs (jti_hash, expires_at) \
+                 VALUES ($1, $2::timestamptz) ON CONFLICT (jti_hash) DO NOTHING",
+            prune_dpop_jtis: "DELETE FROM dpop_proofs WHERE expires_at < $1::timestamptz",
         },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;

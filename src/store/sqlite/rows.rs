@@ -83,6 +83,9 @@ impl Dialect for Sqlite {
             webhook_failed: "UPDATE webhook_progress SET \
                  delivered_position = MAX(delivered_position, ?), failures = failures + 1, \
                  last_error = ?, last_attempt_at = ? WHERE subscription_id = ?",
+            claim_dpop_jti: "INSERT INTO dpop_proofs (jti_hash, expires_at) VALUES (?, ?) \
+                 ON CONFLICT (jti_hash) DO NOTHING",
+            prune_dpop_jtis: "DELETE FROM dpop_proofs WHERE expires_at < ?",
         },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;
@@ -91,7 +94,7 @@ impl Dialect for Sqlite {
     const TIME: &'static str = "";
     const JSON: &'static str = "";
     const TOKENS_PER_STATEMENT: usize = 256;
-    /// Well under SQLite's 32,766 bound parameters (20 per session).
+    /// Well under SQLite's 32,766 bound parameters (21 per session).
     const ROWS_PER_STATEMENT: usize = 256;
 
     fn time(r: &SqliteRow, col: &str) -> Result<Option<Timestamp>, StoreError> {
