@@ -3,6 +3,7 @@
 //! searched for secrets); set TEST_LOG=1 to see them.
 
 mod helpers;
+mod jose;
 mod pg;
 
 mod admin;
@@ -11,6 +12,7 @@ mod bad_input;
 mod browser;
 mod cli;
 mod devices;
+mod dpop;
 mod expiry;
 mod export;
 mod jobs;
