@@ -485,3 +485,49 @@ async fn a_bound_family_rebuilds_to_the_same_rows() {
     assert_eq!(store.projection_snapshot().await.unwrap(), live);
     assert_eq!(store.session(sid).await.unwrap().unwrap().dpop_jkt.as_deref(), Some(key.jkt.as_str()));
 }
+
+/// On PostgreSQL, a proof seen by one node is refused by the other (the replay table's
+/// primary key), and nothing rotates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_replayed_on_another_node_is_refused() {
+    let Some(db) = crate::pg::fresh_database("dpop_replay_across_nodes").await else {
+        return;
+    };
+    let clock = std::sync::Arc::new(sessiond::clock::ManualClock::default());
+    let master = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    // Both nodes answer at one public URL (behind one load balancer): a proof names it.
+    let on = |c: &mut sessiond::config::Config| {
+        c.database_url = Some(sessiond::config::DatabaseUrl::parse(&db.url).unwrap());
+        c.public_url = Some("https://sessiond.test".into());
+    };
+    let a = spawn_node(on, clock.clone(), Some(master.clone())).await;
+    let b = spawn_node(on, clock, Some(master)).await;
+    a.register("nia").await;
+    let key = DpopKey::ed25519();
+    let t = now(&a);
+    let proof = key.proof("POST", "https://sessiond.test/v1/auth/login", t);
+    let r = post_with_proof(&a, "/v1/auth/login", json!({"username": "nia", "password": PASSWORD}), Some(&proof)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let login: Value = r.json().await.unwrap();
+    let sid = login["session_id"].as_str().unwrap();
+
+    let refresh_proof = key.proof("POST", "https://sessiond.test/v1/auth/refresh", t);
+    let r = refresh_with(&a, login["refresh_token"].as_str().unwrap(), Some(&refresh_proof)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let token: Value = r.json().await.unwrap();
+    let token = token["refresh_token"].as_str().unwrap();
+
+    // The proof, captured on the way to node A, replayed to node B with the new token.
+    let r = refresh_with(&b, token, Some(&refresh_proof)).await;
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_dpop_proof");
+    let recorded = mismatches(&b, sid).await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0]["fault"], "replayed");
+    assert_eq!(rotations(&b, sid).await, 1, "nothing rotated");
+    // The login's proof is spent on node B too.
+    let r = post_with_proof(&b, "/v1/auth/login", json!({"username": "nia", "password": PASSWORD}), Some(&proof)).await;
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_dpop_proof");
+    // A fresh proof by the key works on node B.
+    let fresh = key.proof("POST", "https://sessiond.test/v1/auth/refresh", t);
+    assert_eq!(refresh_with(&b, token, Some(&fresh)).await.status(), StatusCode::OK);
+}
