@@ -7,10 +7,10 @@
 //! and deciding afresh, so one bad command never takes others down with it.
 
 use super::{
-    AdoptUnloggedWebhooks, ChangePassword, ClaimProof, PruneProofs, CreateApiKey, CreateFirstSigningKey, EndSession,
-    EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, Reauthenticate,
-    RecordLoginFailure, Refresh, Register, RequireReauth, RevokeApiKey, RotateSigningKeys, SetLock,
-    SetRoles, StartSession, Subscribe, Unsubscribe,
+    AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
+    EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, PruneProofs,
+    Reauthenticate, RecordLoginFailure, Refresh, Register, RequireReauth, RevokeApiKey,
+    RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
 };
 use super::{Command, Context};
 use crate::clock::Clock;

@@ -4,8 +4,8 @@
 
 use super::context::RequestContext;
 use super::event::{
-    DpopFault, DpopMismatch, Event, ExpiryKind, ReauthRequired, RefreshRetried, ReuseClass, ReuseDetected, RevokeReason,
-    SessionExpired, SessionRefreshed, SessionRevoked, SessionStarted,
+    DpopFault, DpopMismatch, Event, ExpiryKind, ReauthRequired, RefreshRetried, ReuseClass,
+    ReuseDetected, RevokeReason, SessionExpired, SessionRefreshed, SessionRevoked, SessionStarted,
 };
 use super::token::{TokenHash, TokenKey};
 use super::{Duration, Timestamp};

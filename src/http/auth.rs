@@ -76,13 +76,19 @@ async fn login(
     ApiJson(body): ApiJson<Credentials>,
 ) -> Response {
     let result = app.login(&body.username, body.password, &ctx, &dpop).await;
-    with_nonce(&app, result.map(|issued| token_response(&app, issued, body.mode)))
+    with_nonce(
+        &app,
+        result.map(|issued| token_response(&app, issued, body.mode)),
+    )
 }
 
 /// RFC 9449 §8: when nonces are on, every answer of a token route carries a fresh one.
 fn with_nonce(app: &AppState, result: Result<Response, Error>) -> Response {
     let mut response = result.into_response();
-    if let Some(v) = app.dpop_nonce().and_then(|n| HeaderValue::from_str(&n).ok()) {
+    if let Some(v) = app
+        .dpop_nonce()
+        .and_then(|n| HeaderValue::from_str(&n).ok())
+    {
         response
             .headers_mut()
             .insert(crate::tokens::dpop::NONCE_HEADER, v);

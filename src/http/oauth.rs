@@ -188,7 +188,10 @@ async fn token(
     let result = grant(&app, &ctx, &dpop, &headers, &body).await;
     let mut response = result.map(token_response).into_response();
     // RFC 9449 §8: every answer of the token endpoint carries a fresh nonce when they are on.
-    if let Some(v) = app.dpop_nonce().and_then(|n| HeaderValue::from_str(&n).ok()) {
+    if let Some(v) = app
+        .dpop_nonce()
+        .and_then(|n| HeaderValue::from_str(&n).ok())
+    {
         response
             .headers_mut()
             .insert(crate::tokens::dpop::NONCE_HEADER, v);

@@ -152,14 +152,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Rule>, RuleError> {
             return Err(fail("actions must name at least one action".into()));
         }
         if deny
-            && on
-                .iter()
-                .any(|t| {
-                    matches!(
-                        t,
-                        Trigger::LoginFailed | Trigger::ReuseDetected | Trigger::DpopMismatch
-                    )
-                })
+            && on.iter().any(|t| {
+                matches!(
+                    t,
+                    Trigger::LoginFailed | Trigger::ReuseDetected | Trigger::DpopMismatch
+                )
+            })
         {
             return Err(fail(
                 "deny refuses a login or refresh; it cannot apply to login.failed, session.reuse_detected or session.dpop_mismatch"

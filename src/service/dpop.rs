@@ -90,7 +90,10 @@ impl Sessiond {
 
     /// The proof of a refresh, as the refresh command judges it against the family's binding.
     /// A missing nonce is answered at once (the client retries with it; that is no mismatch).
-    pub(super) fn refresh_proof(&self, dpop: &Dpop) -> Result<(ProofInput, Option<ProofError>), Error> {
+    pub(super) fn refresh_proof(
+        &self,
+        dpop: &Dpop,
+    ) -> Result<(ProofInput, Option<ProofError>), Error> {
         Ok(match self.verify_proof(dpop, None) {
             None => (ProofInput::Absent, None),
             Some(Ok(p)) => (ProofInput::Checked(checked(p)), None),
@@ -114,7 +117,9 @@ impl Sessiond {
                 ));
             }
             Some(Err(ProofError::Nonce)) => {
-                return Err(Error::ResourceDpopNonce(self.dpop_nonce().unwrap_or_default()));
+                return Err(Error::ResourceDpopNonce(
+                    self.dpop_nonce().unwrap_or_default(),
+                ));
             }
             Some(Err(e)) => return Err(Error::InvalidDpopToken(e.to_string())),
             Some(Ok(p)) => p,
@@ -129,7 +134,9 @@ impl Sessiond {
         };
         let meta = EventMetadata::new(Actor::Anonymous, None);
         if !self.writer.submit(claim, meta).await? {
-            return Err(Error::InvalidDpopToken(fault_message(DpopFault::Replayed).into()));
+            return Err(Error::InvalidDpopToken(
+                fault_message(DpopFault::Replayed).into(),
+            ));
         }
         Ok(())
     }

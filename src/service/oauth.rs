@@ -67,21 +67,24 @@ impl Sessiond {
             return Ok(inactive());
         };
         match self.live_session(claims.sid).await? {
-            Some(s) if s.user_id == claims.sub => Ok(with_cnf(json!({
-                "active": true,
-                "token_type": if claims.cnf.is_some() { "DPoP" } else { "Bearer" },
-                "scope": claims.scope,
-                "sub": claims.sub,
-                "sid": claims.sid,
-                "aud": claims.aud,
-                "iss": claims.iss,
-                "exp": claims.exp,
-                "iat": claims.iat,
-                "nbf": claims.nbf,
-                "jti": claims.jti,
-                "auth_time": claims.auth_time,
-                "roles": claims.roles,
-            }), claims.cnf.as_ref().map(|c| c.jkt.as_str()))),
+            Some(s) if s.user_id == claims.sub => Ok(with_cnf(
+                json!({
+                    "active": true,
+                    "token_type": if claims.cnf.is_some() { "DPoP" } else { "Bearer" },
+                    "scope": claims.scope,
+                    "sub": claims.sub,
+                    "sid": claims.sid,
+                    "aud": claims.aud,
+                    "iss": claims.iss,
+                    "exp": claims.exp,
+                    "iat": claims.iat,
+                    "nbf": claims.nbf,
+                    "jti": claims.jti,
+                    "auth_time": claims.auth_time,
+                    "roles": claims.roles,
+                }),
+                claims.cnf.as_ref().map(|c| c.jkt.as_str()),
+            )),
             _ => Ok(inactive()),
         }
     }

@@ -97,7 +97,10 @@ impl DpopVerifier {
     pub fn nonce(&self, now: Timestamp) -> Option<String> {
         let key = self.nonce_key.as_ref()?;
         let step = now.timestamp().div_euclid(NONCE_STEP_SECS);
-        Some(format!("{step}.{}", URL_SAFE_NO_PAD.encode(nonce_mac(key, step))))
+        Some(format!(
+            "{step}.{}",
+            URL_SAFE_NO_PAD.encode(nonce_mac(key, step))
+        ))
     }
 
     fn nonce_ok(&self, key: &[u8; 32], nonce: &str, now: Timestamp) -> bool {
@@ -117,7 +120,11 @@ impl DpopVerifier {
     }
 
     /// Checks a proof against its request (RFC 9449 §4.3), all but the `jti` replay check.
-    pub fn verify(&self, req: &ProofRequest<'_>, now: Timestamp) -> Result<VerifiedProof, ProofError> {
+    pub fn verify(
+        &self,
+        req: &ProofRequest<'_>,
+        now: Timestamp,
+    ) -> Result<VerifiedProof, ProofError> {
         if req.proof.len() > MAX_PROOF_LEN {
             return Err(ProofError::Malformed);
         }
@@ -137,7 +144,10 @@ impl DpopVerifier {
             Some("ES256") => (Algorithm::ES256, "EC", "P-256"),
             _ => return Err(ProofError::Algorithm),
         };
-        let jwk = header.get("jwk").and_then(Value::as_object).ok_or(ProofError::Key)?;
+        let jwk = header
+            .get("jwk")
+            .and_then(Value::as_object)
+            .ok_or(ProofError::Key)?;
         // A private key in a header is a client bug that leaks the key: refuse it.
         const PRIVATE: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
         if PRIVATE.iter().any(|m| jwk.contains_key(*m))
@@ -263,10 +273,19 @@ mod tests {
     #[test]
     fn htu_compares_without_query_fragment_case_or_default_port() {
         let n = |u| normalize_htu(u);
-        assert_eq!(n("HTTPS://Example.COM:443/oauth/token?x=1#f"), n("https://example.com/oauth/token"));
+        assert_eq!(
+            n("HTTPS://Example.COM:443/oauth/token?x=1#f"),
+            n("https://example.com/oauth/token")
+        );
         assert_eq!(n("http://a.test"), Some("http://a.test/".into()));
-        assert_ne!(n("https://a.test/oauth/token"), n("http://a.test/oauth/token"));
-        assert_ne!(n("https://a.test/oauth/token"), n("https://a.test/oauth/Token"));
+        assert_ne!(
+            n("https://a.test/oauth/token"),
+            n("http://a.test/oauth/token")
+        );
+        assert_ne!(
+            n("https://a.test/oauth/token"),
+            n("https://a.test/oauth/Token")
+        );
         assert_eq!(n("ftp://a.test/"), None);
         assert_eq!(n("https://user@a.test/"), None);
     }
@@ -280,7 +299,11 @@ mod tests {
         let nonce = a.nonce(now).unwrap();
         assert!(b.nonce_ok(&[7; 32], &nonce, now));
         assert!(b.nonce_ok(&[7; 32], &nonce, now + Duration::seconds(NONCE_STEP_SECS)));
-        assert!(!b.nonce_ok(&[7; 32], &nonce, now + Duration::seconds(2 * NONCE_STEP_SECS)));
+        assert!(!b.nonce_ok(
+            &[7; 32],
+            &nonce,
+            now + Duration::seconds(2 * NONCE_STEP_SECS)
+        ));
         assert!(!other.nonce_ok(&[8; 32], &nonce, now));
         assert!(!b.nonce_ok(&[7; 32], "1.AAAA", now));
     }

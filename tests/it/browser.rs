@@ -443,7 +443,10 @@ async fn the_account_page_binds_its_session_to_the_browsers_key() {
     // The refresh cookie, taken out of the browser (it is scoped to the refresh path).
     b.goto(&app.url("/v1/auth/refresh")).await;
     let cookie = b.get("/cookie/sessiond_refresh").await;
-    let cookie = cookie["value"].as_str().expect("the refresh cookie").to_owned();
+    let cookie = cookie["value"]
+        .as_str()
+        .expect("the refresh cookie")
+        .to_owned();
     let r = app
         .http
         .post(app.url("/v1/auth/refresh"))

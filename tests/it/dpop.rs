@@ -81,9 +81,16 @@ async fn a_bound_refresh_token_refreshes_only_with_a_proof_by_its_key() {
     let login = login_bound(&app, "dora", &key).await;
     assert_eq!(login["token_type"], "DPoP");
     let sid = login["session_id"].as_str().unwrap().to_owned();
-    assert_eq!(jwt_claims(login["access_token"].as_str().unwrap())["cnf"]["jkt"], key.jkt);
+    assert_eq!(
+        jwt_claims(login["access_token"].as_str().unwrap())["cnf"]["jkt"],
+        key.jkt
+    );
     let started = app.session_events(&sid).await;
-    assert_eq!(data(&started[0])["dpop_jkt"], key.jkt, "the binding is in the log");
+    assert_eq!(
+        data(&started[0])["dpop_jkt"],
+        key.jkt,
+        "the binding is in the log"
+    );
 
     // The owner of the key refreshes.
     let good = refresh_proof(&app, &key);
@@ -91,7 +98,10 @@ async fn a_bound_refresh_token_refreshes_only_with_a_proof_by_its_key() {
     assert_eq!(r.status(), StatusCode::OK);
     let fresh: Value = r.json().await.unwrap();
     assert_eq!(fresh["token_type"], "DPoP");
-    assert_eq!(jwt_claims(fresh["access_token"].as_str().unwrap())["cnf"]["jkt"], key.jkt);
+    assert_eq!(
+        jwt_claims(fresh["access_token"].as_str().unwrap())["cnf"]["jkt"],
+        key.jkt
+    );
     let token = fresh["refresh_token"].as_str().unwrap().to_owned();
     assert_eq!(rotations(&app, &sid).await, 1);
 
@@ -101,16 +111,36 @@ async fn a_bound_refresh_token_refreshes_only_with_a_proof_by_its_key() {
     let other = DpopKey::p256();
     let attacks: Vec<(&str, Option<String>, &str)> = vec![
         ("no proof", None, "missing"),
-        ("another key", Some(other.proof("POST", &url, t)), "other_key"),
-        ("the proof of the last refresh again", Some(good.clone()), "replayed"),
+        (
+            "another key",
+            Some(other.proof("POST", &url, t)),
+            "other_key",
+        ),
+        (
+            "the proof of the last refresh again",
+            Some(good.clone()),
+            "replayed",
+        ),
         (
             "a proof for another server",
             Some(key.proof("POST", "https://elsewhere.example/v1/auth/refresh", t)),
             "invalid",
         ),
-        ("a proof for another method", Some(key.proof("GET", &url, t)), "invalid"),
-        ("a stale proof", Some(key.proof("POST", &url, t - 3600)), "invalid"),
-        ("a proof from the future", Some(key.proof("POST", &url, t + 3600)), "invalid"),
+        (
+            "a proof for another method",
+            Some(key.proof("GET", &url, t)),
+            "invalid",
+        ),
+        (
+            "a stale proof",
+            Some(key.proof("POST", &url, t - 3600)),
+            "invalid",
+        ),
+        (
+            "a proof from the future",
+            Some(key.proof("POST", &url, t + 3600)),
+            "invalid",
+        ),
     ];
     for (i, (what, proof, fault)) in attacks.iter().enumerate() {
         let r = refresh_with(&app, &token, proof.as_deref()).await;
@@ -144,10 +174,16 @@ async fn proofs_that_prove_nothing_about_a_key_are_refused() {
     // An attacker's hand-made proofs: alg none, and HS256 "signed" with a key of its choosing.
     let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
     let claims = b64(json!({"jti": "x1", "htm": "POST", "htu": url, "iat": t}));
-    let none = format!("{}.{claims}.", b64(json!({"typ": "dpop+jwt", "alg": "none",
-        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}})));
-    let hs = format!("{}.{claims}.c2lnbmF0dXJl", b64(json!({"typ": "dpop+jwt", "alg": "HS256",
-        "jwk": {"kty": "oct", "k": "c2VjcmV0"}})));
+    let none = format!(
+        "{}.{claims}.",
+        b64(json!({"typ": "dpop+jwt", "alg": "none",
+        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}}))
+    );
+    let hs = format!(
+        "{}.{claims}.c2lnbmF0dXJl",
+        b64(json!({"typ": "dpop+jwt", "alg": "HS256",
+        "jwk": {"kty": "oct", "k": "c2VjcmV0"}}))
+    );
     let mut wrong_typ = Claims::new("POST", &url, t);
     wrong_typ.typ = Some("JWT".into());
     let mut private = Claims::new("POST", &url, t);
@@ -184,7 +220,10 @@ async fn proofs_that_prove_nothing_about_a_key_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_dpop_proof");
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "invalid_dpop_proof"
+    );
     // No session was started by any of them; an ES256 key binds as well as an Ed25519 one.
     let started = app
         .events(EventFilter {
@@ -195,7 +234,10 @@ async fn proofs_that_prove_nothing_about_a_key_are_refused() {
     assert!(started.is_empty());
     let p256 = DpopKey::p256();
     let login = login_bound(&app, "ezra", &p256).await;
-    assert_eq!(jwt_claims(login["access_token"].as_str().unwrap())["cnf"]["jkt"], p256.jkt);
+    assert_eq!(
+        jwt_claims(login["access_token"].as_str().unwrap())["cnf"]["jkt"],
+        p256.jkt
+    );
 }
 
 #[tokio::test]
@@ -209,7 +251,10 @@ async fn the_shipped_rule_pack_revokes_the_family_on_a_binding_mismatch() {
 
     // The cookie or token was copied off the device: presented without the device's key.
     let r = refresh_with(&app, token, None).await;
-    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_dpop_proof");
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "invalid_dpop_proof"
+    );
     let events = app.session_events(sid).await;
     assert!(types(&events).contains(&"session.dpop_mismatch"));
     let revoked = events
@@ -228,11 +273,17 @@ async fn the_shipped_rule_pack_revokes_the_family_on_a_binding_mismatch() {
 
     // Now even the key's owner is out: the family is gone.
     let r = refresh_with(&app, token, Some(&refresh_proof(&app, &key))).await;
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_grant");
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_grant"
+    );
 }
 
 async fn me_with(app: &TestApp, auth: &str, proof: Option<&str>) -> Response {
-    let mut r = app.http.get(app.url("/v1/me")).header("Authorization", auth);
+    let mut r = app
+        .http
+        .get(app.url("/v1/me"))
+        .header("Authorization", auth);
     if let Some(p) = proof {
         r = r.header("DPoP", p);
     }
@@ -261,7 +312,10 @@ async fn a_bound_access_token_is_only_good_as_dpop_with_the_tokens_hash() {
     let r = me_with(&app, &format!("Bearer {at}"), None).await;
     let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
     assert!(challenge.starts_with("DPoP"), "{challenge}");
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_token");
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_token"
+    );
 
     let mut other_ath = Claims::new("GET", &url, t);
     other_ath.ath_of = Some("another.access.token".into());
@@ -295,8 +349,16 @@ async fn a_bound_access_token_is_only_good_as_dpop_with_the_tokens_hash() {
     let bearer = app.login("hal").await;
     let mut c = Claims::new("GET", &url, t);
     c.ath_of = Some(bearer.access.clone());
-    let r = me_with(&app, &format!("DPoP {}", bearer.access), Some(&key.sign(&c))).await;
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_token");
+    let r = me_with(
+        &app,
+        &format!("DPoP {}", bearer.access),
+        Some(&key.sign(&c)),
+    )
+    .await;
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_token"
+    );
     assert_eq!(app.me(&bearer.access).await.status(), StatusCode::OK);
 }
 
@@ -307,9 +369,18 @@ async fn with_nonces_on_a_proof_without_the_servers_nonce_gets_one() {
     let key = DpopKey::ed25519();
     let url = app.url("/v1/auth/login");
     let body = json!({"username": "ivy", "password": PASSWORD});
-    let r = post_with_proof(&app, "/v1/auth/login", body.clone(), Some(&key.proof("POST", &url, now(&app)))).await;
+    let r = post_with_proof(
+        &app,
+        "/v1/auth/login",
+        body.clone(),
+        Some(&key.proof("POST", &url, now(&app))),
+    )
+    .await;
     let nonce = r.headers()["dpop-nonce"].to_str().unwrap().to_owned();
-    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "use_dpop_nonce");
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "use_dpop_nonce"
+    );
 
     let mut c = Claims::new("POST", &url, now(&app));
     c.nonce = Some(nonce.clone());
@@ -323,7 +394,10 @@ async fn with_nonces_on_a_proof_without_the_servers_nonce_gets_one() {
     c.nonce = Some("123.AAAAAAAAAAAAAAAAAAAAAA".into());
     let token = login["refresh_token"].as_str().unwrap();
     let r = refresh_with(&app, token, Some(&key.sign(&c))).await;
-    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "use_dpop_nonce");
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "use_dpop_nonce"
+    );
     c.nonce = Some(nonce.clone());
     c.jti = Some("refresh-with-nonce".into());
     let r = refresh_with(&app, token, Some(&key.sign(&c))).await;
@@ -336,8 +410,16 @@ async fn with_nonces_on_a_proof_without_the_servers_nonce_gets_one() {
     c.ath_of = Some(at.to_owned());
     let r = me_with(&app, &format!("DPoP {at}"), Some(&key.sign(&c))).await;
     assert!(r.headers().contains_key("dpop-nonce"));
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("use_dpop_nonce"));
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "use_dpop_nonce");
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("use_dpop_nonce")
+    );
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "use_dpop_nonce"
+    );
     c.nonce = Some(nonce);
     let r = me_with(&app, &format!("DPoP {at}"), Some(&key.sign(&c))).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -360,7 +442,11 @@ async fn the_token_endpoint_binds_every_grant_and_says_so_in_oauth_terms() {
     let r = form(
         &app,
         "/oauth/token",
-        &[("grant_type", "password"), ("username", "jo"), ("password", PASSWORD)],
+        &[
+            ("grant_type", "password"),
+            ("username", "jo"),
+            ("password", PASSWORD),
+        ],
         Some(&key.proof("POST", &token_url, now(&app))),
     )
     .await;
@@ -370,7 +456,13 @@ async fn the_token_endpoint_binds_every_grant_and_says_so_in_oauth_terms() {
     let rt = t["refresh_token"].as_str().unwrap();
 
     // RFC 9449 §5: a bound refresh token without a proof is invalid_dpop_proof, OAuth-shaped.
-    let r = form(&app, "/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", rt)], None).await;
+    let r = form(
+        &app,
+        "/oauth/token",
+        &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+        None,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"], "invalid_dpop_proof");
@@ -393,7 +485,10 @@ async fn the_token_endpoint_binds_every_grant_and_says_so_in_oauth_terms() {
         .create_api_key("resource server", vec!["resource_server".into()])
         .await
         .unwrap();
-    for token in [t["access_token"].as_str().unwrap(), t["refresh_token"].as_str().unwrap()] {
+    for token in [
+        t["access_token"].as_str().unwrap(),
+        t["refresh_token"].as_str().unwrap(),
+    ] {
         let r = app
             .http
             .post(app.url("/oauth/introspect"))
@@ -415,7 +510,10 @@ async fn the_token_endpoint_binds_every_grant_and_says_so_in_oauth_terms() {
         .json()
         .await
         .unwrap();
-    assert_eq!(meta["dpop_signing_alg_values_supported"], json!(["EdDSA", "ES256"]));
+    assert_eq!(
+        meta["dpop_signing_alg_values_supported"],
+        json!(["EdDSA", "ES256"])
+    );
 }
 
 #[tokio::test]
@@ -427,11 +525,18 @@ async fn require_dpop_refuses_bearer_logins_and_unbound_families() {
     let strict = spawn_app_with(|c| c.require_dpop = true).await;
     strict.register("kit").await;
     let r = strict.login_as("kit", PASSWORD).await;
-    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_dpop_proof");
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "invalid_dpop_proof"
+    );
     let r = form(
         &strict,
         "/oauth/token",
-        &[("grant_type", "password"), ("username", "kit"), ("password", PASSWORD)],
+        &[
+            ("grant_type", "password"),
+            ("username", "kit"),
+            ("password", PASSWORD),
+        ],
         None,
     )
     .await;
@@ -439,7 +544,12 @@ async fn require_dpop_refuses_bearer_logins_and_unbound_families() {
     assert_eq!(e["error"], "invalid_dpop_proof");
     let key = DpopKey::ed25519();
     let login = login_bound(&strict, "kit", &key).await;
-    let r = refresh_with(&strict, login["refresh_token"].as_str().unwrap(), Some(&refresh_proof(&strict, &key))).await;
+    let r = refresh_with(
+        &strict,
+        login["refresh_token"].as_str().unwrap(),
+        Some(&refresh_proof(&strict, &key)),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     // Off by default: a bearer session refreshes without a proof.
     assert_eq!(app.refresh(&unbound.refresh).await.status(), StatusCode::OK);
@@ -465,7 +575,11 @@ async fn a_retry_of_a_bound_family_is_judged_by_the_key_not_the_network() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "a retry with the key is no theft");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "a retry with the key is no theft"
+    );
     let events = app.session_events(sid).await;
     assert!(!types(&events).contains(&"session.reuse_detected"));
     assert!(!types(&events).contains(&"session.revoked"));
@@ -479,11 +593,31 @@ async fn a_bound_family_rebuilds_to_the_same_rows() {
     let login = login_bound(&app, "max", &key).await;
     let sid: uuid::Uuid = login["session_id"].as_str().unwrap().parse().unwrap();
     let store = &app.service.store;
-    assert_eq!(store.session(sid).await.unwrap().unwrap().dpop_jkt.as_deref(), Some(key.jkt.as_str()));
+    assert_eq!(
+        store
+            .session(sid)
+            .await
+            .unwrap()
+            .unwrap()
+            .dpop_jkt
+            .as_deref(),
+        Some(key.jkt.as_str())
+    );
     let live = store.projection_snapshot().await.unwrap();
-    sessiond::projection::rebuild_projections(store).await.unwrap();
+    sessiond::projection::rebuild_projections(store)
+        .await
+        .unwrap();
     assert_eq!(store.projection_snapshot().await.unwrap(), live);
-    assert_eq!(store.session(sid).await.unwrap().unwrap().dpop_jkt.as_deref(), Some(key.jkt.as_str()));
+    assert_eq!(
+        store
+            .session(sid)
+            .await
+            .unwrap()
+            .unwrap()
+            .dpop_jkt
+            .as_deref(),
+        Some(key.jkt.as_str())
+    );
 }
 
 /// On PostgreSQL, a proof seen by one node is refused by the other (the replay table's
@@ -506,28 +640,54 @@ async fn a_proof_replayed_on_another_node_is_refused() {
     let key = DpopKey::ed25519();
     let t = now(&a);
     let proof = key.proof("POST", "https://sessiond.test/v1/auth/login", t);
-    let r = post_with_proof(&a, "/v1/auth/login", json!({"username": "nia", "password": PASSWORD}), Some(&proof)).await;
+    let r = post_with_proof(
+        &a,
+        "/v1/auth/login",
+        json!({"username": "nia", "password": PASSWORD}),
+        Some(&proof),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let login: Value = r.json().await.unwrap();
     let sid = login["session_id"].as_str().unwrap();
 
     let refresh_proof = key.proof("POST", "https://sessiond.test/v1/auth/refresh", t);
-    let r = refresh_with(&a, login["refresh_token"].as_str().unwrap(), Some(&refresh_proof)).await;
+    let r = refresh_with(
+        &a,
+        login["refresh_token"].as_str().unwrap(),
+        Some(&refresh_proof),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let token: Value = r.json().await.unwrap();
     let token = token["refresh_token"].as_str().unwrap();
 
     // The proof, captured on the way to node A, replayed to node B with the new token.
     let r = refresh_with(&b, token, Some(&refresh_proof)).await;
-    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_dpop_proof");
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "invalid_dpop_proof"
+    );
     let recorded = mismatches(&b, sid).await;
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0]["fault"], "replayed");
     assert_eq!(rotations(&b, sid).await, 1, "nothing rotated");
     // The login's proof is spent on node B too.
-    let r = post_with_proof(&b, "/v1/auth/login", json!({"username": "nia", "password": PASSWORD}), Some(&proof)).await;
-    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_dpop_proof");
+    let r = post_with_proof(
+        &b,
+        "/v1/auth/login",
+        json!({"username": "nia", "password": PASSWORD}),
+        Some(&proof),
+    )
+    .await;
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "invalid_dpop_proof"
+    );
     // A fresh proof by the key works on node B.
     let fresh = key.proof("POST", "https://sessiond.test/v1/auth/refresh", t);
-    assert_eq!(refresh_with(&b, token, Some(&fresh)).await.status(), StatusCode::OK);
+    assert_eq!(
+        refresh_with(&b, token, Some(&fresh)).await.status(),
+        StatusCode::OK
+    );
 }

@@ -381,7 +381,11 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         registry::delete_webhook_delivery::<Db<B>>(self.flushed().await?, id).await
     }
 
-    async fn claim_dpop_jti(&mut self, jti: &[u8; 32], until: Timestamp) -> Result<bool, StoreError> {
+    async fn claim_dpop_jti(
+        &mut self,
+        jti: &[u8; 32],
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
         // The table is no projection: the batch's pending writes need not go first.
         registry::claim_dpop_jti::<Db<B>>(self.backend.conn()?, jti, until).await
     }
