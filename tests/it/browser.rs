@@ -443,7 +443,7 @@ async fn the_account_page_binds_its_session_to_the_browsers_key() {
 
     // The refresh cookie, taken out of the browser (it is scoped to the refresh path).
     b.goto(&app.url("/v1/auth/refresh")).await;
-    let cookie = b.get("/cookie/sessiond_refresh").await;
+    let cookie = b.get("/cookie/__Secure-sessiond_refresh").await;
     let cookie = cookie["value"]
         .as_str()
         .expect("the refresh cookie")
@@ -451,7 +451,7 @@ async fn the_account_page_binds_its_session_to_the_browsers_key() {
     let r = app
         .http
         .post(app.url("/v1/auth/refresh"))
-        .header("cookie", format!("sessiond_refresh={cookie}"))
+        .header("cookie", format!("__Secure-sessiond_refresh={cookie}"))
         .header("origin", app.url(""))
         .header("x-sessiond-csrf", "1")
         .send()
