@@ -205,6 +205,12 @@ impl App {
             config.webhook_ca_file.as_deref(),
         )
         .map_err(StartError::Io)?;
+        let dpop = crate::tokens::dpop::DpopVerifier::new(
+            config.dpop_proof_window,
+            config
+                .dpop_nonce
+                .then(|| crate::service::dpop::nonce_key(&master_key)),
+        );
         let deliverer = Deliverer {
             store: store.clone(),
             master_key: master_key.clone(),
@@ -234,6 +240,7 @@ impl App {
             rules,
             streams: Default::default(),
             passwords: Arc::new(crate::passwords::PasswordGate::new(config.password_queue)),
+            dpop,
         });
         // The key-status gauges and the log head, exported from the start.
         if let Err(e) = service.refresh_key_ring().await {

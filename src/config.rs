@@ -60,6 +60,14 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Whether `/oauth/token` accepts `grant_type=password` (first-party clients).
     pub oauth_password_grant: bool,
+    /// DPoP (RFC 9449) for every session: logins and token requests need a proof, and
+    /// refreshes of families that are not bound are refused. Per-client requirement comes with
+    /// registered OAuth clients (see `service::dpop::dpop_required`).
+    pub require_dpop: bool,
+    /// How far a DPoP proof's `iat` may be from the server's clock, either way.
+    pub dpop_proof_window: Duration,
+    /// Require a server nonce in DPoP proofs (`DPoP-Nonce`, `use_dpop_nonce`).
+    pub dpop_nonce: bool,
     /// MaxMind-format city database (and optional ASN database) for request locations.
     pub geoip_city: Option<PathBuf>,
     pub geoip_asn: Option<PathBuf>,
@@ -178,6 +186,9 @@ pub const KEYS: &[&str] = &[
     "webhook_timeout",
     "public_url",
     "oauth_password_grant",
+    "require_dpop",
+    "dpop_proof_window",
+    "dpop_nonce",
     "geoip_city",
     "geoip_asn",
     "rules",
@@ -236,6 +247,9 @@ impl Default for Config {
             webhook_timeout: Duration::seconds(10),
             public_url: None,
             oauth_password_grant: false,
+            require_dpop: false,
+            dpop_proof_window: Duration::seconds(60),
+            dpop_nonce: false,
             geoip_city: None,
             geoip_asn: None,
             rules: None,
@@ -428,6 +442,9 @@ impl Config {
                 }
                 "webhook_allow_http" => c.webhook_allow_http = boolean(k, value)?,
                 "webhook_ca_file" => c.webhook_ca_file = Some(PathBuf::from(non_empty(k, value)?)),
+                "require_dpop" => c.require_dpop = boolean(k, value)?,
+                "dpop_proof_window" => c.dpop_proof_window = duration(k, value)?,
+                "dpop_nonce" => c.dpop_nonce = boolean(k, value)?,
                 "geoip_city" => c.geoip_city = Some(PathBuf::from(non_empty(k, value)?)),
                 "geoip_asn" => c.geoip_asn = Some(PathBuf::from(non_empty(k, value)?)),
                 "rules" => c.rules = Some(PathBuf::from(non_empty(k, value)?)),
@@ -524,6 +541,11 @@ impl Config {
                 "refresh_idle_lifetime",
                 "must not exceed refresh_absolute_lifetime",
             ));
+        }
+        if self.dpop_proof_window < Duration::seconds(1)
+            || self.dpop_proof_window > Duration::minutes(10)
+        {
+            return Err(err("dpop_proof_window", "must be between 1s and 10m"));
         }
         if self.refresh_grace_window < Duration::zero()
             || self.refresh_grace_window > Duration::minutes(5)

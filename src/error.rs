@@ -42,6 +42,18 @@ pub enum Error {
     Conflict(&'static str, String),
     #[error("this caller already holds {0} live streams; close one first")]
     TooManyStreams(usize),
+    /// A DPoP proof of a login, token or refresh request does not hold (RFC 9449 §5): 400.
+    #[error("{0}")]
+    InvalidDpopProof(String),
+    /// The proof lacks the server's nonce (RFC 9449 §8); carries a fresh one: 400.
+    #[error("the DPoP proof must carry the server's nonce: retry with the DPoP-Nonce given")]
+    UseDpopNonce(String),
+    /// A protected resource's DPoP proof does not hold (RFC 9449 §7.1): 401.
+    #[error("{0}")]
+    InvalidDpopToken(String),
+    /// A protected resource's proof lacks the nonce (RFC 9449 §9); carries a fresh one: 401.
+    #[error("the DPoP proof must carry the server's nonce: retry with the DPoP-Nonce given")]
+    ResourceDpopNonce(String),
     #[error("the service is unavailable for a moment; try again shortly")]
     Unavailable,
     #[error("the server is too busy to check a password now; try again shortly")]
@@ -111,6 +123,8 @@ impl Error {
             Error::MethodNotAllowed => "method_not_allowed",
             Error::Conflict(code, _) => code,
             Error::TooManyStreams(_) => "too_many_streams",
+            Error::InvalidDpopProof(_) | Error::InvalidDpopToken(_) => "invalid_dpop_proof",
+            Error::UseDpopNonce(_) | Error::ResourceDpopNonce(_) => "use_dpop_nonce",
             Error::Unavailable => "unavailable",
             Error::Overloaded => "overloaded",
             Error::TooManyAttempts { .. } => "too_many_attempts",

@@ -136,10 +136,14 @@ impl Jobs {
         };
         let started = Instant::now();
         let result = match job {
-            JobKind::ExpirySweep => app
-                .expire_due_sessions()
-                .await
-                .map(|n| format!("{n} sessions expired")),
+            JobKind::ExpirySweep => match app.expire_due_sessions().await {
+                // Seen DPoP proofs past their window go with the same sweep.
+                Ok(n) => app
+                    .prune_dpop_proofs()
+                    .await
+                    .map(|p| format!("{n} sessions expired, {p} DPoP proofs forgotten")),
+                Err(e) => Err(e),
+            },
             JobKind::KeyRotation => app
                 .rotate_signing_keys(start_rotation_now)
                 .await

@@ -9,6 +9,7 @@ use crate::commands::{
 use crate::config::Config;
 use crate::domain::Timestamp;
 use crate::domain::context::RequestContext;
+use crate::domain::event::DpopFault;
 use crate::domain::event::{Actor, EventMetadata, RevokeReason};
 use crate::domain::session::{RefreshGrant, Refusal, Session};
 use crate::domain::token::RefreshToken;
@@ -19,6 +20,7 @@ use crate::store::Store;
 use crate::tokens::keys::MasterKey;
 use crate::tokens::refresh::RefreshTokens;
 use crate::tokens::{AccessClaims, AccessGrant, TokenService};
+use dpop::{Dpop, fault_message};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -26,6 +28,7 @@ pub mod admin;
 pub mod api_keys;
 mod credentials;
 pub mod devices;
+pub mod dpop;
 pub mod maintenance;
 pub mod oauth;
 pub mod signing_keys;
@@ -52,6 +55,8 @@ pub struct Sessiond {
     pub streams: api_keys::StreamSlots,
     /// argon2 within its concurrency limit and bounded queue.
     pub passwords: Arc<passwords::PasswordGate>,
+    /// Checks DPoP proofs (RFC 9449) and makes the server nonces.
+    pub dpop: crate::tokens::dpop::DpopVerifier,
 }
 
 /// What login and refresh hand back.
@@ -66,6 +71,8 @@ pub struct IssuedTokens {
     /// Seconds until this refresh token stops working unless used: the family's idle expiry,
     /// which never passes the absolute one (`refresh_token_expires_in` of a token answer).
     pub refresh_token_expires_in: i64,
+    /// `DPoP` for a session bound to a key (its access token carries `cnf.jkt`), else `Bearer`.
+    pub token_type: &'static str,
 }
 
 /// The caller behind a valid access token of a live session.
@@ -148,7 +155,10 @@ impl Sessiond {
         username: &str,
         password: String,
         ctx: &RequestContext,
+        dpop: &Dpop,
     ) -> Result<IssuedTokens, Error> {
+        // The proof first: a bad one costs no password check and records nothing.
+        let proof = self.login_proof(dpop)?;
         let name = user::normalize_username(username).ok();
         let user = match &name {
             Some(n) => self.store.user_by_name(n).await?,
@@ -168,6 +178,7 @@ impl Sessiond {
             token: token.key(),
             context: ctx.clone(),
             verified_password_hash: user.password_hash.clone(),
+            dpop: proof,
         };
         match self
             .writer
@@ -175,6 +186,9 @@ impl Sessiond {
             .await?
         {
             Ok(session) => Ok(self.issue(&session, token)),
+            Err(StartRefusal::ProofReplayed) => Err(Error::InvalidDpopProof(
+                fault_message(DpopFault::Replayed).into(),
+            )),
             Err(StartRefusal::Locked) => Err(Error::AccountLocked),
             // The password it proved is no longer the password.
             Err(StartRefusal::StalePassword) => Err(Error::InvalidCredentials),
@@ -187,14 +201,18 @@ impl Sessiond {
         &self,
         presented: &str,
         ctx: &RequestContext,
+        dpop: &Dpop,
     ) -> Result<IssuedTokens, Error> {
         let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
+        let (proof, proof_error) = self.refresh_proof(dpop)?;
         let token = self.refresh_tokens.fresh();
         let cmd = Refresh {
             presented: presented.key(),
             new_token: token.key(),
             context: ctx.clone(),
             minter: self.refresh_tokens.clone(),
+            proof,
+            require_dpop: self.dpop_required(),
         };
         match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
             Ok(refreshed) => {
@@ -212,6 +230,15 @@ impl Sessiond {
             }
             Err(RefreshRefusal::Refused(Refusal::ReauthRequired)) => Err(Error::ReauthRequired),
             Err(RefreshRefusal::Refused(Refusal::Denied)) => Err(Error::Denied),
+            Err(RefreshRefusal::Refused(Refusal::DpopProof(fault))) => {
+                Err(Error::InvalidDpopProof(match (fault, proof_error) {
+                    (DpopFault::Invalid, Some(e)) => e.to_string(),
+                    _ => fault_message(fault).to_owned(),
+                }))
+            }
+            Err(RefreshRefusal::Refused(Refusal::DpopRequired)) => Err(Error::InvalidDpopProof(
+                "this server requires DPoP-bound sessions: sign in again with a DPoP proof".into(),
+            )),
             Err(rejection) => {
                 tracing::info!(?rejection, "refresh refused");
                 Err(Error::InvalidGrant)
@@ -226,6 +253,7 @@ impl Sessiond {
             scope: &session.scope,
             roles: &session.roles,
             auth_time: session.auth_time,
+            dpop_jkt: session.dpop_jkt.as_deref(),
         };
         let now = self.now();
         let (access_token, expires_in) = self.tokens.issue(&grant, now);
@@ -237,20 +265,46 @@ impl Sessiond {
             session_id: session.session_id,
             absolute_expires_at: session.absolute_expires_at,
             refresh_token_expires_in: (refresh_expires_at - now).num_seconds().max(0),
+            token_type: if session.dpop_jkt.is_some() {
+                "DPoP"
+            } else {
+                "Bearer"
+            },
         }
     }
 
-    /// A valid access token of a session that is still alive: a revoked session's token is
-    /// refused here even before it expires.
+    /// A valid `Authorization: Bearer` access token of a session that is still alive: a revoked
+    /// session's token is refused here even before it expires, and so is a DPoP-bound token
+    /// (RFC 9449 §7.2: it is only good with a proof).
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal, Error> {
+        let principal = self.principal(bearer).await?;
+        if principal.claims.cnf.is_some() {
+            return Err(Error::InvalidToken(crate::tokens::TokenError::DpopBound));
+        }
+        Ok(principal)
+    }
+
+    /// `Authorization: DPoP <token>` with its proof: the token must be bound, the proof by its
+    /// key, for this request, with the token's hash (`ath`), and never seen before.
+    pub async fn authenticate_dpop(&self, token: &str, dpop: &Dpop) -> Result<Principal, Error> {
+        let principal = self.principal(token).await?;
+        let Some(cnf) = &principal.claims.cnf else {
+            return Err(Error::InvalidToken(crate::tokens::TokenError::NotDpopBound));
+        };
+        self.resource_proof(dpop, token, &cnf.jkt).await?;
+        Ok(principal)
+    }
+
+    async fn principal(&self, token: &str) -> Result<Principal, Error> {
         let now = self.now();
-        let claims = self.tokens.verify(bearer, now)?;
+        let claims = self.tokens.verify(token, now)?;
         let session = self
             .store
             .session(claims.sid)
             .await?
             .ok_or(Error::SessionEnded)?;
         if session.user_id != claims.sub
+            || session.dpop_jkt.as_deref() != claims.cnf.as_ref().map(|c| c.jkt.as_str())
             || !session.is_active()
             || session.expiry_due(now).is_some()
         {

@@ -43,6 +43,8 @@ async function act(f) {
 }
 
 document.addEventListener('DOMContentLoaded', () => {
+  // The account page binds its session to this browser's key: a copied cookie is useless.
+  Api.useDpop();
   wireSignIn(() => act(async () => {}));
   $('revoke-others').addEventListener('click', () => {
     if (confirm('Sign out every other device?')) act(() => Api.call('DELETE', '/v1/me/sessions'));

@@ -2,6 +2,9 @@
 //! prints throughput and latency percentiles. Every request loop is bounded by `--duration`.
 //!
 //!     sessiond-load --url http://127.0.0.1:8080 --clients 64 --duration 20s --scenario refresh
+//!
+//! With `--dpop` each client holds an Ed25519 key and sends a DPoP proof (RFC 9449) with every
+//! login and refresh, so its session is bound to the key.
 
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
@@ -28,6 +31,9 @@ struct Args {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Sign a DPoP proof for every login and refresh (the sessions are key-bound).
+    #[arg(long)]
+    dpop: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -50,17 +56,53 @@ struct Client {
     username: String,
     password: String,
     refresh_token: String,
+    dpop: Option<DpopKey>,
 }
+
+/// A client's DPoP key: the signer and the proof header, encoded once.
+struct DpopKey {
+    signer: ed25519_dalek::SigningKey,
+    header_b64: String,
+}
+
+impl DpopKey {
+    fn generate() -> DpopKey {
+        let signer = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let x = B64.encode(signer.verifying_key().as_bytes());
+        let header = json!({ "typ": "dpop+jwt", "alg": "EdDSA",
+            "jwk": { "kty": "OKP", "crv": "Ed25519", "x": x } });
+        DpopKey {
+            signer,
+            header_b64: B64.encode(header.to_string()),
+        }
+    }
+
+    fn proof(&self, method: &str, url: &str) -> String {
+        use ed25519_dalek::Signer;
+        let iat = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = json!({ "jti": uuid::Uuid::new_v4().to_string(), "htm": method,
+            "htu": url, "iat": iat });
+        let input = format!("{}.{}", self.header_b64, B64.encode(claims.to_string()));
+        let sig = self.signer.sign(input.as_bytes());
+        format!("{input}.{}", B64.encode(sig.to_bytes()))
+    }
+}
+
+use base64::Engine;
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 impl Client {
     async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let url = format!("{}{path}", self.url);
+        let mut request = self.http.post(&url).json(&body);
+        if let Some(key) = &self.dpop
+            && path != "/v1/auth/register"
+        {
+            request = request.header("DPoP", key.proof("POST", &url));
+        }
+        let r = request.send().await.map_err(|e| e.to_string())?;
         let status = r.status();
         let body: Value = r.json().await.unwrap_or(Value::Null);
         if status.is_success() {
@@ -124,6 +166,7 @@ async fn run(args: Args) -> Result<(), String> {
             username: format!("load-{}-{i}", &run_id[..8]),
             password: format!("load-password-{run_id}"),
             refresh_token: String::new(),
+            dpop: args.dpop.then(DpopKey::generate),
         };
         setup.push(tokio::spawn(async move {
             c.post(
@@ -190,6 +233,7 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let result = json!({
         "scenario": format!("{scenario:?}").to_lowercase(),
+        "dpop": args.dpop,
         "clients": args.clients,
         "seconds": (elapsed * 100.0).round() / 100.0,
         "requests": all.len(),
@@ -204,8 +248,9 @@ async fn run(args: Args) -> Result<(), String> {
         println!("{result}");
     } else {
         println!(
-            "{} x{}: {} ok in {:.1}s = {}/s, errors {}; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            "{}{} x{}: {} ok in {:.1}s = {}/s, errors {}; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
             result["scenario"].as_str().unwrap_or(""),
+            if args.dpop { " (DPoP)" } else { "" },
             args.clients,
             all.len(),
             elapsed,

@@ -1,5 +1,6 @@
 //! Registration, a session's start after a proven password, and a failed login.
 
+use super::dpop::CheckedProof;
 use super::effects::{Outcome, OutcomeKind, Target, carry_out};
 use super::judge::judge;
 use super::recording::{append_all, record_user};
@@ -67,6 +68,8 @@ pub struct StartSession {
     /// that commits between that check and this command makes it stale, and the writer refuses
     /// the start: the change promised to end every session the old password opened.
     pub verified_password_hash: String,
+    /// A DPoP proof sent with the login: the family is bound to its key.
+    pub dpop: Option<CheckedProof>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,8 @@ pub enum StartRefusal {
     StalePassword,
     /// A rule refused the login.
     Denied,
+    /// The DPoP proof's `jti` was seen before.
+    ProofReplayed,
 }
 
 impl Command for StartSession {
@@ -96,6 +101,11 @@ impl Command for StartSession {
         if !user.still_has_password(&self.verified_password_hash) {
             counter!(crate::metrics::LOGINS, "outcome" => "stale_password").increment(1);
             return Ok(Err(StartRefusal::StalePassword));
+        }
+        if let Some(p) = &self.dpop
+            && !uow.claim_dpop_jti(&p.jti_hash, p.expires_at).await?
+        {
+            return Ok(Err(StartRefusal::ProofReplayed));
         }
         let facts = Facts {
             trigger: Trigger::SessionStarted,
@@ -117,6 +127,7 @@ impl Command for StartSession {
             roles: self.roles,
             token: self.token,
             context: self.context,
+            dpop_jkt: self.dpop.map(|p| p.jkt),
         };
         let outcome = Outcome {
             kind: OutcomeKind::Grant,

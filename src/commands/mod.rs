@@ -9,6 +9,7 @@
 //! command's [`Command::observe`] then turns its committed outcome into metrics.
 
 mod api_keys;
+mod dpop;
 pub mod effects;
 mod judge;
 mod keys;
@@ -29,6 +30,7 @@ use crate::store::{StoreError, UnitOfWork};
 use std::future::Future;
 
 pub use api_keys::{CreateApiKey, RevokeApiKey, UnknownApiKey};
+pub use dpop::{CheckedProof, ClaimProof, ProofInput, PruneProofs};
 pub use keys::{CreateFirstSigningKey, RotateSigningKeys};
 pub use login::{RecordLoginFailure, RecordLoginThrottled, Register, StartRefusal, StartSession};
 pub use refresh::{Reauthenticate, Refresh, RefreshRefusal, Refreshed};

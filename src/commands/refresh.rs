@@ -1,12 +1,13 @@
 //! A refresh (rotation, retry of the replaced token or reuse) and a re-authentication, decided on the session's
 //! own state in the writer's transaction.
 
+use super::dpop::{ProofInput, possession};
 use super::effects::{Outcome, OutcomeKind, Target, carry_out};
 use super::judge::{judge, session_facts};
 use super::recording::{load_session, record_session};
 use super::{Command, Context};
 use crate::domain::context::RequestContext;
-use crate::domain::event::RevokeReason;
+use crate::domain::event::{Event, RevokeReason};
 use crate::domain::session::{PresentedToken, RefreshGrant, Refusal, Session};
 use crate::domain::token::TokenKey;
 use crate::metrics::{GRACE_RETRIES, REFRESHES, REUSE, count_revocations, observe_expiry};
@@ -24,6 +25,10 @@ pub struct Refresh {
     pub context: RequestContext,
     /// Tells whether the current token can be handed out again to a retry.
     pub minter: Arc<RefreshTokens>,
+    /// The DPoP proof of the request, if any; its `jti` is claimed here.
+    pub proof: ProofInput,
+    /// `require_dpop`: a family that is not bound may not refresh.
+    pub require_dpop: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,19 +65,27 @@ impl Command for Refresh {
             && session
                 .current_token
                 .is_some_and(|k| self.minter.reissues(&k));
-        let decision = session.decide_refresh(
+        let possession = possession(uow, &self.proof).await?;
+        let decision = session.decide_bound_refresh(
             presented,
             self.new_token,
             &self.context,
+            &possession,
+            self.require_dpop,
             cx.now,
             cx.policy,
             reissuable,
         );
+        let mismatch = decision
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::DpopMismatch(_)));
         let trigger = match decision.outcome {
             Ok(RefreshGrant::Rotated { .. }) => Some(Trigger::SessionRefreshed),
             // A retry is a refresh: the rules judge it like one.
             Ok(RefreshGrant::Retried { .. }) => Some(Trigger::RefreshRetried),
             Err(Refusal::Reuse(_)) => Some(Trigger::ReuseDetected),
+            Err(Refusal::DpopProof(_)) if mismatch => Some(Trigger::DpopMismatch),
             _ => None,
         };
         let judgement = match trigger {
@@ -139,6 +152,8 @@ impl Command for Refresh {
             Err(RefreshRefusal::Refused(Refusal::ReauthRequired)) => "reauth_required",
             Err(RefreshRefusal::Refused(Refusal::SessionEnded)) => "session_ended",
             Err(RefreshRefusal::Refused(Refusal::Denied)) => "denied",
+            Err(RefreshRefusal::Refused(Refusal::DpopProof(_))) => "dpop_invalid",
+            Err(RefreshRefusal::Refused(Refusal::DpopRequired)) => "dpop_required",
             Err(RefreshRefusal::UnknownToken) => "unknown_token",
         };
         counter!(REFRESHES, "outcome" => outcome).increment(1)

@@ -7,10 +7,10 @@
 //! and deciding afresh, so one bad command never takes others down with it.
 
 use super::{
-    AdoptUnloggedWebhooks, ChangePassword, CreateApiKey, CreateFirstSigningKey, EndSession,
-    EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, Reauthenticate,
-    RecordLoginFailure, RecordLoginThrottled, Refresh, Register, RequireReauth, RevokeApiKey,
-    RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
+    AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
+    EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, PruneProofs,
+    Reauthenticate, RecordLoginFailure, RecordLoginThrottled, Refresh, Register, RequireReauth,
+    RevokeApiKey, RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
 };
 use super::{Command, Context};
 use crate::clock::Clock;
@@ -129,6 +129,8 @@ queue!(
     Unsubscribe,
     AdoptUnloggedWebhooks,
     SetRoles,
+    ClaimProof,
+    PruneProofs,
 );
 
 /// Runs one command in a transaction of its own on `ws`, outside the writer: for the data

@@ -197,6 +197,10 @@ pub struct SessionStarted {
     #[serde(with = "super::ts_format")]
     pub absolute_expires_at: Timestamp,
     pub context: RequestContext,
+    /// The RFC 7638 thumbprint of the DPoP key the login proved possession of: every refresh
+    /// of the family needs a proof by that key. Absent for a bearer session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +248,44 @@ pub struct ReuseDetected {
     pub current_generation: u32,
     /// Time since the last rotation, when there was one.
     pub since_rotation_ms: Option<i64>,
+    pub context: RequestContext,
+}
+
+/// What was wrong with the DPoP proof of a refresh of a bound family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DpopFault {
+    /// No `DPoP` header.
+    Missing,
+    /// A valid proof, by another key than the family's.
+    OtherKey,
+    /// A proof whose `jti` was already seen (on any node).
+    Replayed,
+    /// A proof that does not verify: shape, type, algorithm, signature, method, URL, time or
+    /// nonce.
+    Invalid,
+}
+
+impl DpopFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DpopFault::Missing => "missing",
+            DpopFault::OtherKey => "other_key",
+            DpopFault::Replayed => "replayed",
+            DpopFault::Invalid => "invalid",
+        }
+    }
+}
+
+/// A refresh token of a DPoP-bound family came without a valid proof by the family's key:
+/// refused, nothing rotated. The rules can act on it (the shipped pack revokes the family).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DpopMismatch {
+    pub session_id: Uuid,
+    pub fault: DpopFault,
+    /// The thumbprint of the key that signed the proof, when one did.
+    pub presented_jkt: Option<String>,
+    pub presented_generation: u32,
     pub context: RequestContext,
 }
 
@@ -447,6 +489,8 @@ catalogue! {
     SessionReauthenticated(SessionReauthenticated) = "session.reauthenticated", version 1;
     RuleFired(RuleFired) = "rule.fired", version 1;
     RuleBreakerTripped(BreakerTripped) = "rule.breaker_tripped", version 1;
+    // DPoP (issue 13).
+    DpopMismatch(DpopMismatch) = "session.dpop_mismatch", version 1;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -4,8 +4,8 @@
 
 use super::context::RequestContext;
 use super::event::{
-    Event, ExpiryKind, ReauthRequired, ReuseClass, RevokeReason, SessionExpired, SessionRevoked,
-    SessionStarted,
+    DpopFault, Event, ExpiryKind, ReauthRequired, ReuseClass, RevokeReason, SessionExpired,
+    SessionRevoked, SessionStarted,
 };
 use super::token::{TokenHash, TokenKey};
 use super::{Duration, Timestamp};
@@ -81,6 +81,8 @@ pub struct Session {
     pub reauth_required: bool,
     pub ended_at: Option<Timestamp>,
     pub end_reason: Option<String>,
+    /// The DPoP key thumbprint (RFC 7638) the family is bound to, from its start.
+    pub dpop_jkt: Option<String>,
     /// Version of the session stream this state reflects.
     pub version: i64,
 }
@@ -104,6 +106,32 @@ pub enum Refusal {
     ReauthRequired,
     /// A security rule refused this request.
     Denied,
+    /// A bound family's refresh without a valid proof by its key (recorded as a mismatch), or
+    /// any refresh with an invalid proof.
+    DpopProof(DpopFault),
+    /// DPoP is required (`require_dpop`) and this family is not bound.
+    DpopRequired,
+}
+
+/// What a request proved about a DPoP key, as the caller checked it (signature, method, URL,
+/// time, nonce and, against the store, that its `jti` was never seen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Possession {
+    /// No proof was sent.
+    Absent,
+    /// A proof was sent and does not hold.
+    Invalid(DpopFault),
+    /// A valid proof, never seen before, by the key with this thumbprint.
+    Key(String),
+}
+
+impl Possession {
+    pub fn jkt(&self) -> Option<&str> {
+        match self {
+            Possession::Key(k) => Some(k),
+            _ => None,
+        }
+    }
 }
 
 /// Events to append and the answer for the caller. A refusal can still carry events
@@ -121,6 +149,8 @@ pub struct StartSession {
     pub roles: Vec<String>,
     pub token: TokenKey,
     pub context: RequestContext,
+    /// The thumbprint of the key a DPoP proof of the login was signed with: binds the family.
+    pub dpop_jkt: Option<String>,
 }
 
 pub fn start(cmd: StartSession, now: Timestamp, policy: &SessionPolicy) -> Event {
@@ -137,6 +167,7 @@ pub fn start(cmd: StartSession, now: Timestamp, policy: &SessionPolicy) -> Event
         idle_expires_at: (now + policy.idle_lifetime).min(absolute_expires_at),
         absolute_expires_at,
         context: cmd.context,
+        dpop_jkt: cmd.dpop_jkt,
     })
 }
 
@@ -265,6 +296,7 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             reauth_required: false,
             ended_at: None,
             end_reason: None,
+            dpop_jkt: e.dpop_jkt.clone(),
             version: 1,
         });
     }
@@ -292,7 +324,7 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             s.last_seen_at = occurred_at;
             s.last_context = e.context.clone();
         }
-        Event::ReuseDetected(_) => {}
+        Event::ReuseDetected(_) | Event::DpopMismatch(_) => {}
         Event::ReauthRequired(_) => s.reauth_required = true,
         Event::SessionReauthenticated(e) => {
             s.reauth_required = false;
@@ -345,6 +377,7 @@ pub fn session_of(event: &Event) -> Option<Uuid> {
         Event::SessionRefreshed(e) => Some(e.session_id),
         Event::RefreshRetried(e) => Some(e.session_id),
         Event::ReuseDetected(e) => Some(e.session_id),
+        Event::DpopMismatch(e) => Some(e.session_id),
         Event::ReauthRequired(e) => Some(e.session_id),
         Event::SessionReauthenticated(e) => Some(e.session_id),
         Event::SessionRevoked(e) => Some(e.session_id),

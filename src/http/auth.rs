@@ -2,7 +2,7 @@
 //! JSON in and out; in cookie mode the refresh token travels in an HttpOnly cookie instead.
 
 use super::AppState;
-use super::extract::{ApiJson, Authenticated, Context, OptionalJson, bearer};
+use super::extract::{ApiJson, Authenticated, Caller, Context, DpopHeader, OptionalJson};
 use crate::domain::format_timestamp;
 use crate::error::Error;
 use crate::service::IssuedTokens;
@@ -78,10 +78,28 @@ async fn register(
 async fn login(
     State(app): State<AppState>,
     Context(ctx): Context,
+    DpopHeader(dpop): DpopHeader,
     ApiJson(body): ApiJson<Credentials>,
-) -> Result<Response, Error> {
-    let issued = app.login(&body.username, body.password, &ctx).await?;
-    Ok(token_response(&app, issued, body.mode))
+) -> Response {
+    let result = app.login(&body.username, body.password, &ctx, &dpop).await;
+    with_nonce(
+        &app,
+        result.map(|issued| token_response(&app, issued, body.mode)),
+    )
+}
+
+/// RFC 9449 §8: when nonces are on, every answer of a token route carries a fresh one.
+fn with_nonce(app: &AppState, result: Result<Response, Error>) -> Response {
+    let mut response = result.into_response();
+    if let Some(v) = app
+        .dpop_nonce()
+        .and_then(|n| HeaderValue::from_str(&n).ok())
+    {
+        response
+            .headers_mut()
+            .insert(crate::tokens::dpop::NONCE_HEADER, v);
+    }
+    response
 }
 
 #[derive(Deserialize)]
@@ -93,19 +111,31 @@ struct RefreshBody {
 async fn refresh(
     State(app): State<AppState>,
     Context(ctx): Context,
+    DpopHeader(dpop): DpopHeader,
     headers: HeaderMap,
     OptionalJson(body): OptionalJson<RefreshBody>,
+) -> Response {
+    let result = refresh_by(&app, &ctx, &dpop, &headers, body).await;
+    with_nonce(&app, result)
+}
+
+async fn refresh_by(
+    app: &AppState,
+    ctx: &crate::domain::context::RequestContext,
+    dpop: &crate::service::dpop::Dpop,
+    headers: &HeaderMap,
+    body: Option<RefreshBody>,
 ) -> Result<Response, Error> {
     if let Some(body) = body {
-        let issued = app.refresh(&body.refresh_token, &ctx).await?;
-        return Ok(token_response(&app, issued, Mode::Json));
+        let issued = app.refresh(&body.refresh_token, ctx, dpop).await?;
+        return Ok(token_response(app, issued, Mode::Json));
     }
-    let token = cookie(&headers, REFRESH_COOKIE).ok_or_else(|| {
+    let token = cookie(headers, REFRESH_COOKIE).ok_or_else(|| {
         Error::InvalidRequest("send {\"refresh_token\": ...} or the refresh cookie".into())
     })?;
-    check_csrf(&app, &headers)?;
-    match app.refresh(&token, &ctx).await {
-        Ok(issued) => Ok(token_response(&app, issued, Mode::Cookie)),
+    check_csrf(app, headers)?;
+    match app.refresh(&token, ctx, dpop).await {
+        Ok(issued) => Ok(token_response(app, issued, Mode::Cookie)),
         Err(e) => {
             // A dead cookie is useless to the browser: clear it along with the error.
             let mut response = e.into_response();
@@ -144,11 +174,10 @@ struct LogoutBody {
 async fn logout(
     State(app): State<AppState>,
     Context(ctx): Context,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     OptionalJson(body): OptionalJson<LogoutBody>,
 ) -> Result<Response, Error> {
-    if let Some(token) = bearer(&headers)? {
-        let principal = app.authenticate(&token).await?;
+    if let Some(principal) = caller {
         app.logout(&principal, &ctx).await?;
     } else if let Some(body) = body {
         app.logout_by_refresh_token(&body.refresh_token, &ctx)
@@ -248,7 +277,7 @@ async fn me(
 fn token_response(app: &AppState, issued: IssuedTokens, mode: Mode) -> Response {
     let mut body = json!({
         "access_token": issued.access_token,
-        "token_type": "Bearer",
+        "token_type": issued.token_type,
         "expires_in": issued.expires_in,
         "refresh_token_expires_in": issued.refresh_token_expires_in,
         "session_id": issued.session_id,

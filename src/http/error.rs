@@ -9,7 +9,11 @@ use axum::response::{IntoResponse, Response};
 /// The status an error answers with.
 pub fn status(e: &Error) -> StatusCode {
     match e {
-        Error::InvalidRequest(_) | Error::InvalidField(..) => StatusCode::BAD_REQUEST,
+        Error::InvalidRequest(_)
+        | Error::InvalidField(..)
+        | Error::InvalidDpopProof(_)
+        | Error::UseDpopNonce(_) => StatusCode::BAD_REQUEST,
+        Error::InvalidDpopToken(_) | Error::ResourceDpopNonce(_) => StatusCode::UNAUTHORIZED,
         Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Error::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -38,16 +42,30 @@ impl IntoResponse for Error {
         let status = status(&self);
         let body = Json(serde_json::json!({ "error": self.code(), "message": self.to_string() }));
         let mut response = (status, body).into_response();
-        // RFC 6750: tell Bearer clients what went wrong with their token.
+        // RFC 6750 / RFC 9449 §7.1: tell clients what went wrong with their token.
         let challenge = match &self {
-            Error::MissingToken => Some("Bearer"),
+            Error::MissingToken => Some("Bearer, DPoP algs=\"EdDSA ES256\""),
+            Error::InvalidToken(crate::tokens::TokenError::DpopBound) => {
+                Some("DPoP error=\"invalid_token\", algs=\"EdDSA ES256\"")
+            }
             Error::InvalidToken(_) | Error::SessionEnded => Some("Bearer error=\"invalid_token\""),
+            Error::InvalidDpopToken(_) => {
+                Some("DPoP error=\"invalid_dpop_proof\", algs=\"EdDSA ES256\"")
+            }
+            Error::ResourceDpopNonce(_) => Some("DPoP error=\"use_dpop_nonce\""),
             _ => None,
         };
         if let Some(seconds) = self.retry_after() {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Error::UseDpopNonce(nonce) | Error::ResourceDpopNonce(nonce) = &self
+            && let Ok(v) = HeaderValue::from_str(nonce)
+        {
+            response
+                .headers_mut()
+                .insert(crate::tokens::dpop::NONCE_HEADER, v);
         }
         if let Some(c) = challenge {
             response

@@ -5,6 +5,8 @@ use super::{AppState, RequestId};
 use crate::domain::context::RequestContext;
 use crate::error::Error;
 use crate::service::Principal;
+use crate::service::dpop::Dpop;
+use crate::tokens::dpop::DPOP_HEADER;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -205,15 +207,85 @@ impl FromRequestParts<AppState> for Context {
     }
 }
 
-/// The caller of a Bearer-protected route.
+/// The caller of a protected route: `Authorization: Bearer <token>`, or `Authorization: DPoP
+/// <token>` with a `DPoP` proof for a DPoP-bound token (RFC 9449 §7).
 pub struct Authenticated(pub Principal);
 
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let token = bearer(&parts.headers)?.ok_or(Error::MissingToken)?;
-        state.authenticate(&token).await.map(Authenticated)
+        authenticate(state, parts)
+            .await?
+            .map(Authenticated)
+            .ok_or(Error::MissingToken)
+    }
+}
+
+/// The caller of a route where the Authorization header is optional.
+pub struct Caller(pub Option<Principal>);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        authenticate(state, parts).await.map(Caller)
+    }
+}
+
+/// The caller named by the Authorization header, `None` without one.
+pub async fn authenticate(app: &AppState, parts: &Parts) -> Result<Option<Principal>, Error> {
+    let Some((scheme, token)) = authorization(&parts.headers)? else {
+        return Ok(None);
+    };
+    if scheme.eq_ignore_ascii_case("dpop") {
+        let dpop = dpop_of(app, parts);
+        return app.authenticate_dpop(&token, &dpop).await.map(Some);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Error::InvalidToken(crate::tokens::TokenError::Malformed));
+    }
+    app.authenticate(&token).await.map(Some)
+}
+
+fn authorization(headers: &HeaderMap) -> Result<Option<(String, String)>, Error> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let malformed = || Error::InvalidToken(crate::tokens::TokenError::Malformed);
+    let value = value.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(malformed)?;
+    if token.trim().is_empty() {
+        return Err(malformed());
+    }
+    Ok(Some((scheme.to_owned(), token.trim().to_owned())))
+}
+
+/// A request's DPoP proof and what it must match: this request's method and its URL as the
+/// client addresses it: this server's configured base (`Config::base_url`).
+pub struct DpopHeader(pub Dpop);
+
+impl FromRequestParts<AppState> for DpopHeader {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        Ok(DpopHeader(dpop_of(state, parts)))
+    }
+}
+
+fn dpop_of(app: &AppState, parts: &Parts) -> Dpop {
+    let mut values = parts.headers.get_all(DPOP_HEADER).iter();
+    // A value that is not text cannot be a JWS: keep it as one that fails to parse.
+    let proof = values
+        .next()
+        .map(|v| v.to_str().unwrap_or_default().trim().to_owned());
+    Dpop {
+        proof,
+        repeated: values.next().is_some(),
+        method: parts.method.as_str().to_owned(),
+        // The base the OAuth metadata names (`public_url`, else the listen address), never the
+        // request's Host: a client-written Host must not choose the URL a proof is checked for.
+        url: format!("{}{}", app.config.base_url(), parts.uri.path()),
     }
 }
 

@@ -103,8 +103,14 @@ async fn request_guard(req: Request, next: Next) -> Response {
         .iter()
         .find(|name| headers.get_all(**name).iter().nth(1).is_some())
     {
-        return Error::InvalidRequest(format!("the {name} header may be sent only once"))
-            .into_response();
+        let message = format!("the {name} header may be sent only once");
+        // RFC 9449 §4.3 counts a second DPoP header as an invalid proof, with its own code (§5).
+        return if *name == crate::tokens::dpop::DPOP_HEADER {
+            Error::InvalidDpopProof(message)
+        } else {
+            Error::InvalidRequest(message)
+        }
+        .into_response();
     }
     if !url_is_clean(req.uri()) {
         return Error::InvalidRequest(

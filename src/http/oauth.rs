@@ -3,7 +3,7 @@
 //! Bodies are form-encoded and errors use OAuth's codes and shape, not the JSON API's.
 
 use super::AppState;
-use super::extract::{Context, bearer};
+use super::extract::{Context, DpopHeader, bearer};
 use crate::error::Error;
 use crate::service::api_keys::{RESOURCE_SERVER_ROLE, SECURITY_ROLE};
 use crate::service::{DEFAULT_SCOPE, IssuedTokens};
@@ -31,6 +31,8 @@ pub struct OAuthError {
     code: &'static str,
     description: String,
     retry_after: Option<u64>,
+    /// A fresh `DPoP-Nonce` to send along (`use_dpop_nonce`, RFC 9449 §8).
+    nonce: Option<String>,
 }
 
 impl OAuthError {
@@ -40,6 +42,7 @@ impl OAuthError {
             code,
             description: description.into(),
             retry_after: None,
+            nonce: None,
         }
     }
 
@@ -62,6 +65,12 @@ impl From<Error> for OAuthError {
             | Error::AccountLocked
             | Error::ReauthRequired => {
                 return Self::new(StatusCode::BAD_REQUEST, "invalid_grant", e.to_string());
+            }
+            Error::InvalidDpopProof(_) | Error::InvalidDpopToken(_) => "invalid_dpop_proof",
+            Error::UseDpopNonce(nonce) | Error::ResourceDpopNonce(nonce) => {
+                let mut e = Self::new(status, "use_dpop_nonce", e.to_string());
+                e.nonce = Some(nonce.clone());
+                return e;
             }
             Error::MissingToken | Error::InvalidToken(_) | Error::SessionEnded => "invalid_token",
             Error::Forbidden(..) => "insufficient_scope",
@@ -98,6 +107,9 @@ impl IntoResponse for OAuthError {
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(v) = self.nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            headers.insert(crate::tokens::dpop::NONCE_HEADER, v);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
@@ -192,10 +204,32 @@ fn form_decode(s: &str) -> Option<String> {
 async fn token(
     State(app): State<AppState>,
     Context(ctx): Context,
+    DpopHeader(dpop): DpopHeader,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, OAuthError> {
-    let params = Params::parse(&headers, &body)?;
+) -> Response {
+    let result = grant(&app, &ctx, &dpop, &headers, &body).await;
+    let mut response = result.map(token_response).into_response();
+    // RFC 9449 §8: every answer of the token endpoint carries a fresh nonce when they are on.
+    if let Some(v) = app
+        .dpop_nonce()
+        .and_then(|n| HeaderValue::from_str(&n).ok())
+    {
+        response
+            .headers_mut()
+            .insert(crate::tokens::dpop::NONCE_HEADER, v);
+    }
+    response
+}
+
+async fn grant(
+    app: &AppState,
+    ctx: &crate::domain::context::RequestContext,
+    dpop: &crate::service::dpop::Dpop,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<IssuedTokens, OAuthError> {
+    let params = Params::parse(headers, body)?;
     let bad_scope = params.get("scope").is_some_and(|scope| {
         scope
             .split(' ')
@@ -209,11 +243,14 @@ async fn token(
         ));
     }
     let issued = match params.required("grant_type")? {
-        "refresh_token" => app.refresh(params.required("refresh_token")?, &ctx).await?,
+        "refresh_token" => {
+            app.refresh(params.required("refresh_token")?, ctx, dpop)
+                .await?
+        }
         "password" if app.config.oauth_password_grant => {
             let username = params.required("username")?;
             let password = params.required("password")?.to_owned();
-            app.login(username, password, &ctx).await?
+            app.login(username, password, ctx, dpop).await?
         }
         other => {
             return Err(OAuthError::new(
@@ -226,13 +263,13 @@ async fn token(
             ));
         }
     };
-    Ok(token_response(issued))
+    Ok(issued)
 }
 
 fn token_response(issued: IssuedTokens) -> Response {
     let body = Json(json!({
         "access_token": issued.access_token,
-        "token_type": "Bearer",
+        "token_type": issued.token_type,
         "expires_in": issued.expires_in,
         "refresh_token": issued.refresh_token.expose(),
         "refresh_token_expires_in": issued.refresh_token_expires_in,

@@ -111,6 +111,16 @@ impl Backtest {
                 None,
                 e.context.clone(),
             ),
+            Event::DpopMismatch(e) => {
+                let user = sessions.get(&e.session_id).map(|s| s.user_id);
+                (
+                    Trigger::DpopMismatch,
+                    user,
+                    None,
+                    Some(e.session_id),
+                    e.context.clone(),
+                )
+            }
             Event::ReuseDetected(e) => {
                 let user = sessions.get(&e.session_id).map(|s| s.user_id);
                 (

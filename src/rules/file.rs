@@ -152,12 +152,15 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Rule>, RuleError> {
             return Err(fail("actions must name at least one action".into()));
         }
         if deny
-            && on
-                .iter()
-                .any(|t| matches!(t, Trigger::LoginFailed | Trigger::ReuseDetected))
+            && on.iter().any(|t| {
+                matches!(
+                    t,
+                    Trigger::LoginFailed | Trigger::ReuseDetected | Trigger::DpopMismatch
+                )
+            })
         {
             return Err(fail(
-                "deny refuses a login or refresh; it cannot apply to login.failed or session.reuse_detected"
+                "deny refuses a login or refresh; it cannot apply to login.failed, session.reuse_detected or session.dpop_mismatch"
                     .into(),
             ));
         }

@@ -99,6 +99,8 @@ pub enum Trigger {
     RefreshRetried,
     LoginFailed,
     ReuseDetected,
+    /// A DPoP-bound family's refresh without a proof by its key.
+    DpopMismatch,
 }
 
 impl Trigger {
@@ -108,6 +110,7 @@ impl Trigger {
         Trigger::RefreshRetried,
         Trigger::LoginFailed,
         Trigger::ReuseDetected,
+        Trigger::DpopMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +120,7 @@ impl Trigger {
             Trigger::RefreshRetried => "session.refresh_retried",
             Trigger::LoginFailed => "login.failed",
             Trigger::ReuseDetected => "session.reuse_detected",
+            Trigger::DpopMismatch => "session.dpop_mismatch",
         }
     }
 

@@ -51,7 +51,7 @@ impl Sessiond {
                 return Ok(inactive());
             }
             let exp = session.idle_expires_at.min(session.absolute_expires_at);
-            return Ok(json!({
+            let answer = json!({
                 "active": true,
                 "token_type": "refresh_token",
                 "scope": session.scope,
@@ -60,27 +60,31 @@ impl Sessiond {
                 "iss": self.config.issuer,
                 "exp": exp.timestamp(),
                 "iat": session.rotated_at.unwrap_or(session.created_at).timestamp(),
-            }));
+            });
+            return Ok(with_cnf(answer, session.dpop_jkt.as_deref()));
         }
         let Ok(claims) = self.tokens.verify(token, now) else {
             return Ok(inactive());
         };
         match self.live_session(claims.sid).await? {
-            Some(s) if s.user_id == claims.sub => Ok(json!({
-                "active": true,
-                "token_type": "Bearer",
-                "scope": claims.scope,
-                "sub": claims.sub,
-                "sid": claims.sid,
-                "aud": claims.aud,
-                "iss": claims.iss,
-                "exp": claims.exp,
-                "iat": claims.iat,
-                "nbf": claims.nbf,
-                "jti": claims.jti,
-                "auth_time": claims.auth_time,
-                "roles": claims.roles,
-            })),
+            Some(s) if s.user_id == claims.sub => Ok(with_cnf(
+                json!({
+                    "active": true,
+                    "token_type": if claims.cnf.is_some() { "DPoP" } else { "Bearer" },
+                    "scope": claims.scope,
+                    "sub": claims.sub,
+                    "sid": claims.sid,
+                    "aud": claims.aud,
+                    "iss": claims.iss,
+                    "exp": claims.exp,
+                    "iat": claims.iat,
+                    "nbf": claims.nbf,
+                    "jti": claims.jti,
+                    "auth_time": claims.auth_time,
+                    "roles": claims.roles,
+                }),
+                claims.cnf.as_ref().map(|c| c.jkt.as_str()),
+            )),
             _ => Ok(inactive()),
         }
     }
@@ -157,6 +161,14 @@ impl Sessiond {
     }
 }
 
+/// RFC 9449 §6.2: a bound token's key, as the access token states it (absent for bearer).
+fn with_cnf(mut answer: Value, jkt: Option<&str>) -> Value {
+    if let Some(jkt) = jkt {
+        answer["cnf"] = json!({ "jkt": jkt });
+    }
+    answer
+}
+
 fn inactive() -> Value {
     json!({ "active": false })
 }
@@ -180,6 +192,8 @@ pub fn authorization_server_metadata(issuer: &str, base: &str, password_grant: b
         "revocation_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint_auth_methods_supported": ["bearer"],
         "scopes_supported": [super::DEFAULT_SCOPE],
+        // RFC 9449 §5.1: the algorithms DPoP proofs may be signed with.
+        "dpop_signing_alg_values_supported": crate::tokens::dpop::SIGNING_ALGS,
         "service_documentation": format!("{base}/openapi.json"),
     })
 }

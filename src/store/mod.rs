@@ -286,6 +286,19 @@ pub trait UnitOfWork: Send {
         &mut self,
         subscription_id: Uuid,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Records a DPoP proof's `jti` (its SHA-256) as seen until `expires_at`; `false` if it was
+    /// seen before, by this node or another (the table's primary key settles a race). Not a
+    /// projection: a rebuild leaves it alone.
+    fn claim_dpop_jti(
+        &mut self,
+        jti_hash: &[u8; 32],
+        expires_at: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Forgets the proofs whose window ended before `before`; returns how many.
+    fn prune_dpop_jtis(
+        &mut self,
+        before: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// The writer's transaction control over its unit of work.

@@ -1,6 +1,7 @@
 //! Access tokens: EdDSA JWTs with the signing key's `kid` in the header, and the JWKS that
 //! publishes the keys to verify them.
 
+pub mod dpop;
 pub mod keys;
 pub mod refresh;
 
@@ -30,6 +31,15 @@ pub struct AccessClaims {
     #[serde(default)]
     pub roles: Vec<String>,
     pub auth_time: i64,
+    /// The DPoP key the token is bound to (RFC 9449 §6): present it with a proof by that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// `cnf` (RFC 7800) with the JWK SHA-256 thumbprint of a DPoP key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    pub jkt: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +56,10 @@ pub enum TokenError {
     NotYetValid,
     #[error("the token is not an access token (typ must be at+jwt)")]
     WrongType,
+    #[error("the access token is bound to a DPoP key: send it as Authorization: DPoP with a proof")]
+    DpopBound,
+    #[error("the access token is not bound to a DPoP key: send it as Authorization: Bearer")]
+    NotDpopBound,
 }
 
 /// The JWT `typ` of access tokens (RFC 9068 §2.1). Verifiers refuse any other (RFC 8725 §3.11),
@@ -68,6 +82,8 @@ pub struct AccessGrant<'a> {
     pub scope: &'a str,
     pub roles: &'a [String],
     pub auth_time: Timestamp,
+    /// The session's DPoP binding: the token carries `cnf.jkt`.
+    pub dpop_jkt: Option<&'a str>,
 }
 
 struct KeyRing {
@@ -179,6 +195,9 @@ impl TokenService {
             scope: grant.scope.to_owned(),
             roles: grant.roles.to_vec(),
             auth_time: grant.auth_time.timestamp(),
+            cnf: grant.dpop_jkt.map(|jkt| Confirmation {
+                jkt: jkt.to_owned(),
+            }),
         };
         (self.ring().sign(&claims), lifetime)
     }
@@ -337,6 +356,7 @@ mod tests {
             scope: "openid",
             roles: &roles,
             auth_time: now,
+            dpop_jkt: None,
         };
         let (jwt, _) = tokens.issue(&grant, now);
 
@@ -369,6 +389,7 @@ mod tests {
                 scope: "session",
                 roles: &[],
                 auth_time: now,
+                dpop_jkt: None,
             },
             now,
         );

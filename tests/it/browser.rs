@@ -257,6 +257,9 @@ async fn the_pages_work_in_a_real_browser_and_render_markup_as_text() {
         true,
     )
     .await;
+    // The page signs DPoP proofs with the browser's clock: start five minutes back, so that the
+    // server's clock is the browser's again when the page signs in.
+    app.clock.advance(chrono::Duration::minutes(-5));
     app.register("alice").await;
     let ua = format!("Mozilla/5.0 {XSS}");
     let first = login_from(&app, "alice", crate::rules::PARIS, &ua).await;
@@ -387,6 +390,88 @@ async fn the_pages_work_in_a_real_browser_and_render_markup_as_text() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(sessions_left(&app).await, 0);
+}
+
+/// The account page binds its session to a non-extractable WebCrypto key kept in IndexedDB:
+/// it signs in and refreshes with DPoP, and its refresh cookie, copied out of the browser, is
+/// refused without the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_page_binds_its_session_to_the_browsers_key() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    app.register("pia").await;
+    b.goto(&app.url("/account/")).await;
+    sign_in(&b, "pia").await;
+    b.wait_for("#devices tr", 1).await;
+    let started = app
+        .events(sessiond::store::EventFilter {
+            event_types: vec!["session.started".into()],
+            ..Default::default()
+        })
+        .await;
+    let sid = data(&started[0])["session_id"].as_str().unwrap().to_owned();
+    assert!(
+        data(&started[0])["dpop_jkt"].is_string(),
+        "the page's login carried a proof: {}",
+        started[0].data
+    );
+    // The key in IndexedDB: its private half cannot be exported.
+    let extractable = b
+        .post(
+            "/execute/async",
+            json!({ "script": "const done = arguments[0]; const o = indexedDB.open('sessiond-dpop');
+                o.onsuccess = () => { const g = o.result.transaction('keys').objectStore('keys').get('device');
+                g.onsuccess = () => done([g.result.privateKey.extractable, g.result.privateKey.algorithm.name]); };",
+                "args": [] }),
+        )
+        .await;
+    assert_eq!(extractable, json!([false, "ECDSA"]));
+
+    // A reload refreshes by cookie, with a proof by the same key.
+    b.goto(&app.url("/account/")).await;
+    b.wait_for("#devices tr", 1).await;
+    let refreshed = app.session_events(&sid).await;
+    assert_eq!(
+        types(&refreshed)
+            .iter()
+            .filter(|t| **t == "session.refreshed")
+            .count(),
+        1
+    );
+
+    // The refresh cookie, taken out of the browser (it is scoped to the refresh path).
+    b.goto(&app.url("/v1/auth/refresh")).await;
+    let cookie = b.get("/cookie/__Secure-sessiond_refresh").await;
+    let cookie = cookie["value"]
+        .as_str()
+        .expect("the refresh cookie")
+        .to_owned();
+    let r = app
+        .http
+        .post(app.url("/v1/auth/refresh"))
+        .header("cookie", format!("__Secure-sessiond_refresh={cookie}"))
+        .header("origin", app.url(""))
+        .header("x-sessiond-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "invalid_dpop_proof"
+    );
+    let after = app.session_events(&sid).await;
+    assert!(types(&after).contains(&"session.dpop_mismatch"));
+    assert_eq!(
+        types(&after)
+            .iter()
+            .filter(|t| **t == "session.refreshed")
+            .count(),
+        1,
+        "nothing rotated"
+    );
+    b.screenshot("account-dpop.png").await;
 }
 
 async fn sessions_left(app: &TestApp) -> usize {

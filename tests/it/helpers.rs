@@ -101,6 +101,10 @@ async fn spawn_node_with(
         ..Config::default()
     };
     configure(&mut config);
+    // Bound first, so that `listen` is the address clients reach: the server's absolute URLs
+    // (OAuth metadata, the `htu` a DPoP proof must name) come from it when no `public_url` is set.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    config.listen = listener.local_addr().unwrap();
     let app = App::build_with(
         config,
         Options {
@@ -114,14 +118,23 @@ async fn spawn_node_with(
     )
     .await
     .expect("the app builds");
-    serve(app, clock, data_dir).await
+    serve_on(app, listener, clock, data_dir).await
 }
 
 /// Serves a built app on 127.0.0.1:0.
 pub async fn serve(app: App, clock: Arc<ManualClock>, data_dir: TempDir) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(app, listener, clock, data_dir).await
+}
+
+async fn serve_on(
+    app: App,
+    listener: tokio::net::TcpListener,
+    clock: Arc<ManualClock>,
+    data_dir: TempDir,
+) -> TestApp {
     let service = app.service.clone();
     let jobs = app.jobs();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(app.serve_on(listener, std::future::pending()));
     TestApp {

@@ -28,13 +28,19 @@ async fn the_sweep_records_idle_and_absolute_expiry() {
 
     app.clock.advance(Duration::days(6));
     keeper = app.refresh_ok(&keeper.refresh).await;
-    assert_eq!(run(&app, JobKind::ExpirySweep).await, "0 sessions expired");
+    assert_eq!(
+        run(&app, JobKind::ExpirySweep).await,
+        "0 sessions expired, 0 DPoP proofs forgotten"
+    );
     let active = || async { app.service.store.count_active_sessions().await.unwrap() };
     assert_eq!(active().await, 2);
 
     // The idler's seven idle days are up; the keeper refreshed a day ago.
     app.clock.advance(Duration::days(1) + Duration::minutes(1));
-    assert_eq!(run(&app, JobKind::ExpirySweep).await, "1 sessions expired");
+    assert_eq!(
+        run(&app, JobKind::ExpirySweep).await,
+        "1 sessions expired, 0 DPoP proofs forgotten"
+    );
     let e = last_event(&app, &idler.session_id).await;
     assert_eq!(e.event_type, "session.expired");
     assert_eq!(data(&e)["kind"], "idle");
@@ -57,7 +63,10 @@ async fn the_sweep_records_idle_and_absolute_expiry() {
     }
     // Day 30 and a minute: the idle expiry was capped at the absolute one.
     app.clock.advance(Duration::days(6));
-    assert_eq!(run(&app, JobKind::ExpirySweep).await, "1 sessions expired");
+    assert_eq!(
+        run(&app, JobKind::ExpirySweep).await,
+        "1 sessions expired, 0 DPoP proofs forgotten"
+    );
     let e = last_event(&app, &keeper.session_id).await;
     assert_eq!(e.event_type, "session.expired");
     assert_eq!(data(&e)["kind"], "absolute");
@@ -65,7 +74,10 @@ async fn the_sweep_records_idle_and_absolute_expiry() {
 
     // Recorded once: a second sweep finds nothing.
     let before = app.event_count().await;
-    assert_eq!(run(&app, JobKind::ExpirySweep).await, "0 sessions expired");
+    assert_eq!(
+        run(&app, JobKind::ExpirySweep).await,
+        "0 sessions expired, 0 DPoP proofs forgotten"
+    );
     assert_eq!(app.event_count().await, before);
     assert_eq!(
         app.me(&keeper.access).await.status(),

@@ -3,6 +3,7 @@
 //! searched for secrets); set TEST_LOG=1 to see them.
 
 mod helpers;
+mod jose;
 mod pg;
 
 mod admin;
@@ -13,6 +14,7 @@ mod browser;
 mod cli;
 mod crash;
 mod devices;
+mod dpop;
 mod expiry;
 mod export;
 mod files_roles;

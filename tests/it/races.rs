@@ -26,6 +26,7 @@ fn start_after_check(user_id: Uuid, verified: &str) -> StartSession {
         token: RefreshToken::new(Uuid::now_v7(), [7; 32]).key(),
         context: RequestContext::default(),
         verified_password_hash: verified.to_owned(),
+        dpop: None,
     }
 }
 

@@ -173,6 +173,7 @@ fn start(session_id: Uuid, token: TokenKey) -> Step {
         token,
         context: context(),
         verified_password_hash: "$argon2id$stand-in".into(),
+        dpop: None,
     })
 }
 
@@ -188,6 +189,8 @@ fn script() -> Vec<Step> {
             new_token: token(to),
             context: ctx.clone(),
             minter: minter.clone(),
+            proof: sessiond::commands::ProofInput::Absent,
+            require_dpop: false,
         })
     };
     vec![

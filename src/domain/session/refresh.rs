@@ -2,11 +2,11 @@
 //! just replaced with the same successor, treat any other known token as reuse. The README's
 //! decision table describes it row by row.
 
-use super::{Decision, Refusal, Session, SessionPolicy, refuse};
+use super::{Decision, Possession, Refusal, Session, SessionPolicy, refuse};
 use crate::domain::context::RequestContext;
 use crate::domain::event::{
-    Event, RefreshRetried, ReuseClass, ReuseDetected, RevokeReason, SessionRefreshed,
-    SessionRevoked,
+    DpopFault, DpopMismatch, Event, RefreshRetried, ReuseClass, ReuseDetected, RevokeReason,
+    SessionRefreshed, SessionRevoked,
 };
 use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::{Duration, Timestamp};
@@ -42,6 +42,52 @@ pub enum RetryTiming {
 }
 
 impl Session {
+    /// The refresh decision with sender constraint (RFC 9449): a bound family refreshes only
+    /// with a valid proof by its key; anything else is refused and recorded as a mismatch
+    /// (`session.dpop_mismatch`), with nothing rotated. An invalid proof on an unbound family
+    /// is refused without a record; with `require_dpop` an unbound family is refused. Once the
+    /// key holds, `decide_refresh` decides as for any family.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_bound_refresh(
+        &self,
+        presented: PresentedToken,
+        new_token: TokenKey,
+        context: &RequestContext,
+        possession: &Possession,
+        require_dpop: bool,
+        now: Timestamp,
+        policy: &SessionPolicy,
+        reissuable: bool,
+    ) -> Decision<RefreshGrant> {
+        if !self.is_active() || self.expiry_due(now).is_some() {
+            return self.decide_refresh(presented, new_token, context, now, policy, reissuable);
+        }
+        match (&self.dpop_jkt, possession) {
+            (Some(bound), Possession::Key(k)) if k == bound => {}
+            (Some(_), p) => {
+                let fault = match p {
+                    Possession::Absent => DpopFault::Missing,
+                    Possession::Invalid(f) => *f,
+                    Possession::Key(_) => DpopFault::OtherKey,
+                };
+                return Decision {
+                    events: vec![Event::DpopMismatch(DpopMismatch {
+                        session_id: self.session_id,
+                        fault,
+                        presented_jkt: possession.jkt().map(str::to_owned),
+                        presented_generation: presented.generation,
+                        context: context.clone(),
+                    })],
+                    outcome: Err(Refusal::DpopProof(fault)),
+                };
+            }
+            (None, Possession::Invalid(f)) => return refuse(Refusal::DpopProof(*f)),
+            (None, _) if require_dpop => return refuse(Refusal::DpopRequired),
+            (None, _) => {}
+        }
+        self.decide_refresh(presented, new_token, context, now, policy, reissuable)
+    }
+
     /// The refresh decision (DESIGN §4): rotate the current token; answer a retry of the token
     /// just replaced, early or late, with the *same* successor; treat any other known token as
     /// reuse. `reissuable` says whether the current token can be handed out again (the caller
@@ -136,9 +182,10 @@ impl Session {
     /// same device class (woothee category, OS and browser name; versions ignored). The network
     /// is not compared: a phone that leaves Wi-Fi for cellular is the same device, and the
     /// retry gets no branch of its own, only the successor the rotation issued. The one place
-    /// this is decided (a key-bound family would compare the proof's key here).
+    /// this is decided. A key-bound family is judged by the key, not the device: reaching here,
+    /// `decide_bound_refresh` already checked the proof is by the family's key.
     pub fn retry_by_same_device(&self, context: &RequestContext) -> bool {
-        context.device_class() == self.last_context.device_class()
+        self.dpop_jkt.is_some() || context.device_class() == self.last_context.device_class()
     }
 
     /// A retry of the token just replaced, by the same device: the same successor again, within

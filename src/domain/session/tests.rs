@@ -49,6 +49,7 @@ fn started() -> Session {
             roles: vec!["user".into()],
             token: token(1),
             context: ctx("198.51.100.4", "Firefox"),
+            dpop_jkt: None,
         },
         t0(),
         &policy(),
@@ -368,4 +369,145 @@ fn revoking_twice_records_once() {
     let s = apply(Some(s), &events, t0()).unwrap();
     assert!(s.decide_revoke(RevokeReason::Logout, None).is_empty());
     assert_eq!(s.version, 2);
+}
+
+fn bound() -> Session {
+    let mut s = started();
+    s.dpop_jkt = Some("key-a".into());
+    s
+}
+
+#[test]
+fn a_bound_family_refreshes_only_with_its_key_and_records_every_mismatch() {
+    let s = bound();
+    let c = ctx("198.51.100.4", "Firefox");
+    for (possession, fault) in [
+        (Possession::Absent, DpopFault::Missing),
+        (Possession::Key("key-b".into()), DpopFault::OtherKey),
+        (
+            Possession::Invalid(DpopFault::Replayed),
+            DpopFault::Replayed,
+        ),
+        (Possession::Invalid(DpopFault::Invalid), DpopFault::Invalid),
+    ] {
+        let d = s.decide_bound_refresh(
+            presented(1, 1),
+            token(2),
+            &c,
+            &possession,
+            false,
+            t0(),
+            &policy(),
+            true,
+        );
+        assert_eq!(d.outcome, Err(Refusal::DpopProof(fault)));
+        let [Event::DpopMismatch(m)] = &d.events[..] else {
+            panic!("one mismatch and nothing else: {:?}", d.events);
+        };
+        assert_eq!(m.fault, fault);
+        assert_eq!(m.presented_jkt.as_deref(), possession.jkt());
+    }
+    let key = Possession::Key("key-a".into());
+    let d = s.decide_bound_refresh(
+        presented(1, 1),
+        token(2),
+        &c,
+        &key,
+        false,
+        t0(),
+        &policy(),
+        true,
+    );
+    assert_eq!(d.outcome, Ok(RefreshGrant::Rotated { generation: 2 }));
+    // The binding survives a rotation.
+    assert_eq!(
+        apply(Some(s), &d.events, t0()).unwrap().dpop_jkt.as_deref(),
+        Some("key-a")
+    );
+}
+
+#[test]
+fn a_bound_familys_retry_is_judged_by_the_key_not_the_network_or_device() {
+    let s = bound();
+    let key = Possession::Key("key-a".into());
+    let wifi = ctx("198.51.100.4", "Firefox");
+    let d = s.decide_bound_refresh(
+        presented(1, 1),
+        token(2),
+        &wifi,
+        &key,
+        false,
+        t0(),
+        &policy(),
+        true,
+    );
+    let s = apply(Some(s), &d.events, t0()).unwrap();
+    // Another network and another user agent: an unbound family would call this another
+    // device; the key says it is the same client.
+    let cellular = ctx("203.0.113.9", "Chrome");
+    let near = t0() + Duration::seconds(5);
+    let d = s.decide_bound_refresh(
+        presented(1, 1),
+        token(3),
+        &cellular,
+        &key,
+        false,
+        near,
+        &policy(),
+        true,
+    );
+    assert!(
+        matches!(d.outcome, Ok(RefreshGrant::Retried { .. })),
+        "{:?}",
+        d.outcome
+    );
+    // The same move without a binding is another device.
+    let mut unbound = s.clone();
+    unbound.dpop_jkt = None;
+    let d = unbound.decide_bound_refresh(
+        presented(1, 1),
+        token(3),
+        &cellular,
+        &Possession::Absent,
+        false,
+        near,
+        &policy(),
+        true,
+    );
+    assert_eq!(
+        d.outcome,
+        Err(Refusal::Reuse(ReuseClass::PreviousOtherContext))
+    );
+}
+
+#[test]
+fn require_dpop_refuses_unbound_families_and_bad_proofs_refuse_without_a_record() {
+    let s = started();
+    let c = ctx("198.51.100.4", "Firefox");
+    let d = s.decide_bound_refresh(
+        presented(1, 1),
+        token(2),
+        &c,
+        &Possession::Absent,
+        true,
+        t0(),
+        &policy(),
+        true,
+    );
+    assert_eq!((d.outcome, d.events.len()), (Err(Refusal::DpopRequired), 0));
+    let bad = Possession::Invalid(DpopFault::Invalid);
+    let d = s.decide_bound_refresh(
+        presented(1, 1),
+        token(2),
+        &c,
+        &bad,
+        false,
+        t0(),
+        &policy(),
+        true,
+    );
+    assert_eq!(
+        (d.outcome, d.events.len()),
+        (Err(Refusal::DpopProof(DpopFault::Invalid)), 0)
+    );
 }

@@ -73,6 +73,9 @@ pub struct RegistrySql {
     pub put_login_failure: &'static str,
     /// A key's failures after a time, newest first, from an offset (`failed_at`).
     pub nth_login_failure: &'static str,
+    /// A DPoP proof's jti hash and expiry; inserts nothing if the hash is known.
+    pub claim_dpop_jti: &'static str,
+    pub prune_dpop_jtis: &'static str,
 }
 
 /// One database as the shared code sees it. Implemented by `sqlx::Sqlite` and `sqlx::Postgres`.

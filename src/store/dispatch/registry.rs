@@ -128,6 +128,28 @@ pub async fn put_login_failures<D: Dialect>(
     Ok(())
 }
 
+/// Records a DPoP proof's jti as seen: `false` if it was seen before. Run at once in the
+/// writer's transaction (not batched): a later command of the same batch must see it, and on
+/// PostgreSQL another node's insert of the same hash waits for this one to commit.
+pub async fn claim_dpop_jti<D: Dialect>(
+    c: &mut D::Connection,
+    jti_hash: &[u8; 32],
+    expires_at: Timestamp,
+) -> Result<bool, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.claim_dpop_jti)
+        .arg(jti_hash.as_slice())
+        .arg(format_timestamp(expires_at));
+    Ok(D::execute(c, q).await? == 1)
+}
+
+pub async fn prune_dpop_jtis<D: Dialect>(
+    c: &mut D::Connection,
+    before: Timestamp,
+) -> Result<u64, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.prune_dpop_jtis).arg(format_timestamp(before));
+    Ok(D::execute(c, q).await?)
+}
+
 impl<D: Dialect> Tables<D> {
     /// The `n`-th newest failure (0 = the newest) under `key` after `since`, if there are that
     /// many: one indexed read answers "is the limit reached, and until when".

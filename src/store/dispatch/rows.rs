@@ -103,6 +103,7 @@ pub fn session<D: Dialect>(r: &D::Row) -> Result<Session, StoreError> {
         reauth_required: r.flag("reauth_required")?,
         ended_at: D::time(r, "ended_at")?,
         end_reason: r.opt_text("end_reason")?,
+        dpop_jkt: r.opt_text("dpop_jkt")?,
         version: r.int("version")?,
     })
 }
@@ -296,7 +297,8 @@ pub fn push_sessions<'a, D: Dialect>(
         "INSERT INTO sessions (session_id, user_id, status, scope, roles, created_at, auth_time, \
          last_seen_at, idle_expires_at, absolute_expires_at, generation, retries, rotated_at, \
          rotated_from, current_token_id, current_token_hash, late_retry_generation, \
-         login_context, last_context, reauth_required, ended_at, end_reason, version) ",
+         login_context, last_context, reauth_required, ended_at, end_reason, version, \
+         dpop_jkt) ",
     );
     q.values(rows, |t, s| {
         t.cast(s.session_id.to_string(), D::UUID)
@@ -325,7 +327,9 @@ pub fn push_sessions<'a, D: Dialect>(
             .bind(s.reauth_required)
             .cast(s.ended_at.map(format_timestamp), D::TIME)
             .bind(s.end_reason.as_deref())
-            .bind(s.version);
+            .bind(s.version)
+            // Set at the start and never changed: the conflict branch leaves it alone.
+            .bind(s.dpop_jkt.as_deref());
     });
     q.push(" ON CONFLICT (session_id) DO UPDATE SET ");
     if set_status {

@@ -388,4 +388,17 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
     async fn delete_webhook_delivery(&mut self, id: Uuid) -> Result<(), StoreError> {
         registry::delete_webhook_delivery::<Db<B>>(self.flushed().await?, id).await
     }
+
+    async fn claim_dpop_jti(
+        &mut self,
+        jti: &[u8; 32],
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        // The table is no projection: the batch's pending writes need not go first.
+        registry::claim_dpop_jti::<Db<B>>(self.backend.conn()?, jti, until).await
+    }
+
+    async fn prune_dpop_jtis(&mut self, before: Timestamp) -> Result<u64, StoreError> {
+        registry::prune_dpop_jtis::<Db<B>>(self.backend.conn()?, before).await
+    }
 }

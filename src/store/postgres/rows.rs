@@ -62,7 +62,7 @@ macro_rules! session_columns {
             "login_context::text AS login_context, ",
             "last_context::text AS last_context, reauth_required, ",
             millis!("ended_at"),
-            ", end_reason, version"
+            ", end_reason, version, dpop_jkt"
         )
     };
 }
@@ -239,6 +239,9 @@ impl Dialect for Postgres {
                 " FROM login_failures WHERE throttle_key = $1 AND failed_at > $2::timestamptz \
                  ORDER BY failed_at DESC LIMIT 1 OFFSET $3"
             ),
+            claim_dpop_jti: "INSERT INTO dpop_proofs (jti_hash, expires_at) \
+                 VALUES ($1, $2::timestamptz) ON CONFLICT (jti_hash) DO NOTHING",
+            prune_dpop_jtis: "DELETE FROM dpop_proofs WHERE expires_at < $1::timestamptz",
         },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;

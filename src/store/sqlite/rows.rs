@@ -86,6 +86,9 @@ impl Dialect for Sqlite {
             put_login_failure: "INSERT INTO login_failures (throttle_key, failed_at) VALUES (?, ?)",
             nth_login_failure: "SELECT failed_at FROM login_failures \
                  WHERE throttle_key = ? AND failed_at > ? ORDER BY failed_at DESC LIMIT 1 OFFSET ?",
+            claim_dpop_jti: "INSERT INTO dpop_proofs (jti_hash, expires_at) VALUES (?, ?) \
+                 ON CONFLICT (jti_hash) DO NOTHING",
+            prune_dpop_jtis: "DELETE FROM dpop_proofs WHERE expires_at < ?",
         },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;
@@ -94,7 +97,7 @@ impl Dialect for Sqlite {
     const TIME: &'static str = "";
     const JSON: &'static str = "";
     const TOKENS_PER_STATEMENT: usize = 256;
-    /// Well under SQLite's 32,766 bound parameters (20 per session).
+    /// Well under SQLite's 32,766 bound parameters (21 per session).
     const ROWS_PER_STATEMENT: usize = 256;
 
     fn time(r: &SqliteRow, col: &str) -> Result<Option<Timestamp>, StoreError> {

@@ -138,6 +138,7 @@ fn the_access_token_verifier_refuses_every_forgery_with_a_typed_error() {
         scope: "openid",
         roles: &roles,
         auth_time: now,
+        dpop_jkt: None,
     };
 
     // What the server signs, it verifies, with the claims it put in.
