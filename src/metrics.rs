@@ -165,6 +165,8 @@ pub fn seed(rules: &[(String, &'static str)], jobs: &[&'static str]) {
         "reauth_required",
         "session_ended",
         "denied",
+        "dpop_invalid",
+        "dpop_required",
         "unknown_token",
     ] {
         counter!(REFRESHES, "outcome" => outcome).increment(0);
