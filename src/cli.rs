@@ -10,9 +10,9 @@ use operations::{KeysCmd, WebhooksCmd, keys, webhooks};
 use crate::app::open_store;
 use crate::config::{Config, LogFormat, Overrides};
 use crate::domain::parse_timestamp;
+use crate::store::{EventFilter, Store};
 use crate::tokens::checkpoint::{CheckpointKey, CheckpointPublicKey};
 use crate::tokens::keys::MasterKey;
-use crate::store::{EventFilter, Store};
 use crate::{App, StartError};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -405,7 +405,12 @@ const PAGE: i64 = 1000;
 /// creates one.
 fn existing_master(config: &Config) -> Result<Option<MasterKey>, StartError> {
     let env = std::env::var(crate::tokens::keys::MASTER_KEY_ENV).ok();
-    if env.is_none() && !config.data_dir.join(crate::tokens::keys::MASTER_KEY_FILE).exists() {
+    if env.is_none()
+        && !config
+            .data_dir
+            .join(crate::tokens::keys::MASTER_KEY_FILE)
+            .exists()
+    {
         return Ok(None);
     }
     Ok(Some(MasterKey::load(env, &config.data_dir)?))
@@ -445,7 +450,10 @@ async fn verify(
                     r.checkpoint.signed_at,
                     key.key_id,
                     if r.redacted > 0 {
-                        format!(" ({} with redacted fields: linked by their stored hash)", r.redacted)
+                        format!(
+                            " ({} with redacted fields: linked by their stored hash)",
+                            r.redacted
+                        )
                     } else {
                         String::new()
                     }

@@ -175,7 +175,10 @@ fn first_difference(table: &str, live: &[ProjectedRow], replay: &[ProjectedRow])
 
 /// Compares every projected table of `live` with `replay`, page by page in key order; the
 /// first row that differs, named by table, key and column.
-pub async fn compare_projections(live: &Store, replay: &Store) -> Result<Option<String>, StartError> {
+pub async fn compare_projections(
+    live: &Store,
+    replay: &Store,
+) -> Result<Option<String>, StartError> {
     for (table, (name, _)) in PROJECTED_TABLES.iter().enumerate() {
         let mut offset = 0;
         loop {

@@ -134,7 +134,10 @@ pub async fn rebuild<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, 
 /// Replays the whole log of `source` into the projections of `scratch`, an empty store of the
 /// same backend, committing after every page: a scratch copy needs no single transaction, and
 /// on PostgreSQL each commit lets the live writers (whose append lock it shares) go on.
-pub async fn replay_into<W: WriteSession>(scratch: &mut W, source: &Store) -> Result<u64, StoreError> {
+pub async fn replay_into<W: WriteSession>(
+    scratch: &mut W,
+    source: &Store,
+) -> Result<u64, StoreError> {
     scratch.begin(&[]).await?;
     match replay_pages(scratch, source, true).await {
         Ok(n) => {

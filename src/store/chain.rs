@@ -91,7 +91,8 @@ impl ChainVerifier {
         if e.prev_hash.as_slice() != self.head.hash {
             return Err((e.position, ChainBreak::PrevHash));
         }
-        let hash = <[u8; 32]>::try_from(e.hash.as_slice()).map_err(|_| (e.position, ChainBreak::Hash))?;
+        let hash =
+            <[u8; 32]>::try_from(e.hash.as_slice()).map_err(|_| (e.position, ChainBreak::Hash))?;
         self.head = ChainHead {
             position: e.position,
             hash,

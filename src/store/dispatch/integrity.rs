@@ -23,8 +23,14 @@ pub const PROJECTED_TABLES: &[(&str, &str)] = &[
 /// The tables that are not projections of the log, and why `events verify` does not compare
 /// them with a replay.
 pub const NOT_PROJECTED: &[(&str, &str)] = &[
-    ("events", "the log itself: checked by the chain and the signed checkpoints"),
-    ("checkpoints", "signatures over the log, checked against the chain"),
+    (
+        "events",
+        "the log itself: checked by the chain and the signed checkpoints",
+    ),
+    (
+        "checkpoints",
+        "signatures over the log, checked against the chain",
+    ),
     (
         "secrets",
         "key material (sealed private keys, API-key hashes) kept out of the log",
@@ -58,7 +64,8 @@ fn checkpoint<D: Dialect>(r: &D::Row) -> Result<Checkpoint, StoreError> {
     })
 }
 
-const CHECKPOINT_COLS: &str = "SELECT position, hash, signed_at, key_id, signature FROM checkpoints";
+const CHECKPOINT_COLS: &str =
+    "SELECT position, hash, signed_at, key_id, signature FROM checkpoints";
 
 /// Stores `cp` in the writer's transaction. Of the checkpoints in `cp`'s bucket of
 /// [`crate::domain::checkpoint::KEEP_EVERY`] positions only the first stays beside it: the

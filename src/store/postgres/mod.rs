@@ -68,7 +68,10 @@ impl PostgresStore {
         sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
             .execute(&self.pool)
             .await?;
-        let options = self.options.clone().options([("search_path", schema.as_str())]);
+        let options = self
+            .options
+            .clone()
+            .options([("search_path", schema.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone())

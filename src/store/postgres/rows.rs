@@ -313,7 +313,11 @@ impl Dialect for Postgres {
              WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
         )
         .arg(table);
-        Self::fetch_all(c, q).await?.iter().map(|r| r.text("name")).collect()
+        Self::fetch_all(c, q)
+            .await?
+            .iter()
+            .map(|r| r.text("name"))
+            .collect()
     }
 
     fn column_text(col: &str) -> String {

@@ -161,9 +161,16 @@ impl Dialect for Sqlite {
         Ok(quoted?.join(" || '|' || "))
     }
 
-    async fn column_names(c: &mut SqliteConnection, table: &str) -> Result<Vec<String>, StoreError> {
+    async fn column_names(
+        c: &mut SqliteConnection,
+        table: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let info = Stmt::new::<Self>(format!("PRAGMA table_info({table})"));
-        Self::fetch_all(c, info).await?.iter().map(|r| r.text("name")).collect()
+        Self::fetch_all(c, info)
+            .await?
+            .iter()
+            .map(|r| r.text("name"))
+            .collect()
     }
 
     fn column_text(col: &str) -> String {
