@@ -13,6 +13,7 @@ use crate::rules::RuleEngine;
 use crate::rules::breaker::BreakerConfig;
 use crate::service::Sessiond;
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
+use crate::tokens::checkpoint::CheckpointKey;
 use crate::tokens::keys::{KeyError, MASTER_KEY_ENV, MasterKey};
 use crate::tokens::{TokenService, load_keys};
 use std::future::Future;
@@ -144,12 +145,15 @@ impl App {
         let job_names = crate::jobs::JobKind::ALL.map(|j| j.name());
         crate::metrics::seed(&loaded_rules, &job_names);
         let store = open_store(&config, true).await?;
+        let master = MasterKey::load(options.master_key, &config.data_dir)?;
+        let checkpoint_key = Arc::new(CheckpointKey::derive(&master));
         let (writer, writer_task) = spawn_writer(
             &store,
             options.clock.clone(),
             config.session_policy(),
             rules.clone(),
             config.writer_max_batch,
+            checkpoint_key.clone(),
         )
         .await?;
         let commits = store.follow_commits(writer.committed()).await?;
@@ -158,7 +162,6 @@ impl App {
             Store::Postgres(_) => None,
         };
 
-        let master = MasterKey::load(options.master_key, &config.data_dir)?;
         let mut loaded = load_keys(&store.signing_keys().await?, &master, options.clock.now())?;
         if let Some(stored) = loaded.created.take() {
             // One command: the check for an active key, the events, the row and the sealed
@@ -375,14 +378,26 @@ async fn spawn_writer(
     policy: SessionPolicy,
     rules: Arc<RuleEngine>,
     max_batch: usize,
+    checkpoint_key: Arc<CheckpointKey>,
 ) -> Result<(Writer, JoinHandle<()>), StoreError> {
+    let key = Some(checkpoint_key);
     Ok(match store {
-        Store::Sqlite(s) => {
-            Writer::spawn(s.write_session().await?, clock, policy, rules, max_batch)
-        }
-        Store::Postgres(p) => {
-            Writer::spawn(p.write_session().await?, clock, policy, rules, max_batch)
-        }
+        Store::Sqlite(s) => Writer::spawn(
+            s.write_session().await?,
+            clock,
+            policy,
+            rules,
+            max_batch,
+            key,
+        ),
+        Store::Postgres(p) => Writer::spawn(
+            p.write_session().await?,
+            clock,
+            policy,
+            rules,
+            max_batch,
+            key,
+        ),
     })
 }
 

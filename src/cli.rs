@@ -3,14 +3,15 @@
 //! `projections rebuild`.
 
 mod accounts;
+mod integrity;
 mod operations;
 use operations::{KeysCmd, WebhooksCmd, keys, webhooks};
 
 use crate::app::open_store;
 use crate::config::{Config, LogFormat, Overrides};
 use crate::domain::parse_timestamp;
-use crate::store::chain::{ChainBreak, ChainVerifier};
 use crate::store::{EventFilter, Store};
+use crate::tokens::checkpoint::{CheckpointKey, CheckpointPublicKey};
 use crate::{App, StartError};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -93,10 +94,30 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum EventsCmd {
-    /// Walk the hash chain from the first event; name the first position that does not hold.
+    /// Check the log: walk the hash chain from the first event and name the first position
+    /// that does not hold; check every stored checkpoint's Ed25519 signature against the chain
+    /// and require the head to be signed; then replay the log into a scratch store and compare
+    /// every projected table row by row, naming the first row that differs (table, key, column).
+    /// An attacker who can write the database but lacks the master key cannot sign a new head,
+    /// so an edited event (even with every later hash recomputed) fails. Limit: deleting the
+    /// tail of the log together with its checkpoints leaves a shorter log that verifies; a
+    /// checkpoint kept outside (GET /v1/admin/checkpoints, or an export's last line) detects it,
+    /// as this command names a checkpoint past the log's end, and `--export` a missing tail.
+    #[command(verbatim_doc_comment)]
     Verify {
         #[command(flatten)]
         common: Common,
+        /// Verify an export file (from `events export`) instead of the database: a complete,
+        /// unaltered prefix of the log, signed by its last line's checkpoint. Needs no database.
+        #[arg(long, value_name = "FILE")]
+        export: Option<PathBuf>,
+        /// The checkpoint public key to trust (base64url of the 32-byte Ed25519 key, or its
+        /// JWK), as published by GET /v1/admin/checkpoints; default: derived from the master key.
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
+        /// Check the chain and the checkpoints only, without the projection replay.
+        #[arg(long)]
+        chain_only: bool,
     },
     /// Write events as NDJSON, oldest first.
     Export {
@@ -232,8 +253,14 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
         }
         Cmd::Users { command } => accounts::users(command).await,
         Cmd::Events {
-            command: EventsCmd::Verify { common },
-        } => verify(&common.store().await?).await,
+            command:
+                EventsCmd::Verify {
+                    common,
+                    export,
+                    public_key,
+                    chain_only,
+                },
+        } => integrity::verify(&common, export, public_key, chain_only).await,
         Cmd::Events {
             command:
                 EventsCmd::Export {
@@ -252,7 +279,9 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
                 until: until.as_deref().map(time_arg("--until")).transpose()?,
                 ..Default::default()
             };
-            export(&common.store().await?, filter, output).await
+            let key = integrity::existing_master(&common.existing_config()?)?
+                .map(|m| CheckpointKey::derive(&m).public().clone());
+            export(&common.store().await?, filter, output, key).await
         }
         Cmd::Keys { command } => keys(command).await,
         Cmd::Webhooks { command } => webhooks(command).await,
@@ -371,39 +400,6 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 
 const PAGE: i64 = 1000;
 
-async fn verify(store: &Store) -> Result<ExitCode, StartError> {
-    let mut verifier = ChainVerifier::default();
-    let mut after = 0;
-    loop {
-        let page = store
-            .events(&EventFilter {
-                after_position: after,
-                limit: Some(PAGE),
-                ..Default::default()
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for e in &page {
-            if let Err((position, why)) = verifier.check(e) {
-                let reason = match why {
-                    ChainBreak::Gap { expected } => format!("position {expected} is missing"),
-                    ChainBreak::PrevHash => "prev_hash does not match the event before".to_owned(),
-                    ChainBreak::Hash => "the event's content does not match its hash".to_owned(),
-                };
-                println!("chain broken at position {position}: {reason}");
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-    }
-    println!(
-        "chain ok: {} events, head at position {}",
-        verifier.checked(),
-        verifier.head().position
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
 /// An export file, created readable by its owner only (0600); an existing one is truncated and
 /// tightened.
 fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
@@ -422,23 +418,45 @@ fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
 }
 
 /// The event as exported: its stored form less the password hash that `user.registered` and
-/// `user.password_changed` carry (the chain hashes still name the stored form, so
-/// `events verify` runs on the database, not on an export).
-fn without_password_hash(e: &crate::store::RecordedEvent) -> crate::store::RecordedEvent {
+/// `user.password_changed` carry, marked `"redacted": true` (its own hash can no
+/// longer be recomputed from the line; `events verify --export` links it by its stored hash).
+fn export_line(e: &crate::store::RecordedEvent) -> Result<String, StartError> {
     let mut e = e.clone();
+    let mut redacted = false;
     if let Ok(mut data) = serde_json::from_str::<serde_json::Value>(&e.data)
         && crate::domain::event::strip_secrets(&mut data)
     {
         e.data = data.to_string();
+        redacted = true;
     }
-    e
+    let mut line = serde_json::to_string(&e).map_err(|e| StartError::Io(e.to_string()))?;
+    if redacted {
+        line.pop();
+        line.push_str(r#","redacted":true}"#);
+    }
+    Ok(line)
 }
 
+/// Writes the events `filter` selects. A full export (no filter) is the log up to its latest
+/// signed checkpoint, and ends with that checkpoint as its last line, so that a third party
+/// can check it is a complete, unaltered prefix (`events verify --export`).
 async fn export(
     store: &Store,
     mut filter: EventFilter,
     output: Option<PathBuf>,
+    key: Option<CheckpointPublicKey>,
 ) -> Result<ExitCode, StartError> {
+    let full = filter.stream_id.is_none()
+        && filter.event_types.is_empty()
+        && filter.since.is_none()
+        && filter.until.is_none();
+    let covering = match full {
+        true => store.latest_checkpoints(1).await?.pop(),
+        false => None,
+    };
+    if let Some(cp) = &covering {
+        filter.before_position = Some(cp.position + 1);
+    }
     let io = |e: std::io::Error| StartError::Io(e.to_string());
     let mut out: Box<dyn Write> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(private_file(path).map_err(io)?)),
@@ -449,10 +467,18 @@ async fn export(
         let page = store.events(&filter).await?;
         let Some(last) = page.last() else { break };
         filter.after_position = last.position;
-        for e in page.iter().map(without_password_hash) {
-            serde_json::to_writer(&mut out, &e).map_err(|e| StartError::Io(e.to_string()))?;
+        for e in &page {
+            out.write_all(export_line(e)?.as_bytes()).map_err(io)?;
             out.write_all(b"\n").map_err(io)?;
         }
+    }
+    if let Some(cp) = &covering {
+        let mut trailer = integrity::export_trailer(cp);
+        if let Some(key) = &key {
+            trailer["public_key"] = key.jwk();
+        }
+        out.write_all(trailer.to_string().as_bytes()).map_err(io)?;
+        out.write_all(b"\n").map_err(io)?;
     }
     out.flush().map_err(io)?;
     Ok(ExitCode::SUCCESS)

@@ -29,6 +29,7 @@ pub mod api_keys;
 mod credentials;
 pub mod devices;
 pub mod dpop;
+pub mod integrity;
 pub mod maintenance;
 pub mod oauth;
 pub mod signing_keys;

@@ -19,6 +19,7 @@ use crate::domain::session::SessionPolicy;
 use crate::domain::token::TokenKey;
 use crate::rules::RuleEngine;
 use crate::store::{StoreError, UnitOfWork, WriteSession};
+use crate::tokens::checkpoint::CheckpointKey;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -197,6 +198,7 @@ impl Writer {
         policy: SessionPolicy,
         rules: Arc<RuleEngine>,
         max_batch: usize,
+        checkpoint_key: Option<Arc<CheckpointKey>>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(max_batch * 8);
         let (committed_tx, committed) = watch::channel(session.committed_position());
@@ -209,6 +211,8 @@ impl Writer {
             max_batch: max_batch.max(1),
             committed: committed_tx,
             stats: stats.clone(),
+            checkpoint_key,
+            signed: None,
         };
         // The writer gets a thread of its own: it is the one serial path of the service, and
         // on a shared runtime every statement's wake-up would queue behind HTTP work.
@@ -279,10 +283,19 @@ struct WriterTask<W> {
     max_batch: usize,
     committed: watch::Sender<i64>,
     stats: Arc<WriterStats>,
+    /// Signs the head of every batch that moved it; `None` only where nothing is appended.
+    checkpoint_key: Option<Arc<CheckpointKey>>,
+    /// The position this writer last signed (`None`: not yet in this run).
+    signed: Option<i64>,
 }
 
 impl<W: WriteSession> WriterTask<W> {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        // A log appended to without a checkpoint (by a build before 0010, or by the data
+        // migration that runs when the store opens) gets its head signed before any batch.
+        if let Err(e) = self.try_batch(&mut []).await {
+            tracing::warn!(error = %e, "cannot sign the log's head at start");
+        }
         let mut batch = Vec::with_capacity(self.max_batch);
         // Ends when every `Writer` handle is dropped and the queue is drained.
         while rx.recv_many(&mut batch, self.max_batch).await > 0 {
@@ -339,11 +352,37 @@ impl<W: WriteSession> WriterTask<W> {
                 return Err(e);
             }
         }
+        let signed = match self.sign_head().await {
+            Ok(signed) => signed,
+            Err(e) => {
+                self.session.rollback().await?;
+                return Err(e);
+            }
+        };
         if let Err(e) = self.session.commit().await {
             self.session.rollback().await?;
             return Err(e);
         }
+        if signed.is_some() {
+            self.signed = signed;
+        }
         Ok(())
+    }
+
+    /// Signs the transaction's head if this writer has not signed it yet (one Ed25519
+    /// signature per batch that appended, never one per event), and stores the checkpoint in
+    /// the same transaction: a committed head is always covered by a signature.
+    async fn sign_head(&mut self) -> Result<Option<i64>, StoreError> {
+        let Some(key) = &self.checkpoint_key else {
+            return Ok(None);
+        };
+        let head = self.session.head();
+        if head.position == 0 || self.signed == Some(head.position) {
+            return Ok(None);
+        }
+        let checkpoint = key.sign(head.position, head.hash, self.clock.now());
+        self.session.put_checkpoint(&checkpoint).await?;
+        Ok(Some(head.position))
     }
 
     async fn run_alone(&mut self, job: &mut Job) -> Result<(), StoreError> {

@@ -44,6 +44,15 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/events/export", get(export))
         .route("/v1/admin/stream", get(stream))
         .route("/v1/admin/alerts", get(alerts))
+        .route("/v1/admin/checkpoints", get(checkpoints))
+}
+
+/// The checkpoint key and the newest signed checkpoints, for a party that keeps them outside.
+async fn checkpoints(
+    State(app): State<AppState>,
+    _: SecurityCaller,
+) -> Result<Json<crate::service::integrity::CheckpointsView>, Error> {
+    Ok(Json(app.checkpoints().await?))
 }
 
 /// The caller of a security route: authenticated, and holding the `security` role.

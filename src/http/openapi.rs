@@ -396,6 +396,15 @@ fn operations() -> Vec<Op> {
         },
         op(
             "get",
+            "/v1/admin/checkpoints",
+            "security",
+            "The checkpoint public key and the newest signed checkpoints of the log's head",
+            Security,
+            None,
+            (200, "Checkpoints"),
+        ),
+        op(
+            "get",
             "/v1/admin/webhooks",
             "security",
             "Webhook subscriptions and their delivery state",
@@ -592,6 +601,7 @@ pub fn document() -> Value {
                 "Revoked": s(&[("revoked", "integer")]),
                 "RevocationPage": s(&[("revocations", "array"), ("next_cursor", "integer"), ("window_seconds", "integer")]),
                 "EventPage": s(&[("events", "array"), ("next_cursor", "integer")]),
+                "Checkpoints": s(&[("public_key", "object"), ("key_id", "string"), ("head", "integer"), ("checkpoints", "array")]),
                 "UserDetail": s(&[("user_id", "string"), ("username", "string"), ("roles", "array"), ("status", "string"), ("sessions", "array")]),
                 "SessionDetail": s(&[("session", "object"), ("lineage", "array"), ("reuse", "array"), ("timeline", "array")]),
                 "WebhookRequest": s(&[("url", "string"), ("event_types", "array"), ("format", "string")]),

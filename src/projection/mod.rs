@@ -131,7 +131,35 @@ pub async fn rebuild<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, 
     }
 }
 
+/// Replays the whole log of `source` into the projections of `scratch`, an empty store of the
+/// same backend, committing after every page: a scratch copy needs no single transaction, and
+/// on PostgreSQL each commit lets the live writers (whose append lock it shares) go on.
+pub async fn replay_into<W: WriteSession>(
+    scratch: &mut W,
+    source: &Store,
+) -> Result<u64, StoreError> {
+    scratch.begin(&[]).await?;
+    match replay_pages(scratch, source, true).await {
+        Ok(n) => {
+            scratch.commit().await?;
+            Ok(n)
+        }
+        Err(e) => {
+            scratch.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
 async fn replay_all<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, StoreError> {
+    replay_pages(ws, store, false).await
+}
+
+async fn replay_pages<W: WriteSession>(
+    ws: &mut W,
+    store: &Store,
+    commit_each_page: bool,
+) -> Result<u64, StoreError> {
     ws.clear_projections().await?;
     let mut after = 0;
     let mut replayed = 0;
@@ -164,6 +192,10 @@ async fn replay_all<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, S
                 apply_registry(ws, &event, at).await?;
             }
             replayed += 1;
+        }
+        if commit_each_page {
+            ws.commit().await?;
+            ws.begin(&[]).await?;
         }
     }
     Ok(replayed)

@@ -3,6 +3,7 @@
 //! [`tables`] (every read and write through the pool).
 
 pub(crate) mod dialect;
+pub mod integrity;
 pub(crate) mod registry;
 pub(crate) mod rows;
 pub(crate) mod tables;
@@ -68,6 +69,12 @@ route! {
         at: Timestamp,
     ) -> Result<(), StoreError>;
     /// The `n`-th newest login failure (0 = newest) under a throttle key after `since`.
+    /// Stored signed checkpoints after a position, oldest first.
+    fn checkpoints(&self, after_position: i64, limit: i64) -> Result<Vec<crate::domain::checkpoint::Checkpoint>, StoreError>;
+    /// The newest stored checkpoints, newest first.
+    fn latest_checkpoints(&self, limit: i64) -> Result<Vec<crate::domain::checkpoint::Checkpoint>, StoreError>;
+    /// A page of a projected table (`integrity::PROJECTED_TABLES[table]`) in key order.
+    fn projection_rows(&self, table: usize, offset: i64, limit: i64) -> Result<Vec<integrity::ProjectedRow>, StoreError>;
     fn nth_login_failure(&self, key: &str, since: Timestamp, n: i64) -> Result<Option<Timestamp>, StoreError>;
     fn close(&self);
 }

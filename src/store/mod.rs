@@ -19,6 +19,7 @@ use crate::domain::{Timestamp, format_timestamp};
 use std::future::Future;
 use uuid::Uuid;
 
+pub use dispatch::integrity;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -318,6 +319,15 @@ pub trait WriteSession: UnitOfWork + 'static {
     }
     /// Empties the inline projections (for a rebuild), inside the current transaction.
     fn clear_projections(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Where the log stands in this transaction: the last event appended, or the committed
+    /// head before any append.
+    fn head(&self) -> ChainHead;
+    /// Stores a signed checkpoint of the head in this transaction (see
+    /// [`dispatch::integrity::put_checkpoint`]).
+    fn put_checkpoint(
+        &mut self,
+        checkpoint: &crate::domain::checkpoint::Checkpoint,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// What a retention prune removed.

@@ -18,6 +18,7 @@ mod dpop;
 mod expiry;
 mod export;
 mod files_roles;
+mod integrity;
 mod jobs;
 mod late_retry;
 mod migration;

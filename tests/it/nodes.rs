@@ -69,9 +69,22 @@ async fn a_thousand_concurrent_refreshes_across_two_nodes_get_one_successor() {
         .unwrap();
     assert_eq!(a.service.store.projection_snapshot().await.unwrap(), live);
 
-    // The CLI walks the same chain.
+    // The CLI walks the same chain; the nodes' master key came from the environment, so it is
+    // told the published checkpoint key.
+    let master =
+        sessiond::tokens::keys::MasterKey::load(Some(master_key()), a.data_dir.path()).unwrap();
+    let x = sessiond::tokens::checkpoint::CheckpointKey::derive(&master)
+        .public()
+        .x();
     let (ok, out, err) = sessiond_cli(
-        &["events", "verify", "--database-url", &db.url],
+        &[
+            "events",
+            "verify",
+            "--database-url",
+            &db.url,
+            "--public-key",
+            &x,
+        ],
         a.data_dir.path(),
     );
     assert!(ok, "{out}{err}");
@@ -282,7 +295,12 @@ async fn the_command_line_works_on_postgres() {
         exported[0]["stream_id"],
         format!("session-{}", t.session_id)
     );
-    let (ok, out, _) = cli(&["events", "verify"]);
+    // This data directory has no master key: verify is told the published checkpoint key.
+    let master = sessiond::tokens::keys::MasterKey::load(Some(master_key()), dir.path()).unwrap();
+    let x = sessiond::tokens::checkpoint::CheckpointKey::derive(&master)
+        .public()
+        .x();
+    let (ok, out, _) = cli(&["events", "verify", "--public-key", &x]);
     assert!(ok && out.starts_with("chain ok"), "{out}");
 }
 

@@ -109,6 +109,13 @@ pub trait Dialect: Database<Row: Cols> {
         c: &'a mut Self::Connection,
         table: &'a str,
     ) -> impl Future<Output = Result<String, StoreError>> + Send + 'a;
+    /// The columns of `table`, in their declared order.
+    fn column_names<'a>(
+        c: &'a mut Self::Connection,
+        table: &'a str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send + 'a;
+    /// An expression rendering `col` as text (NULL stays NULL, or is spelled out).
+    fn column_text(col: &str) -> String;
 
     /// Adds one parameter to a query (see [`bind_scalar`]).
     fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self>;

@@ -14,10 +14,6 @@ use crate::domain::webhook::SubscriptionRecord;
 use crate::store::{StoreError, StoredApiKey, StoredSigningKey, WebhookSubscription};
 use uuid::Uuid;
 
-/// Empties the projected tables of this module (for a rebuild); secrets and checkpoints stay.
-pub const CLEAR_PROJECTIONS: &str = "DELETE FROM signing_keys; DELETE FROM api_keys; \
-     DELETE FROM webhook_subscriptions; DELETE FROM login_failures;";
-
 async fn execute<D: Dialect>(c: &mut D::Connection, q: Stmt<'_>) -> Result<(), StoreError> {
     D::execute(c, q).await?;
     Ok(())

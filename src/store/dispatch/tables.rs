@@ -14,10 +14,6 @@ use uuid::Uuid;
 const HEAD: &str = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1";
 const ACTIVE_USERS: &str =
     "SELECT COUNT(DISTINCT user_id) AS n FROM sessions WHERE status = 'active'";
-/// Empties the inline projections. DELETE, not TRUNCATE: readers keep seeing the old rows
-/// until the rebuild commits.
-pub const CLEAR_PROJECTIONS: &str =
-    "DELETE FROM users; DELETE FROM sessions; DELETE FROM refresh_tokens;";
 
 pub async fn head<D: Dialect>(c: &mut D::Connection) -> Result<ChainHead, StoreError> {
     match D::fetch_optional(c, Stmt::new::<D>(HEAD)).await? {
@@ -276,15 +272,7 @@ impl<D: Dialect> Tables<D> {
     pub async fn projection_snapshot(&self) -> Result<Vec<String>, StoreError> {
         let mut c = self.pool.acquire().await?;
         let mut out = Vec::new();
-        for (table, key) in [
-            ("users", "user_id"),
-            ("sessions", "session_id"),
-            ("refresh_tokens", "token_id"),
-            ("signing_keys", "kid"),
-            ("api_keys", "key_id"),
-            ("webhook_subscriptions", "subscription_id"),
-            ("login_failures", "throttle_key, failed_at"),
-        ] {
+        for &(table, key) in super::integrity::PROJECTED_TABLES {
             let row = D::row_text(&mut c, table).await?;
             let sql = format!("SELECT '{table}|' || {row} AS r FROM {table} t ORDER BY {key}");
             out.extend(all::<D, _>(&mut c, Stmt::new::<D>(sql), |r| r.text("r")).await?);

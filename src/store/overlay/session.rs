@@ -11,7 +11,7 @@ use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::User;
 use crate::domain::webhook::SubscriptionRecord;
 use crate::store::dispatch::dialect::Dialect;
-use crate::store::dispatch::{registry, tables};
+use crate::store::dispatch::{integrity, registry, tables};
 use crate::store::{
     ChainHead, NewEvent, PruneCounts, RecordedEvent, StoreError, TokenRecord, UnitOfWork,
 };
@@ -210,12 +210,28 @@ impl<B: WriteBackend> crate::store::WriteSession for OverlaySession<B> {
         // Pending events must reach the log; pending projection rows would be deleted anyway.
         self.flush(FlushEnd::Open).await?;
         let c = self.backend.conn()?;
-        Db::<B>::script(&mut *c, tables::CLEAR_PROJECTIONS).await?;
-        Db::<B>::script(c, registry::CLEAR_PROJECTIONS).await?;
+        // DELETE, not TRUNCATE: readers keep seeing the old rows until the rebuild commits.
+        let clear: String = integrity::PROJECTED_TABLES
+            .iter()
+            .map(|(table, _)| format!("DELETE FROM {table};"))
+            .collect();
+        Db::<B>::script(c, &clear).await?;
         self.overlay.read_tokens.clear();
         self.overlay.read_sessions.clear();
         self.overlay.read_users.clear();
         Ok(())
+    }
+
+    fn head(&self) -> ChainHead {
+        self.head
+    }
+
+    async fn put_checkpoint(
+        &mut self,
+        checkpoint: &crate::domain::checkpoint::Checkpoint,
+    ) -> Result<(), StoreError> {
+        let c = self.flushed().await?;
+        integrity::put_checkpoint::<Db<B>>(c, checkpoint).await
     }
 }
 

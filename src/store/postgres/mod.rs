@@ -60,6 +60,43 @@ impl PostgresStore {
         Ok(PostgresWriteSession::new(writer, self.head().await?))
     }
 
+    /// An empty store in a schema of its own in the same database (`sessiond_verify_…`, with
+    /// every migration applied), for `events verify` to replay the log into. Dropped by
+    /// [`PostgresStore::drop_scratch`].
+    pub async fn scratch(&self) -> Result<(PostgresStore, String), StoreError> {
+        let schema = format!("sessiond_verify_{}", uuid::Uuid::new_v4().simple());
+        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+            .execute(&self.pool)
+            .await?;
+        let options = self
+            .options
+            .clone()
+            .options([("search_path", schema.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await?;
+        if let Err(e) = MIGRATOR.run(&pool).await {
+            pool.close().await;
+            self.drop_scratch(&schema).await?;
+            return Err(e.into());
+        }
+        Ok((
+            PostgresStore {
+                tables: Tables { pool },
+                options,
+            },
+            schema,
+        ))
+    }
+
+    pub async fn drop_scratch(&self, schema: &str) -> Result<(), StoreError> {
+        sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The job's lock if no other node holds it.
     pub async fn try_job_lock(&self, job: &str) -> Result<Option<HeldJobLock>, StoreError> {
         HeldJobLock::try_take(&self.pool, job).await

@@ -307,6 +307,23 @@ impl Dialect for Postgres {
         Ok("t::text".to_owned())
     }
 
+    async fn column_names(c: &mut PgConnection, table: &str) -> Result<Vec<String>, StoreError> {
+        let q = Stmt::new::<Self>(
+            "SELECT column_name::text AS name FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .arg(table);
+        Self::fetch_all(c, q)
+            .await?
+            .iter()
+            .map(|r| r.text("name"))
+            .collect()
+    }
+
+    fn column_text(col: &str) -> String {
+        format!("{col}::text")
+    }
+
     fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self> {
         bind_scalar(q, a).unwrap_or_else(|(q, strs)| q.bind(strs))
     }

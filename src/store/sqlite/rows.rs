@@ -161,6 +161,22 @@ impl Dialect for Sqlite {
         Ok(quoted?.join(" || '|' || "))
     }
 
+    async fn column_names(
+        c: &mut SqliteConnection,
+        table: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let info = Stmt::new::<Self>(format!("PRAGMA table_info({table})"));
+        Self::fetch_all(c, info)
+            .await?
+            .iter()
+            .map(|r| r.text("name"))
+            .collect()
+    }
+
+    fn column_text(col: &str) -> String {
+        format!("quote({col})")
+    }
+
     fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self> {
         bind_scalar(q, a).unwrap_or_else(|_| unreachable!("SQLite has no array parameters"))
     }

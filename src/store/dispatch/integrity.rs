@@ -1,0 +1,161 @@
+//! What `events verify` reads besides the log, written once for both databases: the signed
+//! checkpoints of the head (written by the writer inside its batch) and the projected tables,
+//! page by page, as text per column, to compare a replay with the live rows.
+
+use super::dialect::{Cols, Dialect, Stmt};
+use super::tables::{Tables, all};
+use crate::domain::checkpoint::Checkpoint;
+use crate::store::StoreError;
+
+/// Every projected table with the columns that order its rows: the tables a rebuild empties and
+/// replays, and the ones `events verify` compares with a replay. A new projection is one line
+/// here. (`login_failures` has no unique key: rows equal in both columns are equal rows.)
+pub const PROJECTED_TABLES: &[(&str, &str)] = &[
+    ("users", "user_id"),
+    ("sessions", "session_id"),
+    ("refresh_tokens", "token_id"),
+    ("signing_keys", "kid"),
+    ("api_keys", "key_id"),
+    ("webhook_subscriptions", "subscription_id"),
+    ("login_failures", "throttle_key, failed_at"),
+];
+
+/// The tables that are not projections of the log, and why `events verify` does not compare
+/// them with a replay.
+pub const NOT_PROJECTED: &[(&str, &str)] = &[
+    (
+        "events",
+        "the log itself: checked by the chain and the signed checkpoints",
+    ),
+    (
+        "checkpoints",
+        "signatures over the log, checked against the chain",
+    ),
+    (
+        "secrets",
+        "key material (sealed private keys, API-key hashes) kept out of the log",
+    ),
+    (
+        "webhook_progress",
+        "delivery state: where each subscription's delivery stands",
+    ),
+    (
+        "dpop_proofs",
+        "a replay cache of DPoP proof ids, forgotten after their window",
+    ),
+];
+
+/// One projected row: its key and every column, as the database renders them as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectedRow {
+    pub key: String,
+    pub columns: Vec<(String, Option<String>)>,
+}
+
+fn checkpoint<D: Dialect>(r: &D::Row) -> Result<Checkpoint, StoreError> {
+    let hash = r.bytes("hash")?;
+    Ok(Checkpoint {
+        position: r.int("position")?,
+        hash: <[u8; 32]>::try_from(hash.as_slice())
+            .map_err(|_| StoreError::Corrupt("checkpoint hash is not 32 bytes".into()))?,
+        signed_at: r.text("signed_at")?,
+        key_id: r.text("key_id")?,
+        signature: r.bytes("signature")?,
+    })
+}
+
+const CHECKPOINT_COLS: &str =
+    "SELECT position, hash, signed_at, key_id, signature FROM checkpoints";
+
+/// Stores `cp` in the writer's transaction. Of the checkpoints in `cp`'s bucket of
+/// [`crate::domain::checkpoint::KEEP_EVERY`] positions only the first stays beside it: the
+/// others were heads of earlier batches, covered by this one.
+pub async fn put_checkpoint<D: Dialect>(
+    c: &mut D::Connection,
+    cp: &Checkpoint,
+) -> Result<(), StoreError> {
+    let start = Checkpoint::bucket_start(cp.position);
+    let mut thin = Stmt::new::<D>("DELETE FROM checkpoints WHERE position >= ");
+    thin.bind(start)
+        .push(" AND position > (SELECT MIN(position) FROM checkpoints WHERE position >= ")
+        .bind(start)
+        .push(")");
+    D::execute(c, thin).await?;
+    let mut q = Stmt::new::<D>(
+        "INSERT INTO checkpoints (position, hash, signed_at, key_id, signature) VALUES (",
+    );
+    q.bind(cp.position)
+        .push(", ")
+        .bind(cp.hash.as_slice())
+        .push(", ")
+        .bind(cp.signed_at.as_str())
+        .push(", ")
+        .bind(cp.key_id.as_str())
+        .push(", ")
+        .bind(cp.signature.as_slice())
+        .push(") ON CONFLICT (position) DO NOTHING");
+    D::execute(c, q).await?;
+    Ok(())
+}
+
+impl<D: Dialect> Tables<D> {
+    /// Stored checkpoints after `after_position`, oldest first.
+    pub async fn checkpoints(
+        &self,
+        after_position: i64,
+        limit: i64,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let mut q = Stmt::new::<D>(format!("{CHECKPOINT_COLS} WHERE position > "));
+        q.bind(after_position)
+            .push(" ORDER BY position LIMIT ")
+            .bind(limit);
+        all::<D, _>(&mut c, q, checkpoint::<D>).await
+    }
+
+    /// The newest stored checkpoints, newest first.
+    pub async fn latest_checkpoints(&self, limit: i64) -> Result<Vec<Checkpoint>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let mut q = Stmt::new::<D>(format!("{CHECKPOINT_COLS} ORDER BY position DESC LIMIT "));
+        q.bind(limit);
+        all::<D, _>(&mut c, q, checkpoint::<D>).await
+    }
+
+    /// A page of the projected table `PROJECTED_TABLES[table]`, in key order.
+    pub async fn projection_rows(
+        &self,
+        table: usize,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<ProjectedRow>, StoreError> {
+        let (name, key) = *PROJECTED_TABLES
+            .get(table)
+            .ok_or_else(|| StoreError::Corrupt(format!("no projected table {table}")))?;
+        let mut c = self.pool.acquire().await?;
+        let columns = D::column_names(&mut c, name).await?;
+        let key_text = key
+            .split(',')
+            .map(|k| D::column_text(k.trim()))
+            .collect::<Vec<_>>()
+            .join(" || ',' || ");
+        let mut sql = format!("SELECT {key_text} AS k");
+        for (i, col) in columns.iter().enumerate() {
+            sql.push_str(&format!(", {} AS c{i}", D::column_text(col)));
+        }
+        sql.push_str(&format!(" FROM {name} ORDER BY {key} LIMIT "));
+        let mut q = Stmt::new::<D>(sql);
+        q.bind(limit).push(" OFFSET ").bind(offset);
+        all::<D, _>(&mut c, q, |r| {
+            let columns = columns
+                .iter()
+                .enumerate()
+                .map(|(i, col)| Ok((col.clone(), r.opt_text(&format!("c{i}"))?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(ProjectedRow {
+                key: r.opt_text("k")?.unwrap_or_default(),
+                columns,
+            })
+        })
+        .await
+    }
+}
