@@ -122,10 +122,16 @@ impl App {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Io(format!("data directory {}: {e}", config.data_dir.display()))
         })?;
-        let geoip = Arc::new(GeoIp::open(
-            config.geoip_city.as_deref(),
-            config.geoip_asn.as_deref(),
-        )?);
+        let geoip = Arc::new(
+            GeoIp::open(config.geoip_city.as_deref(), config.geoip_asn.as_deref())?.with_networks(
+                &crate::context::geoip::NetworkSources {
+                    anonymous_ip: config.geoip_anonymous_ip.as_deref(),
+                    connection_type: config.geoip_connection_type.as_deref(),
+                    hosting_asns: &config.hosting_asns,
+                    vpn_asns: &config.vpn_asns,
+                },
+            )?,
+        );
         let breaker = BreakerConfig {
             max_fraction: config.rules_breaker_fraction,
             floor: config.rules_breaker_floor,
@@ -159,6 +165,9 @@ impl App {
         };
 
         let master = MasterKey::load(options.master_key, &config.data_dir)?;
+        // Detector memory stores networks, usernames and counter keys as keyed hashes: the
+        // same key on every node (all share the master key), none in the database.
+        rules.set_tag_key(master.derive(b"sessiond detector memory v1"));
         let mut loaded = load_keys(&store.signing_keys().await?, &master, options.clock.now())?;
         if let Some(stored) = loaded.created.take() {
             // One command: the check for an active key, the events, the row and the sealed

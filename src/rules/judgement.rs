@@ -3,10 +3,13 @@
 //! the handler asks [`RuleEngine::needs`] what history the judgement wants, loads it, and hands it
 //! to [`RuleEngine::judge`]; recording the receipts and carrying out the action is the handler's.
 
-use super::breaker::Admission;
-use super::detectors::Sighting;
+use super::breaker::{Admission, Spent};
+use super::detectors::{Detector, Sighting, threshold::Counts};
+use super::engine::Firing;
 use super::{Action, Facts, Mode, RuleEngine, Trigger};
+use crate::domain::Timestamp;
 use crate::domain::event::{BreakerTripped, Event, RuleFired};
+use std::collections::HashMap;
 
 /// What the rules concluded about one event.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -19,10 +22,36 @@ pub struct Judgement {
     pub deny: bool,
     /// The rule behind `action` (or the denial), for reasons and actors.
     pub by: Option<String>,
+    /// What the breaker spent or tripped, to be stored in the same transaction.
+    pub breaker: Vec<BreakerWrite>,
+}
+
+/// A change to a rule's breaker budget in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BreakerWrite {
+    /// One revoking action taken at this time.
+    Spend { rule_id: String, at: Timestamp },
+    /// The budget ran out: revoking actions degrade until `until`.
+    Trip {
+        rule_id: String,
+        at: Timestamp,
+        until: Timestamp,
+    },
+}
+
+/// One threshold rule's window to count in the store: the rule, the event's key (in clear,
+/// for the caller to hash), the username it counts (for distinct counts) and the window's
+/// start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowQuery {
+    pub rule_id: String,
+    pub key: String,
+    pub username: String,
+    pub since: Timestamp,
 }
 
 /// What a judgement wants from history before it can be made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Needs {
     /// The user's trusted sightings: the engine has none in memory and a listening detector
     /// compares against them.
@@ -30,6 +59,13 @@ pub struct Needs {
     /// How many users have an active session: the breaker's count is stale and an enforced
     /// revoking rule listens to this trigger.
     pub active_users: bool,
+    /// Whether the event's network is among the user's usual ones: a listening detector weighs
+    /// it and the network differs from the session's login.
+    pub usual_network: bool,
+    /// The user's other sessions' sightings (travel across sessions, on a login).
+    pub other_sessions: bool,
+    /// Threshold windows to count in the store (and to add this event to).
+    pub windows: Vec<WindowQuery>,
 }
 
 /// History loaded for a judgement, as [`Needs`] asked.
@@ -37,6 +73,12 @@ pub struct Needs {
 pub struct History {
     pub baseline: Option<Vec<Sighting>>,
     pub active_users: Option<u64>,
+    pub usual_network: Option<bool>,
+    pub other_sessions: Option<Vec<Sighting>>,
+    /// The store's counts per threshold rule id, this event included.
+    pub counts: HashMap<String, Counts>,
+    /// The store's breaker spend per rule id (asked for by [`RuleEngine::revoking`]).
+    pub breaker: HashMap<String, Spent>,
 }
 
 /// What an action can mean for the trigger: a login proves the password (so re-authentication
@@ -68,18 +110,67 @@ impl RuleEngine {
                 .expect("rules state")
                 .breaker
                 .needs_active_users(facts.now);
+        let usual_network = listening().any(|r| r.detector.needs_usual_networks())
+            && facts.session_login.is_some_and(|login| {
+                let asn = |c: &crate::domain::context::RequestContext| c.geo.as_ref().and_then(|g| g.asn);
+                let net = |c: &crate::domain::context::RequestContext| c.ip.map(crate::domain::context::usual_prefix);
+                asn(login) != asn(facts.context) || net(login) != net(facts.context)
+            });
+        let other_sessions = facts.trigger == Trigger::SessionStarted
+            && facts.user_id.is_some()
+            && listening().any(|r| matches!(r.detector, Detector::ImpossibleTravel(_)));
+        let windows = listening()
+            .filter_map(|r| match &r.detector {
+                Detector::Threshold(t) => Some(WindowQuery {
+                    rule_id: r.id.clone(),
+                    key: t.key(facts)?,
+                    username: facts.username.unwrap_or("").to_owned(),
+                    since: facts.now - t.window,
+                }),
+                _ => None,
+            })
+            .collect();
         Needs {
             baseline,
             active_users,
+            usual_network,
+            other_sessions,
+            windows,
         }
+    }
+
+    /// The enforced firings whose action would end sessions: the breaker's spend of these
+    /// rules is what [`RuleEngine::conclude`] wants to know.
+    pub fn revoking(&self, facts: &Facts<'_>, firings: &[Firing]) -> Vec<String> {
+        firings
+            .iter()
+            .filter(|f| f.rule.mode == Mode::Enforce && effective(facts.trigger, f.action).is_revoking())
+            .map(|f| f.rule.id.clone())
+            .collect()
+    }
+
+    /// The rules that fire on this event, judged on what the store said.
+    pub fn fire(&self, facts: &Facts<'_>, history: &mut History) -> Vec<Firing> {
+        if let (Some(user), Some(seen)) = (facts.user_id, history.baseline.take()) {
+            self.seed_baseline(user, seen);
+        }
+        self.evaluate_with(facts, history)
     }
 
     /// Judges one event; `None` when no rule fired (the usual case, which then costs no
     /// allocation here). An event no enforced rule flagged joins the user's baseline.
-    pub fn judge(&self, facts: &Facts<'_>, history: History) -> Option<Judgement> {
-        if let (Some(user), Some(seen)) = (facts.user_id, history.baseline) {
-            self.seed_baseline(user, seen);
-        }
+    pub fn judge(&self, facts: &Facts<'_>, mut history: History) -> Option<Judgement> {
+        let firings = self.fire(facts, &mut history);
+        self.conclude(facts, firings, &history)
+    }
+
+    /// The breaker's say over [`RuleEngine::fire`]'s firings, and the receipts.
+    pub fn conclude(
+        &self,
+        facts: &Facts<'_>,
+        firings: Vec<Firing>,
+        history: &History,
+    ) -> Option<Judgement> {
         if let Some(n) = history.active_users {
             self.state
                 .lock()
@@ -88,19 +179,41 @@ impl RuleEngine {
                 .set_active_users(n, facts.now);
         }
         let mut j = Judgement::default();
-        for firing in self.evaluate(facts) {
+        for firing in firings {
             let rule = &firing.rule;
-            let wanted = effective(facts.trigger, rule.action);
+            let wanted = effective(facts.trigger, firing.action);
             let mut taken = match rule.mode {
                 Mode::Enforce => Some(wanted),
                 Mode::Shadow | Mode::Off => None,
             };
             if taken.is_some_and(Action::is_revoking) {
-                let admission = self.state.lock().expect("rules state").breaker.admit(
-                    &self.breaker,
-                    &rule.id,
-                    facts.now,
-                );
+                let admission = {
+                    let mut state = self.state.lock().expect("rules state");
+                    match history.breaker.get(&rule.id) {
+                        // The store's spend: the same budget on every node and after a restart.
+                        Some(spent) => state.breaker.admit_spent(&self.breaker, *spent, facts.now),
+                        None => state.breaker.admit(&self.breaker, &rule.id, facts.now),
+                    }
+                };
+                match admission {
+                    Admission::Allow if history.breaker.contains_key(&rule.id) => {
+                        j.breaker.push(BreakerWrite::Spend {
+                            rule_id: rule.id.clone(),
+                            at: facts.now,
+                        })
+                    }
+                    Admission::Degrade {
+                        newly_tripped: true,
+                        ..
+                    } if history.breaker.contains_key(&rule.id) => {
+                        j.breaker.push(BreakerWrite::Trip {
+                            rule_id: rule.id.clone(),
+                            at: facts.now,
+                            until: facts.now + self.breaker.window,
+                        })
+                    }
+                    _ => {}
+                }
                 if let Admission::Degrade {
                     newly_tripped,
                     count,
@@ -139,7 +252,7 @@ impl RuleEngine {
                 rule_id: rule.id.clone(),
                 rule_version: rule.version,
                 mode: rule.mode.as_str().to_owned(),
-                severity: rule.severity.clone(),
+                severity: firing.severity.clone(),
                 trigger: facts.trigger.as_str().to_owned(),
                 user_id: facts.user_id,
                 session_id: facts.session_id,
@@ -220,7 +333,8 @@ min_history = 1
             e.needs(&f),
             Needs {
                 baseline: true,
-                active_users: true
+                active_users: true,
+                ..Default::default()
             }
         );
         let given = History {

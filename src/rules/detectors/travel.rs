@@ -36,8 +36,12 @@ pub struct ImpossibleTravel {
     pub same_asn_within_km: f64,
 }
 
+/// A long-haul airliner's cruising speed, ~900-1000 km/h over the ground: the lower end, so a
+/// flight never looks impossible and anything faster is not one.
+pub const AIRLINER_KMH: f64 = 900.0;
+
 fn default_speed() -> f64 {
-    900.0
+    AIRLINER_KMH
 }
 fn default_min_gap() -> chrono::Duration {
     chrono::Duration::minutes(5)
