@@ -19,6 +19,7 @@ mod expiry;
 mod export;
 mod files_roles;
 mod jobs;
+mod journeys;
 mod late_retry;
 mod migration;
 mod migration_0008;

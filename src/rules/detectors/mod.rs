@@ -236,6 +236,8 @@ pub struct Sighting {
     pub device: Option<String>,
     /// How many consecutive trusted events this sighting stands for.
     pub count: u32,
+    /// On a hosting, VPN, proxy or Tor network: its location is the exit's, not the user's.
+    pub anonymized: bool,
 }
 
 impl Sighting {
@@ -251,6 +253,7 @@ impl Sighting {
             position: geo.and_then(|g| g.position()),
             device: ctx.device_class(),
             count: 1,
+            anonymized: geo.is_some_and(|g| g.anonymizer.is_some()),
         }
     }
 

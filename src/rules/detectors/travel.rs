@@ -99,6 +99,11 @@ impl ImpossibleTravel {
         let (Some(from), Some(to)) = (last.position, now.position) else {
             return Verdict::Unknown("no location for one of the two sightings");
         };
+        // A VPN's or a hosting provider's location is its exit's: no journey of the user's
+        // can be measured from it (the evidence rule weighs such networks instead).
+        if last.anonymized || now.anonymized {
+            return Verdict::Unknown("one of the two sightings is on an anonymising network");
+        }
         if let (Some(a), Some(b)) = (last.ip, now.ip)
             && crate::domain::context::network_prefix(a)
                 == crate::domain::context::network_prefix(b)
@@ -153,6 +158,7 @@ mod tests {
             position: Some((lat, lon, 20.0)),
             device: None,
             count: 1,
+            anonymized: false,
         }
     }
 
