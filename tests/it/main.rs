@@ -36,6 +36,7 @@ mod rules;
 mod rules_cli;
 mod secrets;
 mod secure_defaults;
+mod shared_memory;
 mod shedding;
 mod shutdown;
 mod signout;
