@@ -340,6 +340,7 @@ min_history = 1
         let given = History {
             baseline: Some(Vec::new()),
             active_users: Some(1_000),
+            ..Default::default()
         };
         // No GeoIP in the context: the detector cannot tell, so nothing fires.
         assert_eq!(e.judge(&f, given), None);
@@ -365,5 +366,139 @@ min_history = 1
             effective(Trigger::ReuseDetected, Action::LogoutEverywhere),
             Action::LogoutEverywhere
         );
+    }
+
+    const WEIGHED: &str = r#"
+[[rule]]
+id = "weighed"
+version = 1
+severity = "high"
+mode = "enforce"
+on = ["session.refreshed"]
+actions = ["flag", "require_reauth", "revoke_session"]
+explanation = "{summary} = {score}"
+
+[rule.detector]
+type = "evidence"
+weights = { new_network = 1, other_device = 3 }
+
+[[rule.detector.threshold]]
+score = 1
+action = "flag"
+severity = "low"
+
+[[rule.detector.threshold]]
+score = 3
+action = "revoke_session"
+severity = "high"
+"#;
+
+    #[test]
+    fn an_evidence_score_picks_the_action_and_severity_and_the_store_spends_the_breaker() {
+        let e = engine(WEIGHED);
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+        let login = RequestContext {
+            ip: Some("192.0.2.1".parse().unwrap()),
+            device: crate::context::device(chrome),
+            ..Default::default()
+        };
+        let weak = RequestContext {
+            ip: Some("198.51.100.1".parse().unwrap()),
+            ..login.clone()
+        };
+        let user = Uuid::from_u128(9);
+        let mut f = facts(&weak, user);
+        f.session_login = Some(&login);
+        // One weak signal: a low flag, no breaker involved.
+        let j = e.judge(&f, History::default()).unwrap();
+        assert_eq!(j.action, Some(Action::Flag));
+        let Event::RuleFired(r) = &j.receipts[0] else { panic!() };
+        assert_eq!(r.severity, "low");
+        assert_eq!(r.explanation, "new_network (1) = 1");
+        assert_eq!(r.inputs["signals"][0]["weight"], 1);
+        // Known as usual: nothing at all.
+        let usual = History {
+            usual_network: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(e.judge(&f, usual), None);
+        // A script on another network: revoke, spent from the store's budget.
+        let script = RequestContext {
+            device: crate::context::device("python-requests/2.31.0"),
+            ..weak.clone()
+        };
+        let mut f = facts(&script, user);
+        f.session_login = Some(&login);
+        let mut h = History::default();
+        let firings = e.fire(&f, &mut h);
+        assert_eq!(e.revoking(&f, &firings), vec!["weighed".to_owned()]);
+        h.breaker.insert("weighed".into(), Spent::default());
+        let j = e.conclude(&f, firings, &h).unwrap();
+        assert_eq!(j.action, Some(Action::RevokeSession));
+        assert!(matches!(&j.breaker[..], [BreakerWrite::Spend { .. }]));
+        // The store says the budget is spent (by another node): degrade, and record the trip.
+        let firings = e.fire(&f, &mut h);
+        h.breaker.insert(
+            "weighed".into(),
+            Spent {
+                taken: 20,
+                tripped_until: None,
+            },
+        );
+        let j = e.conclude(&f, firings, &h).unwrap();
+        assert_eq!(j.action, Some(Action::Flag));
+        assert!(matches!(&j.breaker[..], [BreakerWrite::Trip { .. }]));
+    }
+
+    #[test]
+    fn a_login_is_compared_with_the_users_other_sessions_from_the_store() {
+        let e = engine(
+            r#"
+[[rule]]
+id = "travel"
+version = 1
+severity = "high"
+mode = "shadow"
+on = ["session.started"]
+actions = ["notify"]
+explanation = "{speed_kmh}"
+[rule.detector]
+type = "impossible_travel"
+"#,
+        );
+        let at = |lat: f64, lon: f64, ip: &str| RequestContext {
+            ip: Some(ip.parse().unwrap()),
+            geo: Some(crate::domain::context::Geo {
+                latitude: Some(lat),
+                longitude: Some(lon),
+                accuracy_radius_km: Some(20),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (london, new_york) = (at(51.5, -0.12, "192.0.2.1"), at(40.7, -74.0, "198.51.100.1"));
+        let user = Uuid::from_u128(11);
+        let mut f = facts(&new_york, user);
+        f.trigger = Trigger::SessionStarted;
+        assert!(e.needs(&f).other_sessions);
+        // Another session was in London two hours ago (this node never saw it).
+        let other = Sighting::of(&london, f.now - chrono::Duration::hours(2));
+        let h = History {
+            baseline: Some(Vec::new()),
+            other_sessions: Some(vec![other]),
+            ..Default::default()
+        };
+        let j = e.judge(&f, h).expect("London to New York in two hours is no flight");
+        let Event::RuleFired(r) = &j.receipts[0] else { panic!() };
+        assert!(r.inputs["speed_kmh"].as_i64().unwrap() > 2_000);
+        // Eight hours is.
+        let mut later = facts(&new_york, Uuid::from_u128(12));
+        later.trigger = Trigger::SessionStarted;
+        let h = History {
+            baseline: Some(Vec::new()),
+            other_sessions: Some(vec![Sighting::of(&london, later.now - chrono::Duration::hours(8))]),
+            ..Default::default()
+        };
+        assert_eq!(e.judge(&later, h), None);
     }
 }

@@ -274,3 +274,65 @@ fn describe(c: &RequestContext) -> String {
         c.device_class().unwrap_or_else(|| "unknown device".into())
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::file::parse;
+    use std::path::Path;
+
+    const RULE: &str = r#"
+[[rule]]
+id = "w"
+version = 1
+severity = "high"
+mode = "enforce"
+on = ["session.refreshed"]
+actions = ["flag", "revoke_session"]
+explanation = "{summary}"
+[rule.detector]
+type = "evidence"
+weights = { new_network = 1 }
+[[rule.detector.threshold]]
+score = 1
+action = "flag"
+"#;
+
+    #[test]
+    fn the_linter_checks_signals_thresholds_and_their_actions() {
+        assert!(parse(Path::new("w.toml"), RULE).is_ok());
+        for (text, needle) in [
+            (RULE.replace("new_network = 1", "new_netwrok = 1"), "new_netwrok"),
+            (RULE.replace("action = \"flag\"", "action = \"lock_account\""), "not among the rule's actions"),
+            (RULE.replace("score = 1", "score = 0"), "at least 1"),
+            (RULE.replace("{summary}", "{speed_kmh}"), "speed_kmh"),
+        ] {
+            let e = parse(Path::new("w.toml"), &text).unwrap_err();
+            assert!(e.reason.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn all_and_any_combine_detectors_and_refuse_thresholds() {
+        let combined = r#"
+[[rule]]
+id = "c"
+version = 1
+severity = "high"
+mode = "enforce"
+on = ["session.refreshed"]
+actions = ["require_reauth"]
+explanation = "{summary}: {changed} and {speed_kmh}"
+[rule.detector]
+type = "all"
+of = [{ type = "session_context_change", compare = ["asn"] }, { type = "impossible_travel" }]
+"#;
+        let rules = parse(Path::new("c.toml"), combined).unwrap();
+        assert_eq!(rules[0].detector.name(), "all");
+        let bad = combined.replace(
+            "{ type = \"impossible_travel\" }",
+            "{ type = \"threshold\", group_by = \"ip\", limit = 3, window = \"1m\" }",
+        );
+        let e = parse(Path::new("c.toml"), &bad).unwrap_err();
+        assert!(e.reason.contains("cannot be combined"), "{e}");
+    }
+}
