@@ -112,13 +112,12 @@ impl Evidence {
             if s.score == 0 {
                 return Err("a threshold's score must be at least 1".into());
             }
-            let Some(a) = Action::parse(&s.action) else {
+            if Action::parse(&s.action).is_none() {
                 return Err(format!("threshold action {:?} is not an action", s.action));
-            };
+            }
             if !crate::rules::file::SEVERITIES.contains(&s.severity.as_str()) {
                 return Err(format!("threshold severity {:?} is not a severity", s.severity));
             }
-            let _ = a;
         }
         let mut scores: Vec<u32> = self.thresholds.iter().map(|s| s.score).collect();
         scores.sort_unstable();
@@ -132,14 +131,6 @@ impl Evidence {
             return Err("min_gap must be longer than zero".into());
         }
         Ok(())
-    }
-
-    /// The strongest action the thresholds name (what the rule can do at most).
-    pub fn strongest(&self) -> Option<Action> {
-        self.thresholds
-            .iter()
-            .filter_map(|s| Action::parse(&s.action))
-            .max()
     }
 
     /// The step a score reaches, if any.
@@ -334,5 +325,45 @@ of = [{ type = "session_context_change", compare = ["asn"] }, { type = "impossib
         );
         let e = parse(Path::new("c.toml"), &bad).unwrap_err();
         assert!(e.reason.contains("cannot be combined"), "{e}");
+    }
+
+    #[test]
+    fn all_needs_every_detector_any_needs_one() {
+        use crate::domain::context::RequestContext;
+        use crate::rules::detectors::{Detector, Memory};
+        use crate::rules::{Facts, Trigger, Verdict};
+        let of = |aspect: &str| -> Detector {
+            toml::from_str(&format!("type = \"session_context_change\"\ncompare = [\"{aspect}\"]"))
+                .unwrap()
+        };
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+        let firefox = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0";
+        let login = RequestContext {
+            device: crate::context::device(chrome),
+            ..Default::default()
+        };
+        let now = RequestContext {
+            device: crate::context::device(firefox),
+            ..Default::default()
+        };
+        let f = Facts {
+            trigger: Trigger::SessionRefreshed,
+            now: crate::domain::parse_timestamp("2026-01-01T00:00:00Z").unwrap(),
+            user_id: None,
+            username: None,
+            session_id: None,
+            context: &now,
+            session_login: Some(&login),
+            session_last: None,
+        };
+        // The browser changed; the OS did not; the country is unknown on both sides.
+        let all = Detector::All { of: vec![of("browser"), of("os")] };
+        assert_eq!(all.judge(&f, Memory::default()), Verdict::Quiet);
+        let any = Detector::Any { of: vec![of("browser"), of("os")] };
+        let Verdict::Fire(m) = any.judge(&f, Memory::default()) else { panic!() };
+        assert_eq!(m["changed"], "browser");
+        assert_eq!(m["signals"][1]["outcome"], "quiet");
+        let blind = Detector::All { of: vec![of("country"), of("asn")] };
+        assert!(matches!(blind.judge(&f, Memory::default()), Verdict::Unknown(_)));
     }
 }

@@ -1,4 +1,4 @@
-//! The five detectors. Each is a plain typed value built from a rule's `[rule.detector]` table
+//! The detectors: five, weighed evidence, and `all`/`any` of others. Each is a plain typed value built from a rule's `[rule.detector]` table
 //! (validated at load) with a pure `judge` function: facts in, [`Verdict`] out.
 
 pub mod context_change;
@@ -202,7 +202,9 @@ impl Detector {
                 let n = of.len();
                 let fires = if all { fired == n } else { fired > 0 };
                 if !fires {
-                    return if unknown > 0 && (all && fired + unknown == n || !all && fired == 0 && unknown == n) {
+                    // Quiet if one detector could tell it is quiet; else nobody could tell.
+                    let quiet = n - fired - unknown;
+                    return if quiet == 0 {
                         Verdict::Unknown("a combined detector could not tell")
                     } else {
                         Verdict::Quiet
