@@ -85,7 +85,9 @@ pub(super) async fn judge<U: UnitOfWork>(
     let judgement = rules.conclude(facts, firings, &history);
     for w in judgement.iter().flat_map(|j| &j.breaker) {
         match w {
-            BreakerWrite::Spend { rule_id, at } => uow.put_breaker_spend(rule_id, *at, None).await?,
+            BreakerWrite::Spend { rule_id, at } => {
+                uow.put_breaker_spend(rule_id, *at, None).await?
+            }
             BreakerWrite::Trip { rule_id, at, until } => {
                 uow.put_breaker_spend(rule_id, *at, Some(*until)).await?
             }
@@ -116,8 +118,9 @@ fn usual_tags(rules: &RuleEngine, ctx: &RequestContext) -> [String; 2] {
             .as_ref()
             .and_then(|g| g.asn)
             .map_or_else(String::new, |a| format!("asn:{a}")),
-        ctx.ip
-            .map_or_else(String::new, |ip| format!("net:{}", rules.tag(&usual_prefix(ip)))),
+        ctx.ip.map_or_else(String::new, |ip| {
+            format!("net:{}", rules.tag(&usual_prefix(ip)))
+        }),
     ]
 }
 
@@ -157,7 +160,10 @@ async fn trusted_sightings<U: UnitOfWork>(
         if s.reauth_required {
             continue;
         }
-        for (ctx, at) in [(&s.login_context, s.created_at), (&s.last_context, s.last_seen_at)] {
+        for (ctx, at) in [
+            (&s.login_context, s.created_at),
+            (&s.last_context, s.last_seen_at),
+        ] {
             seen.push(SessionSighting {
                 session: s.session_id,
                 sighting: Sighting::of(ctx, at),

@@ -332,7 +332,11 @@ mod tests {
         assert_eq!(cell.connection_type.as_deref(), Some("Cellular"));
         assert_eq!(cell.network_kind(), "Cellular");
         let vpn = geo.lookup("203.0.113.7".parse().unwrap()).unwrap();
-        assert_eq!(vpn.anonymizer, Some(Anonymizer::Vpn), "the operator's list says VPN");
+        assert_eq!(
+            vpn.anonymizer,
+            Some(Anonymizer::Vpn),
+            "the operator's list says VPN"
+        );
     }
 
     #[test]

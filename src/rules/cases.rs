@@ -185,10 +185,7 @@ impl TestCase {
             return Err(format!("expected {:?}, got {verdict:?}", self.expect));
         }
         if let (Some(want), Verdict::Fire(inputs)) = (&self.action, &verdict) {
-            let action = rule
-                .detector
-                .graded(inputs)
-                .map_or(rule.action, |(a, _)| a);
+            let action = rule.detector.graded(inputs).map_or(rule.action, |(a, _)| a);
             if action.as_str() != want {
                 return Err(format!(
                     "expected action {want}, got {} ({verdict:?})",

@@ -112,8 +112,11 @@ impl RuleEngine {
                 .needs_active_users(facts.now);
         let usual_network = listening().any(|r| r.detector.needs_usual_networks())
             && facts.session_login.is_some_and(|login| {
-                let asn = |c: &crate::domain::context::RequestContext| c.geo.as_ref().and_then(|g| g.asn);
-                let net = |c: &crate::domain::context::RequestContext| c.ip.map(crate::domain::context::usual_prefix);
+                let asn =
+                    |c: &crate::domain::context::RequestContext| c.geo.as_ref().and_then(|g| g.asn);
+                let net = |c: &crate::domain::context::RequestContext| {
+                    c.ip.map(crate::domain::context::usual_prefix)
+                };
                 asn(login) != asn(facts.context) || net(login) != net(facts.context)
             });
         let other_sessions = facts.trigger == Trigger::SessionStarted
@@ -144,7 +147,9 @@ impl RuleEngine {
     pub fn revoking(&self, facts: &Facts<'_>, firings: &[Firing]) -> Vec<String> {
         firings
             .iter()
-            .filter(|f| f.rule.mode == Mode::Enforce && effective(facts.trigger, f.action).is_revoking())
+            .filter(|f| {
+                f.rule.mode == Mode::Enforce && effective(facts.trigger, f.action).is_revoking()
+            })
             .map(|f| f.rule.id.clone())
             .collect()
     }
@@ -412,7 +417,9 @@ severity = "high"
         // One weak signal: a low flag, no breaker involved.
         let j = e.judge(&f, History::default()).unwrap();
         assert_eq!(j.action, Some(Action::Flag));
-        let Event::RuleFired(r) = &j.receipts[0] else { panic!() };
+        let Event::RuleFired(r) = &j.receipts[0] else {
+            panic!()
+        };
         assert_eq!(r.severity, "low");
         assert_eq!(r.explanation, "new_network (1) = 1");
         assert_eq!(r.inputs["signals"][0]["weight"], 1);
@@ -476,7 +483,10 @@ type = "impossible_travel"
             }),
             ..Default::default()
         };
-        let (london, new_york) = (at(51.5, -0.12, "192.0.2.1"), at(40.7, -74.0, "198.51.100.1"));
+        let (london, new_york) = (
+            at(51.5, -0.12, "192.0.2.1"),
+            at(40.7, -74.0, "198.51.100.1"),
+        );
         let user = Uuid::from_u128(11);
         let mut f = facts(&new_york, user);
         f.trigger = Trigger::SessionStarted;
@@ -488,15 +498,22 @@ type = "impossible_travel"
             other_sessions: Some(vec![other]),
             ..Default::default()
         };
-        let j = e.judge(&f, h).expect("London to New York in two hours is no flight");
-        let Event::RuleFired(r) = &j.receipts[0] else { panic!() };
+        let j = e
+            .judge(&f, h)
+            .expect("London to New York in two hours is no flight");
+        let Event::RuleFired(r) = &j.receipts[0] else {
+            panic!()
+        };
         assert!(r.inputs["speed_kmh"].as_i64().unwrap() > 2_000);
         // Eight hours is.
         let mut later = facts(&new_york, Uuid::from_u128(12));
         later.trigger = Trigger::SessionStarted;
         let h = History {
             baseline: Some(Vec::new()),
-            other_sessions: Some(vec![Sighting::of(&london, later.now - chrono::Duration::hours(8))]),
+            other_sessions: Some(vec![Sighting::of(
+                &london,
+                later.now - chrono::Duration::hours(8),
+            )]),
             ..Default::default()
         };
         assert_eq!(e.judge(&later, h), None);

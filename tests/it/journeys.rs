@@ -52,21 +52,133 @@ struct Place {
 }
 
 const PLACES: &[Place] = &[
-    Place { net: "73.97.12.0/24", country: "US", city: Some("Seattle"), lat: 47.6062, lon: -122.3321, radius: 5, asn: 7922, org: "COMCAST-7922", connection: Some("Cable/DSL"), vpn: false, hosting: false },
-    Place { net: "172.56.20.0/24", country: "US", city: Some("Seattle"), lat: 47.6034, lon: -122.3414, radius: 50, asn: 21928, org: "T-MOBILE-AS21928", connection: Some("Cellular"), vpn: false, hosting: false },
-    Place { net: "52.94.133.0/24", country: "US", city: Some("Seattle"), lat: 47.6062, lon: -122.3321, radius: 20, asn: 16509, org: "AMAZON-02", connection: Some("Corporate"), vpn: false, hosting: true },
-    Place { net: "97.113.5.0/24", country: "US", city: Some("Seattle"), lat: 47.6101, lon: -122.3420, radius: 10, asn: 209, org: "CENTURYLINK-US-LEGACY-QWEST", connection: Some("Cable/DSL"), vpn: false, hosting: false },
-    Place { net: "73.200.9.0/24", country: "US", city: None, lat: 37.751, lon: -97.822, radius: 1000, asn: 7922, org: "COMCAST-7922", connection: Some("Cable/DSL"), vpn: false, hosting: false },
-    Place { net: "99.61.40.0/24", country: "US", city: Some("Kansas City"), lat: 39.0997, lon: -94.5786, radius: 20, asn: 7018, org: "ATT-INTERNET4", connection: Some("Cable/DSL"), vpn: false, hosting: false },
-    Place { net: "146.70.45.0/24", country: "US", city: Some("Los Angeles"), lat: 34.0522, lon: -118.2437, radius: 20, asn: 9009, org: "M247 Europe SRL", connection: Some("Corporate"), vpn: true, hosting: true },
-    Place { net: "31.94.70.0/24", country: "GB", city: Some("London"), lat: 51.5074, lon: -0.1278, radius: 20, asn: 12576, org: "EE Limited", connection: Some("Cellular"), vpn: false, hosting: false },
-    Place { net: "79.192.33.0/24", country: "DE", city: Some("Berlin"), lat: 52.5200, lon: 13.4050, radius: 20, asn: 3320, org: "Deutsche Telekom AG", connection: Some("Cable/DSL"), vpn: false, hosting: false },
+    Place {
+        net: "73.97.12.0/24",
+        country: "US",
+        city: Some("Seattle"),
+        lat: 47.6062,
+        lon: -122.3321,
+        radius: 5,
+        asn: 7922,
+        org: "COMCAST-7922",
+        connection: Some("Cable/DSL"),
+        vpn: false,
+        hosting: false,
+    },
+    Place {
+        net: "172.56.20.0/24",
+        country: "US",
+        city: Some("Seattle"),
+        lat: 47.6034,
+        lon: -122.3414,
+        radius: 50,
+        asn: 21928,
+        org: "T-MOBILE-AS21928",
+        connection: Some("Cellular"),
+        vpn: false,
+        hosting: false,
+    },
+    Place {
+        net: "52.94.133.0/24",
+        country: "US",
+        city: Some("Seattle"),
+        lat: 47.6062,
+        lon: -122.3321,
+        radius: 20,
+        asn: 16509,
+        org: "AMAZON-02",
+        connection: Some("Corporate"),
+        vpn: false,
+        hosting: true,
+    },
+    Place {
+        net: "97.113.5.0/24",
+        country: "US",
+        city: Some("Seattle"),
+        lat: 47.6101,
+        lon: -122.3420,
+        radius: 10,
+        asn: 209,
+        org: "CENTURYLINK-US-LEGACY-QWEST",
+        connection: Some("Cable/DSL"),
+        vpn: false,
+        hosting: false,
+    },
+    Place {
+        net: "73.200.9.0/24",
+        country: "US",
+        city: None,
+        lat: 37.751,
+        lon: -97.822,
+        radius: 1000,
+        asn: 7922,
+        org: "COMCAST-7922",
+        connection: Some("Cable/DSL"),
+        vpn: false,
+        hosting: false,
+    },
+    Place {
+        net: "99.61.40.0/24",
+        country: "US",
+        city: Some("Kansas City"),
+        lat: 39.0997,
+        lon: -94.5786,
+        radius: 20,
+        asn: 7018,
+        org: "ATT-INTERNET4",
+        connection: Some("Cable/DSL"),
+        vpn: false,
+        hosting: false,
+    },
+    Place {
+        net: "146.70.45.0/24",
+        country: "US",
+        city: Some("Los Angeles"),
+        lat: 34.0522,
+        lon: -118.2437,
+        radius: 20,
+        asn: 9009,
+        org: "M247 Europe SRL",
+        connection: Some("Corporate"),
+        vpn: true,
+        hosting: true,
+    },
+    Place {
+        net: "31.94.70.0/24",
+        country: "GB",
+        city: Some("London"),
+        lat: 51.5074,
+        lon: -0.1278,
+        radius: 20,
+        asn: 12576,
+        org: "EE Limited",
+        connection: Some("Cellular"),
+        vpn: false,
+        hosting: false,
+    },
+    Place {
+        net: "79.192.33.0/24",
+        country: "DE",
+        city: Some("Berlin"),
+        lat: 52.5200,
+        lon: 13.4050,
+        radius: 20,
+        asn: 3320,
+        org: "Deutsche Telekom AG",
+        connection: Some("Cable/DSL"),
+        vpn: false,
+        hosting: false,
+    },
 ];
 
 /// Writes the four databases into `dir`: (city, asn, anonymous-IP, connection-type).
 fn write_databases(dir: &Path) -> [std::path::PathBuf; 4] {
     let build = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000);
-    let writer = |kind: &str| mmdb_writer::Writer::builder(kind).build_epoch(build).build();
+    let writer = |kind: &str| {
+        mmdb_writer::Writer::builder(kind)
+            .build_epoch(build)
+            .build()
+    };
     let (mut city, mut asn, mut anon, mut conn) = (
         writer("GeoIP2-City"),
         writer("GeoLite2-ASN"),
@@ -99,8 +211,13 @@ fn write_databases(dir: &Path) -> [std::path::PathBuf; 4] {
             anon.insert(net, &r).unwrap();
         }
         if let Some(c) = p.connection {
-            conn.insert(net, &geoip2::ConnectionType { connection_type: Some(c) })
-                .unwrap();
+            conn.insert(
+                net,
+                &geoip2::ConnectionType {
+                    connection_type: Some(c),
+                },
+            )
+            .unwrap();
         }
     }
     let paths = ["city", "asn", "anonymous", "connection"].map(|n| dir.join(format!("{n}.mmdb")));
@@ -143,7 +260,12 @@ async fn journey_app() -> (TestApp, tempfile::TempDir) {
 }
 
 /// Refreshes from `ip` with `ua`; the new tokens, or the refusal's status and code.
-async fn refresh(app: &TestApp, token: &str, ip: &str, ua: &str) -> Result<Tokens, (StatusCode, String)> {
+async fn refresh(
+    app: &TestApp,
+    token: &str,
+    ip: &str,
+    ua: &str,
+) -> Result<Tokens, (StatusCode, String)> {
     let r = refresh_from(app, token, ip, ua).await;
     let status = r.status();
     let body: Value = r.json().await.unwrap();
@@ -171,14 +293,20 @@ async fn assert_active(app: &TestApp, tokens: &Tokens) {
 async fn assert_at_most_a_low_flag(app: &TestApp, session_id: &str) {
     for r in session_receipts(app, session_id).await {
         assert!(
-            r["action"] == "flag" && r["severity"] == "low" || r["action"] == "notify" || r["action"] == "none",
+            r["action"] == "flag" && r["severity"] == "low"
+                || r["action"] == "notify"
+                || r["action"] == "none",
             "{r}"
         );
         assert_ne!(r["rule_id"], "impossible_travel", "{r}");
     }
 }
 
-async fn assert_stopped(app: &TestApp, session_id: &str, refused: Result<Tokens, (StatusCode, String)>) {
+async fn assert_stopped(
+    app: &TestApp,
+    session_id: &str,
+    refused: Result<Tokens, (StatusCode, String)>,
+) {
     let (status, _) = refused.expect_err("the replay is refused");
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let revoked = app
@@ -198,9 +326,16 @@ async fn a_phone_moving_between_wifi_and_cellular_in_one_city_keeps_its_session(
     app.register("maya").await;
     let mut t = login_from(&app, "maya", SEATTLE_COMCAST, IPHONE).await;
     // Leaves home: the carrier's network. Back home, and out again, many times a day.
-    for (minutes, ip) in [(10, SEATTLE_TMOBILE), (30, SEATTLE_COMCAST), (50, SEATTLE_TMOBILE), (70, SEATTLE_COMCAST)] {
+    for (minutes, ip) in [
+        (10, SEATTLE_TMOBILE),
+        (30, SEATTLE_COMCAST),
+        (50, SEATTLE_TMOBILE),
+        (70, SEATTLE_COMCAST),
+    ] {
         app.clock.advance(Duration::minutes(minutes));
-        t = refresh(&app, &t.refresh, ip, IPHONE).await.expect("the phone keeps its session");
+        t = refresh(&app, &t.refresh, ip, IPHONE)
+            .await
+            .expect("the phone keeps its session");
     }
     assert_active(&app, &t).await;
     assert_at_most_a_low_flag(&app, &t.session_id).await;
@@ -221,7 +356,9 @@ async fn a_laptop_on_a_country_level_record_then_a_city_inside_its_radius_keeps_
     let t = login_from(&app, "omar", US_COUNTRY_LEVEL, MAC_CHROME).await;
     app.clock.advance(Duration::minutes(20));
     // Kansas City is ~330 km from the centre of a 1000 km radius: no distance at all.
-    let t = refresh(&app, &t.refresh, KANSAS_CITY_ATT, MAC_CHROME).await.expect("kept");
+    let t = refresh(&app, &t.refresh, KANSAS_CITY_ATT, MAC_CHROME)
+        .await
+        .expect("kept");
     assert_active(&app, &t).await;
     assert_at_most_a_low_flag(&app, &t.session_id).await;
 }
@@ -233,16 +370,29 @@ async fn a_vpn_reconnect_within_the_users_usual_networks_keeps_its_session() {
     // Lena works through her VPN: it becomes one of her usual networks.
     let vpn = login_from(&app, "lena", LA_VPN, MAC_CHROME).await;
     app.clock.advance(Duration::hours(3));
-    let vpn = refresh(&app, &vpn.refresh, LA_VPN, MAC_CHROME).await.expect("kept");
+    let vpn = refresh(&app, &vpn.refresh, LA_VPN, MAC_CHROME)
+        .await
+        .expect("kept");
     // Later, at home, then her VPN reconnects mid-session.
     app.clock.advance(Duration::days(2));
     let t = login_from(&app, "lena", SEATTLE_COMCAST, MAC_CHROME).await;
     app.clock.advance(Duration::minutes(15));
-    let t = refresh(&app, &t.refresh, LA_VPN, MAC_CHROME).await.expect("kept");
+    let t = refresh(&app, &t.refresh, LA_VPN, MAC_CHROME)
+        .await
+        .expect("kept");
     assert_active(&app, &t).await;
-    let ended: Vec<_> = app.session_events(&vpn.session_id).await.into_iter().filter(|e| e.event_type == "session.revoked").collect();
+    let ended: Vec<_> = app
+        .session_events(&vpn.session_id)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "session.revoked")
+        .collect();
     assert!(ended.is_empty());
-    assert!(session_receipts(&app, &t.session_id).await.is_empty(), "{:?}", session_receipts(&app, &t.session_id).await);
+    assert!(
+        session_receipts(&app, &t.session_id).await.is_empty(),
+        "{:?}",
+        session_receipts(&app, &t.session_id).await
+    );
 }
 
 #[tokio::test]
@@ -251,16 +401,21 @@ async fn a_flight_at_airliner_speed_keeps_its_session() {
     app.register("ravi").await;
     let t = login_from(&app, "ravi", SEATTLE_TMOBILE, IPHONE).await;
     app.clock.advance(Duration::minutes(30));
-    let t = refresh(&app, &t.refresh, SEATTLE_TMOBILE, IPHONE).await.expect("kept");
+    let t = refresh(&app, &t.refresh, SEATTLE_TMOBILE, IPHONE)
+        .await
+        .expect("kept");
     // Seattle to London, ~7,700 km, lands ten hours later (~770 km/h).
     app.clock.advance(Duration::hours(10));
-    let t = refresh(&app, &t.refresh, LONDON_EE, IPHONE).await.expect("the traveller keeps the session");
+    let t = refresh(&app, &t.refresh, LONDON_EE, IPHONE)
+        .await
+        .expect("the traveller keeps the session");
     assert_active(&app, &t).await;
     assert_at_most_a_low_flag(&app, &t.session_id).await;
 }
 
 #[tokio::test]
-async fn a_replay_from_a_hosting_provider_in_the_same_city_with_the_same_browser_string_is_stopped() {
+async fn a_replay_from_a_hosting_provider_in_the_same_city_with_the_same_browser_string_is_stopped()
+{
     let (app, _dir) = journey_app().await;
     app.register("nina").await;
     let t = login_from(&app, "nina", SEATTLE_COMCAST, MAC_CHROME).await;
@@ -274,9 +429,20 @@ async fn a_replay_from_a_hosting_provider_in_the_same_city_with_the_same_browser
         .find(|r| r["rule_id"] == "session_context_change")
         .unwrap();
     assert_eq!(r["action"], "revoke_session");
-    let names: Vec<&str> = r["inputs"]["signals"].as_array().unwrap().iter().map(|s| s["signal"].as_str().unwrap()).collect();
+    let names: Vec<&str> = r["inputs"]["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["signal"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&"anonymising_network"), "{r}");
-    assert!(r["explanation"].as_str().unwrap().contains("anonymising_network (3)"), "{r}");
+    assert!(
+        r["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("anonymising_network (3)"),
+        "{r}"
+    );
 }
 
 #[tokio::test]
@@ -292,7 +458,12 @@ async fn a_replay_from_another_continent_is_stopped() {
         .into_iter()
         .find(|r| r["rule_id"] == "session_context_change")
         .unwrap();
-    let names: Vec<&str> = r["inputs"]["signals"].as_array().unwrap().iter().map(|s| s["signal"].as_str().unwrap()).collect();
+    let names: Vec<&str> = r["inputs"]["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["signal"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["new_network", "other_country"], "{r}");
 }
 
@@ -309,7 +480,12 @@ async fn a_script_on_another_network_is_stopped() {
         .into_iter()
         .find(|r| r["rule_id"] == "session_context_change")
         .unwrap();
-    let names: Vec<&str> = r["inputs"]["signals"].as_array().unwrap().iter().map(|s| s["signal"].as_str().unwrap()).collect();
+    let names: Vec<&str> = r["inputs"]["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["signal"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["new_network", "other_device"], "{r}");
     assert_eq!(r["inputs"]["score"], 4);
 }

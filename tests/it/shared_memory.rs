@@ -68,7 +68,10 @@ async fn two_nodes_reach_the_brute_force_and_spray_limits_as_one_does_and_a_rest
     let dir = tempfile::tempdir().unwrap();
     let rules = shipped_pack_enforced(dir.path());
     let clock = Arc::new(ManualClock::default());
-    let (a, b) = (node(&db, &rules, &clock).await, node(&db, &rules, &clock).await);
+    let (a, b) = (
+        node(&db, &rules, &clock).await,
+        node(&db, &rules, &clock).await,
+    );
     a.register("victim").await;
     let nodes = [&a, &b];
 
@@ -82,7 +85,11 @@ async fn two_nodes_reach_the_brute_force_and_spray_limits_as_one_does_and_a_rest
     guess(&b, "victim", "198.51.100.66").await;
     let all = receipts(&a).await;
     let brute = fired(&all, "brute_force");
-    assert_eq!(brute.len(), 1, "the eleventh guess fires, on whichever node");
+    assert_eq!(
+        brute.len(),
+        1,
+        "the eleventh guess fires, on whichever node"
+    );
     assert_eq!(brute[0]["inputs"]["count"], 11);
 
     // Spray: failures for more than 20 usernames from one /24 in 10 minutes.
@@ -102,7 +109,10 @@ async fn two_nodes_reach_the_brute_force_and_spray_limits_as_one_does_and_a_rest
     let all = receipts(&c).await;
     let brute = fired(&all, "brute_force");
     assert_eq!(brute.len(), 2);
-    assert_eq!(brute[1]["inputs"]["count"], 12, "the restarted node counts on");
+    assert_eq!(
+        brute[1]["inputs"]["count"], 12,
+        "the restarted node counts on"
+    );
 
     // Past the window, the counts have gone: the next guess is the first again.
     clock.advance(sessiond::domain::Duration::minutes(20));
@@ -118,7 +128,10 @@ async fn the_breakers_budget_is_one_for_every_node_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let rules = shipped_pack_enforced(dir.path());
     let clock = Arc::new(ManualClock::default());
-    let (a, b) = (node(&db, &rules, &clock).await, node(&db, &rules, &clock).await);
+    let (a, b) = (
+        node(&db, &rules, &clock).await,
+        node(&db, &rules, &clock).await,
+    );
     let chrome = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
     let mut sessions = Vec::new();
     for i in 0..4 {

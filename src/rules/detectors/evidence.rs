@@ -116,7 +116,10 @@ impl Evidence {
                 return Err(format!("threshold action {:?} is not an action", s.action));
             }
             if !crate::rules::file::SEVERITIES.contains(&s.severity.as_str()) {
-                return Err(format!("threshold severity {:?} is not a severity", s.severity));
+                return Err(format!(
+                    "threshold severity {:?} is not a severity",
+                    s.severity
+                ));
             }
         }
         let mut scores: Vec<u32> = self.thresholds.iter().map(|s| s.score).collect();
@@ -149,8 +152,10 @@ impl Evidence {
         let (lg, ng) = (login.geo.as_ref(), now.geo.as_ref());
         let usual = a.usual_network == Some(true);
         // Network: another ASN and another prefix, unless the user is often there.
-        let same_asn = lg.and_then(|g| g.asn).is_some() && lg.and_then(|g| g.asn) == ng.and_then(|g| g.asn);
-        let same_prefix = login.ip.is_some() && login.ip.map(usual_prefix) == now.ip.map(usual_prefix);
+        let same_asn =
+            lg.and_then(|g| g.asn).is_some() && lg.and_then(|g| g.asn) == ng.and_then(|g| g.asn);
+        let same_prefix =
+            login.ip.is_some() && login.ip.map(usual_prefix) == now.ip.map(usual_prefix);
         if !same_asn && !same_prefix && !usual && (login.ip.is_some() || now.ip.is_some()) {
             signals.push((
                 Signal::NewNetwork,
@@ -171,12 +176,19 @@ impl Evidence {
         {
             signals.push((
                 Signal::AnonymisingNetwork,
-                json!(format!("{} network AS{}", kind.as_str(), opt(ng.and_then(|g| g.asn)))),
+                json!(format!(
+                    "{} network AS{}",
+                    kind.as_str(),
+                    opt(ng.and_then(|g| g.asn))
+                )),
             ));
         }
-        if let (Some(lc), Some(nc)) = (lg.and_then(|g| g.country.as_ref()), ng.and_then(|g| g.country.as_ref()))
-            && lc != nc
-            && let (Some(from), Some(to)) = (lg.and_then(|g| g.position()), ng.and_then(|g| g.position()))
+        if let (Some(lc), Some(nc)) = (
+            lg.and_then(|g| g.country.as_ref()),
+            ng.and_then(|g| g.country.as_ref()),
+        ) && lc != nc
+            && let (Some(from), Some(to)) =
+                (lg.and_then(|g| g.position()), ng.and_then(|g| g.position()))
         {
             let beyond = (haversine_km((from.0, from.1), (to.0, to.1)) - from.2 - to.2).max(0.0);
             // How fast the user would have had to travel since they were last seen where the
@@ -186,7 +198,8 @@ impl Evidence {
                 .and_then(|l| {
                     let p = l.position?;
                     let d = (haversine_km((p.0, p.1), (to.0, to.1)) - p.2 - to.2).max(0.0);
-                    let hours = (at - l.at).max(self.min_gap).num_milliseconds() as f64 / 3_600_000.0;
+                    let hours =
+                        (at - l.at).max(self.min_gap).num_milliseconds() as f64 / 3_600_000.0;
                     Some(d / hours)
                 })
                 .unwrap_or(f64::INFINITY);
@@ -292,8 +305,14 @@ action = "flag"
     fn the_linter_checks_signals_thresholds_and_their_actions() {
         assert!(parse(Path::new("w.toml"), RULE).is_ok());
         for (text, needle) in [
-            (RULE.replace("new_network = 1", "new_netwrok = 1"), "new_netwrok"),
-            (RULE.replace("action = \"flag\"", "action = \"lock_account\""), "not among the rule's actions"),
+            (
+                RULE.replace("new_network = 1", "new_netwrok = 1"),
+                "new_netwrok",
+            ),
+            (
+                RULE.replace("action = \"flag\"", "action = \"lock_account\""),
+                "not among the rule's actions",
+            ),
             (RULE.replace("score = 1", "score = 0"), "at least 1"),
             (RULE.replace("{summary}", "{speed_kmh}"), "speed_kmh"),
         ] {
@@ -333,11 +352,14 @@ of = [{ type = "session_context_change", compare = ["asn"] }, { type = "impossib
         use crate::rules::detectors::{Detector, Memory};
         use crate::rules::{Facts, Trigger, Verdict};
         let of = |aspect: &str| -> Detector {
-            toml::from_str(&format!("type = \"session_context_change\"\ncompare = [\"{aspect}\"]"))
-                .unwrap()
+            toml::from_str(&format!(
+                "type = \"session_context_change\"\ncompare = [\"{aspect}\"]"
+            ))
+            .unwrap()
         };
         let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
-        let firefox = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0";
+        let firefox =
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0";
         let login = RequestContext {
             device: crate::context::device(chrome),
             ..Default::default()
@@ -357,13 +379,24 @@ of = [{ type = "session_context_change", compare = ["asn"] }, { type = "impossib
             session_last: None,
         };
         // The browser changed; the OS did not; the country is unknown on both sides.
-        let all = Detector::All { of: vec![of("browser"), of("os")] };
+        let all = Detector::All {
+            of: vec![of("browser"), of("os")],
+        };
         assert_eq!(all.judge(&f, Memory::default()), Verdict::Quiet);
-        let any = Detector::Any { of: vec![of("browser"), of("os")] };
-        let Verdict::Fire(m) = any.judge(&f, Memory::default()) else { panic!() };
+        let any = Detector::Any {
+            of: vec![of("browser"), of("os")],
+        };
+        let Verdict::Fire(m) = any.judge(&f, Memory::default()) else {
+            panic!()
+        };
         assert_eq!(m["changed"], "browser");
         assert_eq!(m["signals"][1]["outcome"], "quiet");
-        let blind = Detector::All { of: vec![of("country"), of("asn")] };
-        assert!(matches!(blind.judge(&f, Memory::default()), Verdict::Unknown(_)));
+        let blind = Detector::All {
+            of: vec![of("country"), of("asn")],
+        };
+        assert!(matches!(
+            blind.judge(&f, Memory::default()),
+            Verdict::Unknown(_)
+        ));
     }
 }

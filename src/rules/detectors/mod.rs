@@ -33,9 +33,13 @@ pub enum Detector {
     /// A score over weighted signals with a threshold per action.
     Evidence(Evidence),
     /// Fires when every listed detector fires.
-    All { of: Vec<Detector> },
+    All {
+        of: Vec<Detector>,
+    },
     /// Fires when at least one listed detector fires.
-    Any { of: Vec<Detector> },
+    Any {
+        of: Vec<Detector>,
+    },
 }
 
 /// What a judgement is given beyond the event's facts: the user's trusted history, the rule's
@@ -131,7 +135,10 @@ impl Detector {
 
     /// What a firing asks for and how severe it is, when the detector grades its findings
     /// (evidence's thresholds); `None` means the rule's own actions and severity.
-    pub fn graded(&self, inputs: &serde_json::Map<String, serde_json::Value>) -> Option<(crate::rules::Action, String)> {
+    pub fn graded(
+        &self,
+        inputs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<(crate::rules::Action, String)> {
         match self {
             Detector::Evidence(_) => Some((
                 crate::rules::Action::parse(inputs.get("action")?.as_str()?)?,
@@ -215,7 +222,10 @@ impl Detector {
                     .filter(|s| s["outcome"] == "fire")
                     .map(|s| s["detector"].as_str().unwrap_or("").to_owned())
                     .collect();
-                inputs.insert("summary".into(), serde_json::json!(summary.join(if all { " and " } else { " or " })));
+                inputs.insert(
+                    "summary".into(),
+                    serde_json::json!(summary.join(if all { " and " } else { " or " })),
+                );
                 inputs.insert("signals".into(), serde_json::Value::Array(signals));
                 Verdict::Fire(inputs)
             }

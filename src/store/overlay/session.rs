@@ -440,8 +440,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         at: Timestamp,
         tripped_until: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        registry::put_breaker_spend::<Db<B>>(self.backend.conn()?, rule_id, at, tripped_until)
-            .await
+        registry::put_breaker_spend::<Db<B>>(self.backend.conn()?, rule_id, at, tripped_until).await
     }
 
     async fn usual_network_seen(
