@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sessiond::clock::ManualClock;
 use sessiond::config::Config;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 fn master_key() -> String {
@@ -22,9 +22,9 @@ fn master_key() -> String {
 /// A node of `db` with the shipped pack in enforce, the attacker's address believed through
 /// `X-Forwarded-For`, and the built-in login throttle out of the way (it would refuse the
 /// guesses before the rules count them).
-async fn node(db: &TestDatabase, rules: &PathBuf, clock: &Arc<ManualClock>) -> TestApp {
+async fn node(db: &TestDatabase, rules: &Path, clock: &Arc<ManualClock>) -> TestApp {
     let url = db.url.clone();
-    let rules = rules.clone();
+    let rules = rules.to_path_buf();
     spawn_node(
         move |c: &mut Config| {
             c.database_url = Some(sessiond::config::DatabaseUrl::parse(&url).unwrap());
