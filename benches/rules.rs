@@ -38,6 +38,8 @@ fn context(ip: &str, city: &str, country: &str, lat: f64, lon: f64, asn: u32) ->
             asn_org: Some("Example Net".into()),
             city_build: Some(1_763_000_000),
             asn_build: Some(1_763_000_000),
+            anonymizer: None,
+            connection_type: Some("Cable/DSL".into()),
         }),
         request_id: None,
     }
@@ -112,6 +114,33 @@ fn refresh_firing(bencher: divan::Bencher) {
         t0() + Duration::minutes(10),
     );
     bencher.bench_local(|| divan::black_box(one_event(&engine, divan::black_box(&f))));
+}
+
+/// A refresh from the carrier's network in the same city (home Wi-Fi to cellular): the
+/// evidence rule weighs one weak signal and flags. (Whether the network is usual is read from
+/// the store by the caller, outside this figure.)
+#[divan::bench]
+fn refresh_network_move(bencher: divan::Bencher) {
+    let engine = engine();
+    let home = context("192.0.2.10", "Seattle", "US", 47.61, -122.33, 7922);
+    let mut cell = context("198.51.100.7", "Seattle", "US", 47.60, -122.34, 21928);
+    if let Some(g) = cell.geo.as_mut() {
+        g.connection_type = Some("Cellular".into());
+    }
+    let user = Uuid::now_v7();
+    engine.remember(&facts(Trigger::SessionStarted, user, &home, &home, t0()));
+    let mut minute = 0;
+    bencher.bench_local(|| {
+        minute += 1;
+        let f = facts(
+            Trigger::SessionRefreshed,
+            user,
+            &cell,
+            &home,
+            t0() + Duration::minutes(minute),
+        );
+        divan::black_box(one_event(&engine, divan::black_box(&f)))
+    });
 }
 
 /// A login with a warm baseline: travel, new country and new device look at it.

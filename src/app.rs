@@ -123,10 +123,16 @@ impl App {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Io(format!("data directory {}: {e}", config.data_dir.display()))
         })?;
-        let geoip = Arc::new(GeoIp::open(
-            config.geoip_city.as_deref(),
-            config.geoip_asn.as_deref(),
-        )?);
+        let geoip = Arc::new(
+            GeoIp::open(config.geoip_city.as_deref(), config.geoip_asn.as_deref())?.with_networks(
+                &crate::context::geoip::NetworkSources {
+                    anonymous_ip: config.geoip_anonymous_ip.as_deref(),
+                    connection_type: config.geoip_connection_type.as_deref(),
+                    hosting_asns: &config.hosting_asns,
+                    vpn_asns: &config.vpn_asns,
+                },
+            )?,
+        );
         let breaker = BreakerConfig {
             max_fraction: config.rules_breaker_fraction,
             floor: config.rules_breaker_floor,
@@ -146,6 +152,9 @@ impl App {
         crate::metrics::seed(&loaded_rules, &job_names);
         let store = open_store(&config, true).await?;
         let master = MasterKey::load(options.master_key, &config.data_dir)?;
+        // Detector memory stores networks, usernames and counter keys as keyed hashes: the
+        // same key on every node (all share the master key), none in the database.
+        rules.set_tag_key(master.derive(b"sessiond detector memory v1"));
         let checkpoint_key = Arc::new(CheckpointKey::derive(&master));
         let (writer, writer_task) = spawn_writer(
             &store,

@@ -48,6 +48,14 @@ enum Cmd {
         /// MaxMind-format ASN database [env: SESSIOND_GEOIP_ASN]
         #[arg(long, value_name = "FILE")]
         geoip_asn: Option<PathBuf>,
+        /// GeoIP2-Anonymous-IP database (hosting, VPN, proxy, Tor networks)
+        /// [env: SESSIOND_GEOIP_ANONYMOUS_IP]
+        #[arg(long, value_name = "FILE")]
+        geoip_anonymous_ip: Option<PathBuf>,
+        /// GeoIP2-Connection-Type database (Cable/DSL, Cellular, Corporate, Satellite)
+        /// [env: SESSIOND_GEOIP_CONNECTION_TYPE]
+        #[arg(long, value_name = "FILE")]
+        geoip_connection_type: Option<PathBuf>,
         /// Directory of rule files, *.toml [env: SESSIOND_RULES]
         #[arg(long, value_name = "DIR")]
         rules: Option<PathBuf>,
@@ -228,6 +236,8 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
             listen,
             geoip_city,
             geoip_asn,
+            geoip_anonymous_ip,
+            geoip_connection_type,
             rules,
             trusted_proxies,
         } => {
@@ -235,6 +245,8 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
                 listen,
                 geoip_city,
                 geoip_asn,
+                geoip_anonymous_ip,
+                geoip_connection_type,
                 rules,
                 trusted_proxies,
                 ..Default::default()

@@ -71,6 +71,12 @@ pub struct Config {
     /// MaxMind-format city database (and optional ASN database) for request locations.
     pub geoip_city: Option<PathBuf>,
     pub geoip_asn: Option<PathBuf>,
+    /// Optional GeoIP2-Anonymous-IP and GeoIP2-Connection-Type databases (network kinds).
+    pub geoip_anonymous_ip: Option<PathBuf>,
+    pub geoip_connection_type: Option<PathBuf>,
+    /// The operator's own lists of hosting and VPN networks, by ASN.
+    pub hosting_asns: Vec<u32>,
+    pub vpn_asns: Vec<u32>,
     /// Directory of rule files (`*.toml`); none means no rules.
     pub rules: Option<PathBuf>,
     /// Cap on revoking rule actions: this share of active users per window, at least the floor.
@@ -191,6 +197,10 @@ pub const KEYS: &[&str] = &[
     "dpop_nonce",
     "geoip_city",
     "geoip_asn",
+    "geoip_anonymous_ip",
+    "geoip_connection_type",
+    "hosting_asns",
+    "vpn_asns",
     "rules",
     "rules_breaker_fraction",
     "rules_breaker_floor",
@@ -252,6 +262,10 @@ impl Default for Config {
             dpop_nonce: false,
             geoip_city: None,
             geoip_asn: None,
+            geoip_anonymous_ip: None,
+            geoip_connection_type: None,
+            hosting_asns: Vec::new(),
+            vpn_asns: Vec::new(),
             rules: None,
             rules_breaker_fraction: 0.005,
             rules_breaker_floor: 20,
@@ -295,6 +309,8 @@ pub struct Overrides {
     pub database_url: Option<String>,
     pub geoip_city: Option<PathBuf>,
     pub geoip_asn: Option<PathBuf>,
+    pub geoip_anonymous_ip: Option<PathBuf>,
+    pub geoip_connection_type: Option<PathBuf>,
     pub rules: Option<PathBuf>,
     /// Comma-separated, as the environment gives it.
     pub trusted_proxies: Option<String>,
@@ -333,6 +349,8 @@ impl Config {
         for (key, path) in [
             ("geoip_city", &overrides.geoip_city),
             ("geoip_asn", &overrides.geoip_asn),
+            ("geoip_anonymous_ip", &overrides.geoip_anonymous_ip),
+            ("geoip_connection_type", &overrides.geoip_connection_type),
             ("rules", &overrides.rules),
         ] {
             if let Some(p) = path {
@@ -447,6 +465,14 @@ impl Config {
                 "dpop_nonce" => c.dpop_nonce = boolean(k, value)?,
                 "geoip_city" => c.geoip_city = Some(PathBuf::from(non_empty(k, value)?)),
                 "geoip_asn" => c.geoip_asn = Some(PathBuf::from(non_empty(k, value)?)),
+                "geoip_anonymous_ip" => {
+                    c.geoip_anonymous_ip = Some(PathBuf::from(non_empty(k, value)?))
+                }
+                "geoip_connection_type" => {
+                    c.geoip_connection_type = Some(PathBuf::from(non_empty(k, value)?))
+                }
+                "hosting_asns" => c.hosting_asns = asns(k, value)?,
+                "vpn_asns" => c.vpn_asns = asns(k, value)?,
                 "rules" => c.rules = Some(PathBuf::from(non_empty(k, value)?)),
                 "rules_breaker_fraction" => {
                     let f = match value {
@@ -699,6 +725,29 @@ fn list(k: &str, v: &toml::Value) -> Result<Vec<String>, ConfigError> {
             .collect()),
         _ => Err(err(k, "expected a list of strings")),
     }
+}
+
+/// A list of AS numbers: `[16509, 14061]`, or `"16509,AS14061"` from the environment.
+fn asns(k: &str, v: &toml::Value) -> Result<Vec<u32>, ConfigError> {
+    let items: Vec<String> = match v {
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                toml::Value::Integer(n) => Ok(n.to_string()),
+                other => string(k, other),
+            })
+            .collect::<Result<_, _>>()?,
+        other => list(k, other)?,
+    };
+    items
+        .iter()
+        .map(|s| {
+            let digits = s.trim().trim_start_matches("AS").trim_start_matches("as");
+            digits
+                .parse::<u32>()
+                .map_err(|_| err(k, format!("{s:?} is not an AS number")))
+        })
+        .collect()
 }
 
 /// A six-field cron expression (seconds first), or `off`.

@@ -242,6 +242,7 @@ mod tests {
             action,
             deny,
             by: Some("r".into()),
+            breaker: Vec::new(),
         }
     }
 

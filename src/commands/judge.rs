@@ -2,14 +2,23 @@
 //! transaction, and handed to the engine, which never reads the store itself.
 
 use crate::domain::Timestamp;
-use crate::domain::context::RequestContext;
+use crate::domain::context::{RequestContext, usual_prefix};
 use crate::domain::session::Session;
+use crate::rules::breaker::Spent;
 use crate::rules::detectors::Sighting;
-use crate::rules::{Facts, History, Judgement, RuleEngine, Trigger};
+use crate::rules::detectors::threshold::Counts;
+use crate::rules::judgement::BreakerWrite;
+use crate::rules::{Action, Facts, History, Judgement, RuleEngine, Trigger};
 use crate::store::{StoreError, UnitOfWork};
 use uuid::Uuid;
 
+/// How long a network stays among a user's usual ones after it was last seen on a trusted
+/// event.
+pub const USUAL_NETWORK_DAYS: i64 = 28;
+
 /// Judges one event with whatever history the engine asks for; `None` when no rule fired.
+/// The detector memory the store keeps (threshold windows, the breaker's spend, usual
+/// networks) is read here and written back here, in the transaction that records the event.
 pub(super) async fn judge<U: UnitOfWork>(
     uow: &mut U,
     rules: &RuleEngine,
@@ -17,15 +26,102 @@ pub(super) async fn judge<U: UnitOfWork>(
 ) -> Result<Option<Judgement>, StoreError> {
     let needs = rules.needs(facts);
     let mut history = History::default();
-    if needs.baseline
+    if (needs.baseline || needs.other_sessions)
         && let Some(user) = facts.user_id
     {
-        history.baseline = Some(trusted_sightings(uow, user).await?);
+        let seen = trusted_sightings(uow, user).await?;
+        if needs.other_sessions {
+            history.other_sessions = Some(
+                seen.iter()
+                    .filter(|s| facts.session_id != Some(s.session))
+                    .map(|s| s.sighting.clone())
+                    .collect(),
+            );
+        }
+        if needs.baseline {
+            history.baseline = Some(seen.into_iter().map(|s| s.sighting).collect());
+        }
     }
     if needs.active_users {
         history.active_users = Some(uow.active_user_count().await?);
     }
-    Ok(rules.judge(facts, history))
+    let networks = usual_tags(rules, facts.context);
+    if needs.usual_network
+        && let Some(user) = facts.user_id
+    {
+        let since = facts.now - chrono::Duration::days(USUAL_NETWORK_DAYS);
+        let [a, b] = &networks;
+        history.usual_network = Some(uow.usual_network_seen(user, [a, b], since).await?);
+    }
+    let name_tag = rules.tag(facts.username.unwrap_or(""));
+    for w in &needs.windows {
+        let key_tag = rules.tag(&w.key);
+        let (n, d, mine) = uow
+            .window_counts(&w.rule_id, &key_tag, &name_tag, w.since)
+            .await?;
+        history.counts.insert(
+            w.rule_id.clone(),
+            Counts {
+                events: n as u32 + 1,
+                distinct_usernames: d as u32 + u32::from(mine == 0),
+            },
+        );
+        uow.put_window_count(&w.rule_id, &key_tag, &name_tag, facts.now)
+            .await?;
+    }
+    let firings = rules.fire(facts, &mut history);
+    for rule_id in rules.revoking(facts, &firings) {
+        let (taken, tripped_until) = uow
+            .breaker_spent(&rule_id, facts.now - rules.breaker.window)
+            .await?;
+        history.breaker.insert(
+            rule_id,
+            Spent {
+                taken: taken as u32,
+                tripped_until,
+            },
+        );
+    }
+    let judgement = rules.conclude(facts, firings, &history);
+    for w in judgement.iter().flat_map(|j| &j.breaker) {
+        match w {
+            BreakerWrite::Spend { rule_id, at } => {
+                uow.put_breaker_spend(rule_id, *at, None).await?
+            }
+            BreakerWrite::Trip { rule_id, at, until } => {
+                uow.put_breaker_spend(rule_id, *at, Some(*until)).await?
+            }
+        }
+    }
+    // A trusted event (nothing stronger than a notice) makes its network usual: on a login,
+    // and on a refresh whose network was looked up (it differs from the login's).
+    let trusted = judgement
+        .as_ref()
+        .is_none_or(|j| !j.deny && j.action.is_none_or(|a| a <= Action::Notify));
+    if trusted
+        && facts.trigger.builds_baseline()
+        && (facts.trigger == Trigger::SessionStarted || history.usual_network.is_some())
+        && let Some(user) = facts.user_id
+    {
+        for n in networks.iter().filter(|n| !n.is_empty()) {
+            uow.put_usual_network(user, n, facts.now).await?;
+        }
+    }
+    Ok(judgement)
+}
+
+/// The event's networks as stored among usual ones: `asn:N` and `net:<keyed hash of the /24
+/// or /48>` ("" where unknown).
+fn usual_tags(rules: &RuleEngine, ctx: &RequestContext) -> [String; 2] {
+    [
+        ctx.geo
+            .as_ref()
+            .and_then(|g| g.asn)
+            .map_or_else(String::new, |a| format!("asn:{a}")),
+        ctx.ip.map_or_else(String::new, |ip| {
+            format!("net:{}", rules.tag(&usual_prefix(ip)))
+        }),
+    ]
 }
 
 /// The facts of an event on a session's own state (a refresh, a reuse, a re-authentication).
@@ -47,20 +143,33 @@ pub(super) fn session_facts<'a>(
     }
 }
 
+/// A sighting and the session it belongs to.
+struct SessionSighting {
+    session: Uuid,
+    sighting: Sighting,
+}
+
 /// A user's trusted sightings as the store knows them: where each active session started and
 /// was last seen. Sessions waiting for re-authentication are not trusted.
 async fn trusted_sightings<U: UnitOfWork>(
     uow: &mut U,
     user: Uuid,
-) -> Result<Vec<Sighting>, StoreError> {
+) -> Result<Vec<SessionSighting>, StoreError> {
     let mut seen = Vec::new();
     for s in uow.active_sessions_of(user).await? {
         if s.reauth_required {
             continue;
         }
-        seen.push(Sighting::of(&s.login_context, s.created_at));
-        seen.push(Sighting::of(&s.last_context, s.last_seen_at));
+        for (ctx, at) in [
+            (&s.login_context, s.created_at),
+            (&s.last_context, s.last_seen_at),
+        ] {
+            seen.push(SessionSighting {
+                session: s.session_id,
+                sighting: Sighting::of(ctx, at),
+            });
+        }
     }
-    seen.sort_by_key(|s| s.at);
+    seen.sort_by_key(|s| s.sighting.at);
     Ok(seen)
 }

@@ -1,10 +1,11 @@
 //! GeoIP enrichment from MaxMind-format databases: a city database (country, region, city,
-//! coordinates, accuracy radius) and an optional ASN database. Both are reloaded in place when
-//! their file changes ([`GeoIp::reload_if_changed`], called on SIGHUP and by the reload job); a
+//! coordinates, accuracy radius), and optional ASN, anonymous-IP (GeoIP2-Anonymous-IP schema)
+//! and connection-type (GeoIP2-Connection-Type schema) databases, plus the operator's lists of
+//! hosting and VPN ASNs. Every file is reloaded in place when it changes ([`GeoIp::reload_if_changed`], called on SIGHUP and by the reload job); a
 //! file that no longer opens leaves the database in use untouched. Without a database every
 //! lookup answers `None`, and the location detectors say "unknown".
 
-use crate::domain::context::Geo;
+use crate::domain::context::{Anonymizer, Geo};
 use maxminddb::{Reader, geoip2};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -88,6 +89,19 @@ fn load(label: &'static str, path: &Path) -> Result<Loaded, GeoIpError> {
 pub struct GeoIp {
     city: Option<Database>,
     asn: Option<Database>,
+    anonymous: Option<Database>,
+    connection: Option<Database>,
+    hosting_asns: Vec<u32>,
+    vpn_asns: Vec<u32>,
+}
+
+/// The optional network-kind sources: two databases and two operator lists of ASNs.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkSources<'a> {
+    pub anonymous_ip: Option<&'a Path>,
+    pub connection_type: Option<&'a Path>,
+    pub hosting_asns: &'a [u32],
+    pub vpn_asns: &'a [u32],
 }
 
 impl GeoIp {
@@ -100,7 +114,23 @@ impl GeoIp {
             asn: asn
                 .map(|p| Database::open("asn", p.to_owned()))
                 .transpose()?,
+            ..Default::default()
         })
+    }
+
+    /// Adds the network-kind sources; a configured file that cannot be read stops the start.
+    pub fn with_networks(mut self, n: &NetworkSources<'_>) -> Result<GeoIp, GeoIpError> {
+        self.anonymous = n
+            .anonymous_ip
+            .map(|p| Database::open("anonymous_ip", p.to_owned()))
+            .transpose()?;
+        self.connection = n
+            .connection_type
+            .map(|p| Database::open("connection_type", p.to_owned()))
+            .transpose()?;
+        self.hosting_asns = n.hosting_asns.to_vec();
+        self.vpn_asns = n.vpn_asns.to_vec();
+        Ok(self)
     }
 
     pub fn is_configured(&self) -> bool {
@@ -141,6 +171,47 @@ impl GeoIp {
                 geo.asn_build = Some(loaded.build);
             }
         }
+        if let Some(db) = &self.anonymous {
+            let loaded = db.current();
+            if let Ok(result) = loaded.reader.lookup(ip)
+                && let Ok(Some(a)) = result.decode::<geoip2::AnonymousIp>()
+            {
+                found = true;
+                let yes = |f: Option<bool>| f == Some(true);
+                geo.anonymizer = if yes(a.is_tor_exit_node) {
+                    Some(Anonymizer::TorExit)
+                } else if yes(a.is_public_proxy) {
+                    Some(Anonymizer::PublicProxy)
+                } else if yes(a.is_anonymous_vpn) {
+                    Some(Anonymizer::Vpn)
+                } else if yes(a.is_hosting_provider) {
+                    Some(Anonymizer::Hosting)
+                } else if yes(a.is_anonymous) {
+                    Some(Anonymizer::Anonymous)
+                } else {
+                    None
+                };
+            }
+        }
+        if let Some(db) = &self.connection {
+            let loaded = db.current();
+            if let Ok(result) = loaded.reader.lookup(ip)
+                && let Ok(Some(c)) = result.decode::<geoip2::ConnectionType>()
+            {
+                found = true;
+                geo.connection_type = c.connection_type.map(str::to_owned);
+            }
+        }
+        // The operator's lists know their own networks better than a database: they win.
+        if let Some(asn) = geo.asn {
+            if self.vpn_asns.contains(&asn) {
+                found = true;
+                geo.anonymizer = Some(Anonymizer::Vpn);
+            } else if self.hosting_asns.contains(&asn) && geo.anonymizer.is_none() {
+                found = true;
+                geo.anonymizer = Some(Anonymizer::Hosting);
+            }
+        }
         found.then_some(geo)
     }
 
@@ -148,7 +219,10 @@ impl GeoIp {
     /// replaced. A file that fails to load is reported and the database in use stays.
     pub fn reload_if_changed(&self) -> Result<bool, GeoIpError> {
         let mut changed = false;
-        for db in [&self.city, &self.asn].into_iter().flatten() {
+        for db in [&self.city, &self.asn, &self.anonymous, &self.connection]
+            .into_iter()
+            .flatten()
+        {
             changed |= db.reload_if_changed()?;
         }
         Ok(changed)
@@ -205,6 +279,63 @@ mod tests {
             g.city.as_deref(),
             Some("Lutece"),
             "a broken file leaves the loaded database in use"
+        );
+    }
+
+    #[test]
+    fn network_kinds_come_from_both_databases_and_the_operator_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (anon, conn, asn) = (
+            dir.path().join("anon.mmdb"),
+            dir.path().join("conn.mmdb"),
+            dir.path().join("asn.mmdb"),
+        );
+        let mut w = mmdb_writer::Writer::builder("GeoIP2-Anonymous-IP").build();
+        let rec = geoip2::AnonymousIp {
+            is_anonymous: Some(true),
+            is_anonymous_vpn: None,
+            is_hosting_provider: Some(true),
+            is_public_proxy: None,
+            is_residential_proxy: None,
+            is_tor_exit_node: None,
+        };
+        w.insert("198.51.100.0/24".parse::<ipnet::IpNet>().unwrap(), &rec)
+            .unwrap();
+        std::fs::write(&anon, w.to_bytes().unwrap()).unwrap();
+        let mut w = mmdb_writer::Writer::builder("GeoIP2-Connection-Type").build();
+        let rec = geoip2::ConnectionType {
+            connection_type: Some("Cellular"),
+        };
+        w.insert("192.0.2.0/24".parse::<ipnet::IpNet>().unwrap(), &rec)
+            .unwrap();
+        std::fs::write(&conn, w.to_bytes().unwrap()).unwrap();
+        let mut w = mmdb_writer::Writer::builder("GeoLite2-ASN").build();
+        let rec = geoip2::Asn {
+            autonomous_system_number: Some(9009),
+            autonomous_system_organization: Some("M247 Europe SRL"),
+        };
+        w.insert("203.0.113.0/24".parse::<ipnet::IpNet>().unwrap(), &rec)
+            .unwrap();
+        std::fs::write(&asn, w.to_bytes().unwrap()).unwrap();
+        let geo = GeoIp::open(None, Some(&asn))
+            .unwrap()
+            .with_networks(&NetworkSources {
+                anonymous_ip: Some(&anon),
+                connection_type: Some(&conn),
+                hosting_asns: &[],
+                vpn_asns: &[9009],
+            })
+            .unwrap();
+        let hosting = geo.lookup("198.51.100.7".parse().unwrap()).unwrap();
+        assert_eq!(hosting.anonymizer, Some(Anonymizer::Hosting));
+        let cell = geo.lookup("192.0.2.7".parse().unwrap()).unwrap();
+        assert_eq!(cell.connection_type.as_deref(), Some("Cellular"));
+        assert_eq!(cell.network_kind(), "Cellular");
+        let vpn = geo.lookup("203.0.113.7".parse().unwrap()).unwrap();
+        assert_eq!(
+            vpn.anonymizer,
+            Some(Anonymizer::Vpn),
+            "the operator's list says VPN"
         );
     }
 

@@ -52,6 +52,38 @@ pub struct Geo {
     pub city_build: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asn_build: Option<u64>,
+    /// What kind of network the address belongs to, where the anonymous-IP database or the
+    /// operator's ASN lists say: coarse and non-identifying (see [`Anonymizer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymizer: Option<Anonymizer>,
+    /// The connection-type database's answer, as MaxMind spells it (`Cable/DSL`, `Cellular`,
+    /// `Corporate`, `Satellite`, `Dialup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_type: Option<String>,
+}
+
+/// A network that hides where its users are or serves machines rather than people, strongest
+/// first when a database gives several flags (a Tor exit is also "anonymous").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anonymizer {
+    TorExit,
+    PublicProxy,
+    Vpn,
+    Hosting,
+    Anonymous,
+}
+
+impl Anonymizer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Anonymizer::TorExit => "tor_exit",
+            Anonymizer::PublicProxy => "public_proxy",
+            Anonymizer::Vpn => "vpn",
+            Anonymizer::Hosting => "hosting",
+            Anonymizer::Anonymous => "anonymous",
+        }
+    }
 }
 
 impl Geo {
@@ -62,6 +94,18 @@ impl Geo {
             self.longitude?,
             f64::from(self.accuracy_radius_km.unwrap_or(0)),
         ))
+    }
+}
+
+impl Geo {
+    /// The network's kind in one word for receipts: the anonymizer if any, else the
+    /// connection type, else unknown.
+    pub fn network_kind(&self) -> &str {
+        match (self.anonymizer, self.connection_type.as_deref()) {
+            (Some(a), _) => a.as_str(),
+            (None, Some(c)) => c,
+            (None, None) => "unknown",
+        }
     }
 }
 
@@ -95,6 +139,18 @@ pub fn network_prefix(ip: IpAddr) -> String {
                 format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
             }
         },
+    }
+}
+
+/// The network a user is "usually on": the /24 of an IPv4 address, the /48 of an IPv6 one (a
+/// household's or an office's allocation; /64s change with each router restart at some ISPs).
+pub fn usual_prefix(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+        other => network_prefix(other),
     }
 }
 

@@ -41,6 +41,14 @@ struct Budget {
     tripped_until: Option<Timestamp>,
 }
 
+/// A rule's budget as the store counts it: revoking actions taken in the window, and the end
+/// of a trip still in force.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    pub taken: u32,
+    pub tripped_until: Option<Timestamp>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Allow,
@@ -67,6 +75,22 @@ impl Breaker {
     pub fn cap(&self, config: &BreakerConfig) -> u32 {
         let active = self.active_users.map_or(0, |(n, _)| n) as f64;
         ((active * config.max_fraction).ceil() as u32).max(config.floor)
+    }
+
+    /// [`Breaker::admit`] on the store's count of a rule's spend (the caller records the spend
+    /// or the trip in the same transaction).
+    pub fn admit_spent(&self, config: &BreakerConfig, spent: Spent, now: Timestamp) -> Admission {
+        let cap = self.cap(config);
+        if spent.taken < cap {
+            return Admission::Allow;
+        }
+        let tripped = spent.tripped_until.is_some_and(|until| now < until);
+        Admission::Degrade {
+            newly_tripped: !tripped,
+            count: spent.taken,
+            cap,
+            active_users: self.active_users.map_or(0, |(n, _)| n),
+        }
     }
 
     /// One revoking action of rule `rule` wants to happen at `now`.

@@ -3,7 +3,7 @@
 //! how many earlier events share its key, and says whether the rule should fire, stay quiet,
 //! or answer "unknown". Cases run the detector itself, in enforce mode, at a fixed time.
 
-use super::detectors::{Baseline, Detector, Sighting, Window};
+use super::detectors::{Baseline, Detector, Memory, Sighting, Window};
 use super::{Facts, Rule, Trigger, Verdict};
 use crate::domain::Timestamp;
 use crate::domain::context::{Geo, RequestContext};
@@ -29,6 +29,10 @@ pub struct CaseContext {
     pub lon: Option<f64>,
     pub radius_km: Option<u32>,
     pub asn: Option<u32>,
+    /// `hosting`, `vpn`, `public_proxy`, `tor_exit` or `anonymous` (the anonymous-IP database).
+    pub network: Option<crate::domain::context::Anonymizer>,
+    /// The connection-type database's answer (`Cable/DSL`, `Cellular`, ...).
+    pub connection: Option<String>,
     pub ua: Option<String>,
     #[serde(default)]
     pub minutes_ago: i64,
@@ -36,7 +40,11 @@ pub struct CaseContext {
 
 impl CaseContext {
     pub fn context(&self) -> RequestContext {
-        let has_geo = self.country.is_some() || self.lat.is_some() || self.asn.is_some();
+        let has_geo = self.country.is_some()
+            || self.lat.is_some()
+            || self.asn.is_some()
+            || self.network.is_some()
+            || self.connection.is_some();
         RequestContext {
             ip: self.ip,
             user_agent: self.ua.clone(),
@@ -49,6 +57,8 @@ impl CaseContext {
                 longitude: self.lon,
                 accuracy_radius_km: self.radius_km,
                 asn: self.asn,
+                anonymizer: self.network,
+                connection_type: self.connection.clone(),
                 ..Default::default()
             }),
             request_id: None,
@@ -75,6 +85,11 @@ pub struct TestCase {
     /// The earlier events each name another user (password spray).
     #[serde(default)]
     pub prior_distinct_users: bool,
+    /// Whether the event's network is among the user's usual networks (evidence).
+    pub usual_network: Option<bool>,
+    /// The action a firing asks for (the step an evidence score reaches, else the rule's
+    /// strongest action).
+    pub action: Option<String>,
 }
 
 fn case_time() -> Timestamp {
@@ -87,6 +102,11 @@ impl TestCase {
             Trigger::parse(&self.event).ok_or_else(|| format!("unknown event {:?}", self.event))?;
         if !on.contains(&t) {
             return Err(format!("the rule does not listen to {:?}", self.event));
+        }
+        if let Some(a) = &self.action
+            && super::Action::parse(a).is_none()
+        {
+            return Err(format!("action {a:?} is not an action"));
         }
         Ok(())
     }
@@ -129,8 +149,13 @@ impl TestCase {
         if let Detector::Threshold(_) = rule.detector {
             for (i, name) in names.iter().enumerate() {
                 let at = now - chrono::Duration::seconds(i64::from(self.prior) - i as i64);
-                rule.detector
-                    .judge(&facts(&current, at, Some(name)), None, Some(&mut window));
+                rule.detector.judge(
+                    &facts(&current, at, Some(name)),
+                    Memory {
+                        window: Some(&mut window),
+                        ..Default::default()
+                    },
+                );
             }
         }
         let f = facts(
@@ -141,18 +166,34 @@ impl TestCase {
         let verdict = if rule.excepted(&f) {
             Verdict::Quiet
         } else {
-            rule.detector.judge(&f, Some(&baseline), Some(&mut window))
+            rule.detector.judge(
+                &f,
+                Memory {
+                    baseline: Some(&baseline),
+                    window: Some(&mut window),
+                    counts: None,
+                    usual_network: self.usual_network,
+                },
+            )
         };
         let got = match &verdict {
             Verdict::Fire(_) => Expect::Fire,
             Verdict::Quiet => Expect::Quiet,
             Verdict::Unknown(_) => Expect::Unknown,
         };
-        if got == self.expect {
-            Ok(())
-        } else {
-            Err(format!("expected {:?}, got {verdict:?}", self.expect))
+        if got != self.expect {
+            return Err(format!("expected {:?}, got {verdict:?}", self.expect));
         }
+        if let (Some(want), Verdict::Fire(inputs)) = (&self.action, &verdict) {
+            let action = rule.detector.graded(inputs).map_or(rule.action, |(a, _)| a);
+            if action.as_str() != want {
+                return Err(format!(
+                    "expected action {want}, got {} ({verdict:?})",
+                    action.as_str()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

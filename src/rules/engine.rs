@@ -6,13 +6,19 @@
 //! sightings ([`Baseline`]) and per-key sliding windows — so it lives here, bounded, and is
 //! seeded on a miss with what the caller loaded ([`RuleEngine::needs`] says when): a user's
 //! baseline from the contexts of their active sessions (one indexed read the first time a user
-//! is seen after a start). The writer is the only live caller, so the locks are uncontended. Trade-offs, written down: counters start
-//! empty after a restart, and with several nodes each keeps its own memory.
+//! is seen after a start). The writer is the only live caller, so the locks are uncontended.
+//!
+//! What must be the same on every node and survive a restart (issue 15) is not kept here but
+//! handed in from the store by the caller, and written back in the writer's transaction: the
+//! threshold detectors' counts ([`Needs::windows`]), the breaker's spend per rule and each
+//! user's usual networks. The in-memory windows remain for the backtest and inline tests,
+//! which have no store.
 
 use super::breaker::{Breaker, BreakerConfig};
-use super::detectors::{Baseline, Detector, Sighting, Window};
+use super::detectors::{Baseline, Detector, Memory, Sighting, Window};
 use super::file::{RuleError, dir_stamp, load_dir};
-use super::{Facts, Rule, RuleSet, Verdict};
+use super::judgement::History;
+use super::{Action, Facts, Rule, RuleSet, Verdict};
 use crate::domain::Timestamp;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -29,6 +35,10 @@ const WINDOW_KEYS: usize = 100_000;
 pub struct Firing {
     pub rule: Arc<Rule>,
     pub inputs: Map<String, Value>,
+    /// What this firing asks for (the rule's strongest action, or the step its evidence
+    /// reached) and how severe it is.
+    pub action: Action,
+    pub severity: String,
 }
 
 #[derive(Default)]
@@ -44,6 +54,9 @@ pub struct RuleEngine {
     stamp: Mutex<Vec<(PathBuf, Option<std::time::SystemTime>, u64)>>,
     pub state: Mutex<State>,
     pub breaker: BreakerConfig,
+    /// Key of the keyed hashes under which networks, usernames and counter keys are stored
+    /// (derived from the master key at start), so the store never holds them in clear.
+    tag_key: std::sync::OnceLock<[u8; 32]>,
 }
 
 impl RuleEngine {
@@ -54,7 +67,25 @@ impl RuleEngine {
             stamp: Mutex::new(Vec::new()),
             state: Mutex::new(State::default()),
             breaker,
+            tag_key: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the key of [`RuleEngine::tag`] (once, at start).
+    pub fn set_tag_key(&self, key: [u8; 32]) {
+        let _ = self.tag_key.set(key);
+    }
+
+    /// A keyed hash of `text` (HMAC-SHA256, 128 bits in hex): how counter keys, usernames and
+    /// networks are stored. Without a key set (tests, the backtest) an all-zero key.
+    pub fn tag(&self, text: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let key = self.tag_key.get().copied().unwrap_or([0; 32]);
+        let mut mac =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length");
+        mac.update(text.as_bytes());
+        let out = mac.finalize().into_bytes();
+        out[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// No rules at all.
@@ -115,6 +146,12 @@ impl RuleEngine {
     /// Runs every rule listening to this event (exceptions first) and returns those that fire.
     /// Threshold windows count the event as they look at it.
     pub fn evaluate(&self, facts: &Facts) -> Vec<Firing> {
+        self.evaluate_with(facts, &History::default())
+    }
+
+    /// [`RuleEngine::evaluate`] with what the store said (counts, usual networks, other
+    /// sessions' sightings).
+    pub fn evaluate_with(&self, facts: &Facts, history: &History) -> Vec<Firing> {
         let set = self.rules();
         let mut firings = Vec::new();
         if !set.rules.iter().any(|r| r.listens_to(facts.trigger)) {
@@ -126,11 +163,17 @@ impl RuleEngine {
             if !rule.listens_to(facts.trigger) || rule.excepted(facts) {
                 continue;
             }
-            let verdict = judge(rule, facts, state);
+            let verdict = judge(rule, facts, state, history);
             if let Verdict::Fire(inputs) = verdict {
+                let (action, severity) = rule
+                    .detector
+                    .graded(&inputs)
+                    .unwrap_or((rule.action, rule.severity.clone()));
                 firings.push(Firing {
                     rule: rule.clone(),
                     inputs,
+                    action,
+                    severity,
                 });
             }
         }
@@ -153,10 +196,19 @@ impl RuleEngine {
     }
 }
 
-fn judge(rule: &Rule, facts: &Facts, state: &mut State) -> Verdict {
+fn judge(rule: &Rule, facts: &Facts, state: &mut State, history: &History) -> Verdict {
     let baseline = facts.user_id.and_then(|u| state.baselines.get(&u));
     match &rule.detector {
         Detector::Threshold(t) => {
+            if let Some(counts) = history.counts.get(&rule.id) {
+                return rule.detector.judge(
+                    facts,
+                    Memory {
+                        counts: Some(*counts),
+                        ..Default::default()
+                    },
+                );
+            }
             let Some(key) = t.key(facts) else {
                 return Verdict::Unknown("nothing to group this event by");
             };
@@ -164,9 +216,38 @@ fn judge(rule: &Rule, facts: &Facts, state: &mut State) -> Verdict {
                 prune_windows(&mut state.windows, facts.now);
             }
             let window = state.windows.entry((rule.id.clone(), key)).or_default();
-            rule.detector.judge(facts, None, Some(window))
+            rule.detector.judge(
+                facts,
+                Memory {
+                    window: Some(window),
+                    ..Default::default()
+                },
+            )
         }
-        d => d.judge(facts, baseline, None),
+        d => {
+            // Travel across sessions: the newest of the remembered baseline and the other
+            // sessions' sightings the store gave is the point the user was last seen at.
+            let mut merged;
+            let mut baseline = baseline;
+            if let Some(others) = history.other_sessions.as_deref()
+                && let Some(newest) = others.iter().max_by_key(|s| s.at)
+                && baseline
+                    .and_then(|b| b.last())
+                    .is_none_or(|l| l.at < newest.at)
+            {
+                merged = baseline.cloned().unwrap_or_default();
+                merged.push(newest.clone());
+                baseline = Some(&merged);
+            }
+            d.judge(
+                facts,
+                Memory {
+                    baseline,
+                    usual_network: history.usual_network,
+                    ..Default::default()
+                },
+            )
+        }
     }
 }
 

@@ -60,7 +60,7 @@ struct RawException {
     expires: Option<String>,
 }
 
-const SEVERITIES: &[&str] = &["low", "medium", "high", "critical"];
+pub const SEVERITIES: &[&str] = &["low", "medium", "high", "critical"];
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
@@ -175,6 +175,16 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Rule>, RuleError> {
                  flag; login throttling limits guessing)",
                 a.as_str()
             )));
+        }
+        if let Detector::Evidence(ev) = &detector {
+            for step in &ev.thresholds {
+                if !r.actions.contains(&step.action) {
+                    return Err(fail(format!(
+                        "detector evidence: threshold {} names {:?}, which is not among the rule's actions",
+                        step.score, step.action
+                    )));
+                }
+            }
         }
         for name in placeholders(&r.explanation) {
             if !detector.fields().contains(&name) {

@@ -1,4 +1,4 @@
-//! The rule engine (DESIGN §5): rule files, five detectors, actions, receipts, a circuit
+//! The rule engine (DESIGN §5): rule files, detectors (five, weighed evidence, and all/any of them), actions, receipts, a circuit
 //! breaker and a backtest.
 //!
 //! A rule listens to some request-born events, asks one typed detector about the event and its

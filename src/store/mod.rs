@@ -300,6 +300,49 @@ pub trait UnitOfWork: Send {
         &mut self,
         before: Timestamp,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    // Detector memory (issue 15): shared by every node, kept across restarts, changed in the
+    // writer's transaction with the events judged. Not a projection: a rebuild leaves it.
+    /// A threshold window's (rows, distinct names, rows of `name_tag`) after `since`; rows at
+    /// or before `since` are deleted.
+    fn window_counts(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<(i64, i64, i64), StoreError>> + Send;
+    fn put_window_count(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A rule's breaker spend after `since` (older rows deleted): actions, latest trip's end.
+    fn breaker_spent(
+        &mut self,
+        rule_id: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<(i64, Option<Timestamp>), StoreError>> + Send;
+    fn put_breaker_spend(
+        &mut self,
+        rule_id: &str,
+        at: Timestamp,
+        tripped_until: Option<Timestamp>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Whether `user_id` was seen on either of two (hashed) networks after `since`.
+    fn usual_network_seen(
+        &mut self,
+        user_id: Uuid,
+        networks: [&str; 2],
+        since: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn put_usual_network(
+        &mut self,
+        user_id: Uuid,
+        network: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The writer's transaction control over its unit of work.

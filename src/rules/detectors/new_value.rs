@@ -126,6 +126,7 @@ mod tests {
             position: None,
             device: None,
             count,
+            anonymized: false,
         }
     }
 

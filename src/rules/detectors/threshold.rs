@@ -39,6 +39,13 @@ pub struct Threshold {
     pub window: chrono::Duration,
 }
 
+/// A key's window as counted by the store, this event included: events, distinct usernames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub events: u32,
+    pub distinct_usernames: u32,
+}
+
 /// One key's recent events: when, and a hash of the username (for distinct counts).
 #[derive(Debug, Clone, Default)]
 pub struct Window {
@@ -97,14 +104,21 @@ impl Threshold {
         }
         w.seen
             .push_back((now, name_hash(facts.username.unwrap_or(""))));
+        let mut names: Vec<u64> = w.seen.iter().map(|(_, h)| *h).collect();
+        names.sort_unstable();
+        names.dedup();
+        let counts = Counts {
+            events: w.seen.len() as u32,
+            distinct_usernames: names.len() as u32,
+        };
+        self.verdict(counts, facts)
+    }
+
+    /// The verdict on a window's counts (this event included), however they were counted.
+    pub fn verdict(&self, counts: Counts, facts: &Facts) -> Verdict {
         let count = match self.count {
-            Counting::Events => w.seen.len() as u32,
-            Counting::DistinctUsernames => {
-                let mut names: Vec<u64> = w.seen.iter().map(|(_, h)| *h).collect();
-                names.sort_unstable();
-                names.dedup();
-                names.len() as u32
-            }
+            Counting::Events => counts.events,
+            Counting::DistinctUsernames => counts.distinct_usernames,
         };
         if count <= self.limit {
             return Verdict::Quiet;

@@ -36,8 +36,12 @@ pub struct ImpossibleTravel {
     pub same_asn_within_km: f64,
 }
 
+/// A long-haul airliner's cruising speed, ~900-1000 km/h over the ground: the lower end, so a
+/// flight never looks impossible and anything faster is not one.
+pub const AIRLINER_KMH: f64 = 900.0;
+
 fn default_speed() -> f64 {
-    900.0
+    AIRLINER_KMH
 }
 fn default_min_gap() -> chrono::Duration {
     chrono::Duration::minutes(5)
@@ -95,6 +99,11 @@ impl ImpossibleTravel {
         let (Some(from), Some(to)) = (last.position, now.position) else {
             return Verdict::Unknown("no location for one of the two sightings");
         };
+        // A VPN's or a hosting provider's location is its exit's: no journey of the user's
+        // can be measured from it (the evidence rule weighs such networks instead).
+        if last.anonymized || now.anonymized {
+            return Verdict::Unknown("one of the two sightings is on an anonymising network");
+        }
         if let (Some(a), Some(b)) = (last.ip, now.ip)
             && crate::domain::context::network_prefix(a)
                 == crate::domain::context::network_prefix(b)
@@ -149,6 +158,7 @@ mod tests {
             position: Some((lat, lon, 20.0)),
             device: None,
             count: 1,
+            anonymized: false,
         }
     }
 

@@ -76,6 +76,18 @@ pub struct RegistrySql {
     /// A DPoP proof's jti hash and expiry; inserts nothing if the hash is known.
     pub claim_dpop_jti: &'static str,
     pub prune_dpop_jtis: &'static str,
+    /// Detector memory (issue 15): a threshold window's `n` rows, `d` distinct names and
+    /// `mine` rows of this name, after a time.
+    pub window_counts: &'static str,
+    pub put_window_count: &'static str,
+    pub prune_window: &'static str,
+    /// A rule's breaker spend after a time: `n` actions and the latest trip's end `until`.
+    pub breaker_spent: &'static str,
+    pub put_breaker_spend: &'static str,
+    pub prune_breaker: &'static str,
+    /// How many of two networks (`n`) a user was seen on after a time.
+    pub usual_networks_seen: &'static str,
+    pub put_usual_network: &'static str,
 }
 
 /// One database as the shared code sees it. Implemented by `sqlx::Sqlite` and `sqlx::Postgres`.

@@ -43,6 +43,18 @@ pub const NOT_PROJECTED: &[(&str, &str)] = &[
         "dpop_proofs",
         "a replay cache of DPoP proof ids, forgotten after their window",
     ),
+    (
+        "detector_counts",
+        "detector memory: sliding windows the rules count in, forgotten after their window",
+    ),
+    (
+        "breaker_spend",
+        "the breaker's budget per rule, forgotten after its window",
+    ),
+    (
+        "usual_networks",
+        "each user's usual networks, kept by the rules for weeks, not replayed",
+    ),
 ];
 
 /// One projected row: its key and every column, as the database renders them as text.

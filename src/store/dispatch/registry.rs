@@ -146,6 +146,105 @@ pub async fn prune_dpop_jtis<D: Dialect>(
     Ok(D::execute(c, q).await?)
 }
 
+/// A threshold window's counts after `since` (this event not yet in them): rows, distinct
+/// names, rows of `name_tag`. The window's older rows are deleted first, so a key holds at
+/// most one window's events.
+pub async fn window_counts<D: Dialect>(
+    c: &mut D::Connection,
+    rule_id: &str,
+    key_tag: &str,
+    name_tag: &str,
+    since: Timestamp,
+) -> Result<(i64, i64, i64), StoreError> {
+    let prune = Stmt::new::<D>(D::SQL.registry.prune_window)
+        .arg(rule_id)
+        .arg(key_tag)
+        .arg(format_timestamp(since));
+    execute::<D>(c, prune).await?;
+    let q = Stmt::new::<D>(D::SQL.registry.window_counts)
+        .arg(name_tag)
+        .arg(rule_id)
+        .arg(key_tag)
+        .arg(format_timestamp(since));
+    let row = one::<D, _>(c, q, |r| Ok((r.int("n")?, r.int("d")?, r.int("mine")?))).await?;
+    Ok(row.unwrap_or((0, 0, 0)))
+}
+
+pub async fn put_window_count<D: Dialect>(
+    c: &mut D::Connection,
+    rule_id: &str,
+    key_tag: &str,
+    name_tag: &str,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.put_window_count)
+        .arg(rule_id)
+        .arg(key_tag)
+        .arg(name_tag)
+        .arg(format_timestamp(at));
+    execute::<D>(c, q).await
+}
+
+/// A rule's breaker spend after `since` (older rows deleted first): actions taken, and the
+/// latest trip's end.
+pub async fn breaker_spent<D: Dialect>(
+    c: &mut D::Connection,
+    rule_id: &str,
+    since: Timestamp,
+) -> Result<(i64, Option<Timestamp>), StoreError> {
+    let prune = Stmt::new::<D>(D::SQL.registry.prune_breaker)
+        .arg(rule_id)
+        .arg(format_timestamp(since));
+    execute::<D>(c, prune).await?;
+    let q = Stmt::new::<D>(D::SQL.registry.breaker_spent)
+        .arg(rule_id)
+        .arg(format_timestamp(since));
+    let row = one::<D, _>(c, q, |r| Ok((r.int("n")?, D::time(r, "until")?))).await?;
+    Ok(row.unwrap_or((0, None)))
+}
+
+pub async fn put_breaker_spend<D: Dialect>(
+    c: &mut D::Connection,
+    rule_id: &str,
+    at: Timestamp,
+    tripped_until: Option<Timestamp>,
+) -> Result<(), StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.put_breaker_spend)
+        .arg(rule_id)
+        .arg(format_timestamp(at))
+        .arg(tripped_until.map(format_timestamp));
+    execute::<D>(c, q).await
+}
+
+/// Whether the user was seen on either network after `since`.
+pub async fn usual_network_seen<D: Dialect>(
+    c: &mut D::Connection,
+    user_id: Uuid,
+    networks: [&str; 2],
+    since: Timestamp,
+) -> Result<bool, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.usual_networks_seen)
+        .arg(user_id.to_string())
+        .arg(networks[0])
+        .arg(networks[1])
+        .arg(format_timestamp(since));
+    let n = one::<D, _>(c, q, |r| r.int("n")).await?;
+    Ok(n.unwrap_or(0) > 0)
+}
+
+pub async fn put_usual_network<D: Dialect>(
+    c: &mut D::Connection,
+    user_id: Uuid,
+    network: &str,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    let q = Stmt::new::<D>(D::SQL.registry.put_usual_network)
+        .arg(user_id.to_string())
+        .arg(network)
+        .arg(format_timestamp(at));
+    execute::<D>(c, q).await
+}
+
 impl<D: Dialect> Tables<D> {
     /// The `n`-th newest failure (0 = the newest) under `key` after `since`, if there are that
     /// many: one indexed read answers "is the limit reached, and until when".

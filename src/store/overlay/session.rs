@@ -417,4 +417,63 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
     async fn prune_dpop_jtis(&mut self, before: Timestamp) -> Result<u64, StoreError> {
         registry::prune_dpop_jtis::<Db<B>>(self.backend.conn()?, before).await
     }
+
+    // Detector memory is no projection: run at once, the batch's pending writes need not go
+    // first. A later command of the same batch sees what an earlier one wrote (one connection).
+    async fn window_counts(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        since: Timestamp,
+    ) -> Result<(i64, i64, i64), StoreError> {
+        registry::window_counts::<Db<B>>(self.backend.conn()?, rule_id, key_tag, name_tag, since)
+            .await
+    }
+
+    async fn put_window_count(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        registry::put_window_count::<Db<B>>(self.backend.conn()?, rule_id, key_tag, name_tag, at)
+            .await
+    }
+
+    async fn breaker_spent(
+        &mut self,
+        rule_id: &str,
+        since: Timestamp,
+    ) -> Result<(i64, Option<Timestamp>), StoreError> {
+        registry::breaker_spent::<Db<B>>(self.backend.conn()?, rule_id, since).await
+    }
+
+    async fn put_breaker_spend(
+        &mut self,
+        rule_id: &str,
+        at: Timestamp,
+        tripped_until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        registry::put_breaker_spend::<Db<B>>(self.backend.conn()?, rule_id, at, tripped_until).await
+    }
+
+    async fn usual_network_seen(
+        &mut self,
+        user_id: Uuid,
+        networks: [&str; 2],
+        since: Timestamp,
+    ) -> Result<bool, StoreError> {
+        registry::usual_network_seen::<Db<B>>(self.backend.conn()?, user_id, networks, since).await
+    }
+
+    async fn put_usual_network(
+        &mut self,
+        user_id: Uuid,
+        network: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        registry::put_usual_network::<Db<B>>(self.backend.conn()?, user_id, network, at).await
+    }
 }

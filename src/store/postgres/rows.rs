@@ -242,6 +242,29 @@ impl Dialect for Postgres {
             claim_dpop_jti: "INSERT INTO dpop_proofs (jti_hash, expires_at) \
                  VALUES ($1, $2::timestamptz) ON CONFLICT (jti_hash) DO NOTHING",
             prune_dpop_jtis: "DELETE FROM dpop_proofs WHERE expires_at < $1::timestamptz",
+            window_counts: "SELECT COUNT(*) AS n, COUNT(DISTINCT name_tag) AS d, \
+                 COALESCE(SUM(CASE WHEN name_tag = $1 THEN 1 ELSE 0 END), 0)::bigint AS mine \
+                 FROM detector_counts WHERE rule_id = $2 AND key_tag = $3 \
+                 AND seen_at > $4::timestamptz",
+            put_window_count: "INSERT INTO detector_counts (rule_id, key_tag, name_tag, seen_at) \
+                 VALUES ($1, $2, $3, $4::timestamptz)",
+            prune_window: "DELETE FROM detector_counts \
+                 WHERE rule_id = $1 AND key_tag = $2 AND seen_at <= $3::timestamptz",
+            breaker_spent: concat!(
+                "SELECT COALESCE(SUM(CASE WHEN tripped_until IS NULL THEN 1 ELSE 0 END), 0)::bigint \
+                 AS n, ",
+                millis!("MAX(tripped_until)", "until"),
+                " FROM breaker_spend WHERE rule_id = $1 AND spent_at > $2::timestamptz"
+            ),
+            put_breaker_spend: "INSERT INTO breaker_spend (rule_id, spent_at, tripped_until) \
+                 VALUES ($1, $2::timestamptz, $3::timestamptz)",
+            prune_breaker: "DELETE FROM breaker_spend \
+                 WHERE rule_id = $1 AND spent_at <= $2::timestamptz",
+            usual_networks_seen: "SELECT COUNT(*) AS n FROM usual_networks \
+                 WHERE user_id = $1::uuid AND network IN ($2, $3) AND last_seen > $4::timestamptz",
+            put_usual_network: "INSERT INTO usual_networks (user_id, network, last_seen) \
+                 VALUES ($1::uuid, $2, $3::timestamptz) ON CONFLICT (user_id, network) \
+                 DO UPDATE SET last_seen = excluded.last_seen",
         },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;

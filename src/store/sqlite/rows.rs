@@ -89,6 +89,24 @@ impl Dialect for Sqlite {
             claim_dpop_jti: "INSERT INTO dpop_proofs (jti_hash, expires_at) VALUES (?, ?) \
                  ON CONFLICT (jti_hash) DO NOTHING",
             prune_dpop_jtis: "DELETE FROM dpop_proofs WHERE expires_at < ?",
+            window_counts: "SELECT COUNT(*) AS n, COUNT(DISTINCT name_tag) AS d, \
+                 COALESCE(SUM(CASE WHEN name_tag = ? THEN 1 ELSE 0 END), 0) AS mine \
+                 FROM detector_counts WHERE rule_id = ? AND key_tag = ? AND seen_at > ?",
+            put_window_count: "INSERT INTO detector_counts (rule_id, key_tag, name_tag, seen_at) \
+                 VALUES (?, ?, ?, ?)",
+            prune_window: "DELETE FROM detector_counts \
+                 WHERE rule_id = ? AND key_tag = ? AND seen_at <= ?",
+            breaker_spent: "SELECT COALESCE(SUM(CASE WHEN tripped_until IS NULL THEN 1 ELSE 0 END), 0) \
+                 AS n, MAX(tripped_until) AS until FROM breaker_spend \
+                 WHERE rule_id = ? AND spent_at > ?",
+            put_breaker_spend: "INSERT INTO breaker_spend (rule_id, spent_at, tripped_until) \
+                 VALUES (?, ?, ?)",
+            prune_breaker: "DELETE FROM breaker_spend WHERE rule_id = ? AND spent_at <= ?",
+            usual_networks_seen: "SELECT COUNT(*) AS n FROM usual_networks \
+                 WHERE user_id = ? AND network IN (?, ?) AND last_seen > ?",
+            put_usual_network: "INSERT INTO usual_networks (user_id, network, last_seen) \
+                 VALUES (?, ?, ?) ON CONFLICT (user_id, network) \
+                 DO UPDATE SET last_seen = excluded.last_seen",
         },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;
