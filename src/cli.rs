@@ -6,7 +6,7 @@ mod accounts;
 mod operations;
 use operations::{KeysCmd, WebhooksCmd, keys, webhooks};
 
-use crate::app::open_store;
+use crate::app::{open_store, open_store_keyed};
 use crate::config::{Config, LogFormat, Overrides};
 use crate::domain::parse_timestamp;
 use crate::store::chain::{ChainBreak, ChainVerifier};
@@ -117,6 +117,11 @@ enum EventsCmd {
         /// Write to this file instead of standard output.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Export the events as stored, personal fields sealed (what a copy without the
+        /// master key holds; the chain hashes match these bytes). Without it, personal fields
+        /// are opened when the master key is at hand.
+        #[arg(long)]
+        sealed: bool,
     },
 }
 
@@ -175,7 +180,7 @@ impl Common {
 
     /// Opens the configured store; a SQLite file must exist already (never created by accident).
     async fn store(&self) -> Result<Store, StartError> {
-        open_store(&self.config(None)?, false).await
+        open_store_keyed(&self.config(None)?, false).await
     }
 }
 
@@ -243,6 +248,7 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
                     since,
                     until,
                     output,
+                    sealed,
                 },
         } => {
             let filter = EventFilter {
@@ -252,7 +258,12 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
                 until: until.as_deref().map(time_arg("--until")).transpose()?,
                 ..Default::default()
             };
-            export(&common.store().await?, filter, output).await
+            let store = if sealed {
+                open_store(&common.existing_config()?, false).await?
+            } else {
+                common.store().await?
+            };
+            export(&store, filter, output).await
         }
         Cmd::Keys { command } => keys(command).await,
         Cmd::Webhooks { command } => webhooks(command).await,
@@ -375,8 +386,9 @@ async fn verify(store: &Store) -> Result<ExitCode, StartError> {
     let mut verifier = ChainVerifier::default();
     let mut after = 0;
     loop {
+        // The stored bytes: the chain covers the sealed form.
         let page = store
-            .events(&EventFilter {
+            .raw_events(&EventFilter {
                 after_position: after,
                 limit: Some(PAGE),
                 ..Default::default()

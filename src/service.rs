@@ -31,6 +31,7 @@ pub mod devices;
 pub mod dpop;
 pub mod maintenance;
 pub mod oauth;
+mod privacy;
 pub mod signing_keys;
 pub mod webhooks;
 

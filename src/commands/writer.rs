@@ -8,7 +8,7 @@
 
 use super::{
     AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
-    EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, PruneProofs,
+    EndSession, EraseUser, ExpirePersonalData, EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, PruneProofs,
     Reauthenticate, RecordLoginFailure, RecordLoginThrottled, Refresh, Register, RequireReauth,
     RevokeApiKey, RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
 };
@@ -131,6 +131,8 @@ queue!(
     SetRoles,
     ClaimProof,
     PruneProofs,
+    EraseUser,
+    ExpirePersonalData,
 );
 
 /// Runs one command in a transaction of its own on `ws`, outside the writer: for the data

@@ -8,6 +8,7 @@ mod dispatch;
 pub(crate) mod overlay;
 pub mod postgres;
 pub mod sqlite;
+pub mod vault;
 
 use crate::domain::event::{DecodeError, Event, EventMetadata};
 use crate::domain::keys::{ApiKeyRecord, SigningKeyRecord, SigningKeyStatus};
@@ -126,9 +127,11 @@ impl RecordedEvent {
             .ok_or_else(|| StoreError::Corrupt(format!("position {}: occurred_at", self.position)))
     }
 
-    /// Builds the stored form of `new` at `position`, chained to `prev_hash`.
+    /// Builds the stored form of `new` at `position`, chained to `prev_hash`; `data` is its
+    /// payload as stored (personal fields sealed, see [`vault`]).
     pub fn seal(
         new: &NewEvent,
+        data: String,
         position: i64,
         prev_hash: [u8; 32],
         recorded_at: Timestamp,
@@ -139,7 +142,7 @@ impl RecordedEvent {
             stream_version: new.expected_version + 1,
             event_type: new.event.event_type().to_owned(),
             schema_version: i64::from(new.event.schema_version()),
-            data: new.event.data().to_string(),
+            data,
             metadata: serde_json::to_string(&new.metadata).expect("metadata serializes"),
             occurred_at: format_timestamp(new.occurred_at),
             recorded_at: format_timestamp(recorded_at),
@@ -294,6 +297,21 @@ pub trait UnitOfWork: Send {
         jti_hash: &[u8; 32],
         expires_at: Timestamp,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Erasure: destroys every data key of `user_id` (its sealed fields in the log read as
+    /// erased from now on), deletes the login-throttle rows of its name and redacts the request
+    /// context its session rows keep. Returns the keys destroyed. Not undone by a rebuild.
+    fn erase_personal_data(
+        &mut self,
+        user_id: Uuid,
+        username: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Retention: destroys the data keys of periods before `before_period`; returns how many.
+    fn expire_personal_data(
+        &mut self,
+        before_period: i64,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Forgets the proofs whose window ended before `before`; returns how many.
     fn prune_dpop_jtis(
         &mut self,

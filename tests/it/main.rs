@@ -27,6 +27,7 @@ mod oauth;
 mod observability;
 mod openapi;
 mod ops;
+mod privacy;
 mod postgres_surfaces;
 mod props;
 mod races;

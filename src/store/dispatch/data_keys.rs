@@ -1,0 +1,175 @@
+//! The `data_keys` table (see [`crate::store::vault`]), written once for both databases: the
+//! writer creates and destroys keys in its transaction; reads open sealed event fields.
+
+use super::dialect::{Cols, Dialect, Stmt};
+use crate::domain::{Timestamp, format_timestamp};
+use crate::store::vault::{self, KeyState, Vault};
+use crate::store::{RecordedEvent, StoreError};
+use std::collections::HashMap;
+
+/// The state of each of `ids`; an id with no row reads as erased (never an error).
+pub async fn states<D: Dialect>(
+    c: &mut D::Connection,
+    vault: &Vault,
+    ids: &[String],
+) -> Result<HashMap<String, KeyState>, StoreError> {
+    // Reads never use the cache: a key destroyed by another process (a CLI erasure) must read
+    // as destroyed here at once.
+    let mut out = find::<D>(c, vault, ids, false).await?;
+    for id in ids {
+        out.entry(id.clone()).or_insert(KeyState::Erased);
+    }
+    Ok(out)
+}
+
+/// The state of each of `ids` that has a row (or is cached open).
+pub async fn find<D: Dialect>(
+    c: &mut D::Connection,
+    vault: &Vault,
+    ids: &[String],
+    use_cache: bool,
+) -> Result<HashMap<String, KeyState>, StoreError> {
+    let mut out = HashMap::new();
+    let mut wanted = Vec::new();
+    for id in ids {
+        match vault.cached(id).filter(|_| use_cache) {
+            Some(key) => {
+                out.insert(id.clone(), KeyState::Open(key));
+            }
+            None => wanted.push(id.clone()),
+        }
+    }
+    for chunk in wanted.chunks(200) {
+        let mut q =
+            Stmt::new::<D>("SELECT key_id, sealed_key, destroyed_reason FROM data_keys WHERE ");
+        q.any_of("key_id", chunk);
+        for r in D::fetch_all(c, q).await? {
+            let id = r.text("key_id")?;
+            let state = match (r.opt_bytes("sealed_key")?, r.opt_text("destroyed_reason")?) {
+                (_, Some(reason)) if reason == vault::REASON_EXPIRED => KeyState::Expired,
+                (Some(wrapped), None) => match vault.unwrap_key(&id, &wrapped) {
+                    Some(key) => {
+                        if use_cache {
+                            vault.remember(&id, key);
+                        }
+                        KeyState::Open(key)
+                    }
+                    // Not this master key's: unreadable, as if erased.
+                    None => KeyState::Erased,
+                },
+                _ => KeyState::Erased,
+            };
+            out.insert(id, state);
+        }
+    }
+    Ok(out)
+}
+
+/// Stores a new wrapped key; a key another node created first wins (`false`).
+pub async fn create<D: Dialect>(
+    c: &mut D::Connection,
+    key_id: &str,
+    subject: &str,
+    period: Option<i64>,
+    wrapped: &[u8],
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let mut q = Stmt::new::<D>(
+        "INSERT INTO data_keys (key_id, subject, period, sealed_key, created_at) VALUES (",
+    );
+    q.bind(key_id).push(", ").bind(subject).push(", ");
+    match period {
+        Some(p) => q.bind(p),
+        None => q.push("NULL"),
+    };
+    q.push(", ")
+        .bind(wrapped)
+        .push(", ")
+        .bind(format_timestamp(now))
+        .push(") ON CONFLICT (key_id) DO NOTHING");
+    Ok(D::execute(c, q).await? == 1)
+}
+
+/// Destroys every live key of `subject` (an erasure); returns how many.
+pub async fn destroy_subject<D: Dialect>(
+    c: &mut D::Connection,
+    subject: &str,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let mut q = Stmt::new::<D>("UPDATE data_keys SET sealed_key = NULL, destroyed_at = ");
+    q.bind(format_timestamp(now))
+        .push(", destroyed_reason = ")
+        .bind(vault::REASON_ERASED)
+        .push(" WHERE subject = ")
+        .bind(subject)
+        .push(" AND destroyed_at IS NULL");
+    Ok(D::execute(c, q).await?)
+}
+
+/// Destroys every live period key of periods before `period` (retention); returns how many.
+pub async fn destroy_before<D: Dialect>(
+    c: &mut D::Connection,
+    period: i64,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let mut q = Stmt::new::<D>("UPDATE data_keys SET sealed_key = NULL, destroyed_at = ");
+    q.bind(format_timestamp(now))
+        .push(", destroyed_reason = ")
+        .bind(vault::REASON_EXPIRED)
+        .push(" WHERE period IS NOT NULL AND period < ")
+        .bind(period)
+        .push(" AND destroyed_at IS NULL");
+    Ok(D::execute(c, q).await?)
+}
+
+/// Replaces each event's stored data by its read-through form: sealed fields opened, or their
+/// markers. The hash still names the stored form.
+pub async fn open_events<D: Dialect>(
+    c: &mut D::Connection,
+    vault: &Vault,
+    events: &mut [RecordedEvent],
+) -> Result<(), StoreError> {
+    let mut parsed = Vec::with_capacity(events.len());
+    let mut ids = Vec::new();
+    for e in events.iter() {
+        let data: Option<serde_json::Value> = serde_json::from_str(&e.data).ok();
+        let mut own = Vec::new();
+        if let Some(d) = &data {
+            vault::sealed_key_ids(d, &mut own);
+        }
+        // Only events with sealed fields are rewritten (any other keeps its stored text).
+        parsed.push(data.filter(|_| !own.is_empty()));
+        for id in own {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let keys = states::<D>(c, vault, &ids).await?;
+    for (e, data) in events.iter_mut().zip(parsed) {
+        if let Some(mut d) = data {
+            vault::open_event(&mut d, &e.stream_id, e.stream_version, &keys);
+            e.data = d.to_string();
+        }
+    }
+    Ok(())
+}
+
+/// The login-throttle rows of an account name (`acct:` and `acct_addr:` keys).
+pub async fn delete_login_failures<D: Dialect>(
+    c: &mut D::Connection,
+    username: &str,
+) -> Result<u64, StoreError> {
+    let mut q = Stmt::new::<D>("DELETE FROM login_failures WHERE throttle_key = ");
+    // A range rather than LIKE: names may hold `_`. '}' is the character after '|'.
+    q.bind(format!("acct:{username}"))
+        .push(" OR (throttle_key >= ")
+        .bind(format!("acct_addr:{username}|"))
+        .push(" AND throttle_key < ")
+        .bind(format!("acct_addr:{username}}}"))
+        .push(")");
+    Ok(D::execute(c, q).await?)
+}
