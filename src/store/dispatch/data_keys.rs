@@ -158,11 +158,18 @@ pub async fn open_events<D: Dialect>(
     Ok(())
 }
 
-/// The login-throttle rows of an account name (`acct:` and `acct_addr:` keys).
+/// The login-throttle rows of an account name (`acct:` and `acct_addr:` keys), and the `net:`
+/// rows its failures added (same time): a rebuild of the erased log counts none of them.
 pub async fn delete_login_failures<D: Dialect>(
     c: &mut D::Connection,
     username: &str,
 ) -> Result<u64, StoreError> {
+    let mut q = Stmt::new::<D>(
+        "DELETE FROM login_failures WHERE throttle_key LIKE 'net:%' AND failed_at IN \
+         (SELECT failed_at FROM login_failures WHERE throttle_key = ",
+    );
+    q.bind(format!("acct:{username}")).push(")");
+    D::execute(&mut *c, q).await?;
     let mut q = Stmt::new::<D>("DELETE FROM login_failures WHERE throttle_key = ");
     // A range rather than LIKE: names may hold `_`. '}' is the character after '|'.
     q.bind(format!("acct:{username}"))
@@ -172,4 +179,20 @@ pub async fn delete_login_failures<D: Dialect>(
         .bind(format!("acct_addr:{username}}}"))
         .push(")");
     Ok(D::execute(c, q).await?)
+}
+
+/// Writes a session's (redacted) request contexts.
+pub async fn redact_session<D: Dialect>(
+    c: &mut D::Connection,
+    s: &crate::domain::session::Session,
+) -> Result<(), StoreError> {
+    let text = |ctx| serde_json::to_string(ctx).unwrap_or_else(|_| "{}".into());
+    let mut q = Stmt::new::<D>("UPDATE sessions SET login_context = ");
+    q.cast(text(&s.login_context), D::JSON)
+        .push(", last_context = ")
+        .cast(text(&s.last_context), D::JSON)
+        .push(" WHERE session_id = ")
+        .cast(s.session_id.to_string(), D::UUID);
+    D::execute(c, q).await?;
+    Ok(())
 }

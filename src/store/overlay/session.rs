@@ -536,13 +536,14 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
             if let Some(mut s) = UnitOfWork::session(self, id).await? {
                 s.login_context = s.login_context.redacted(vault::ERASED);
                 s.last_context = s.last_context.redacted(vault::ERASED);
-                self.overlay.sessions.insert(s.session_id, s);
+                // A statement of its own: the batch's upsert never rewrites login_context.
+                data_keys::redact_session::<Db<B>>(self.backend.conn()?, &s).await?;
+                self.overlay.read_sessions.insert(s.session_id, Some(s));
             }
         }
         let prefix = format!("{subject}/");
         self.new_keys.retain(|id, _| !id.starts_with(&prefix));
         self.forget.push((Some(subject), None));
-        self.flush_if_full().await?;
         Ok(destroyed)
     }
 
