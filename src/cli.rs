@@ -228,11 +228,26 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
         Cmd::Rules { command } => rules_command(command).await,
         Cmd::Migrate { common } => {
             let config = common.config(None)?;
-            open_store(&config, true).await?.close().await;
+            let store = open_store(&config, true).await?;
             match &config.database_url {
                 Some(_) => println!("migrations applied to the PostgreSQL database"),
                 None => println!("migrations applied to {}", config.database_path().display()),
             }
+            // History of an older build holds personal data in clear: seal it (issue 12).
+            let env = std::env::var(crate::tokens::keys::MASTER_KEY_ENV)
+                .ok()
+                .filter(|v| !v.is_empty());
+            let master = crate::tokens::keys::MasterKey::load(env, &config.data_dir)?;
+            store.install_vault(crate::app::vault_of(&master));
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            match crate::commands::reseal_history(&store, now).await? {
+                Some(r) => println!(
+                    "sealed the personal data of {} events; the chain was recomputed from position {} (old head {} recorded in log.resealed)",
+                    r.events, r.from_position, r.old_head.position
+                ),
+                None => println!("no personal data in clear"),
+            }
+            store.close().await;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Users { command } => accounts::users(command).await,

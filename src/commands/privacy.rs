@@ -2,14 +2,16 @@
 //! destroy data keys (see `store::vault`) in the transaction that records them; the events stay.
 
 use super::recording::{append_all, end_sessions, record_user};
+use super::writer::run_once;
 use super::{Command, Context};
 use crate::domain::Timestamp;
 use crate::domain::event::{
-    Event, PersonalDataExpired, RETENTION_STREAM, RevokeReason, UserErased,
+    Actor, Event, EventMetadata, LogResealed, MIGRATION_STREAM, PersonalDataExpired,
+    RETENTION_STREAM, RevokeReason, UserErased,
 };
 use crate::domain::user;
 use crate::store::vault;
-use crate::store::{StoreError, UnitOfWork};
+use crate::store::{Resealed, Store, StoreError, UnitOfWork};
 use uuid::Uuid;
 
 /// No such user, or one erased already.
@@ -80,5 +82,43 @@ impl Command for ExpirePersonalData {
             append_all(uow, RETENTION_STREAM, version, vec![event], cx.meta, cx.now).await?;
         }
         Ok(keys)
+    }
+}
+
+/// `sessiond migrate`: seals the clear personal fields of history written by an older build,
+/// re-chains the log from there and records `log.resealed` with the replaced head.
+#[derive(Debug, Clone)]
+pub struct ResealHistory;
+
+impl Command for ResealHistory {
+    type Reply = Option<Resealed>;
+
+    async fn handle<U: UnitOfWork>(
+        self,
+        uow: &mut U,
+        cx: &Context<'_>,
+    ) -> Result<Self::Reply, StoreError> {
+        let Some(done) = uow.reseal_history().await? else {
+            return Ok(None);
+        };
+        let event = Event::LogResealed(LogResealed {
+            from_position: done.from_position,
+            old_head_position: done.old_head.position,
+            old_head_hash: crate::domain::token::hex(&done.old_head.hash),
+            events: done.events,
+        });
+        let version = uow.stream_version(MIGRATION_STREAM).await?;
+        append_all(uow, MIGRATION_STREAM, version, vec![event], cx.meta, cx.now).await?;
+        Ok(Some(done))
+    }
+}
+
+/// Runs [`ResealHistory`] in a transaction of its own (no writer runs during `migrate`).
+pub async fn reseal_history(store: &Store, now: Timestamp) -> Result<Option<Resealed>, StoreError> {
+    let meta = EventMetadata::new(Actor::System, None);
+    let command = ResealHistory;
+    match store {
+        Store::Sqlite(s) => run_once(&mut s.write_session().await?, command, &meta, now).await,
+        Store::Postgres(p) => run_once(&mut p.write_session().await?, command, &meta, now).await,
     }
 }

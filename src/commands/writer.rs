@@ -8,7 +8,7 @@
 
 use super::{
     AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
-    EndSession, EraseUser, ExpirePersonalData, EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, PruneProofs,
+    EndSession, EraseUser, ExpirePersonalData, ResealHistory, EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, PruneProofs,
     Reauthenticate, RecordLoginFailure, RecordLoginThrottled, Refresh, Register, RequireReauth,
     RevokeApiKey, RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
 };
@@ -133,6 +133,7 @@ queue!(
     PruneProofs,
     EraseUser,
     ExpirePersonalData,
+    ResealHistory,
 );
 
 /// Runs one command in a transaction of its own on `ws`, outside the writer: for the data

@@ -446,6 +446,21 @@ pub struct PersonalDataExpired {
     pub keys: u64,
 }
 
+/// The stream `sessiond migrate` records its conversions on.
+pub const MIGRATION_STREAM: &str = "migration";
+
+/// `sessiond migrate` sealed the personal fields that history written by an older build held
+/// in clear: the events from `from_position` on were rewritten and re-chained. The link to the
+/// replaced chain is its head (position and hash), recorded here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogResealed {
+    pub from_position: i64,
+    pub old_head_position: i64,
+    /// Hex SHA-256 of the replaced chain's head.
+    pub old_head_hash: String,
+    pub events: u64,
+}
+
 macro_rules! catalogue {
     ($( $variant:ident($payload:ty) = $name:literal, version $version:literal; )*) => {
         /// Every event sessiond records.
@@ -522,6 +537,7 @@ catalogue! {
     // Personal data (issue 12).
     UserErased(UserErased) = "user.erased", version 1;
     PersonalDataExpired(PersonalDataExpired) = "personal_data.expired", version 1;
+    LogResealed(LogResealed) = "log.resealed", version 1;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

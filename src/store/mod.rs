@@ -306,6 +306,10 @@ pub trait UnitOfWork: Send {
         username: &str,
         now: Timestamp,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// `sessiond migrate`: seals the personal fields that events written before sealing hold
+    /// in clear, and re-chains the log from the first event it changed. `None` when nothing
+    /// was clear (or no vault is installed).
+    fn reseal_history(&mut self) -> impl Future<Output = Result<Option<Resealed>, StoreError>> + Send;
     /// Retention: destroys the data keys of periods before `before_period`; returns how many.
     fn expire_personal_data(
         &mut self,
@@ -336,6 +340,15 @@ pub trait WriteSession: UnitOfWork + 'static {
     }
     /// Empties the inline projections (for a rebuild), inside the current transaction.
     fn clear_projections(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// What a reseal of old clear-text history changed: from which position the chain was
+/// recomputed, the head it replaced, and how many events it sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resealed {
+    pub from_position: i64,
+    pub old_head: ChainHead,
+    pub events: u64,
 }
 
 /// What a retention prune removed.

@@ -28,6 +28,7 @@ mod observability;
 mod openapi;
 mod ops;
 mod privacy;
+mod privacy_migrate;
 mod postgres_surfaces;
 mod props;
 mod races;

@@ -196,3 +196,22 @@ pub async fn redact_session<D: Dialect>(
     D::execute(c, q).await?;
     Ok(())
 }
+
+/// Rewrites one event's data and chain hashes (the reseal of clear-text history only).
+pub async fn rewrite_event<D: Dialect>(
+    c: &mut D::Connection,
+    e: &RecordedEvent,
+) -> Result<(), StoreError> {
+    // PostgreSQL keeps the exact text in `data_text` (`data` is generated from it).
+    let column = if D::NUMBERED { "data_text" } else { "data" };
+    let mut q = Stmt::new::<D>(format!("UPDATE events SET {column} = "));
+    q.bind(e.data.as_str())
+        .push(", prev_hash = ")
+        .bind(e.prev_hash.as_slice())
+        .push(", hash = ")
+        .bind(e.hash.as_slice())
+        .push(" WHERE position = ")
+        .bind(e.position);
+    D::execute(c, q).await?;
+    Ok(())
+}

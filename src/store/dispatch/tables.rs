@@ -223,6 +223,15 @@ impl<D: Dialect> Tables<D> {
     }
 
     pub async fn raw_events(&self, f: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
+        raw_events::<D>(&mut *self.pool.acquire().await?, f).await
+    }
+}
+
+/// A page of events as stored, on any connection (the writer's too).
+pub async fn raw_events<D: Dialect>(
+    c: &mut D::Connection,
+    f: &EventFilter,
+) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut q = Stmt::new::<D>(D::SQL.events);
         q.bind(f.after_position);
         if let Some(stream) = &f.stream_id {
@@ -262,9 +271,10 @@ impl<D: Dialect> Tables<D> {
         if let Some(limit) = f.limit {
             q.push(" LIMIT ").bind(limit);
         }
-        self.all(q, rows::event::<D>).await
-    }
+        all::<D, _>(c, q, rows::event::<D>).await
+}
 
+impl<D: Dialect> Tables<D> {
     /// Every session a user ever had, newest first: a timeline reads their streams.
     pub async fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
         session_ids_of::<D>(&mut *self.pool.acquire().await?, user_id).await

@@ -16,7 +16,8 @@ use crate::store::dispatch::{data_keys, registry, tables};
 use crate::store::vault::{self, KeyState, Vault};
 use serde_json::Value;
 use crate::store::{
-    ChainHead, NewEvent, PruneCounts, RecordedEvent, StoreError, TokenRecord, UnitOfWork,
+    ChainHead, EventFilter, NewEvent, PruneCounts, RecordedEvent, Resealed, StoreError,
+    TokenRecord, UnitOfWork,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -133,25 +134,39 @@ impl<B: WriteBackend> OverlaySession<B> {
         let Some(vault) = self.vault.get().cloned() else {
             return Ok(data.to_string());
         };
-        let fields = vault::personal_fields(&data);
+        let version = new.expected_version + 1;
+        self.seal_value(&vault, &mut data, &new.stream_id, version, new.occurred_at)
+            .await?;
+        Ok(data.to_string())
+    }
+
+    /// Seals the personal fields of one event's data in place; false if it had none.
+    async fn seal_value(
+        &mut self,
+        vault: &Vault,
+        data: &mut Value,
+        stream_id: &str,
+        version: i64,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let fields = vault::personal_fields(data);
         if fields.is_empty() {
-            return Ok(data.to_string());
+            return Ok(false);
         }
-        let subject = self.subject_of(new, &data).await?;
+        let subject = self.subject_of(stream_id, data).await?;
         let user = subject != vault::SERVICE_SUBJECT;
         let mut identity = None;
         let mut period = None;
         if user && fields.iter().any(|(_, id)| *id) {
             let id = vault::identity_key_id(&subject);
-            identity = Some((id.clone(), self.data_key(&vault, &id, &subject, None, new).await?));
+            identity = Some((id.clone(), self.data_key(vault, &id, &subject, None, at).await?));
         }
         if fields.iter().any(|(_, id)| !*id || !user) {
-            let p = vault::period_of(new.occurred_at);
+            let p = vault::period_of(at);
             let id = vault::period_key_id(&subject, p);
-            period = Some((id.clone(), self.data_key(&vault, &id, &subject, Some(p), new).await?));
+            period = Some((id.clone(), self.data_key(vault, &id, &subject, Some(p), at).await?));
         }
-        let version = new.expected_version + 1;
-        vault::seal_event(&mut data, &new.stream_id, version, |is_identity| {
+        vault::seal_event(data, stream_id, version, |is_identity| {
             let (id, key) = if is_identity && user {
                 identity.as_ref()
             } else {
@@ -159,20 +174,19 @@ impl<B: WriteBackend> OverlaySession<B> {
             }?;
             key.map(|k| (id.clone(), k))
         });
-        Ok(data.to_string())
+        Ok(true)
     }
 
     /// Whose keys seal an event: the user it names, the user of its stream (a session's
     /// user), or the service for events of no known user.
-    async fn subject_of(&mut self, new: &NewEvent, data: &Value) -> Result<String, StoreError> {
+    async fn subject_of(&mut self, stream_id: &str, data: &Value) -> Result<String, StoreError> {
         if let Some(user) = data.get("user_id").and_then(Value::as_str) {
             return Ok(user.to_owned());
         }
-        if let Some(user) = new.stream_id.strip_prefix("user-") {
+        if let Some(user) = stream_id.strip_prefix("user-") {
             return Ok(user.to_owned());
         }
-        if let Some(id) = new
-            .stream_id
+        if let Some(id) = stream_id
             .strip_prefix("session-")
             .and_then(|s| Uuid::parse_str(s).ok())
             && let Some(s) = UnitOfWork::session(self, id).await?
@@ -190,7 +204,7 @@ impl<B: WriteBackend> OverlaySession<B> {
         key_id: &str,
         subject: &str,
         period: Option<i64>,
-        new: &NewEvent,
+        at: Timestamp,
     ) -> Result<Option<[u8; 32]>, StoreError> {
         if let Some(k) = self.new_keys.get(key_id).or(vault.cached(key_id).as_ref()) {
             return Ok(Some(*k));
@@ -204,7 +218,7 @@ impl<B: WriteBackend> OverlaySession<B> {
         }
         let (key, wrapped) = vault.new_key(key_id);
         let c = self.backend.conn()?;
-        if data_keys::create::<Db<B>>(c, key_id, subject, period, &wrapped, new.occurred_at).await? {
+        if data_keys::create::<Db<B>>(c, key_id, subject, period, &wrapped, at).await? {
             self.new_keys.insert(key_id.to_owned(), key);
             return Ok(Some(key));
         }
@@ -545,6 +559,60 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         self.new_keys.retain(|id, _| !id.starts_with(&prefix));
         self.forget.push((Some(subject), None));
         Ok(destroyed)
+    }
+
+    async fn reseal_history(&mut self) -> Result<Option<Resealed>, StoreError> {
+        let Some(vault) = self.vault.get().cloned() else {
+            return Ok(None);
+        };
+        self.flush(FlushEnd::Open).await?;
+        let old_head = tables::head::<Db<B>>(self.backend.conn()?).await?;
+        let (mut after, mut sealed, mut from) = (0, 0, None);
+        let mut prev_hash = [0u8; 32];
+        loop {
+            let filter = EventFilter {
+                after_position: after,
+                limit: Some(500),
+                ..Default::default()
+            };
+            let page = tables::raw_events::<Db<B>>(self.backend.conn()?, &filter).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for mut e in page {
+                let corrupt = |why: String| StoreError::Corrupt(format!("position {}: {why}", e.position));
+                let mut data: Value = serde_json::from_str(&e.data).map_err(|x| corrupt(x.to_string()))?;
+                let at = e.occurred_at()?;
+                let changed = self
+                    .seal_value(&vault, &mut data, &e.stream_id, e.stream_version, at)
+                    .await?;
+                if changed {
+                    e.data = data.to_string();
+                    sealed += 1;
+                }
+                // From the first changed event on, every hash is recomputed.
+                if changed || from.is_some() {
+                    from.get_or_insert(e.position);
+                    e.prev_hash = prev_hash.to_vec();
+                    e.hash = crate::store::chain::event_hash(&e).to_vec();
+                    data_keys::rewrite_event::<Db<B>>(self.backend.conn()?, &e).await?;
+                }
+                prev_hash = <[u8; 32]>::try_from(e.hash.as_slice())
+                    .map_err(|_| StoreError::Corrupt("hash length".into()))?;
+            }
+        }
+        let Some(from_position) = from else {
+            return Ok(None);
+        };
+        // Appends from here chain onto the recomputed head.
+        self.head = ChainHead {
+            position: old_head.position,
+            hash: prev_hash,
+        };
+        Ok(Some(Resealed {
+            from_position,
+            old_head,
+            events: sealed,
+        }))
     }
 
     async fn expire_personal_data(
