@@ -98,7 +98,12 @@ pub async fn open_store(config: &Config, create: bool) -> Result<Store, StartErr
 pub async fn open_store_keyed(config: &Config, create: bool) -> Result<Store, StartError> {
     let store = open_store(config, create).await?;
     let env = std::env::var(MASTER_KEY_ENV).ok().filter(|v| !v.is_empty());
-    if env.is_some() || config.data_dir.join(crate::tokens::keys::MASTER_KEY_FILE).exists() {
+    if env.is_some()
+        || config
+            .data_dir
+            .join(crate::tokens::keys::MASTER_KEY_FILE)
+            .exists()
+    {
         let master = MasterKey::load(env, &config.data_dir)?;
         store.install_vault(vault_of(&master));
     }

@@ -309,7 +309,9 @@ pub trait UnitOfWork: Send {
     /// `sessiond migrate`: seals the personal fields that events written before sealing hold
     /// in clear, and re-chains the log from the first event it changed. `None` when nothing
     /// was clear (or no vault is installed).
-    fn reseal_history(&mut self) -> impl Future<Output = Result<Option<Resealed>, StoreError>> + Send;
+    fn reseal_history(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<Resealed>, StoreError>> + Send;
     /// Retention: destroys the data keys of periods before `before_period`; returns how many.
     fn expire_personal_data(
         &mut self,

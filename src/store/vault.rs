@@ -147,8 +147,8 @@ impl Vault {
             c.retain(|id, _| {
                 let (s, p) = id.split_once('/').unwrap_or((id, ""));
                 let subject_hit = subject.is_some_and(|want| want == s);
-                let period_hit = before_period
-                    .is_some_and(|before| p.parse::<i64>().is_ok_and(|p| p < before));
+                let period_hit =
+                    before_period.is_some_and(|before| p.parse::<i64>().is_ok_and(|p| p < before));
                 !(subject_hit || period_hit)
             });
         }
@@ -175,7 +175,10 @@ fn walk(v: &Value, prefix: &str, f: &mut impl FnMut(&str, bool)) {
                     format!("{prefix}.{k}")
                 };
                 if SEALED_FIELDS.contains(&k.as_str()) && !child.is_null() && !is_sealed(child) {
-                    f(&path, prefix.is_empty() && IDENTITY_FIELDS.contains(&k.as_str()));
+                    f(
+                        &path,
+                        prefix.is_empty() && IDENTITY_FIELDS.contains(&k.as_str()),
+                    );
                 } else {
                     walk(child, &path, f);
                 }
@@ -220,7 +223,10 @@ pub fn seal_event(
         let cipher = ChaCha20Poly1305::new((&key).into());
         let sealed = seal_bytes(&cipher, &aad(stream_id, version, &path), clear.as_bytes());
         let mut m = Map::new();
-        m.insert("sealed".into(), Value::String(URL_SAFE_NO_PAD.encode(sealed)));
+        m.insert(
+            "sealed".into(),
+            Value::String(URL_SAFE_NO_PAD.encode(sealed)),
+        );
         m.insert("key".into(), Value::String(key_id));
         *slot = Value::Object(m);
     }

@@ -101,7 +101,11 @@ async fn a_users_history(app: &TestApp, name: &str) -> (String, String) {
 fn assert_absent(haystack: &str, needles: &[&str], what: &str) {
     for n in needles {
         if let Some(at) = haystack.find(n) {
-            let from = haystack[..at].char_indices().rev().nth(300).map_or(0, |(i, _)| i);
+            let from = haystack[..at]
+                .char_indices()
+                .rev()
+                .nth(300)
+                .map_or(0, |(i, _)| i);
             let to = (at + 100).min(haystack.len());
             panic!("{what} holds {n:?}: …{}…", &haystack[from..to]);
         }
@@ -113,7 +117,16 @@ async fn sealed_on(app: &TestApp, pg_url: Option<&str>) {
     let stored = events_table_text(app, pg_url).await;
     assert!(stored.contains("\"sealed\""), "nothing sealed: {stored}");
     // The hashes, the name, the address (and its network) and the User-Agent: none in clear.
-    let secrets = [h1.as_str(), h2.as_str(), "argon2", "zelda", IP, "198.51.100.", UA, "PrivacyProbe"];
+    let secrets = [
+        h1.as_str(),
+        h2.as_str(),
+        "argon2",
+        "zelda",
+        IP,
+        "198.51.100.",
+        UA,
+        "PrivacyProbe",
+    ];
     assert_absent(&stored, &secrets, "the events table");
 
     // The service reads through: the log as the store hands it out shows the values.
@@ -161,7 +174,12 @@ async fn names_hashes_addresses_and_user_agents_are_sealed_in_the_events_table_o
     )
     .await;
     sealed_on(&app, Some(&db.url)).await;
-    let raw = app.service.store.raw_events(&EventFilter::default()).await.unwrap();
+    let raw = app
+        .service
+        .store
+        .raw_events(&EventFilter::default())
+        .await
+        .unwrap();
     let mut chain = ChainVerifier::default();
     for e in &raw {
         chain.check(e).unwrap();
@@ -200,7 +218,14 @@ async fn the_security_api_shows_the_opened_values() {
 async fn an_erased_user_is_gone_from_every_view_and_the_name_is_free() {
     let app = spawn_app_with(proxied).await;
     let (h1, h2) = a_users_history(&app, "mallory").await;
-    let id = app.service.store.user_by_name("mallory").await.unwrap().unwrap().user_id;
+    let id = app
+        .service
+        .store
+        .user_by_name("mallory")
+        .await
+        .unwrap()
+        .unwrap()
+        .user_id;
     let r = post_from(
         &app,
         "/v1/auth/login",
@@ -256,7 +281,10 @@ async fn an_erased_user_is_gone_from_every_view_and_the_name_is_free() {
 
     // The erasure is recorded with its actor.
     let events = app.all_events().await;
-    let erased = events.iter().find(|e| e.event_type == "user.erased").unwrap();
+    let erased = events
+        .iter()
+        .find(|e| e.event_type == "user.erased")
+        .unwrap();
     assert!(erased.metadata.contains("admin"), "{}", erased.metadata);
 
     // Every view: the log read through, the sealed export, the projection rows.
@@ -269,7 +297,13 @@ async fn an_erased_user_is_gone_from_every_view_and_the_name_is_free() {
     assert_absent(&out, &personal, "the export with the key");
     let stored = events_table_text(&app, None).await;
     assert_absent(&stored, &personal, "the events table");
-    let snapshot = app.service.store.projection_snapshot().await.unwrap().join("\n");
+    let snapshot = app
+        .service
+        .store
+        .projection_snapshot()
+        .await
+        .unwrap()
+        .join("\n");
     assert_absent(&snapshot, &personal, "the projections");
     let r = app
         .http
@@ -288,7 +322,11 @@ async fn an_erased_user_is_gone_from_every_view_and_the_name_is_free() {
         .await
         .unwrap();
     let page: Value = r.json().await.unwrap();
-    assert_eq!(page["events"], json!([]), "search by the erased address finds nothing");
+    assert_eq!(
+        page["events"],
+        json!([]),
+        "search by the erased address finds nothing"
+    );
 
     // The chain still verifies; a rebuild yields the same (erased) projections.
     let (ok, out, err) = sessiond_cli(&["events", "verify"], app.data_dir.path());
@@ -299,9 +337,14 @@ async fn an_erased_user_is_gone_from_every_view_and_the_name_is_free() {
     assert_eq!(app.service.store.projection_snapshot().await.unwrap(), live);
 
     // Its sessions ended; its old name logs in as an unknown user does.
-    assert_eq!(app.refresh(&t.refresh).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.refresh(&t.refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     let old = app.login_as("mallory", "another long passphrase 9").await;
-    let unknown = app.login_as("nobody-by-that-name", "another long passphrase 9").await;
+    let unknown = app
+        .login_as("nobody-by-that-name", "another long passphrase 9")
+        .await;
     assert_eq!(old.status(), unknown.status());
     let (a, b): (Value, Value) = (old.json().await.unwrap(), unknown.json().await.unwrap());
     assert_eq!(a, b);
@@ -320,7 +363,12 @@ async fn erasure_from_the_command_line() {
     let (ok, out, err) = sessiond_cli(&["users", "erase", &id], app.data_dir.path());
     assert!(ok, "{out}{err}");
     assert!(out.contains("erased user"), "{out}");
-    let opened: String = app.all_events().await.iter().map(|e| e.data.clone()).collect();
+    let opened: String = app
+        .all_events()
+        .await
+        .iter()
+        .map(|e| e.data.clone())
+        .collect();
     assert_absent(&opened, &["quentin", IP, UA], "the log after a CLI erasure");
     let (ok, _, err) = sessiond_cli(&["users", "erase", &id], app.data_dir.path());
     assert!(!ok);
@@ -360,7 +408,12 @@ async fn request_context_past_retention_reads_as_expired() {
     // The events, their order and the chain remain; the name and the login still work.
     assert_eq!(events.len(), before + 1);
     assert_eq!(events.last().unwrap().event_type, "personal_data.expired");
-    let raw = app.service.store.raw_events(&EventFilter::default()).await.unwrap();
+    let raw = app
+        .service
+        .store
+        .raw_events(&EventFilter::default())
+        .await
+        .unwrap();
     let mut chain = ChainVerifier::default();
     for e in &raw {
         chain.check(e).unwrap();

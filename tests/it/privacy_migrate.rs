@@ -56,11 +56,17 @@ async fn migrate_seals_clear_history_and_keeps_the_chain_verifiable() {
     let dir = tempfile::tempdir().unwrap();
     old_database(dir.path()).await;
     let before = events_text(dir.path()).await;
-    assert!(before.contains("oldtimer") && before.contains(IP), "the fixture is clear text");
+    assert!(
+        before.contains("oldtimer") && before.contains(IP),
+        "the fixture is clear text"
+    );
 
     let (ok, out, err) = sessiond_cli(&["migrate"], dir.path());
     assert!(ok, "{out}{err}");
-    assert!(out.contains("sealed the personal data of 2 events"), "{out}");
+    assert!(
+        out.contains("sealed the personal data of 2 events"),
+        "{out}"
+    );
 
     let after = events_text(dir.path()).await;
     for clear in ["oldtimer", "veteran", IP, UA, "fixture-hash"] {
@@ -72,7 +78,10 @@ async fn migrate_seals_clear_history_and_keeps_the_chain_verifiable() {
     // With the master key the service reads the old history as before.
     let (ok, out, err) = sessiond_cli(&["events", "export"], dir.path());
     assert!(ok, "{err}");
-    assert!(out.contains("oldtimer") && out.contains(IP) && out.contains(UA), "{out}");
+    assert!(
+        out.contains("oldtimer") && out.contains(IP) && out.contains(UA),
+        "{out}"
+    );
     // A rebuild from the resealed log works.
     let (ok, out, err) = sessiond_cli(&["projections", "rebuild"], dir.path());
     assert!(ok, "{out}{err}");

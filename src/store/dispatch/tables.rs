@@ -145,7 +145,8 @@ pub struct Tables<D: sqlx::Database> {
     pub(crate) vault: VaultSlot,
 }
 
-pub type VaultSlot = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::store::vault::Vault>>>;
+pub type VaultSlot =
+    std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::store::vault::Vault>>>;
 
 impl<D: sqlx::Database> Tables<D> {
     pub fn new(pool: Pool<D>) -> Self {
@@ -232,46 +233,46 @@ pub async fn raw_events<D: Dialect>(
     c: &mut D::Connection,
     f: &EventFilter,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut q = Stmt::new::<D>(D::SQL.events);
-        q.bind(f.after_position);
-        if let Some(stream) = &f.stream_id {
-            q.push(" AND stream_id = ").bind(stream.as_str());
-        }
-        if !f.stream_ids.is_empty() {
-            q.push(" AND ").any_of("stream_id", &f.stream_ids);
-        }
-        if let Some(before) = f.before_position {
-            q.push(" AND position < ").bind(before);
-        }
-        if let Some(subject) = f.subject {
-            let id = subject.to_string();
-            q.push(" AND (").push(D::SQL.data_session_id).push(" = ");
-            q.bind(id.clone())
-                .push(" OR ")
-                .push(D::SQL.data_user_id)
-                .push(" = ");
-            q.bind(id).push(")");
-        }
-        if !f.event_types.is_empty() {
-            q.push(" AND ").any_of("event_type", &f.event_types);
-        }
-        if let Some(since) = f.since {
-            q.push(" AND occurred_at >= ")
-                .cast(format_timestamp(since), D::TIME);
-        }
-        if let Some(until) = f.until {
-            q.push(" AND occurred_at < ")
-                .cast(format_timestamp(until), D::TIME);
-        }
-        q.push(if f.newest_first {
-            " ORDER BY position DESC"
-        } else {
-            " ORDER BY position"
-        });
-        if let Some(limit) = f.limit {
-            q.push(" LIMIT ").bind(limit);
-        }
-        all::<D, _>(c, q, rows::event::<D>).await
+    let mut q = Stmt::new::<D>(D::SQL.events);
+    q.bind(f.after_position);
+    if let Some(stream) = &f.stream_id {
+        q.push(" AND stream_id = ").bind(stream.as_str());
+    }
+    if !f.stream_ids.is_empty() {
+        q.push(" AND ").any_of("stream_id", &f.stream_ids);
+    }
+    if let Some(before) = f.before_position {
+        q.push(" AND position < ").bind(before);
+    }
+    if let Some(subject) = f.subject {
+        let id = subject.to_string();
+        q.push(" AND (").push(D::SQL.data_session_id).push(" = ");
+        q.bind(id.clone())
+            .push(" OR ")
+            .push(D::SQL.data_user_id)
+            .push(" = ");
+        q.bind(id).push(")");
+    }
+    if !f.event_types.is_empty() {
+        q.push(" AND ").any_of("event_type", &f.event_types);
+    }
+    if let Some(since) = f.since {
+        q.push(" AND occurred_at >= ")
+            .cast(format_timestamp(since), D::TIME);
+    }
+    if let Some(until) = f.until {
+        q.push(" AND occurred_at < ")
+            .cast(format_timestamp(until), D::TIME);
+    }
+    q.push(if f.newest_first {
+        " ORDER BY position DESC"
+    } else {
+        " ORDER BY position"
+    });
+    if let Some(limit) = f.limit {
+        q.push(" LIMIT ").bind(limit);
+    }
+    all::<D, _>(c, q, rows::event::<D>).await
 }
 
 impl<D: Dialect> Tables<D> {

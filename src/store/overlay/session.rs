@@ -14,11 +14,11 @@ use crate::store::dispatch::dialect::Dialect;
 use crate::store::dispatch::tables::VaultSlot;
 use crate::store::dispatch::{data_keys, registry, tables};
 use crate::store::vault::{self, KeyState, Vault};
-use serde_json::Value;
 use crate::store::{
     ChainHead, EventFilter, NewEvent, PruneCounts, RecordedEvent, Resealed, StoreError,
     TokenRecord, UnitOfWork,
 };
+use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
 use uuid::Uuid;
@@ -159,12 +159,18 @@ impl<B: WriteBackend> OverlaySession<B> {
         let mut period = None;
         if user && fields.iter().any(|(_, id)| *id) {
             let id = vault::identity_key_id(&subject);
-            identity = Some((id.clone(), self.data_key(vault, &id, &subject, None, at).await?));
+            identity = Some((
+                id.clone(),
+                self.data_key(vault, &id, &subject, None, at).await?,
+            ));
         }
         if fields.iter().any(|(_, id)| !*id || !user) {
             let p = vault::period_of(at);
             let id = vault::period_key_id(&subject, p);
-            period = Some((id.clone(), self.data_key(vault, &id, &subject, Some(p), at).await?));
+            period = Some((
+                id.clone(),
+                self.data_key(vault, &id, &subject, Some(p), at).await?,
+            ));
         }
         vault::seal_event(data, stream_id, version, |is_identity| {
             let (id, key) = if is_identity && user {
@@ -579,8 +585,10 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
             let Some(last) = page.last() else { break };
             after = last.position;
             for mut e in page {
-                let corrupt = |why: String| StoreError::Corrupt(format!("position {}: {why}", e.position));
-                let mut data: Value = serde_json::from_str(&e.data).map_err(|x| corrupt(x.to_string()))?;
+                let corrupt =
+                    |why: String| StoreError::Corrupt(format!("position {}: {why}", e.position));
+                let mut data: Value =
+                    serde_json::from_str(&e.data).map_err(|x| corrupt(x.to_string()))?;
                 let at = e.occurred_at()?;
                 let changed = self
                     .seal_value(&vault, &mut data, &e.stream_id, e.stream_version, at)

@@ -57,7 +57,8 @@ impl PostgresStore {
             .clone()
             .options([("idle_in_transaction_session_timeout", "10s")]);
         let writer = PostgresWriter::new(options);
-        Ok(PostgresWriteSession::new(writer, self.head().await?).with_vault(self.tables.vault.clone()))
+        Ok(PostgresWriteSession::new(writer, self.head().await?)
+            .with_vault(self.tables.vault.clone()))
     }
 
     /// The job's lock if no other node holds it.
