@@ -211,25 +211,71 @@ pub fn seal_event(
     version: i64,
     mut key_for: impl FnMut(bool) -> Option<(String, [u8; 32])>,
 ) {
-    for (path, identity) in personal_fields(data) {
-        let Some(slot) = field_mut(data, &path) else {
-            continue;
-        };
-        let Some((key_id, key)) = key_for(identity) else {
-            *slot = Value::String(ERASED.into());
-            continue;
-        };
-        let clear = slot.to_string();
-        let cipher = ChaCha20Poly1305::new((&key).into());
-        let sealed = seal_bytes(&cipher, &aad(stream_id, version, &path), clear.as_bytes());
-        let mut m = Map::new();
-        m.insert(
-            "sealed".into(),
-            Value::String(URL_SAFE_NO_PAD.encode(sealed)),
-        );
-        m.insert("key".into(), Value::String(key_id));
-        *slot = Value::Object(m);
+    seal_at(data, "", stream_id, version, &mut key_for);
+}
+
+// The same walk as [`walk`] and [`open_at`], so the paths (associated data) agree.
+fn seal_at(
+    v: &mut Value,
+    prefix: &str,
+    stream_id: &str,
+    version: i64,
+    key_for: &mut impl FnMut(bool) -> Option<(String, [u8; 32])>,
+) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if SEALED_FIELDS.contains(&k.as_str()) && !child.is_null() && !is_sealed(child) {
+                    let identity = prefix.is_empty() && IDENTITY_FIELDS.contains(&k.as_str());
+                    *child = match key_for(identity) {
+                        Some((key_id, key)) => {
+                            seal_one(child, &path, stream_id, version, key_id, &key)
+                        }
+                        None => Value::String(ERASED.into()),
+                    };
+                } else {
+                    seal_at(child, &path, stream_id, version, key_for);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter_mut().enumerate() {
+                seal_at(
+                    child,
+                    &format!("{prefix}[{i}]"),
+                    stream_id,
+                    version,
+                    key_for,
+                );
+            }
+        }
+        _ => {}
     }
+}
+
+fn seal_one(
+    clear: &Value,
+    path: &str,
+    stream_id: &str,
+    version: i64,
+    key_id: String,
+    key: &[u8; 32],
+) -> Value {
+    let cipher = ChaCha20Poly1305::new(key.into());
+    let text = clear.to_string();
+    let sealed = seal_bytes(&cipher, &aad(stream_id, version, path), text.as_bytes());
+    let mut m = Map::new();
+    m.insert(
+        "sealed".into(),
+        Value::String(URL_SAFE_NO_PAD.encode(sealed)),
+    );
+    m.insert("key".into(), Value::String(key_id));
+    Value::Object(m)
 }
 
 /// The key ids the sealed fields of `data` name.
@@ -317,22 +363,6 @@ fn open_one(
     opened.unwrap_or(erased)
 }
 
-fn field_mut<'a>(data: &'a mut Value, path: &str) -> Option<&'a mut Value> {
-    let mut cur = data;
-    for part in path.split('.') {
-        let (name, indexes) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part, ""),
-        };
-        cur = cur.get_mut(name)?;
-        for idx in indexes.split('[').filter(|s| !s.is_empty()) {
-            let i: usize = idx.trim_end_matches(']').parse().ok()?;
-            cur = cur.get_mut(i)?;
-        }
-    }
-    Some(cur)
-}
-
 fn seal_bytes(cipher: &ChaCha20Poly1305, aad: &[u8], msg: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -389,6 +419,21 @@ mod tests {
         let mut moved = data.clone();
         open_event(&mut moved, "user-1", 2, &keys);
         assert_eq!(moved["username"], ERASED);
+    }
+
+    #[test]
+    fn fields_under_keys_with_dots_and_in_arrays_are_sealed_too() {
+        let mut data = json!({"inputs.x": {"ip": "203.0.113.9"}, "list": [{"user_agent": "UA"}]});
+        seal_event(&mut data, "s", 1, |_| Some(("k/1".to_owned(), [3u8; 32])));
+        let text = data.to_string();
+        assert!(
+            !text.contains("203.0.113") && !text.contains("\"UA\""),
+            "{text}"
+        );
+        let keys = HashMap::from([("k/1".to_owned(), KeyState::Open([3u8; 32]))]);
+        open_event(&mut data, "s", 1, &keys);
+        assert_eq!(data["inputs.x"]["ip"], "203.0.113.9");
+        assert_eq!(data["list"][0]["user_agent"], "UA");
     }
 
     #[test]

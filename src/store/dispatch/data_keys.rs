@@ -54,8 +54,14 @@ pub async fn find<D: Dialect>(
                         }
                         KeyState::Open(key)
                     }
-                    // Not this master key's: unreadable, as if erased.
-                    None => KeyState::Erased,
+                    // Another master key's: a misconfiguration, never to be taken for an
+                    // erasure (a rebuild would write every user as erased).
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "data key {id} does not open with this master key \
+                             (wrong SESSIOND_MASTER_KEY or master.key?)"
+                        )));
+                    }
                 },
                 _ => KeyState::Erased,
             };
@@ -129,28 +135,30 @@ pub async fn open_events<D: Dialect>(
     vault: &Vault,
     events: &mut [RecordedEvent],
 ) -> Result<(), StoreError> {
-    let mut parsed = Vec::with_capacity(events.len());
-    let mut ids = Vec::new();
+    // The key ids by a scan of the text (a stray match only costs a lookup), so that no more
+    // than one event's parsed JSON is held at a time: exports stream pages of thousands.
+    let mut ids: Vec<String> = Vec::new();
     for e in events.iter() {
-        let data: Option<serde_json::Value> = serde_json::from_str(&e.data).ok();
-        let mut own = Vec::new();
-        if let Some(d) = &data {
-            vault::sealed_key_ids(d, &mut own);
-        }
-        // Only events with sealed fields are rewritten (any other keeps its stored text).
-        parsed.push(data.filter(|_| !own.is_empty()));
-        for id in own {
-            if !ids.contains(&id) {
-                ids.push(id);
+        let mut rest = e.data.as_str();
+        while let Some(at) = rest.find("\"key\":\"") {
+            rest = &rest[at + 7..];
+            let Some(end) = rest.find('"') else { break };
+            let id = &rest[..end];
+            if !ids.iter().any(|known| known == id) {
+                ids.push(id.to_owned());
             }
+            rest = &rest[end..];
         }
     }
     if ids.is_empty() {
         return Ok(());
     }
     let keys = states::<D>(c, vault, &ids).await?;
-    for (e, data) in events.iter_mut().zip(parsed) {
-        if let Some(mut d) = data {
+    for e in events.iter_mut() {
+        if !e.data.contains("\"sealed\"") {
+            continue;
+        }
+        if let Ok(mut d) = serde_json::from_str::<serde_json::Value>(&e.data) {
             vault::open_event(&mut d, &e.stream_id, e.stream_version, &keys);
             e.data = d.to_string();
         }
