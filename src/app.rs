@@ -93,6 +93,31 @@ pub async fn open_store(config: &Config, create: bool) -> Result<Store, StartErr
     Ok(store)
 }
 
+/// [`open_store`] for the command-line tools: with the master key (from the environment or an
+/// existing key file in the data directory) the store reads personal data through; without it
+/// events read as stored, sealed.
+pub async fn open_store_keyed(config: &Config, create: bool) -> Result<Store, StartError> {
+    let store = open_store(config, create).await?;
+    let env = std::env::var(MASTER_KEY_ENV).ok().filter(|v| !v.is_empty());
+    if env.is_some()
+        || config
+            .data_dir
+            .join(crate::tokens::keys::MASTER_KEY_FILE)
+            .exists()
+    {
+        let master = MasterKey::load(env, &config.data_dir)?;
+        store.install_vault(vault_of(&master));
+    }
+    Ok(store)
+}
+
+/// The personal-data vault: its key-wrapping key is derived from the master key.
+pub fn vault_of(master: &MasterKey) -> Arc<crate::store::vault::Vault> {
+    Arc::new(crate::store::vault::Vault::new(
+        master.derive(b"sessiond personal data keys v1"),
+    ))
+}
+
 async fn open_migrated(config: &Config, create: bool) -> Result<Store, StartError> {
     if let Some(url) = &config.database_url {
         return Ok(Store::Postgres(PostgresStore::open(url.as_str()).await?));
@@ -150,12 +175,14 @@ impl App {
             .collect();
         let job_names = crate::jobs::JobKind::ALL.map(|j| j.name());
         crate::metrics::seed(&loaded_rules, &job_names);
-        let store = open_store(&config, true).await?;
         let master = MasterKey::load(options.master_key, &config.data_dir)?;
+        let store = open_store(&config, true).await?;
         // Detector memory stores networks, usernames and counter keys as keyed hashes: the
         // same key on every node (all share the master key), none in the database.
         rules.set_tag_key(master.derive(b"sessiond detector memory v1"));
         let checkpoint_key = Arc::new(CheckpointKey::derive(&master));
+        // Before the writer starts: every append from here on seals personal data.
+        store.install_vault(vault_of(&master));
         let (writer, writer_task) = spawn_writer(
             &store,
             options.clock.clone(),

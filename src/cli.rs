@@ -7,7 +7,7 @@ mod integrity;
 mod operations;
 use operations::{KeysCmd, WebhooksCmd, keys, webhooks};
 
-use crate::app::open_store;
+use crate::app::{open_store, open_store_keyed};
 use crate::config::{Config, LogFormat, Overrides};
 use crate::domain::parse_timestamp;
 use crate::store::{EventFilter, Store};
@@ -146,6 +146,11 @@ enum EventsCmd {
         /// Write to this file instead of standard output.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Export the events as stored, personal fields sealed (what a copy without the
+        /// master key holds; the chain hashes match these bytes). Without it, personal fields
+        /// are opened when the master key is at hand.
+        #[arg(long)]
+        sealed: bool,
     },
 }
 
@@ -204,7 +209,7 @@ impl Common {
 
     /// Opens the configured store; a SQLite file must exist already (never created by accident).
     async fn store(&self) -> Result<Store, StartError> {
-        open_store(&self.config(None)?, false).await
+        open_store_keyed(&self.config(None)?, false).await
     }
 }
 
@@ -256,11 +261,26 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
         Cmd::Rules { command } => rules_command(command).await,
         Cmd::Migrate { common } => {
             let config = common.config(None)?;
-            open_store(&config, true).await?.close().await;
+            let store = open_store(&config, true).await?;
             match &config.database_url {
                 Some(_) => println!("migrations applied to the PostgreSQL database"),
                 None => println!("migrations applied to {}", config.database_path().display()),
             }
+            // History of an older build holds personal data in clear: seal it (issue 12).
+            let env = std::env::var(crate::tokens::keys::MASTER_KEY_ENV)
+                .ok()
+                .filter(|v| !v.is_empty());
+            let master = crate::tokens::keys::MasterKey::load(env, &config.data_dir)?;
+            store.install_vault(crate::app::vault_of(&master));
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            match crate::commands::reseal_history(&store, now).await? {
+                Some(r) => println!(
+                    "sealed the personal data of {} events; the chain was recomputed from position {} (old head {} recorded in log.resealed)",
+                    r.events, r.from_position, r.old_head.position
+                ),
+                None => println!("no personal data in clear"),
+            }
+            store.close().await;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Users { command } => accounts::users(command).await,
@@ -282,6 +302,7 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
                     since,
                     until,
                     output,
+                    sealed,
                 },
         } => {
             let filter = EventFilter {
@@ -293,7 +314,12 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
             };
             let key = integrity::existing_master(&common.existing_config()?)?
                 .map(|m| CheckpointKey::derive(&m).public().clone());
-            export(&common.store().await?, filter, output, key).await
+            let store = if sealed {
+                open_store(&common.existing_config()?, false).await?
+            } else {
+                common.store().await?
+            };
+            export(&store, filter, output, key, sealed).await
         }
         Cmd::Keys { command } => keys(command).await,
         Cmd::Webhooks { command } => webhooks(command).await,
@@ -429,13 +455,19 @@ fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
-/// The event as exported: its stored form less the password hash that `user.registered` and
-/// `user.password_changed` carry, marked `"redacted": true` (its own hash can no
-/// longer be recomputed from the line; `events verify --export` links it by its stored hash).
-fn export_line(e: &crate::store::RecordedEvent) -> Result<String, StartError> {
-    let mut e = e.clone();
-    let mut redacted = false;
+/// The event as exported. `stored` is the row as the chain covers it; `opened` the same row
+/// with its personal fields opened (`None` for a `--sealed` export). A line that differs from
+/// the stored form (opened fields, the clear password hash removed) is marked
+/// `"redacted": true`: its own hash can no longer be recomputed from the line, and
+/// `events verify --export` links it by its stored hash. A sealed line is the row as stored.
+fn export_line(
+    stored: &crate::store::RecordedEvent,
+    opened: Option<&crate::store::RecordedEvent>,
+) -> Result<String, StartError> {
+    let mut e = opened.unwrap_or(stored).clone();
+    let mut redacted = e.data != stored.data;
     if let Ok(mut data) = serde_json::from_str::<serde_json::Value>(&e.data)
+        && data.get("password_hash").is_some_and(|h| h.is_string())
         && crate::domain::event::strip_secrets(&mut data)
     {
         e.data = data.to_string();
@@ -457,6 +489,7 @@ async fn export(
     mut filter: EventFilter,
     output: Option<PathBuf>,
     key: Option<CheckpointPublicKey>,
+    sealed: bool,
 ) -> Result<ExitCode, StartError> {
     let full = filter.stream_id.is_none()
         && filter.event_types.is_empty()
@@ -476,11 +509,22 @@ async fn export(
     };
     filter.limit = Some(PAGE);
     loop {
-        let page = store.events(&filter).await?;
-        let Some(last) = page.last() else { break };
+        let stored = store.raw_events(&filter).await?;
+        let Some(last) = stored.last() else { break };
+        let opened = match sealed {
+            true => Vec::new(),
+            false => store.events(&filter).await?,
+        };
         filter.after_position = last.position;
-        for e in &page {
-            out.write_all(export_line(e)?.as_bytes()).map_err(io)?;
+        for (i, e) in stored.iter().enumerate() {
+            let open = opened.get(i).filter(|o| o.position == e.position);
+            if !sealed && open.is_none() {
+                return Err(StartError::Io(format!(
+                    "position {}: the log moved during the export",
+                    e.position
+                )));
+            }
+            out.write_all(export_line(e, open)?.as_bytes()).map_err(io)?;
             out.write_all(b"\n").map_err(io)?;
         }
     }

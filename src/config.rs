@@ -49,6 +49,9 @@ pub struct Config {
     pub signing_key_publish_ahead: Option<Duration>,
     /// Projection rows of sessions that ended longer ago than this are pruned.
     pub retention_period: Duration,
+    /// Request context (addresses, User-Agents, places) older than this can no longer be read:
+    /// the retention job destroys the data keys of the periods past it.
+    pub personal_data_retention: Duration,
     /// First retry delay of a failed webhook delivery; it doubles up to `webhook_retry_max`.
     pub webhook_retry_initial: Duration,
     pub webhook_retry_max: Duration,
@@ -186,6 +189,7 @@ pub const KEYS: &[&str] = &[
     "signing_key_rotation_interval",
     "signing_key_publish_ahead",
     "retention_period",
+    "personal_data_retention",
     "webhook_retry_initial",
     "webhook_retry_max",
     "webhook_poll_interval",
@@ -251,6 +255,7 @@ impl Default for Config {
             signing_key_rotation_interval: Duration::days(30),
             signing_key_publish_ahead: None,
             retention_period: Duration::days(90),
+            personal_data_retention: Duration::days(90),
             webhook_retry_initial: Duration::seconds(1),
             webhook_retry_max: Duration::minutes(10),
             webhook_poll_interval: Duration::seconds(5),
@@ -429,6 +434,7 @@ impl Config {
                     c.signing_key_publish_ahead = Some(duration(k, value)?)
                 }
                 "retention_period" => c.retention_period = duration(k, value)?,
+                "personal_data_retention" => c.personal_data_retention = duration(k, value)?,
                 "webhook_retry_initial" => c.webhook_retry_initial = duration_ms(k, value)?,
                 "webhook_retry_max" => c.webhook_retry_max = duration_ms(k, value)?,
                 "webhook_poll_interval" => c.webhook_poll_interval = duration_ms(k, value)?,
@@ -597,6 +603,7 @@ impl Config {
             ));
         }
         positive("retention_period", self.retention_period)?;
+        positive("personal_data_retention", self.personal_data_retention)?;
         positive("webhook_retry_initial", self.webhook_retry_initial)?;
         positive("webhook_poll_interval", self.webhook_poll_interval)?;
         positive("webhook_timeout", self.webhook_timeout)?;

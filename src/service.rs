@@ -32,6 +32,7 @@ pub mod dpop;
 pub mod integrity;
 pub mod maintenance;
 pub mod oauth;
+mod privacy;
 pub mod signing_keys;
 pub mod webhooks;
 

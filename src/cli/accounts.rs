@@ -37,6 +37,15 @@ pub enum UsersCmd {
         #[arg(long = "role", value_delimiter = ',', required = true)]
         roles: Vec<String>,
     },
+    /// Erase a user (`user.erased`): its sessions end, its data keys are destroyed so its
+    /// name, password hash, addresses and User-Agents in the log read as erased; the name can
+    /// be registered again.
+    Erase {
+        #[command(flatten)]
+        common: super::Common,
+        /// The user's id.
+        user_id: uuid::Uuid,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +100,20 @@ fn fail(message: String) -> Result<ExitCode, StartError> {
 
 pub async fn users(cmd: UsersCmd) -> Result<ExitCode, StartError> {
     match cmd {
+        UsersCmd::Erase { common, user_id } => {
+            let app = service(common.existing_config()?).await?;
+            let actor = crate::domain::event::Actor::System;
+            let result = app.service.erase_user(user_id, actor, None).await;
+            app.shutdown().await;
+            match result {
+                Ok(ended) => {
+                    println!("erased user {user_id}; {ended} sessions ended");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(crate::error::Error::NotFound) => fail(format!("no user {user_id}")),
+                Err(e) => fail(e.to_string()),
+            }
+        }
         UsersCmd::Create {
             common,
             username,

@@ -178,7 +178,7 @@ pub async fn verify_log(
     let mut after = 0;
     loop {
         let page = store
-            .events(&EventFilter {
+            .raw_events(&EventFilter {
                 after_position: after,
                 limit: Some(PAGE),
                 ..Default::default()

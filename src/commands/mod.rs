@@ -14,6 +14,7 @@ pub mod effects;
 mod judge;
 mod keys;
 mod login;
+mod privacy;
 mod recording;
 mod refresh;
 mod revocation;
@@ -33,6 +34,7 @@ pub use api_keys::{CreateApiKey, RevokeApiKey, UnknownApiKey};
 pub use dpop::{CheckedProof, ClaimProof, ProofInput, PruneProofs};
 pub use keys::{CreateFirstSigningKey, RotateSigningKeys};
 pub use login::{RecordLoginFailure, RecordLoginThrottled, Register, StartRefusal, StartSession};
+pub use privacy::{EraseUser, ExpirePersonalData, NoSuchUser, ResealHistory, reseal_history};
 pub use refresh::{Reauthenticate, Refresh, RefreshRefusal, Refreshed};
 pub use revocation::{
     ChangePassword, EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere,

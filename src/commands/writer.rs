@@ -8,9 +8,10 @@
 
 use super::{
     AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
-    EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, PruneProofs,
-    Reauthenticate, RecordLoginFailure, RecordLoginThrottled, Refresh, Register, RequireReauth,
-    RevokeApiKey, RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
+    EndSession, EndSessionByToken, EraseUser, ExpireIfDue, ExpirePersonalData, LogoutEverywhere,
+    PruneEndedSessions, PruneProofs, Reauthenticate, RecordLoginFailure, RecordLoginThrottled,
+    Refresh, Register, RequireReauth, ResealHistory, RevokeApiKey, RotateSigningKeys, SetLock,
+    SetRoles, StartSession, Subscribe, Unsubscribe,
 };
 use super::{Command, Context};
 use crate::clock::Clock;
@@ -132,6 +133,9 @@ queue!(
     SetRoles,
     ClaimProof,
     PruneProofs,
+    EraseUser,
+    ExpirePersonalData,
+    ResealHistory,
 );
 
 /// Runs one command in a transaction of its own on `ws`, outside the writer: for the data

@@ -6,7 +6,12 @@ use std::net::IpAddr;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RequestContext {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Lenient: an erased or expired address (a marker string in the log) reads as none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
@@ -36,9 +41,17 @@ pub struct Geo {
     pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub city: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub latitude: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub longitude: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy_radius_km: Option<u32>,
@@ -86,6 +99,17 @@ impl Anonymizer {
     }
 }
 
+/// An optional field that reads as `None` when the stored value is not one (the `[erased]` or
+/// `[expired]` marker of a destroyed data key): history stays decodable after an erasure.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
+}
+
 impl Geo {
     /// Latitude, longitude and accuracy radius, when the database gave all three.
     pub fn position(&self) -> Option<(f64, f64, f64)> {
@@ -114,6 +138,26 @@ impl RequestContext {
     /// Two requests from one household or one mobile carrier cell usually share it.
     pub fn network(&self) -> Option<String> {
         self.ip.map(network_prefix)
+    }
+
+    /// The context as it reads once its data key is destroyed (see `store::vault`): every
+    /// personal field the marker, or absent where the field is not text. An erasure writes
+    /// this into the projections, so they match a rebuild from the log.
+    pub fn redacted(&self, marker: &str) -> RequestContext {
+        let m = |v: &Option<String>| v.as_ref().map(|_| marker.to_owned());
+        RequestContext {
+            ip: None,
+            user_agent: m(&self.user_agent),
+            device: self.device.clone(),
+            geo: self.geo.as_ref().map(|g| Geo {
+                region: m(&g.region),
+                city: m(&g.city),
+                latitude: None,
+                longitude: None,
+                ..g.clone()
+            }),
+            request_id: m(&self.request_id),
+        }
     }
 
     /// Device class for "is this the same device": category, OS and browser name, never

@@ -418,6 +418,49 @@ pub struct WebhookUnsubscribed {
     pub subscription_id: Uuid,
 }
 
+// Personal data (issue 12): erasure and retention of the data keys that seal it.
+
+/// What a personal field reads as once its subject was erased.
+pub const ERASED_MARKER: &str = "[erased]";
+/// What a personal field reads as once its retention period is over.
+pub const EXPIRED_MARKER: &str = "[expired]";
+
+/// A user was erased (GDPR art. 17): the sessions it still had were ended, every data key of
+/// the user was destroyed, so its name, password hash, addresses and User-Agents in the log now
+/// read as erased. The actor is in the metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserErased {
+    pub user_id: Uuid,
+    /// The sessions the erasure ended.
+    pub sessions: Vec<Uuid>,
+    /// Data keys destroyed.
+    pub keys: u64,
+}
+
+/// The data keys of retention periods before `before` were destroyed: the request context
+/// they sealed now reads as expired (the events, their order and the chain stay).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonalDataExpired {
+    #[serde(with = "super::ts_format")]
+    pub before: Timestamp,
+    pub keys: u64,
+}
+
+/// The stream `sessiond migrate` records its conversions on.
+pub const MIGRATION_STREAM: &str = "migration";
+
+/// `sessiond migrate` sealed the personal fields that history written by an older build held
+/// in clear: the events from `from_position` on were rewritten and re-chained. The link to the
+/// replaced chain is its head (position and hash), recorded here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogResealed {
+    pub from_position: i64,
+    pub old_head_position: i64,
+    /// Hex SHA-256 of the replaced chain's head.
+    pub old_head_hash: String,
+    pub events: u64,
+}
+
 macro_rules! catalogue {
     ($( $variant:ident($payload:ty) = $name:literal, version $version:literal; )*) => {
         /// Every event sessiond records.
@@ -491,6 +534,10 @@ catalogue! {
     RuleBreakerTripped(BreakerTripped) = "rule.breaker_tripped", version 1;
     // DPoP (issue 13).
     DpopMismatch(DpopMismatch) = "session.dpop_mismatch", version 1;
+    // Personal data (issue 12).
+    UserErased(UserErased) = "user.erased", version 1;
+    PersonalDataExpired(PersonalDataExpired) = "personal_data.expired", version 1;
+    LogResealed(LogResealed) = "log.resealed", version 1;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

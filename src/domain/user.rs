@@ -216,7 +216,12 @@ pub fn evolve(state: Option<User>, event: &Event, occurred_at: Timestamp) -> Opt
     if let Event::UserRegistered(e) = event {
         return Some(User {
             user_id: e.user_id,
-            username: e.username.clone(),
+            // An erased user's name reads as the marker: give it the erased user's unique name.
+            username: if e.username == crate::domain::event::ERASED_MARKER {
+                erased_username(e.user_id)
+            } else {
+                e.username.clone()
+            },
             password_hash: e.password_hash.clone(),
             roles: e.roles.clone(),
             status: UserStatus::Active,
@@ -234,11 +239,28 @@ pub fn evolve(state: Option<User>, event: &Event, occurred_at: Timestamp) -> Opt
         Event::UserLocked(_) => u.status = UserStatus::Locked,
         Event::UserUnlocked(_) => u.status = UserStatus::Active,
         Event::UserRolesChanged(e) => u.roles = e.roles.clone(),
+        Event::UserErased(e) => {
+            // The name is free again; nothing can log in as this user any more.
+            u.username = erased_username(e.user_id);
+            u.password_hash = crate::domain::event::ERASED_MARKER.to_owned();
+            u.status = UserStatus::Locked;
+        }
         Event::LoginFailed(_) | Event::LoginThrottled(_) | Event::UserLoggedOutEverywhere(_) => {}
         _ => return Some(u),
     }
     u.version += 1;
     Some(u)
+}
+
+/// The name an erased user's row keeps: unique (the users table's index), never a valid
+/// username (brackets), so it can neither be registered nor logged in with.
+pub fn erased_username(user_id: Uuid) -> String {
+    format!("{}-{user_id}", crate::domain::event::ERASED_MARKER)
+}
+
+/// Whether this user was erased.
+pub fn is_erased(user: &User) -> bool {
+    user.username == erased_username(user.user_id)
 }
 
 /// The user whose stream an event is appended to, if any.
@@ -249,6 +271,7 @@ pub fn user_of(event: &Event) -> Option<Uuid> {
         Event::UserLocked(e) | Event::UserUnlocked(e) => Some(e.user_id),
         Event::UserLoggedOutEverywhere(e) => Some(e.user_id),
         Event::UserRolesChanged(e) => Some(e.user_id),
+        Event::UserErased(e) => Some(e.user_id),
         Event::LoginFailed(e) => e.user_id,
         Event::LoginThrottled(e) => e.user_id,
         _ => None,

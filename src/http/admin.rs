@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
             "/v1/admin/users/{user}/logout-everywhere",
             post(logout_everywhere),
         )
+        .route("/v1/admin/users/{user}/erase", post(erase))
         .route("/v1/admin/users/{user}/lock", post(lock))
         .route("/v1/admin/users/{user}/unlock", post(unlock))
         .route("/v1/admin/sessions/{session_id}", get(session))
@@ -399,6 +400,20 @@ async fn logout_everywhere(
         .admin_logout_everywhere(&caller, uuid_or_404(&user)?, &ctx)
         .await?;
     Ok(Json(json!({ "revoked": revoked })))
+}
+
+/// Erases a user (GDPR art. 17): its sessions end and its personal data in the log reads as
+/// erased from now on.
+async fn erase(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    SecurityCaller(caller): SecurityCaller,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let revoked = app
+        .admin_erase_user(&caller, uuid_or_404(&user)?, &ctx)
+        .await?;
+    Ok(Json(json!({ "erased": true, "revoked": revoked })))
 }
 
 #[derive(serde::Deserialize)]

@@ -294,6 +294,15 @@ fn operations() -> Vec<Op> {
         ),
         op(
             "post",
+            "/v1/admin/users/{user}/erase",
+            "security",
+            "Erase a user: sessions end, personal data in the log reads as erased, the name is free",
+            Security,
+            None,
+            (200, "Erased"),
+        ),
+        op(
+            "post",
             "/v1/admin/users/{user}/lock",
             "security",
             "Lock a user: no login, every session ends",
@@ -599,6 +608,7 @@ pub fn document() -> Value {
                 "Me": s(&[("user", "object"), ("session", "object")]),
                 "DeviceList": { "type": "array", "items": s(&[("session_id", "string"), ("current", "boolean"), ("device", "object"), ("location", "object"), ("ip", "string"), ("created_at", "string"), ("last_seen_at", "string"), ("status", "string")]) },
                 "Revoked": s(&[("revoked", "integer")]),
+                "Erased": s(&[("erased", "boolean"), ("revoked", "integer")]),
                 "RevocationPage": s(&[("revocations", "array"), ("next_cursor", "integer"), ("window_seconds", "integer")]),
                 "EventPage": s(&[("events", "array"), ("next_cursor", "integer")]),
                 "Checkpoints": s(&[("public_key", "object"), ("key_id", "string"), ("head", "integer"), ("checkpoints", "array")]),

@@ -62,7 +62,11 @@ pub async fn apply_throttle<U: UnitOfWork>(
     event: &Event,
     at: Timestamp,
 ) -> Result<(), StoreError> {
-    if let Event::LoginFailed(f) = event {
+    // A failure whose name was erased or expired counts no more (an erasure deletes its rows).
+    if let Event::LoginFailed(f) = event
+        && f.username != crate::domain::event::ERASED_MARKER
+        && f.username != crate::domain::event::EXPIRED_MARKER
+    {
         let keys: Vec<String> = throttle_keys(&f.username, f.context.ip)
             .into_iter()
             .map(|(_, key)| key)

@@ -91,11 +91,21 @@ impl Sessiond {
             .writer
             .submit(cmd, EventMetadata::new(Actor::System, None))
             .await?;
+        let before = self.now() - self.config.personal_data_retention;
+        let keys = self
+            .writer
+            .submit(
+                crate::commands::ExpirePersonalData { before },
+                EventMetadata::new(Actor::System, None),
+            )
+            .await?;
         Ok(format!(
-            "pruned {} sessions and {} refresh tokens that ended before {}",
+            "pruned {} sessions and {} refresh tokens that ended before {}; destroyed {} data keys of personal data older than {}",
             counts.sessions,
             counts.refresh_tokens,
-            crate::domain::format_timestamp(ended_before)
+            crate::domain::format_timestamp(ended_before),
+            keys,
+            crate::domain::format_timestamp(before)
         ))
     }
 

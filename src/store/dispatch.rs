@@ -2,6 +2,7 @@
 //! code both backends run lives below: [`dialect`] (what differs), [`rows`] (row mapping) and
 //! [`tables`] (every read and write through the pool).
 
+pub(crate) mod data_keys;
 pub(crate) mod dialect;
 pub mod integrity;
 pub(crate) mod registry;
@@ -34,8 +35,12 @@ route! {
     fn user_by_id(&self, user_id: Uuid) -> Result<Option<User>, StoreError>;
     fn session(&self, session_id: Uuid) -> Result<Option<Session>, StoreError>;
     fn token(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError>;
-    /// A page of events in position order.
+    /// A page of events in position order, read through: sealed personal fields opened (or
+    /// their erased/expired markers). For the stored bytes (the chain, a keyless export) use
+    /// `raw_events`.
     fn events(&self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError>;
+    /// A page of events exactly as stored: personal fields sealed.
+    fn raw_events(&self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError>;
     /// A user's live sessions, oldest first.
     fn active_sessions_of(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError>;
     /// Every session a user ever had (ended ones too), newest first.
@@ -81,6 +86,17 @@ route! {
 
 /// The calls whose backends differ in kind, not only in SQL.
 impl Store {
+    /// Hands the store the personal-data vault (keys derived from the master key): from now on
+    /// appends seal personal fields and reads open them. Installed once, before the writer
+    /// starts; without it (tools that hold no master key) events are read as stored.
+    pub fn install_vault(&self, vault: std::sync::Arc<vault::Vault>) {
+        let slot = match self {
+            Store::Sqlite(s) => &s.vault,
+            Store::Postgres(p) => &p.vault,
+        };
+        let _ = slot.set(vault);
+    }
+
     /// Wakes followers of the log: the highest committed position known, fed by this node's
     /// writer (`local`, the position its commits reach) and, on PostgreSQL, by every other node's
     /// commits (LISTEN/NOTIFY). Followers still poll now and then: a notification can be lost

@@ -8,6 +8,7 @@ mod dispatch;
 pub(crate) mod overlay;
 pub mod postgres;
 pub mod sqlite;
+pub mod vault;
 
 use crate::domain::event::{DecodeError, Event, EventMetadata};
 use crate::domain::keys::{ApiKeyRecord, SigningKeyRecord, SigningKeyStatus};
@@ -127,9 +128,11 @@ impl RecordedEvent {
             .ok_or_else(|| StoreError::Corrupt(format!("position {}: occurred_at", self.position)))
     }
 
-    /// Builds the stored form of `new` at `position`, chained to `prev_hash`.
+    /// Builds the stored form of `new` at `position`, chained to `prev_hash`; `data` is its
+    /// payload as stored (personal fields sealed, see [`vault`]).
     pub fn seal(
         new: &NewEvent,
+        data: String,
         position: i64,
         prev_hash: [u8; 32],
         recorded_at: Timestamp,
@@ -140,7 +143,7 @@ impl RecordedEvent {
             stream_version: new.expected_version + 1,
             event_type: new.event.event_type().to_owned(),
             schema_version: i64::from(new.event.schema_version()),
-            data: new.event.data().to_string(),
+            data,
             metadata: serde_json::to_string(&new.metadata).expect("metadata serializes"),
             occurred_at: format_timestamp(new.occurred_at),
             recorded_at: format_timestamp(recorded_at),
@@ -295,6 +298,27 @@ pub trait UnitOfWork: Send {
         jti_hash: &[u8; 32],
         expires_at: Timestamp,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Erasure: destroys every data key of `user_id` (its sealed fields in the log read as
+    /// erased from now on), deletes the login-throttle rows of its name and redacts the request
+    /// context its session rows keep. Returns the keys destroyed. Not undone by a rebuild.
+    fn erase_personal_data(
+        &mut self,
+        user_id: Uuid,
+        username: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// `sessiond migrate`: seals the personal fields that events written before sealing hold
+    /// in clear, and re-chains the log from the first event it changed. `None` when nothing
+    /// was clear (or no vault is installed).
+    fn reseal_history(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<Resealed>, StoreError>> + Send;
+    /// Retention: destroys the data keys of periods before `before_period`; returns how many.
+    fn expire_personal_data(
+        &mut self,
+        before_period: i64,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Forgets the proofs whose window ended before `before`; returns how many.
     fn prune_dpop_jtis(
         &mut self,
@@ -371,6 +395,15 @@ pub trait WriteSession: UnitOfWork + 'static {
         &mut self,
         checkpoint: &crate::domain::checkpoint::Checkpoint,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// What a reseal of old clear-text history changed: from which position the chain was
+/// recomputed, the head it replaced, and how many events it sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resealed {
+    pub from_position: i64,
+    pub old_head: ChainHead,
+    pub events: u64,
 }
 
 /// What a retention prune removed.

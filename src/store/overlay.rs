@@ -71,12 +71,13 @@ impl Overlay {
             .cloned()
     }
 
-    /// Seals `new` after `head` (which moves on) and holds it for the flush. A second append at
+    /// Seals `new` (its data as stored: `data`) after `head` (which moves on) and holds it for the flush. A second append at
     /// one stream version within the batch is a conflict here; across transactions the
     /// database's unique constraint says so at the flush.
     pub fn append(
         &mut self,
         new: NewEvent,
+        data: String,
         head: &mut ChainHead,
     ) -> Result<RecordedEvent, StoreError> {
         let version = new.expected_version + 1;
@@ -87,7 +88,7 @@ impl Overlay {
             });
         }
         let recorded_at = new.occurred_at;
-        let e = RecordedEvent::seal(&new, head.position + 1, head.hash, recorded_at);
+        let e = RecordedEvent::seal(&new, data, head.position + 1, head.hash, recorded_at);
         *head = ChainHead {
             position: e.position,
             hash: <[u8; 32]>::try_from(e.hash.as_slice())

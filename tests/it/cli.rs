@@ -46,8 +46,10 @@ async fn verify_names_the_first_tampered_position() {
 
     let target = 7;
     let mut conn = raw(&app).await;
+    // Addresses are sealed in the stored data (issue 12): tamper with the clear JSON itself.
     sqlx::query(
-        "UPDATE events SET data = replace(data, '127.0.0.1', '10.6.6.6') WHERE position = ?",
+        "UPDATE events SET data = substr(data, 1, length(data) - 1) || ',\"tampered\":true}' \
+         WHERE position = ?",
     )
     .bind(target)
     .execute(&mut conn)
@@ -58,13 +60,17 @@ async fn verify_names_the_first_tampered_position() {
     assert!(out.contains(&format!("position {target}:")), "{out}");
 
     // Re-hashing the edited row does not help: the next row no longer chains onto it.
+    // The stored bytes (not the read-through form) are what the chain hashes.
     let row = app
-        .events(sessiond::store::EventFilter {
+        .service
+        .store
+        .raw_events(&sessiond::store::EventFilter {
             after_position: target - 1,
             limit: Some(1),
             ..Default::default()
         })
-        .await;
+        .await
+        .unwrap();
     let rehashed = sessiond::store::chain::event_hash(&row[0]);
     sqlx::query("UPDATE events SET hash = ? WHERE position = ?")
         .bind(rehashed.to_vec())

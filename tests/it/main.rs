@@ -30,6 +30,8 @@ mod observability;
 mod openapi;
 mod ops;
 mod postgres_surfaces;
+mod privacy;
+mod privacy_migrate;
 mod props;
 mod races;
 mod refresh;

@@ -44,6 +44,10 @@ pub const NOT_PROJECTED: &[(&str, &str)] = &[
         "a replay cache of DPoP proof ids, forgotten after their window",
     ),
     (
+        "data_keys",
+        "key material: the sealed per-subject data keys, destroyed by erasure and retention",
+    ),
+    (
         "detector_counts",
         "detector memory: sliding windows the rules count in, forgotten after their window",
     ),

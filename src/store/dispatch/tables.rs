@@ -22,6 +22,15 @@ pub async fn head<D: Dialect>(c: &mut D::Connection) -> Result<ChainHead, StoreE
     }
 }
 
+/// Every session a user ever had, newest first.
+pub async fn session_ids_of<D: Dialect>(
+    c: &mut D::Connection,
+    user_id: Uuid,
+) -> Result<Vec<Uuid>, StoreError> {
+    let q = Stmt::new::<D>(D::SQL.session_ids_of).arg(user_id.to_string());
+    all::<D, _>(c, q, |r| rows::uuid(r.text("session_id")?)).await
+}
+
 /// `q`'s row, if any, mapped.
 pub(super) async fn one<D: Dialect, T>(
     c: &mut D::Connection,
@@ -128,12 +137,27 @@ pub async fn tokens_with_sessions<D: Dialect>(
 /// The tables of one database, through its pool: every read and write that needs no writer.
 pub struct Tables<D: sqlx::Database> {
     pub(crate) pool: Pool<D>,
+    /// The personal-data vault, once installed (shared by every clone and the writer).
+    pub(crate) vault: VaultSlot,
+}
+
+pub type VaultSlot =
+    std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::store::vault::Vault>>>;
+
+impl<D: sqlx::Database> Tables<D> {
+    pub fn new(pool: Pool<D>) -> Self {
+        Tables {
+            pool,
+            vault: VaultSlot::default(),
+        }
+    }
 }
 
 impl<D: sqlx::Database> Clone for Tables<D> {
     fn clone(&self) -> Self {
         Tables {
             pool: self.pool.clone(),
+            vault: self.vault.clone(),
         }
     }
 }
@@ -187,52 +211,70 @@ impl<D: Dialect> Tables<D> {
     }
 
     pub async fn events(&self, f: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut q = Stmt::new::<D>(D::SQL.events);
-        q.bind(f.after_position);
-        if let Some(stream) = &f.stream_id {
-            q.push(" AND stream_id = ").bind(stream.as_str());
+        let mut events = self.raw_events(f).await?;
+        if let Some(vault) = self.vault.get() {
+            let mut c = self.pool.acquire().await?;
+            super::data_keys::open_events::<D>(&mut c, vault, &mut events).await?;
         }
-        if !f.stream_ids.is_empty() {
-            q.push(" AND ").any_of("stream_id", &f.stream_ids);
-        }
-        if let Some(before) = f.before_position {
-            q.push(" AND position < ").bind(before);
-        }
-        if let Some(subject) = f.subject {
-            let id = subject.to_string();
-            q.push(" AND (").push(D::SQL.data_session_id).push(" = ");
-            q.bind(id.clone())
-                .push(" OR ")
-                .push(D::SQL.data_user_id)
-                .push(" = ");
-            q.bind(id).push(")");
-        }
-        if !f.event_types.is_empty() {
-            q.push(" AND ").any_of("event_type", &f.event_types);
-        }
-        if let Some(since) = f.since {
-            q.push(" AND occurred_at >= ")
-                .cast(format_timestamp(since), D::TIME);
-        }
-        if let Some(until) = f.until {
-            q.push(" AND occurred_at < ")
-                .cast(format_timestamp(until), D::TIME);
-        }
-        q.push(if f.newest_first {
-            " ORDER BY position DESC"
-        } else {
-            " ORDER BY position"
-        });
-        if let Some(limit) = f.limit {
-            q.push(" LIMIT ").bind(limit);
-        }
-        self.all(q, rows::event::<D>).await
+        Ok(events)
     }
 
+    pub async fn raw_events(&self, f: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
+        raw_events::<D>(&mut *self.pool.acquire().await?, f).await
+    }
+}
+
+/// A page of events as stored, on any connection (the writer's too).
+pub async fn raw_events<D: Dialect>(
+    c: &mut D::Connection,
+    f: &EventFilter,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut q = Stmt::new::<D>(D::SQL.events);
+    q.bind(f.after_position);
+    if let Some(stream) = &f.stream_id {
+        q.push(" AND stream_id = ").bind(stream.as_str());
+    }
+    if !f.stream_ids.is_empty() {
+        q.push(" AND ").any_of("stream_id", &f.stream_ids);
+    }
+    if let Some(before) = f.before_position {
+        q.push(" AND position < ").bind(before);
+    }
+    if let Some(subject) = f.subject {
+        let id = subject.to_string();
+        q.push(" AND (").push(D::SQL.data_session_id).push(" = ");
+        q.bind(id.clone())
+            .push(" OR ")
+            .push(D::SQL.data_user_id)
+            .push(" = ");
+        q.bind(id).push(")");
+    }
+    if !f.event_types.is_empty() {
+        q.push(" AND ").any_of("event_type", &f.event_types);
+    }
+    if let Some(since) = f.since {
+        q.push(" AND occurred_at >= ")
+            .cast(format_timestamp(since), D::TIME);
+    }
+    if let Some(until) = f.until {
+        q.push(" AND occurred_at < ")
+            .cast(format_timestamp(until), D::TIME);
+    }
+    q.push(if f.newest_first {
+        " ORDER BY position DESC"
+    } else {
+        " ORDER BY position"
+    });
+    if let Some(limit) = f.limit {
+        q.push(" LIMIT ").bind(limit);
+    }
+    all::<D, _>(c, q, rows::event::<D>).await
+}
+
+impl<D: Dialect> Tables<D> {
     /// Every session a user ever had, newest first: a timeline reads their streams.
     pub async fn session_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
-        let q = Stmt::new::<D>(D::SQL.session_ids_of).arg(user_id.to_string());
-        self.all(q, |r| rows::uuid(r.text("session_id")?)).await
+        session_ids_of::<D>(&mut *self.pool.acquire().await?, user_id).await
     }
 
     /// Whether any user holds `role` (the first start says how to make a security user).

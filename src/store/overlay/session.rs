@@ -11,10 +11,14 @@ use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::User;
 use crate::domain::webhook::SubscriptionRecord;
 use crate::store::dispatch::dialect::Dialect;
-use crate::store::dispatch::{integrity, registry, tables};
+use crate::store::dispatch::tables::VaultSlot;
+use crate::store::dispatch::{data_keys, integrity, registry, tables};
+use crate::store::vault::{self, KeyState, Vault};
 use crate::store::{
-    ChainHead, NewEvent, PruneCounts, RecordedEvent, StoreError, TokenRecord, UnitOfWork,
+    ChainHead, EventFilter, NewEvent, PruneCounts, RecordedEvent, Resealed, StoreError,
+    TokenRecord, UnitOfWork,
 };
+use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
 use uuid::Uuid;
@@ -93,6 +97,13 @@ pub struct OverlaySession<B> {
     committed: ChainHead,
     head: ChainHead,
     overlay: Overlay,
+    /// The personal-data vault, when installed: appends seal personal fields with it.
+    vault: VaultSlot,
+    /// Data keys created in the open transaction: cached only once it commits.
+    new_keys: HashMap<String, [u8; 32]>,
+    /// Keys destroyed in the open transaction (subject, or periods before): dropped from the
+    /// cache when it commits.
+    forget: Vec<(Option<String>, Option<i64>)>,
 }
 
 type Db<B> = <B as WriteBackend>::Db;
@@ -104,7 +115,125 @@ impl<B: WriteBackend> OverlaySession<B> {
             committed: head,
             head,
             overlay: Overlay::default(),
+            vault: VaultSlot::default(),
+            new_keys: HashMap::new(),
+            forget: Vec::new(),
         }
+    }
+
+    /// Shares the store's vault slot (see `Store::install_vault`).
+    pub(crate) fn with_vault(mut self, vault: VaultSlot) -> Self {
+        self.vault = vault;
+        self
+    }
+
+    /// The event's data as it enters the log: personal fields sealed under its subject's data
+    /// keys (created here, in this transaction, when the event is the first to need them).
+    async fn sealed_data(&mut self, new: &NewEvent) -> Result<String, StoreError> {
+        let mut data = new.event.data();
+        let Some(vault) = self.vault.get().cloned() else {
+            return Ok(data.to_string());
+        };
+        let version = new.expected_version + 1;
+        self.seal_value(&vault, &mut data, &new.stream_id, version, new.occurred_at)
+            .await?;
+        Ok(data.to_string())
+    }
+
+    /// Seals the personal fields of one event's data in place; false if it had none.
+    async fn seal_value(
+        &mut self,
+        vault: &Vault,
+        data: &mut Value,
+        stream_id: &str,
+        version: i64,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let fields = vault::personal_fields(data);
+        if fields.is_empty() {
+            return Ok(false);
+        }
+        let subject = self.subject_of(stream_id, data).await?;
+        let user = subject != vault::SERVICE_SUBJECT;
+        let mut identity = None;
+        let mut period = None;
+        if user && fields.iter().any(|(_, id)| *id) {
+            let id = vault::identity_key_id(&subject);
+            identity = Some((
+                id.clone(),
+                self.data_key(vault, &id, &subject, None, at).await?,
+            ));
+        }
+        if fields.iter().any(|(_, id)| !*id || !user) {
+            let p = vault::period_of(at);
+            let id = vault::period_key_id(&subject, p);
+            period = Some((
+                id.clone(),
+                self.data_key(vault, &id, &subject, Some(p), at).await?,
+            ));
+        }
+        vault::seal_event(data, stream_id, version, |is_identity| {
+            let (id, key) = if is_identity && user {
+                identity.as_ref()
+            } else {
+                period.as_ref()
+            }?;
+            key.map(|k| (id.clone(), k))
+        });
+        Ok(true)
+    }
+
+    /// Whose keys seal an event: the user it names, the user of its stream (a session's
+    /// user), or the service for events of no known user.
+    async fn subject_of(&mut self, stream_id: &str, data: &Value) -> Result<String, StoreError> {
+        if let Some(user) = data.get("user_id").and_then(Value::as_str) {
+            return Ok(user.to_owned());
+        }
+        if let Some(user) = stream_id.strip_prefix("user-") {
+            return Ok(user.to_owned());
+        }
+        if let Some(id) = stream_id
+            .strip_prefix("session-")
+            .and_then(|s| Uuid::parse_str(s).ok())
+            && let Some(s) = UnitOfWork::session(self, id).await?
+        {
+            return Ok(s.user_id.to_string());
+        }
+        Ok(vault::SERVICE_SUBJECT.to_owned())
+    }
+
+    /// The open data key `key_id`, created if it does not exist yet; `None` if it was
+    /// destroyed (nothing more is recorded readable under an erased subject).
+    async fn data_key(
+        &mut self,
+        vault: &Vault,
+        key_id: &str,
+        subject: &str,
+        period: Option<i64>,
+        at: Timestamp,
+    ) -> Result<Option<[u8; 32]>, StoreError> {
+        if let Some(k) = self.new_keys.get(key_id).or(vault.cached(key_id).as_ref()) {
+            return Ok(Some(*k));
+        }
+        let ids = [key_id.to_owned()];
+        let found = data_keys::find::<Db<B>>(self.backend.conn()?, vault, &ids, true).await?;
+        match found.get(key_id) {
+            Some(KeyState::Open(k)) => return Ok(Some(*k)),
+            Some(_) => return Ok(None),
+            None => {}
+        }
+        let (key, wrapped) = vault.new_key(key_id);
+        let c = self.backend.conn()?;
+        if data_keys::create::<Db<B>>(c, key_id, subject, period, &wrapped, at).await? {
+            self.new_keys.insert(key_id.to_owned(), key);
+            return Ok(Some(key));
+        }
+        // Another node created it first (its insert committed while ours waited): use that one.
+        let found = data_keys::find::<Db<B>>(self.backend.conn()?, vault, &ids, true).await?;
+        Ok(match found.get(key_id) {
+            Some(KeyState::Open(k)) => Some(*k),
+            _ => None,
+        })
     }
 
     /// Sends every pending write (inside the open transaction), and commits with `end`. Reads
@@ -172,6 +301,8 @@ impl<B: WriteBackend> OverlaySession<B> {
 impl<B: WriteBackend> crate::store::WriteSession for OverlaySession<B> {
     async fn begin(&mut self, prefetch: &[TokenKey]) -> Result<(), StoreError> {
         self.overlay = Overlay::default();
+        self.new_keys.clear();
+        self.forget.clear();
         self.head = self.committed;
         let found = self.backend.begin(prefetch).await?;
         self.remember_tokens(prefetch, found);
@@ -188,11 +319,21 @@ impl<B: WriteBackend> crate::store::WriteSession for OverlaySession<B> {
         self.flush(FlushEnd::Commit { appended }).await?;
         self.overlay = Overlay::default();
         self.committed = self.head;
+        if let Some(vault) = self.vault.get() {
+            for (id, key) in self.new_keys.drain() {
+                vault.remember(&id, key);
+            }
+            for (subject, before) in self.forget.drain(..) {
+                vault.forget(subject.as_deref(), before);
+            }
+        }
         Ok(())
     }
 
     async fn rollback(&mut self) -> Result<(), StoreError> {
         self.overlay = Overlay::default();
+        self.new_keys.clear();
+        self.forget.clear();
         self.head = self.committed;
         self.backend.rollback().await;
         Ok(())
@@ -312,7 +453,8 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
     }
 
     async fn append(&mut self, new: NewEvent) -> Result<RecordedEvent, StoreError> {
-        let e = self.overlay.append(new, &mut self.head)?;
+        let data = self.sealed_data(&new).await?;
+        let e = self.overlay.append(new, data, &mut self.head)?;
         self.flush_if_full().await?;
         Ok(e)
     }
@@ -412,6 +554,107 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
     ) -> Result<bool, StoreError> {
         // The table is no projection: the batch's pending writes need not go first.
         registry::claim_dpop_jti::<Db<B>>(self.backend.conn()?, jti, until).await
+    }
+
+    async fn erase_personal_data(
+        &mut self,
+        user_id: Uuid,
+        username: &str,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.flush(FlushEnd::Open).await?;
+        let subject = user_id.to_string();
+        let c = self.backend.conn()?;
+        let destroyed = data_keys::destroy_subject::<Db<B>>(&mut *c, &subject, now).await?;
+        data_keys::delete_login_failures::<Db<B>>(&mut *c, username).await?;
+        data_keys::delete_usual_networks::<Db<B>>(&mut *c, user_id).await?;
+        let ids = tables::session_ids_of::<Db<B>>(c, user_id).await?;
+        for id in ids {
+            if let Some(mut s) = UnitOfWork::session(self, id).await? {
+                s.login_context = s.login_context.redacted(vault::ERASED);
+                s.last_context = s.last_context.redacted(vault::ERASED);
+                // A statement of its own: the batch's upsert never rewrites login_context.
+                data_keys::redact_session::<Db<B>>(self.backend.conn()?, &s).await?;
+                self.overlay.read_sessions.insert(s.session_id, Some(s));
+            }
+        }
+        let prefix = format!("{subject}/");
+        self.new_keys.retain(|id, _| !id.starts_with(&prefix));
+        self.forget.push((Some(subject), None));
+        Ok(destroyed)
+    }
+
+    async fn reseal_history(&mut self) -> Result<Option<Resealed>, StoreError> {
+        let Some(vault) = self.vault.get().cloned() else {
+            return Ok(None);
+        };
+        self.flush(FlushEnd::Open).await?;
+        let old_head = tables::head::<Db<B>>(self.backend.conn()?).await?;
+        let (mut after, mut sealed, mut from) = (0, 0, None);
+        let mut prev_hash = [0u8; 32];
+        loop {
+            let filter = EventFilter {
+                after_position: after,
+                limit: Some(500),
+                ..Default::default()
+            };
+            let page = tables::raw_events::<Db<B>>(self.backend.conn()?, &filter).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for mut e in page {
+                let corrupt =
+                    |why: String| StoreError::Corrupt(format!("position {}: {why}", e.position));
+                let mut data: Value =
+                    serde_json::from_str(&e.data).map_err(|x| corrupt(x.to_string()))?;
+                let at = e.occurred_at()?;
+                let changed = self
+                    .seal_value(&vault, &mut data, &e.stream_id, e.stream_version, at)
+                    .await?;
+                if changed {
+                    e.data = data.to_string();
+                    sealed += 1;
+                }
+                // From the first changed event on, every hash is recomputed.
+                if changed || from.is_some() {
+                    from.get_or_insert(e.position);
+                    e.prev_hash = prev_hash.to_vec();
+                    e.hash = crate::store::chain::event_hash(&e).to_vec();
+                    data_keys::rewrite_event::<Db<B>>(self.backend.conn()?, &e).await?;
+                }
+                prev_hash = <[u8; 32]>::try_from(e.hash.as_slice())
+                    .map_err(|_| StoreError::Corrupt("hash length".into()))?;
+            }
+        }
+        let Some(from_position) = from else {
+            return Ok(None);
+        };
+        // Appends from here chain onto the recomputed head.
+        self.head = ChainHead {
+            position: old_head.position,
+            hash: prev_hash,
+        };
+        Ok(Some(Resealed {
+            from_position,
+            old_head,
+            events: sealed,
+        }))
+    }
+
+    async fn expire_personal_data(
+        &mut self,
+        before_period: i64,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.flush(FlushEnd::Open).await?;
+        let c = self.backend.conn()?;
+        let destroyed = data_keys::destroy_before::<Db<B>>(c, before_period, now).await?;
+        self.new_keys.retain(|id, _| {
+            id.rsplit_once('/')
+                .and_then(|(_, p)| p.parse::<i64>().ok())
+                .is_none_or(|p| p >= before_period)
+        });
+        self.forget.push((None, Some(before_period)));
+        Ok(destroyed)
     }
 
     async fn prune_dpop_jtis(&mut self, before: Timestamp) -> Result<u64, StoreError> {

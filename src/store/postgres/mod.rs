@@ -42,7 +42,7 @@ impl PostgresStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(PostgresStore {
-            tables: Tables { pool },
+            tables: Tables::new(pool),
             options,
         })
     }
@@ -57,7 +57,8 @@ impl PostgresStore {
             .clone()
             .options([("idle_in_transaction_session_timeout", "10s")]);
         let writer = PostgresWriter::new(options);
-        Ok(PostgresWriteSession::new(writer, self.head().await?))
+        Ok(PostgresWriteSession::new(writer, self.head().await?)
+            .with_vault(self.tables.vault.clone()))
     }
 
     /// An empty store in a schema of its own in the same database (`sessiond_verify_…`, with
@@ -83,7 +84,7 @@ impl PostgresStore {
         }
         Ok((
             PostgresStore {
-                tables: Tables { pool },
+                tables: Tables::new(pool),
                 options,
             },
             schema,

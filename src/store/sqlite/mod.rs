@@ -103,7 +103,7 @@ impl SqliteStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(SqliteStore {
-            tables: Tables { pool },
+            tables: Tables::new(pool),
             options,
             path: path.to_owned(),
             wal_restart_due: Arc::default(),
@@ -127,7 +127,7 @@ impl SqliteStore {
         let conn = SqliteConnection::connect_with(&options).await?;
         let head = self.head().await?;
         let writer = SqliteWriter::new(conn, self.wal_restart_due.clone());
-        Ok(SqliteWriteSession::new(writer, head))
+        Ok(SqliteWriteSession::new(writer, head).with_vault(self.tables.vault.clone()))
     }
 
     /// Moves WAL content into the database file without blocking the writer (PASSIVE).

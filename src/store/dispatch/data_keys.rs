@@ -1,0 +1,235 @@
+//! The `data_keys` table (see [`crate::store::vault`]), written once for both databases: the
+//! writer creates and destroys keys in its transaction; reads open sealed event fields.
+
+use super::dialect::{Cols, Dialect, Stmt};
+use crate::domain::{Timestamp, format_timestamp};
+use crate::store::vault::{self, KeyState, Vault};
+use crate::store::{RecordedEvent, StoreError};
+use std::collections::HashMap;
+
+/// The state of each of `ids`; an id with no row reads as erased (never an error).
+pub async fn states<D: Dialect>(
+    c: &mut D::Connection,
+    vault: &Vault,
+    ids: &[String],
+) -> Result<HashMap<String, KeyState>, StoreError> {
+    // Reads never use the cache: a key destroyed by another process (a CLI erasure) must read
+    // as destroyed here at once.
+    let mut out = find::<D>(c, vault, ids, false).await?;
+    for id in ids {
+        out.entry(id.clone()).or_insert(KeyState::Erased);
+    }
+    Ok(out)
+}
+
+/// The state of each of `ids` that has a row (or is cached open).
+pub async fn find<D: Dialect>(
+    c: &mut D::Connection,
+    vault: &Vault,
+    ids: &[String],
+    use_cache: bool,
+) -> Result<HashMap<String, KeyState>, StoreError> {
+    let mut out = HashMap::new();
+    let mut wanted = Vec::new();
+    for id in ids {
+        match vault.cached(id).filter(|_| use_cache) {
+            Some(key) => {
+                out.insert(id.clone(), KeyState::Open(key));
+            }
+            None => wanted.push(id.clone()),
+        }
+    }
+    for chunk in wanted.chunks(200) {
+        let mut q =
+            Stmt::new::<D>("SELECT key_id, sealed_key, destroyed_reason FROM data_keys WHERE ");
+        q.any_of("key_id", chunk);
+        for r in D::fetch_all(c, q).await? {
+            let id = r.text("key_id")?;
+            let state = match (r.opt_bytes("sealed_key")?, r.opt_text("destroyed_reason")?) {
+                (_, Some(reason)) if reason == vault::REASON_EXPIRED => KeyState::Expired,
+                (Some(wrapped), None) => match vault.unwrap_key(&id, &wrapped) {
+                    Some(key) => {
+                        if use_cache {
+                            vault.remember(&id, key);
+                        }
+                        KeyState::Open(key)
+                    }
+                    // Another master key's: a misconfiguration, never to be taken for an
+                    // erasure (a rebuild would write every user as erased).
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "data key {id} does not open with this master key \
+                             (wrong SESSIOND_MASTER_KEY or master.key?)"
+                        )));
+                    }
+                },
+                _ => KeyState::Erased,
+            };
+            out.insert(id, state);
+        }
+    }
+    Ok(out)
+}
+
+/// Stores a new wrapped key; a key another node created first wins (`false`).
+pub async fn create<D: Dialect>(
+    c: &mut D::Connection,
+    key_id: &str,
+    subject: &str,
+    period: Option<i64>,
+    wrapped: &[u8],
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let mut q = Stmt::new::<D>(
+        "INSERT INTO data_keys (key_id, subject, period, sealed_key, created_at) VALUES (",
+    );
+    q.bind(key_id).push(", ").bind(subject).push(", ");
+    match period {
+        Some(p) => q.bind(p),
+        None => q.push("NULL"),
+    };
+    q.push(", ")
+        .bind(wrapped)
+        .push(", ")
+        .bind(format_timestamp(now))
+        .push(") ON CONFLICT (key_id) DO NOTHING");
+    Ok(D::execute(c, q).await? == 1)
+}
+
+/// Destroys every live key of `subject` (an erasure); returns how many.
+pub async fn destroy_subject<D: Dialect>(
+    c: &mut D::Connection,
+    subject: &str,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let mut q = Stmt::new::<D>("UPDATE data_keys SET sealed_key = NULL, destroyed_at = ");
+    q.bind(format_timestamp(now))
+        .push(", destroyed_reason = ")
+        .bind(vault::REASON_ERASED)
+        .push(" WHERE subject = ")
+        .bind(subject)
+        .push(" AND destroyed_at IS NULL");
+    Ok(D::execute(c, q).await?)
+}
+
+/// Destroys every live period key of periods before `period` (retention); returns how many.
+pub async fn destroy_before<D: Dialect>(
+    c: &mut D::Connection,
+    period: i64,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let mut q = Stmt::new::<D>("UPDATE data_keys SET sealed_key = NULL, destroyed_at = ");
+    q.bind(format_timestamp(now))
+        .push(", destroyed_reason = ")
+        .bind(vault::REASON_EXPIRED)
+        .push(" WHERE period IS NOT NULL AND period < ")
+        .bind(period)
+        .push(" AND destroyed_at IS NULL");
+    Ok(D::execute(c, q).await?)
+}
+
+/// Replaces each event's stored data by its read-through form: sealed fields opened, or their
+/// markers. The hash still names the stored form.
+pub async fn open_events<D: Dialect>(
+    c: &mut D::Connection,
+    vault: &Vault,
+    events: &mut [RecordedEvent],
+) -> Result<(), StoreError> {
+    // The key ids by a scan of the text (a stray match only costs a lookup), so that no more
+    // than one event's parsed JSON is held at a time: exports stream pages of thousands.
+    let mut ids: Vec<String> = Vec::new();
+    for e in events.iter() {
+        let mut rest = e.data.as_str();
+        while let Some(at) = rest.find("\"key\":\"") {
+            rest = &rest[at + 7..];
+            let Some(end) = rest.find('"') else { break };
+            let id = &rest[..end];
+            if !ids.iter().any(|known| known == id) {
+                ids.push(id.to_owned());
+            }
+            rest = &rest[end..];
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let keys = states::<D>(c, vault, &ids).await?;
+    for e in events.iter_mut() {
+        if !e.data.contains("\"sealed\"") {
+            continue;
+        }
+        if let Ok(mut d) = serde_json::from_str::<serde_json::Value>(&e.data) {
+            vault::open_event(&mut d, &e.stream_id, e.stream_version, &keys);
+            e.data = d.to_string();
+        }
+    }
+    Ok(())
+}
+
+/// The login-throttle rows of an account name (`acct:` and `acct_addr:` keys), and the `net:`
+/// rows its failures added (same time): a rebuild of the erased log counts none of them.
+pub async fn delete_login_failures<D: Dialect>(
+    c: &mut D::Connection,
+    username: &str,
+) -> Result<u64, StoreError> {
+    let mut q = Stmt::new::<D>(
+        "DELETE FROM login_failures WHERE throttle_key LIKE 'net:%' AND failed_at IN \
+         (SELECT failed_at FROM login_failures WHERE throttle_key = ",
+    );
+    q.bind(format!("acct:{username}")).push(")");
+    D::execute(&mut *c, q).await?;
+    let mut q = Stmt::new::<D>("DELETE FROM login_failures WHERE throttle_key = ");
+    // A range rather than LIKE: names may hold `_`. '}' is the character after '|'.
+    q.bind(format!("acct:{username}"))
+        .push(" OR (throttle_key >= ")
+        .bind(format!("acct_addr:{username}|"))
+        .push(" AND throttle_key < ")
+        .bind(format!("acct_addr:{username}}}"))
+        .push(")");
+    Ok(D::execute(c, q).await?)
+}
+
+/// The user's usual networks (detector memory): an erased user has none.
+pub async fn delete_usual_networks<D: Dialect>(
+    c: &mut D::Connection,
+    user_id: uuid::Uuid,
+) -> Result<u64, StoreError> {
+    let mut q = Stmt::new::<D>("DELETE FROM usual_networks WHERE user_id = ");
+    q.bind(user_id.to_string());
+    Ok(D::execute(c, q).await?)
+}
+
+/// Writes a session's (redacted) request contexts.
+pub async fn redact_session<D: Dialect>(
+    c: &mut D::Connection,
+    s: &crate::domain::session::Session,
+) -> Result<(), StoreError> {
+    let text = |ctx| serde_json::to_string(ctx).unwrap_or_else(|_| "{}".into());
+    let mut q = Stmt::new::<D>("UPDATE sessions SET login_context = ");
+    q.cast(text(&s.login_context), D::JSON)
+        .push(", last_context = ")
+        .cast(text(&s.last_context), D::JSON)
+        .push(" WHERE session_id = ")
+        .cast(s.session_id.to_string(), D::UUID);
+    D::execute(c, q).await?;
+    Ok(())
+}
+
+/// Rewrites one event's data and chain hashes (the reseal of clear-text history only).
+pub async fn rewrite_event<D: Dialect>(
+    c: &mut D::Connection,
+    e: &RecordedEvent,
+) -> Result<(), StoreError> {
+    // PostgreSQL keeps the exact text in `data_text` (`data` is generated from it).
+    let column = if D::NUMBERED { "data_text" } else { "data" };
+    let mut q = Stmt::new::<D>(format!("UPDATE events SET {column} = "));
+    q.bind(e.data.as_str())
+        .push(", prev_hash = ")
+        .bind(e.prev_hash.as_slice())
+        .push(", hash = ")
+        .bind(e.hash.as_slice())
+        .push(" WHERE position = ")
+        .bind(e.position);
+    D::execute(c, q).await?;
+    Ok(())
+}
