@@ -247,12 +247,15 @@ impl Sessiond {
     }
 
     fn issue(&self, session: &Session, refresh_token: RefreshToken) -> IssuedTokens {
+        let (acr, amr) = session.authentication();
         let grant = AccessGrant {
             user_id: session.user_id,
             session_id: session.session_id,
             scope: &session.scope,
             roles: &session.roles,
             auth_time: session.auth_time,
+            acr,
+            amr,
             dpop_jkt: session.dpop_jkt.as_deref(),
         };
         let now = self.now();
