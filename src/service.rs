@@ -28,6 +28,7 @@ pub mod admin;
 pub mod api_keys;
 mod credentials;
 pub mod devices;
+pub mod discovery;
 pub mod dpop;
 pub mod maintenance;
 pub mod oauth;

@@ -25,6 +25,7 @@ mod migration_0008;
 mod nodes;
 mod oauth;
 mod observability;
+mod oidc_discovery;
 mod openapi;
 mod ops;
 mod postgres_surfaces;
