@@ -33,7 +33,7 @@ pub use api_keys::{CreateApiKey, RevokeApiKey, UnknownApiKey};
 pub use dpop::{CheckedProof, ClaimProof, ProofInput, PruneProofs};
 pub use keys::{CreateFirstSigningKey, RotateSigningKeys};
 pub use login::{RecordLoginFailure, RecordLoginThrottled, Register, StartRefusal, StartSession};
-pub use refresh::{Reauthenticate, Refresh, RefreshRefusal, Refreshed};
+pub use refresh::{Reauthenticate, ReauthenticateSession, Refresh, RefreshRefusal, Refreshed};
 pub use revocation::{
     ChangePassword, EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere,
     PruneEndedSessions, RequireReauth, SetLock, UnknownSession, UnknownToken, UnknownUser,

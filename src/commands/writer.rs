@@ -9,8 +9,9 @@
 use super::{
     AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
     EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, PruneProofs,
-    Reauthenticate, RecordLoginFailure, RecordLoginThrottled, Refresh, Register, RequireReauth,
-    RevokeApiKey, RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
+    Reauthenticate, ReauthenticateSession, RecordLoginFailure, RecordLoginThrottled, Refresh,
+    Register, RequireReauth, RevokeApiKey, RotateSigningKeys, SetLock, SetRoles, StartSession,
+    Subscribe, Unsubscribe,
 };
 use super::{Command, Context};
 use crate::clock::Clock;
@@ -113,6 +114,7 @@ queue!(
     RecordLoginThrottled,
     Refresh,
     Reauthenticate,
+    ReauthenticateSession,
     EndSession,
     EndSessionByToken,
     LogoutEverywhere,

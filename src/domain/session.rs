@@ -223,11 +223,14 @@ impl Session {
         })]
     }
 
-    /// The password was proven again: the session may refresh again. Only the holder of the
-    /// current generation can do it (a spent token is reuse, judged by refresh).
+    /// The password was proven again: the session may refresh again, and its `auth_time`
+    /// moves. Through `/v1/auth/reauth` only the holder of the current generation can do it (a
+    /// spent token is reuse, judged by refresh): `presented_generation` is its token's. Through
+    /// an authorization request (`prompt=login`, `max_age`) the session is named by the caller
+    /// that checked the user's password: `None`.
     pub fn decide_reauthenticate(
         &self,
-        presented_generation: u32,
+        presented_generation: Option<u32>,
         context: &RequestContext,
         now: Timestamp,
     ) -> Decision<()> {
@@ -237,7 +240,7 @@ impl Session {
         if let Some(expired) = self.expire(now) {
             return expired;
         }
-        if presented_generation != self.generation {
+        if presented_generation.is_some_and(|g| g != self.generation) {
             return refuse(Refusal::SessionEnded);
         }
         Decision {

@@ -40,6 +40,7 @@ mod shedding;
 mod shutdown;
 mod signout;
 mod startup;
+mod step_up;
 mod store_contract;
 mod throttle;
 mod tls;
