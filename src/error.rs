@@ -22,6 +22,12 @@ pub enum Error {
     InvalidGrant,
     #[error("this session must re-authenticate before it can refresh")]
     ReauthRequired,
+    /// RFC 9470: the access token's session must step up (a rule asked for a fresh
+    /// authentication); `dpop` when the token was presented with DPoP (the challenge's scheme).
+    #[error(
+        "this session must re-authenticate (RFC 9470): sign in again with prompt=login or max_age, or POST /v1/auth/reauth"
+    )]
+    InsufficientUserAuthentication { dpop: bool },
     #[error("an access token is required (Authorization: Bearer ...)")]
     MissingToken,
     #[error("{0}")]
@@ -114,6 +120,7 @@ impl Error {
             Error::InvalidCredentials => "invalid_credentials",
             Error::InvalidGrant => "invalid_grant",
             Error::ReauthRequired => "reauth_required",
+            Error::InsufficientUserAuthentication { .. } => "insufficient_user_authentication",
             Error::MissingToken => "unauthorized",
             Error::InvalidToken(_) | Error::SessionEnded => "invalid_token",
             Error::AccountLocked => "account_locked",

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod api_keys;
 mod credentials;
 pub mod devices;
+pub mod discovery;
 pub mod dpop;
 pub mod integrity;
 pub mod maintenance;
@@ -249,12 +250,15 @@ impl Sessiond {
     }
 
     fn issue(&self, session: &Session, refresh_token: RefreshToken) -> IssuedTokens {
+        let (acr, amr) = session.authentication();
         let grant = AccessGrant {
             user_id: session.user_id,
             session_id: session.session_id,
             scope: &session.scope,
             roles: &session.roles,
             auth_time: session.auth_time,
+            acr,
+            amr,
             dpop_jkt: session.dpop_jkt.as_deref(),
         };
         let now = self.now();
@@ -426,6 +430,50 @@ impl Sessiond {
         {
             Ok(()) => Ok(()),
             Err(_) => Err(Error::InvalidGrant),
+        }
+    }
+
+    /// RFC 9470: a session a rule stepped up may not use its access tokens for the account's
+    /// own resources until it re-authenticates (`/v1/auth/reauth`, or an authorization
+    /// request with `prompt=login` or `max_age`). The one place that decides it.
+    pub fn require_current_authentication(&self, principal: &Principal) -> Result<(), Error> {
+        if principal.session.reauth_required {
+            return Err(Error::InsufficientUserAuthentication {
+                dpop: principal.claims.cnf.is_some(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The caller's user, for `/v1/me` (refused while the session must step up).
+    pub async fn current_user(&self, principal: &Principal) -> Result<User, Error> {
+        self.require_current_authentication(principal)?;
+        self.user(principal.user_id()).await
+    }
+
+    /// Step-up through an authorization request (`prompt=login` or `max_age`, RFC 9470): the
+    /// caller has just checked `user_id`'s password (with the login throttle, rules and events
+    /// of a login); session `session_id` of that user no longer needs to re-authenticate and
+    /// its `auth_time` moves (`session.reauthenticated`, actor the user). A session that has
+    /// ended, or is another user's, is `SessionEnded`.
+    pub async fn reauthenticate_session(
+        &self,
+        session_id: Uuid,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<(), Error> {
+        let cmd = crate::commands::ReauthenticateSession {
+            session_id,
+            user_id,
+            context: ctx.clone(),
+        };
+        match self
+            .writer
+            .submit(cmd, meta(Actor::User(user_id), ctx))
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::SessionEnded),
         }
     }
 

@@ -35,7 +35,7 @@ pub use dpop::{CheckedProof, ClaimProof, ProofInput, PruneProofs};
 pub use keys::{CreateFirstSigningKey, RotateSigningKeys};
 pub use login::{RecordLoginFailure, RecordLoginThrottled, Register, StartRefusal, StartSession};
 pub use privacy::{EraseUser, ExpirePersonalData, NoSuchUser, ResealHistory, reseal_history};
-pub use refresh::{Reauthenticate, Refresh, RefreshRefusal, Refreshed};
+pub use refresh::{Reauthenticate, ReauthenticateSession, Refresh, RefreshRefusal, Refreshed};
 pub use revocation::{
     ChangePassword, EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere,
     PruneEndedSessions, RequireReauth, SetLock, UnknownSession, UnknownToken, UnknownUser,

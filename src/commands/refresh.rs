@@ -16,6 +16,7 @@ use crate::store::{StoreError, UnitOfWork};
 use crate::tokens::refresh::RefreshTokens;
 use metrics::counter;
 use std::sync::Arc;
+use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 pub struct Refresh {
@@ -180,7 +181,7 @@ impl Command for Reauthenticate {
             return Ok(Err(RefreshRefusal::UnknownToken));
         };
         let session = load_session(uow, token.session_id).await?;
-        let decision = session.decide_reauthenticate(token.generation, &self.context, cx.now);
+        let decision = session.decide_reauthenticate(Some(token.generation), &self.context, cx.now);
         if decision.outcome.is_ok() {
             // The password was proven from here: this context is trusted from now on.
             let facts = session_facts(Trigger::SessionRefreshed, &session, &self.context, cx.now);
@@ -193,5 +194,41 @@ impl Command for Reauthenticate {
 
     fn presented_token(&self) -> Option<&TokenKey> {
         Some(&self.presented)
+    }
+}
+
+/// The user proved the password again through an authorization request (`prompt=login` or
+/// `max_age`, checked by the caller): session `session_id` of that user no longer needs to
+/// step up and its `auth_time` moves (`session.reauthenticated`).
+#[derive(Debug, Clone)]
+pub struct ReauthenticateSession {
+    pub session_id: Uuid,
+    /// The user whose password was checked: a session of anyone else is refused.
+    pub user_id: Uuid,
+    pub context: RequestContext,
+}
+
+impl Command for ReauthenticateSession {
+    type Reply = Result<(), Refusal>;
+
+    async fn handle<U: UnitOfWork>(
+        self,
+        uow: &mut U,
+        cx: &Context<'_>,
+    ) -> Result<Self::Reply, StoreError> {
+        let Some(session) = uow.session(self.session_id).await? else {
+            return Ok(Err(Refusal::SessionEnded));
+        };
+        if session.user_id != self.user_id {
+            return Ok(Err(Refusal::SessionEnded));
+        }
+        let decision = session.decide_reauthenticate(None, &self.context, cx.now);
+        if decision.outcome.is_ok() {
+            let facts = session_facts(Trigger::SessionRefreshed, &session, &self.context, cx.now);
+            cx.rules.remember(&facts);
+        }
+        let id = session.session_id;
+        record_session(uow, Some(session), id, decision.events, cx.meta, cx.now).await?;
+        Ok(decision.outcome)
     }
 }

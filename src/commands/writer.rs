@@ -9,9 +9,9 @@
 use super::{
     AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
     EndSession, EndSessionByToken, EraseUser, ExpireIfDue, ExpirePersonalData, LogoutEverywhere,
-    PruneEndedSessions, PruneProofs, Reauthenticate, RecordLoginFailure, RecordLoginThrottled,
-    Refresh, Register, RequireReauth, ResealHistory, RevokeApiKey, RotateSigningKeys, SetLock,
-    SetRoles, StartSession, Subscribe, Unsubscribe,
+    PruneEndedSessions, PruneProofs, Reauthenticate, ReauthenticateSession, RecordLoginFailure,
+    RecordLoginThrottled, Refresh, Register, RequireReauth, ResealHistory, RevokeApiKey,
+    RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
 };
 use super::{Command, Context};
 use crate::clock::Clock;
@@ -115,6 +115,7 @@ queue!(
     RecordLoginThrottled,
     Refresh,
     Reauthenticate,
+    ReauthenticateSession,
     EndSession,
     EndSessionByToken,
     LogoutEverywhere,

@@ -7,6 +7,7 @@
 //! Workers wake on the writer's committed position and poll as a fallback (another process may
 //! append: a CLI tool, another node).
 
+pub mod backchannel;
 pub mod caep;
 pub mod transport;
 

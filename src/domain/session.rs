@@ -87,6 +87,20 @@ pub struct Session {
     pub version: i64,
 }
 
+/// The authentication context class of a session whose user proved a password (RFC 9470
+/// `acr`; OIDC Core `acr`). Every session starts, and every re-authentication happens, with the
+/// password today: the one place to change when another factor arrives.
+pub const PASSWORD_ACR: &str = "urn:sessiond:acr:pwd";
+/// Its authentication methods (RFC 8176 `pwd`).
+pub const PASSWORD_AMR: &[&str] = &["pwd"];
+
+impl Session {
+    /// How the session's user last authenticated: `acr` and `amr` for its tokens.
+    pub fn authentication(&self) -> (&'static str, &'static [&'static str]) {
+        (PASSWORD_ACR, PASSWORD_AMR)
+    }
+}
+
 /// Why a request on a session is refused. The HTTP layer maps these to codes; the reasons are
 /// for logs and tests, never for the client, which only learns `invalid_grant`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,11 +223,14 @@ impl Session {
         })]
     }
 
-    /// The password was proven again: the session may refresh again. Only the holder of the
-    /// current generation can do it (a spent token is reuse, judged by refresh).
+    /// The password was proven again: the session may refresh again, and its `auth_time`
+    /// moves. Through `/v1/auth/reauth` only the holder of the current generation can do it (a
+    /// spent token is reuse, judged by refresh): `presented_generation` is its token's. Through
+    /// an authorization request (`prompt=login`, `max_age`) the session is named by the caller
+    /// that checked the user's password: `None`.
     pub fn decide_reauthenticate(
         &self,
-        presented_generation: u32,
+        presented_generation: Option<u32>,
         context: &RequestContext,
         now: Timestamp,
     ) -> Decision<()> {
@@ -223,7 +240,7 @@ impl Session {
         if let Some(expired) = self.expire(now) {
             return expired;
         }
-        if presented_generation != self.generation {
+        if presented_generation.is_some_and(|g| g != self.generation) {
             return refuse(Refusal::SessionEnded);
         }
         Decision {

@@ -250,7 +250,7 @@ async fn me(
     State(app): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let user = app.user(principal.user_id()).await?;
+    let user = app.current_user(&principal).await?;
     let s = &principal.session;
     Ok(Json(json!({
         "user": {

@@ -6,6 +6,12 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+/// RFC 9470 §3: the session's authentication is not enough (a rule asked for a fresh one).
+/// Sent by resources (`/v1/me`) and, as the reason beside the refresh routes' own error code,
+/// by `/v1/auth/refresh` and `/oauth/token`.
+pub const STEP_UP_CHALLENGE: &str = "Bearer error=\"insufficient_user_authentication\", error_description=\"A new authentication is required: sign in again with prompt=login or max_age\"";
+const STEP_UP_DPOP_CHALLENGE: &str = "DPoP error=\"insufficient_user_authentication\", error_description=\"A new authentication is required: sign in again with prompt=login or max_age\", algs=\"EdDSA ES256\"";
+
 /// The status an error answers with.
 pub fn status(e: &Error) -> StatusCode {
     match e {
@@ -20,6 +26,7 @@ pub fn status(e: &Error) -> StatusCode {
         Error::InvalidCredentials
         | Error::InvalidGrant
         | Error::ReauthRequired
+        | Error::InsufficientUserAuthentication { .. }
         | Error::MissingToken
         | Error::InvalidToken(_)
         | Error::SessionEnded => StatusCode::UNAUTHORIZED,
@@ -53,6 +60,10 @@ impl IntoResponse for Error {
                 Some("DPoP error=\"invalid_dpop_proof\", algs=\"EdDSA ES256\"")
             }
             Error::ResourceDpopNonce(_) => Some("DPoP error=\"use_dpop_nonce\""),
+            Error::InsufficientUserAuthentication { dpop: false } | Error::ReauthRequired => {
+                Some(STEP_UP_CHALLENGE)
+            }
+            Error::InsufficientUserAuthentication { dpop: true } => Some(STEP_UP_DPOP_CHALLENGE),
             _ => None,
         };
         if let Some(seconds) = self.retry_after() {

@@ -33,6 +33,9 @@ pub struct OAuthError {
     retry_after: Option<u64>,
     /// A fresh `DPoP-Nonce` to send along (`use_dpop_nonce`, RFC 9449 §8).
     nonce: Option<String>,
+    /// The RFC 9470 step-up challenge, beside `invalid_grant` for a session that must
+    /// re-authenticate.
+    step_up: bool,
 }
 
 impl OAuthError {
@@ -43,6 +46,7 @@ impl OAuthError {
             description: description.into(),
             retry_after: None,
             nonce: None,
+            step_up: false,
         }
     }
 
@@ -60,10 +64,25 @@ impl From<Error> for OAuthError {
     fn from(e: Error) -> Self {
         let status = super::error::status(&e);
         let code = match &e {
-            Error::InvalidGrant
-            | Error::InvalidCredentials
-            | Error::AccountLocked
-            | Error::ReauthRequired => {
+            // RFC 6749 §5.2 has no code for "authenticate again": `invalid_grant` makes any
+            // client start a new authorization request; the RFC 9470 challenge says why, so an
+            // aware client asks with prompt=login or max_age.
+            Error::ReauthRequired => {
+                let mut answer = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "the session must re-authenticate: send an authorization request with prompt=login or max_age",
+                );
+                answer.step_up = true;
+                return answer;
+            }
+            Error::InsufficientUserAuthentication { .. } => {
+                let mut answer =
+                    Self::new(status, "insufficient_user_authentication", e.to_string());
+                answer.step_up = true;
+                return answer;
+            }
+            Error::InvalidGrant | Error::InvalidCredentials | Error::AccountLocked => {
                 return Self::new(StatusCode::BAD_REQUEST, "invalid_grant", e.to_string());
             }
             Error::InvalidDpopProof(_) | Error::InvalidDpopToken(_) => "invalid_dpop_proof",
@@ -111,7 +130,12 @@ impl IntoResponse for OAuthError {
         if let Some(v) = self.nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
             headers.insert(crate::tokens::dpop::NONCE_HEADER, v);
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.step_up {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(super::error::STEP_UP_CHALLENGE),
+            );
+        } else if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
@@ -316,7 +340,7 @@ async fn metadata(State(app): State<AppState>) -> impl IntoResponse {
     // Links from the configuration only (`public_url`, else the listen address): a request's
     // Host header is the client's to write, and metadata may be cached and served to others.
     Json(crate::service::oauth::authorization_server_metadata(
-        &app.config.issuer,
+        &app.config.oidc_issuer(),
         &app.config.base_url(),
         app.config.oauth_password_grant,
     ))

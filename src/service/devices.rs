@@ -84,6 +84,7 @@ fn known(s: &str) -> Option<String> {
 impl Sessiond {
     /// The caller's live sessions, newest activity first, the caller's own marked `current`.
     pub async fn my_sessions(&self, principal: &Principal) -> Result<Vec<DeviceSession>, Error> {
+        self.require_current_authentication(principal)?;
         let now = self.now();
         let current = principal.session.session_id;
         let mut sessions: Vec<DeviceSession> = self
@@ -106,6 +107,10 @@ impl Sessiond {
         session_id: Uuid,
         ctx: &RequestContext,
     ) -> Result<(), Error> {
+        // Ending the caller's own session (signing out) never needs a step-up.
+        if session_id != principal.session.session_id {
+            self.require_current_authentication(principal)?;
+        }
         let cmd = EndSession {
             session_id,
             owner: Some(principal.user_id()),
@@ -128,6 +133,7 @@ impl Sessiond {
         principal: &Principal,
         ctx: &RequestContext,
     ) -> Result<usize, Error> {
+        self.require_current_authentication(principal)?;
         let cmd = LogoutEverywhere {
             user_id: principal.user_id(),
             except: Some(principal.session.session_id),

@@ -173,7 +173,8 @@ fn inactive() -> Value {
     json!({ "active": false })
 }
 
-/// RFC 8414 metadata for this server, with absolute endpoint URLs under `base`.
+/// RFC 8414 metadata for this server, with absolute endpoint URLs under `base`; `issuer` is
+/// `Config::oidc_issuer` (OIDC discovery extends this document, so the two agree).
 pub fn authorization_server_metadata(issuer: &str, base: &str, password_grant: bool) -> Value {
     let mut grants = vec!["refresh_token"];
     if password_grant {
@@ -181,17 +182,22 @@ pub fn authorization_server_metadata(issuer: &str, base: &str, password_grant: b
     }
     json!({
         "issuer": issuer,
+        "authorization_endpoint": format!("{base}{}", super::discovery::AUTHORIZATION_PATH),
         "token_endpoint": format!("{base}/oauth/token"),
         "revocation_endpoint": format!("{base}/oauth/revoke"),
         "introspection_endpoint": format!("{base}/oauth/introspect"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "grant_types_supported": grants,
-        // There is no authorization endpoint: clients are first-party and log in directly.
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["none"],
+        // OAuth 2.1: the authorization code flow only, with PKCE S256 (never `plain`).
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint_auth_methods_supported": ["bearer"],
-        "scopes_supported": [super::DEFAULT_SCOPE],
+        "scopes_supported": super::discovery::SCOPES,
+        // RFC 9207: authorization responses carry `iss`, against mix-up attacks.
+        "authorization_response_iss_parameter_supported": true,
         // RFC 9449 §5.1: the algorithms DPoP proofs may be signed with.
         "dpop_signing_alg_values_supported": crate::tokens::dpop::SIGNING_ALGS,
         "service_documentation": format!("{base}/openapi.json"),

@@ -236,8 +236,8 @@ async fn usernames_are_unique_regardless_of_case_and_registration_can_be_turned_
     );
     assert_eq!(
         closed.event_count().await,
-        2,
-        "only the signing key's events"
+        4,
+        "only the signing keys' events (created and activated, EdDSA and RS256)"
     );
 }
 

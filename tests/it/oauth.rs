@@ -347,7 +347,8 @@ async fn server_metadata_names_every_endpoint_and_they_answer() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let meta: Value = r.json().await.unwrap();
-    assert_eq!(meta["issuer"], app.service.config.issuer.as_str());
+    // The issuer is the public URL, exactly as OIDC discovery says (issue 14).
+    assert_eq!(meta["issuer"], "https://sso.example");
     for (field, path) in [
         ("token_endpoint", "/oauth/token"),
         ("revocation_endpoint", "/oauth/revoke"),
