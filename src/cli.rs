@@ -1,8 +1,9 @@
 //! The command line: `serve`, `migrate`, `users create`, `keys list|rotate|…-api-key`,
-//! `webhooks create|list|delete`, `rules lint|test|backtest`, `events verify|export`,
+//! `webhooks create|list|delete`, `clients create|list|delete`, `rules lint|test|backtest`, `events verify|export`,
 //! `projections rebuild`.
 
 mod accounts;
+mod clients;
 mod operations;
 use operations::{KeysCmd, WebhooksCmd, keys, webhooks};
 
@@ -83,6 +84,11 @@ enum Cmd {
     Keys {
         #[command(subcommand)]
         command: KeysCmd,
+    },
+    /// OAuth clients: applications that sign users in through /oauth/authorize.
+    Clients {
+        #[command(subcommand)]
+        command: clients::ClientsCmd,
     },
     /// Webhook subscriptions: event delivery to other systems.
     Webhooks {
@@ -256,6 +262,7 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
         }
         Cmd::Keys { command } => keys(command).await,
         Cmd::Webhooks { command } => webhooks(command).await,
+        Cmd::Clients { command } => clients::clients(command).await,
         Cmd::Projections {
             command: ProjectionsCmd::Rebuild { common },
         } => {

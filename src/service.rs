@@ -26,6 +26,9 @@ use uuid::Uuid;
 
 pub mod admin;
 pub mod api_keys;
+pub mod authorize;
+pub mod clients;
+pub mod code_grant;
 mod credentials;
 pub mod devices;
 pub mod dpop;
@@ -73,6 +76,10 @@ pub struct IssuedTokens {
     pub refresh_token_expires_in: i64,
     /// `DPoP` for a session bound to a key (its access token carries `cnf.jkt`), else `Bearer`.
     pub token_type: &'static str,
+    /// The session's scope (`session` for a first-party login).
+    pub scope: String,
+    /// An OpenID Connect ID token, for a code exchange with `openid` in scope.
+    pub id_token: Option<String>,
 }
 
 /// The caller behind a valid access token of a live session.
@@ -179,6 +186,8 @@ impl Sessiond {
             context: ctx.clone(),
             verified_password_hash: user.password_hash.clone(),
             dpop: proof,
+            client_id: None,
+            auth_time: None,
         };
         match self
             .writer
@@ -197,7 +206,22 @@ impl Sessiond {
         }
     }
 
+    /// A first-party refresh (no client authentication): a family a registered client holds
+    /// needs that client to authenticate (`code_grant::refresh_for_client`).
     pub async fn refresh(
+        &self,
+        presented: &str,
+        ctx: &RequestContext,
+        dpop: &Dpop,
+    ) -> Result<IssuedTokens, Error> {
+        if self.refresh_client(presented).await?.is_some() {
+            return Err(Error::InvalidGrant);
+        }
+        self.refresh_family(presented, ctx, dpop).await
+    }
+
+    /// The refresh itself: rotation, retries, reuse, rules.
+    pub(crate) async fn refresh_family(
         &self,
         presented: &str,
         ctx: &RequestContext,
@@ -246,7 +270,7 @@ impl Sessiond {
         }
     }
 
-    fn issue(&self, session: &Session, refresh_token: RefreshToken) -> IssuedTokens {
+    pub(crate) fn issue(&self, session: &Session, refresh_token: RefreshToken) -> IssuedTokens {
         let grant = AccessGrant {
             user_id: session.user_id,
             session_id: session.session_id,
@@ -270,6 +294,8 @@ impl Sessiond {
             } else {
                 "Bearer"
             },
+            scope: session.scope.clone(),
+            id_token: None,
         }
     }
 

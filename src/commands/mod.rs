@@ -14,6 +14,7 @@ pub mod effects;
 mod judge;
 mod keys;
 mod login;
+mod oauth;
 mod recording;
 mod refresh;
 mod revocation;
@@ -33,6 +34,7 @@ pub use api_keys::{CreateApiKey, RevokeApiKey, UnknownApiKey};
 pub use dpop::{CheckedProof, ClaimProof, ProofInput, PruneProofs};
 pub use keys::{CreateFirstSigningKey, RotateSigningKeys};
 pub use login::{RecordLoginFailure, RecordLoginThrottled, Register, StartRefusal, StartSession};
+pub use oauth::{DeleteClient, IssueCode, RedeemCode, RegisterClient, SessionGone, UnknownClient};
 pub use refresh::{Reauthenticate, Refresh, RefreshRefusal, Refreshed};
 pub use revocation::{
     ChangePassword, EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere,

@@ -8,9 +8,10 @@
 
 use super::{
     AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
-    EndSession, EndSessionByToken, ExpireIfDue, LogoutEverywhere, PruneEndedSessions, PruneProofs,
-    Reauthenticate, RecordLoginFailure, RecordLoginThrottled, Refresh, Register, RequireReauth,
-    RevokeApiKey, RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
+    DeleteClient, EndSession, EndSessionByToken, ExpireIfDue, IssueCode, LogoutEverywhere,
+    PruneEndedSessions, PruneProofs, Reauthenticate, RecordLoginFailure, RecordLoginThrottled,
+    RedeemCode, Refresh, Register, RegisterClient, RequireReauth, RevokeApiKey, RotateSigningKeys,
+    SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
 };
 use super::{Command, Context};
 use crate::clock::Clock;
@@ -131,6 +132,10 @@ queue!(
     SetRoles,
     ClaimProof,
     PruneProofs,
+    RegisterClient,
+    DeleteClient,
+    IssueCode,
+    RedeemCode,
 );
 
 /// Runs one command in a transaction of its own on `ws`, outside the writer: for the data

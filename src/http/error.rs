@@ -12,7 +12,9 @@ pub fn status(e: &Error) -> StatusCode {
         Error::InvalidRequest(_)
         | Error::InvalidField(..)
         | Error::InvalidDpopProof(_)
-        | Error::UseDpopNonce(_) => StatusCode::BAD_REQUEST,
+        | Error::UseDpopNonce(_)
+        | Error::OAuth(..) => StatusCode::BAD_REQUEST,
+        Error::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
         Error::InvalidDpopToken(_) | Error::ResourceDpopNonce(_) => StatusCode::UNAUTHORIZED,
         Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -53,6 +55,7 @@ impl IntoResponse for Error {
                 Some("DPoP error=\"invalid_dpop_proof\", algs=\"EdDSA ES256\"")
             }
             Error::ResourceDpopNonce(_) => Some("DPoP error=\"use_dpop_nonce\""),
+            Error::InvalidClient { basic: true } => Some("Basic realm=\"sessiond\""),
             _ => None,
         };
         if let Some(seconds) = self.retry_after() {

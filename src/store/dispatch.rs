@@ -3,6 +3,7 @@
 //! [`tables`] (every read and write through the pool).
 
 pub(crate) mod dialect;
+pub(crate) mod oauth;
 pub(crate) mod registry;
 pub(crate) mod rows;
 pub(crate) mod tables;
@@ -69,6 +70,10 @@ route! {
     ) -> Result<(), StoreError>;
     /// The `n`-th newest login failure (0 = newest) under a throttle key after `since`.
     fn nth_login_failure(&self, key: &str, since: Timestamp, n: i64) -> Result<Option<Timestamp>, StoreError>;
+    /// The OAuth client with this id, and its secret's SHA-256 when it is confidential.
+    fn client(&self, client_id: &str) -> Result<Option<(crate::domain::client::Client, Option<Vec<u8>>)>, StoreError>;
+    /// Every registered OAuth client, oldest first.
+    fn clients(&self) -> Result<Vec<crate::domain::client::Client>, StoreError>;
     fn close(&self);
 }
 

@@ -1,6 +1,7 @@
 //! Access tokens: EdDSA JWTs with the signing key's `kid` in the header, and the JWKS that
 //! publishes the keys to verify them.
 
+pub mod client_token;
 pub mod dpop;
 pub mod keys;
 pub mod refresh;

@@ -284,6 +284,8 @@ impl<D: Dialect> Tables<D> {
             ("api_keys", "key_id"),
             ("webhook_subscriptions", "subscription_id"),
             ("login_failures", "throttle_key, failed_at"),
+            ("clients", "client_id"),
+            ("authorization_codes", "code_id"),
         ] {
             let row = D::row_text(&mut c, table).await?;
             let sql = format!("SELECT '{table}|' || {row} AS r FROM {table} t ORDER BY {key}");

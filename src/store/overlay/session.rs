@@ -11,7 +11,7 @@ use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::User;
 use crate::domain::webhook::SubscriptionRecord;
 use crate::store::dispatch::dialect::Dialect;
-use crate::store::dispatch::{registry, tables};
+use crate::store::dispatch::{oauth, registry, tables};
 use crate::store::{
     ChainHead, NewEvent, PruneCounts, RecordedEvent, StoreError, TokenRecord, UnitOfWork,
 };
@@ -211,7 +211,8 @@ impl<B: WriteBackend> crate::store::WriteSession for OverlaySession<B> {
         self.flush(FlushEnd::Open).await?;
         let c = self.backend.conn()?;
         Db::<B>::script(&mut *c, tables::CLEAR_PROJECTIONS).await?;
-        Db::<B>::script(c, registry::CLEAR_PROJECTIONS).await?;
+        Db::<B>::script(&mut *c, registry::CLEAR_PROJECTIONS).await?;
+        Db::<B>::script(c, oauth::CLEAR_PROJECTIONS).await?;
         self.overlay.read_tokens.clear();
         self.overlay.read_sessions.clear();
         self.overlay.read_users.clear();
@@ -396,6 +397,39 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
     ) -> Result<bool, StoreError> {
         // The table is no projection: the batch's pending writes need not go first.
         registry::claim_dpop_jti::<Db<B>>(self.backend.conn()?, jti, until).await
+    }
+
+    async fn client_record(
+        &mut self,
+        client_id: &str,
+    ) -> Result<Option<crate::domain::client::Client>, StoreError> {
+        oauth::client_record::<Db<B>>(self.flushed().await?, client_id).await
+    }
+
+    async fn put_client(
+        &mut self,
+        client: &crate::domain::client::Client,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        oauth::put_client::<Db<B>>(self.flushed().await?, client, at).await
+    }
+
+    async fn delete_client(&mut self, client_id: &str) -> Result<(), StoreError> {
+        oauth::delete_client::<Db<B>>(self.flushed().await?, client_id).await
+    }
+
+    async fn authorization_code(
+        &mut self,
+        code_id: Uuid,
+    ) -> Result<Option<crate::domain::authorization::AuthorizationCode>, StoreError> {
+        oauth::authorization_code::<Db<B>>(self.flushed().await?, code_id).await
+    }
+
+    async fn put_authorization_code(
+        &mut self,
+        code: &crate::domain::authorization::AuthorizationCode,
+    ) -> Result<(), StoreError> {
+        oauth::put_authorization_code::<Db<B>>(self.flushed().await?, code).await
     }
 
     async fn prune_dpop_jtis(&mut self, before: Timestamp) -> Result<u64, StoreError> {
