@@ -160,18 +160,26 @@ impl App {
 
         let master = MasterKey::load(options.master_key, &config.data_dir)?;
         let mut loaded = load_keys(&store.signing_keys().await?, &master, options.clock.now())?;
-        if let Some(stored) = loaded.created.take() {
-            // One command: the check for an active key, the events, the row and the sealed
-            // private half in one transaction (under the append lock on PostgreSQL).
-            let kid = stored.kid.clone();
-            let meta = EventMetadata::new(Actor::System, None);
-            let command = CreateFirstSigningKey { key: stored };
-            if writer.submit(command, meta).await? {
-                tracing::info!(%kid, "created the first signing key");
-            } else {
+        if !loaded.created.is_empty() {
+            // One command per new key: the check for an active key of its kind, the events, the
+            // row and the sealed private half in one transaction (under the append lock on
+            // PostgreSQL).
+            let mut all_ours = true;
+            for stored in std::mem::take(&mut loaded.created) {
+                let kid = stored.kid.clone();
+                let algorithm = stored.algorithm.clone();
+                let meta = EventMetadata::new(Actor::System, None);
+                let command = CreateFirstSigningKey { key: stored };
+                if writer.submit(command, meta).await? {
+                    tracing::info!(%kid, %algorithm, "created the first signing key of its kind");
+                } else {
+                    all_ours = false;
+                }
+            }
+            if !all_ours {
                 // Another node created one while we were starting: use that one.
                 loaded = load_keys(&store.signing_keys().await?, &master, options.clock.now())?;
-                if loaded.created.is_some() {
+                if !loaded.created.is_empty() {
                     return Err(StartError::Io(
                         "another node created a signing key, but no active key is stored".into(),
                     ));
@@ -182,8 +190,11 @@ impl App {
             config.issuer.clone(),
             config.audience.clone(),
             config.access_token_lifetime,
-            loaded.active,
-            loaded.others,
+            crate::tokens::OidcSettings {
+                issuer: config.oidc_issuer(),
+                id_token_lifetime: config.id_token_lifetime,
+            },
+            loaded.keys,
         ));
         crate::passwords::warm_up();
         let refresh_tokens = Arc::new(crate::tokens::refresh::RefreshTokens::new(&master));

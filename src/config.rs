@@ -21,6 +21,8 @@ pub struct Config {
     pub issuer: String,
     pub audience: String,
     pub access_token_lifetime: Duration,
+    /// How long an ID token is valid (`exp` - `iat`).
+    pub id_token_lifetime: Duration,
     pub refresh_idle_lifetime: Duration,
     pub refresh_absolute_lifetime: Duration,
     pub refresh_grace_window: Duration,
@@ -163,6 +165,7 @@ pub const KEYS: &[&str] = &[
     "issuer",
     "audience",
     "access_token_lifetime",
+    "id_token_lifetime",
     "refresh_idle_lifetime",
     "refresh_absolute_lifetime",
     "refresh_grace_window",
@@ -224,6 +227,7 @@ impl Default for Config {
             issuer: "sessiond".into(),
             audience: "sessiond".into(),
             access_token_lifetime: Duration::minutes(10),
+            id_token_lifetime: Duration::minutes(10),
             refresh_idle_lifetime: Duration::days(7),
             refresh_absolute_lifetime: Duration::days(30),
             refresh_grace_window: Duration::seconds(30),
@@ -374,6 +378,7 @@ impl Config {
                 "issuer" => c.issuer = non_empty(k, value)?,
                 "audience" => c.audience = non_empty(k, value)?,
                 "access_token_lifetime" => c.access_token_lifetime = duration(k, value)?,
+                "id_token_lifetime" => c.id_token_lifetime = duration(k, value)?,
                 "refresh_idle_lifetime" => c.refresh_idle_lifetime = duration(k, value)?,
                 "refresh_absolute_lifetime" => c.refresh_absolute_lifetime = duration(k, value)?,
                 "refresh_grace_window" => c.refresh_grace_window = duration(k, value)?,
@@ -528,6 +533,7 @@ impl Config {
             }
         };
         positive("access_token_lifetime", self.access_token_lifetime)?;
+        positive("id_token_lifetime", self.id_token_lifetime)?;
         positive("refresh_idle_lifetime", self.refresh_idle_lifetime)?;
         positive("refresh_absolute_lifetime", self.refresh_absolute_lifetime)?;
         if self.access_token_lifetime > Duration::days(1) {
@@ -622,6 +628,13 @@ impl Config {
             max_grace_retries: self.refresh_max_grace_retries,
             late_retry_window: self.refresh_late_retry_window,
         }
+    }
+
+    /// The OpenID Provider's issuer identifier (OIDC Discovery §3, RFC 8414 §2): the base URL,
+    /// which is exactly `public_url` when it is set. ID tokens, logout tokens and both metadata
+    /// documents say this; access tokens keep `issuer`, what first-party resource servers check.
+    pub fn oidc_issuer(&self) -> String {
+        self.base_url()
     }
 
     /// The base of this server's absolute URLs, without a trailing slash.

@@ -32,6 +32,7 @@ pub mod code_grant;
 mod credentials;
 pub mod devices;
 pub mod dpop;
+pub mod end_session;
 pub mod maintenance;
 pub mod oauth;
 pub mod signing_keys;
@@ -271,12 +272,15 @@ impl Sessiond {
     }
 
     pub(crate) fn issue(&self, session: &Session, refresh_token: RefreshToken) -> IssuedTokens {
+        let (acr, amr) = session.authentication();
         let grant = AccessGrant {
             user_id: session.user_id,
             session_id: session.session_id,
             scope: &session.scope,
             roles: &session.roles,
             auth_time: session.auth_time,
+            acr,
+            amr,
             dpop_jkt: session.dpop_jkt.as_deref(),
         };
         let now = self.now();

@@ -140,25 +140,40 @@ pub struct RotationPolicy {
     pub retired_for: Duration,
 }
 
-/// What one rotation run changed, by kid.
+/// What one rotation run changed, by kid. A run moves each kind of key (algorithm) along its
+/// own life; the lists hold them in the order the kinds were decided.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RotationReport {
-    pub published: Option<String>,
-    pub activated: Option<String>,
-    pub retired: Option<String>,
+    pub published: Vec<String>,
+    pub activated: Vec<String>,
+    pub retired: Vec<String>,
     pub expired: Vec<String>,
+    /// A key is due to be published but no candidate was given (a dry run, or a caller that
+    /// generates costly keys only when needed): nothing was published for it.
+    pub needs_candidate: bool,
+}
+
+impl RotationReport {
+    /// Adds another kind's run to this one.
+    pub fn merge(&mut self, other: RotationReport) {
+        self.published.extend(other.published);
+        self.activated.extend(other.activated);
+        self.retired.extend(other.retired);
+        self.expired.extend(other.expired);
+        self.needs_candidate |= other.needs_candidate;
+    }
 }
 
 impl std::fmt::Display for RotationReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
-        if let Some(k) = &self.published {
+        for k in &self.published {
             parts.push(format!("published {k}"));
         }
-        if let Some(k) = &self.activated {
+        for k in &self.activated {
             parts.push(format!("activated {k}"));
         }
-        if let Some(k) = &self.retired {
+        for k in &self.retired {
             parts.push(format!("retired {k}"));
         }
         for k in &self.expired {
@@ -172,13 +187,14 @@ impl std::fmt::Display for RotationReport {
     }
 }
 
-/// One rotation run, decided on the keys as stored (oldest first): the events to record, in
-/// order, each with the key it is about, and the report. `candidate` is the key to publish if
-/// one is due (its `created` event only: it signs after a later run activates it); with
-/// `start_now` it is published even if the active key is not due for rotation.
+/// One rotation run over the keys of one kind, decided on them as stored (oldest first): the
+/// events to record, in order, each with the key it is about, and the report. `candidate` is
+/// the key to publish if one is due (its `created` event only: it signs after a later run
+/// activates it); with `start_now` it is published even if the active key is not due for
+/// rotation. Without a candidate, a due publication is only reported (`needs_candidate`).
 pub fn decide_rotation(
     keys: &[SigningKeyRecord],
-    candidate: &SigningKeyRecord,
+    candidate: Option<&SigningKeyRecord>,
     now: Timestamp,
     policy: &RotationPolicy,
     start_now: bool,
@@ -223,8 +239,8 @@ pub fn decide_rotation(
         for old in &retired {
             events.push((old.clone(), Event::SigningKeyRetired(changed(old))));
         }
-        report.retired = retired.pop();
-        report.activated = Some(kid);
+        report.retired.extend(retired);
+        report.activated.push(kid);
     }
 
     // The next key is published one publish-ahead before the active one is due to hand over.
@@ -237,10 +253,15 @@ pub fn decide_rotation(
     let rotation_due = active_since
         .is_none_or(|since| since + policy.rotation_interval - policy.publish_ahead <= now);
     if !pending && (start_now || rotation_due) {
-        for e in created_events(candidate, false) {
-            events.push((candidate.kid.clone(), e));
+        match candidate {
+            Some(candidate) => {
+                for e in created_events(candidate, false) {
+                    events.push((candidate.kid.clone(), e));
+                }
+                report.published.push(candidate.kid.clone());
+            }
+            None => report.needs_candidate = true,
         }
-        report.published = Some(candidate.kid.clone());
     }
     (events, report)
 }
@@ -315,7 +336,7 @@ mod tests {
         };
         let first = key("a", SigningKeyStatus::Active, 0);
         let next = key("b", SigningKeyStatus::Published, 50);
-        let candidate = &next;
+        let candidate = Some(&next);
         let (events, report) = decide_rotation(
             std::slice::from_ref(&first),
             candidate,
@@ -324,6 +345,9 @@ mod tests {
             false,
         );
         assert!(events.is_empty(), "{report}");
+        let (events, report) =
+            decide_rotation(std::slice::from_ref(&first), None, at(50), &policy, false);
+        assert!(events.is_empty() && report.needs_candidate, "{report}");
         let (events, report) = decide_rotation(
             std::slice::from_ref(&first),
             candidate,
@@ -331,7 +355,8 @@ mod tests {
             &policy,
             false,
         );
-        assert_eq!(report.published.as_deref(), Some("b"));
+        assert_eq!(report.published, ["b"]);
+        assert!(!report.needs_candidate);
         assert_eq!(events.len(), 1);
 
         let (events, report) = decide_rotation(

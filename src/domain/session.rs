@@ -89,6 +89,20 @@ pub struct Session {
     pub version: i64,
 }
 
+/// The authentication context class of a session whose user proved a password (RFC 9470
+/// `acr`; OIDC Core `acr`). Every session starts, and every re-authentication happens, with the
+/// password today: the one place to change when another factor arrives.
+pub const PASSWORD_ACR: &str = "urn:sessiond:acr:pwd";
+/// Its authentication methods (RFC 8176 `pwd`).
+pub const PASSWORD_AMR: &[&str] = &["pwd"];
+
+impl Session {
+    /// How the session's user last authenticated: `acr` and `amr` for its tokens.
+    pub fn authentication(&self) -> (&'static str, &'static [&'static str]) {
+        (PASSWORD_ACR, PASSWORD_AMR)
+    }
+}
+
 /// Why a request on a session is refused. The HTTP layer maps these to codes; the reasons are
 /// for logs and tests, never for the client, which only learns `invalid_grant`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

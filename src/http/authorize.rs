@@ -12,6 +12,7 @@ use super::extract::{Caller, Context};
 use super::oauth::form_pairs;
 use crate::error::Error;
 use crate::service::authorize::{AuthorizationRequest, AuthorizeError, AuthorizeStep, Browser};
+use crate::service::end_session::EndSessionStep;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -28,6 +29,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/oauth/authorize", get(authorize_get).post(authorize_post))
         .route("/oauth/userinfo", get(userinfo).post(userinfo))
+        .route(
+            "/oauth/end_session",
+            get(end_session_get).post(end_session_post),
+        )
 }
 
 /// A cookie of the request by name.
@@ -354,6 +359,114 @@ fn consent_page(
             escape(ticket),
         ),
     )
+}
+
+fn clear_signin(mut r: Response) -> Response {
+    let c = format!("{SIGNIN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax");
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn end_session_get(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let Some(pairs) = form_pairs(&Bytes::from(query.unwrap_or_default())) else {
+        return error_page("the request's query string is malformed");
+    };
+    let step = app
+        .end_session(pairs, &browser(&headers, None), false, &ctx)
+        .await;
+    end_session_answer(step, &headers, StatusCode::FOUND)
+}
+
+async fn end_session_post(
+    State(app): State<AppState>,
+    Context(ctx): Context,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(mut pairs) = form_pairs(&body) else {
+        return error_page("the form is malformed");
+    };
+    let csrf = pairs
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.clone());
+    let confirmed = pairs.iter().any(|(k, v)| k == "confirm" && v == "yes");
+    pairs.retain(|(k, _)| k != "csrf" && k != "confirm");
+    let b = browser(&headers, csrf.as_deref());
+    let step = app.end_session(pairs, &b, confirmed, &ctx).await;
+    end_session_answer(step, &headers, StatusCode::SEE_OTHER)
+}
+
+fn end_session_answer(
+    step: Result<EndSessionStep, AuthorizeError>,
+    headers: &HeaderMap,
+    redirect_status: StatusCode,
+) -> Response {
+    match step {
+        Err(AuthorizeError::Page(m)) | Err(AuthorizeError::Redirect(m)) => error_page(&m),
+        Ok(EndSessionStep::Redirect(location)) => {
+            clear_signin(redirect(redirect_status, &location))
+        }
+        Ok(EndSessionStep::SignedOut) => clear_signin(html(
+            StatusCode::OK,
+            &layout(
+                "Signed out",
+                "<h1 id=\"signed-out\">You are signed out</h1><p>You may close this window.</p>",
+            ),
+            None,
+        )),
+        Ok(EndSessionStep::Confirm { params }) => {
+            let (csrf, new_csrf) = csrf_token(headers);
+            let mut fields = format!(
+                "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+                escape(&csrf)
+            );
+            for (k, v) in &params {
+                fields.push_str(&format!(
+                    "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                    escape(k),
+                    escape(v)
+                ));
+            }
+            let body = layout(
+                "Sign out",
+                &format!(
+                    "<h1>Sign out?</h1><form method=\"post\" action=\"/oauth/end_session\">\
+                     {fields}<button type=\"submit\" name=\"confirm\" value=\"yes\" \
+                     id=\"confirm\">Sign out</button></form>"
+                ),
+            );
+            let mut r = html(StatusCode::OK, &body, None);
+            // The form may end at the client's post-logout redirect URI.
+            if let Some(o) = params
+                .iter()
+                .find(|(k, _)| k == "post_logout_redirect_uri")
+                .and_then(|(_, v)| redirect_origin(v))
+            {
+                let csp = format!(
+                    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; \
+                     form-action 'self' {o}; frame-ancestors 'none'"
+                );
+                if let Ok(v) = HeaderValue::from_str(&csp) {
+                    r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+                }
+            }
+            if new_csrf {
+                let c = format!("{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; Secure; SameSite=Strict");
+                if let Ok(v) = HeaderValue::from_str(&c) {
+                    r.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+            r
+        }
+    }
 }
 
 /// `/oauth/userinfo` (GET and POST): the claims of the access token's user (OpenID Connect

@@ -168,10 +168,7 @@ impl AuthorizationRequest {
 impl Sessiond {
     /// The issuer clients see (`public_url` when set, as discovery and ID tokens say).
     pub fn oauth_issuer(&self) -> String {
-        self.config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| self.config.issuer.clone())
+        self.config.oidc_issuer()
     }
 
     fn browser_mac(&self) -> Hmac<Sha256> {
@@ -422,7 +419,10 @@ impl Sessiond {
     }
 
     /// The live session a sign-in cookie names, if it is still alive.
-    async fn signed_in(&self, cookie: Option<&str>) -> Result<Option<(Session, User)>, Error> {
+    pub(super) async fn signed_in(
+        &self,
+        cookie: Option<&str>,
+    ) -> Result<Option<(Session, User)>, Error> {
         let Some(payload) = cookie.and_then(|c| self.unsign(c)) else {
             return Ok(None);
         };

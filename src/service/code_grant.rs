@@ -11,6 +11,7 @@ use crate::domain::event::Actor;
 use crate::domain::session::Session;
 use crate::domain::token::{AuthCode, RefreshToken};
 use crate::error::Error;
+use crate::tokens::oidc::{IdTokenAlg, IdTokenClaims};
 use serde_json::{Value, json};
 
 /// What a client's token request asked for, as read from the form.
@@ -50,7 +51,7 @@ impl Sessiond {
             context: ctx.clone(),
         };
         match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
-            Ok((session, code)) => self.code_tokens(client, &session, &code),
+            Ok((session, code)) => self.code_tokens(client, &session, &code).await,
             Err(refusal) => {
                 tracing::info!(?refusal, client_id = %client.client_id, "code exchange refused");
                 if refusal == CodeRefusal::Reused {
@@ -63,7 +64,7 @@ impl Sessiond {
 
     /// The tokens of a redeemed code: the session's first refresh token, minted again from
     /// its id (nobody has held it yet), and a fresh access token.
-    fn code_tokens(
+    async fn code_tokens(
         &self,
         client: &Client,
         session: &Session,
@@ -75,23 +76,44 @@ impl Sessiond {
             .ok_or(Error::InvalidGrant)?;
         let refresh = self.refresh_tokens.mint(current.id);
         let mut issued = self.issue(session, refresh);
-        issued.id_token = self.id_token_for(client, session, code, &issued.access_token);
+        issued.id_token = self
+            .id_token_for(client, session, code, &issued.access_token)
+            .await?;
         Ok(issued)
     }
 
     /// The ID token of a code exchange with `openid` in scope (OpenID Connect Core §3.1.3.3).
-    fn id_token_for(
+    /// Signed RS256 unless the client registered EdDSA; `preferred_username` with `profile`.
+    async fn id_token_for(
         &self,
-        _client: &Client,
-        _session: &Session,
+        client: &Client,
+        session: &Session,
         code: &AuthorizationCode,
-        _access_token: &str,
-    ) -> Option<String> {
-        if !code.scope.split(' ').any(|s| s == "openid") {
-            return None;
+        access_token: &str,
+    ) -> Result<Option<String>, Error> {
+        let scopes: Vec<&str> = code.scope.split(' ').collect();
+        if !scopes.contains(&"openid") {
+            return Ok(None);
         }
-        // Signed by `tokens::oidc` (RS256 by default) once it is merged in.
-        None
+        let mut extra = serde_json::Map::new();
+        if scopes.contains(&"profile") {
+            let user = self.user(session.user_id).await?;
+            extra.insert("preferred_username".into(), json!(user.username));
+        }
+        let (acr, amr) = session.authentication();
+        let claims = IdTokenClaims {
+            sub: session.user_id.to_string(),
+            aud: client.client_id.clone(),
+            nonce: code.nonce.clone(),
+            auth_time: session.auth_time,
+            acr: acr.to_owned(),
+            amr: amr.iter().map(|m| m.to_string()).collect(),
+            sid: session.session_id,
+            access_token: Some(access_token.to_owned()),
+            extra,
+        };
+        let alg = IdTokenAlg::parse(&client.id_token_signed_response_alg).unwrap_or_default();
+        Ok(Some(self.tokens.issue_id_token(&claims, alg, self.now())))
     }
 
     /// `client_credentials` (RFC 6749 §4.4): a confidential client's token for itself.

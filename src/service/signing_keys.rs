@@ -7,10 +7,10 @@ use super::Sessiond;
 use crate::commands::RotateSigningKeys;
 use crate::domain::Timestamp;
 use crate::domain::event::{Actor, EventMetadata};
-use crate::domain::keys::{RotationPolicy, SigningKeyStatus};
+use crate::domain::keys::{RotationPolicy, SigningKeyStatus, decide_rotation};
 use crate::error::Error;
 use crate::store::{StoreError, StoredSigningKey};
-use crate::tokens::keys::{KeyError, SigningKey};
+use crate::tokens::keys::{KeyAlgorithm, KeyError, SigningKey};
 use crate::tokens::load_keys;
 
 pub use crate::domain::keys::RotationReport;
@@ -25,6 +25,8 @@ pub enum RotationError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error("generating a signing key: {0}")]
+    Generate(String),
 }
 
 /// Moves every key along its life as far as `now` allows; with `start_now`, publishes the next
@@ -39,10 +41,36 @@ pub async fn rotate(app: &Sessiond, start_now: bool) -> Result<RotationReport, R
         publish_ahead: config.publish_ahead(),
         retired_for: config.access_token_lifetime + RETIRE_MARGIN,
     };
-    // Generated up front (the writer decides whether it is published); cheap next to a run.
-    let (_, candidate) = SigningKey::generate(&app.master_key, app.clock.now());
+    // Candidates are generated before the writer decides (an RSA key takes a while, and the
+    // writer must not wait for it), but only for the kinds a dry run on the stored keys finds
+    // due: a run that finds one due without its candidate (another node rotated in between)
+    // publishes nothing for it, and the next run does.
+    let stored = app.store.signing_keys().await?;
+    let now = app.clock.now();
+    let mut candidates = Vec::new();
+    for algorithm in KeyAlgorithm::ALL {
+        let of_kind: Vec<_> = stored
+            .iter()
+            .filter(|k| k.algorithm == algorithm.as_str())
+            .map(|k| k.record())
+            .collect();
+        let (_, dry) = decide_rotation(&of_kind, None, now, &policy, start_now);
+        if dry.needs_candidate {
+            let master = app.master_key.clone();
+            let (_, candidate) = tokio::task::spawn_blocking(move || {
+                SigningKey::generate_for(algorithm, &master, now)
+            })
+            .await
+            .map_err(|e| RotationError::Generate(e.to_string()))?;
+            candidates.push(candidate);
+        }
+    }
     let command = RotateSigningKeys {
-        candidate,
+        candidates,
+        algorithms: KeyAlgorithm::ALL
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect(),
         policy,
         start_now,
     };
@@ -75,7 +103,7 @@ impl Sessiond {
 /// Rebuilds the in-memory key ring from the stored keys.
 fn reload(app: &Sessiond, keys: &[StoredSigningKey], now: Timestamp) -> Result<(), KeyError> {
     let loaded = load_keys(keys, &app.master_key, now)?;
-    if loaded.created.is_some() {
+    if !loaded.created.is_empty() {
         // No active key in the store (cannot happen after start): keep the ring as it is.
         return Ok(());
     }
@@ -83,6 +111,6 @@ fn reload(app: &Sessiond, keys: &[StoredSigningKey], now: Timestamp) -> Result<(
         let n = keys.iter().filter(|k| k.status == status).count();
         metrics::gauge!(crate::metrics::SIGNING_KEYS, "status" => status.as_str()).set(n as f64);
     }
-    app.tokens.replace_keys(loaded.active, loaded.others);
+    app.tokens.replace_keys(loaded.keys);
     Ok(())
 }

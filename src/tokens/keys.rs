@@ -142,17 +142,56 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The two kinds of signing key the ring holds: Ed25519 signs access tokens and security
+/// events; RSA (RS256, OIDC Core's default) signs ID tokens and logout tokens for relying
+/// parties that registered no other algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyAlgorithm {
+    EdDsa,
+    Rs256,
+}
+
+impl KeyAlgorithm {
+    pub const ALL: [KeyAlgorithm; 2] = [KeyAlgorithm::EdDsa, KeyAlgorithm::Rs256];
+
+    /// The JOSE `alg` name, also the `algorithm` column of stored keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EdDsa => "EdDSA",
+            KeyAlgorithm::Rs256 => "RS256",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    pub fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            KeyAlgorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+            KeyAlgorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
+        }
+    }
+}
+
+/// RSA modulus size: 2048 bits, the floor RFC 7518 §3.3 and most relying parties require.
+pub const RSA_BITS: usize = 2048;
+
 /// A key ready to sign and verify.
 pub struct SigningKey {
     pub kid: String,
-    pub public_key: [u8; 32],
+    pub algorithm: KeyAlgorithm,
+    /// Ed25519: the 32-byte public key; RSA: the PKCS#1 DER public key.
+    pub public_key: Vec<u8>,
     pub encoding: EncodingKey,
     pub decoding: DecodingKey,
+    /// The public JWK, computed once.
+    jwk: serde_json::Value,
 }
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SigningKey({})", self.kid)
+        write!(f, "SigningKey({} {})", self.algorithm.as_str(), self.kid)
     }
 }
 
@@ -162,62 +201,146 @@ impl SigningKey {
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
         let secret = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let public_key = secret.verifying_key().to_bytes();
-        let kid = kid_for(&public_key);
+        let public_key = secret.verifying_key().to_bytes().to_vec();
         let der = secret
             .to_pkcs8_der()
             .expect("PKCS#8 encoding of an Ed25519 key");
+        Self::sealed(master, now, KeyAlgorithm::EdDsa, public_key, der.as_bytes())
+    }
+
+    /// A fresh 2048-bit RSA key (RS256) and its stored form. Takes tens to hundreds of
+    /// milliseconds: call it off the async runtime, and only when a key is due.
+    pub fn generate_rsa(master: &MasterKey, now: Timestamp) -> (SigningKey, StoredSigningKey) {
+        use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey};
+        let secret = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, RSA_BITS)
+            .expect("RSA key generation with the OS RNG");
+        let public_key = secret
+            .to_public_key()
+            .to_pkcs1_der()
+            .expect("PKCS#1 encoding of an RSA public key")
+            .as_bytes()
+            .to_vec();
+        let der = secret
+            .to_pkcs1_der()
+            .expect("PKCS#1 encoding of an RSA private key");
+        Self::sealed(master, now, KeyAlgorithm::Rs256, public_key, der.as_bytes())
+    }
+
+    /// A fresh key of either kind.
+    pub fn generate_for(
+        algorithm: KeyAlgorithm,
+        master: &MasterKey,
+        now: Timestamp,
+    ) -> (SigningKey, StoredSigningKey) {
+        match algorithm {
+            KeyAlgorithm::EdDsa => Self::generate(master, now),
+            KeyAlgorithm::Rs256 => Self::generate_rsa(master, now),
+        }
+    }
+
+    fn sealed(
+        master: &MasterKey,
+        now: Timestamp,
+        algorithm: KeyAlgorithm,
+        public_key: Vec<u8>,
+        private_der: &[u8],
+    ) -> (SigningKey, StoredSigningKey) {
+        let kid = kid_for(&public_key);
         let stored = StoredSigningKey {
             kid: kid.clone(),
-            algorithm: "EdDSA".into(),
-            public_key: public_key.to_vec(),
-            private_key_sealed: master.seal(&kid, der.as_bytes()),
+            algorithm: algorithm.as_str().into(),
+            public_key: public_key.clone(),
+            private_key_sealed: master.seal(&kid, private_der),
             status: SigningKeyStatus::Active,
             created_at: now,
             activated_at: Some(now),
             retired_at: None,
         };
-        let key = SigningKey {
-            encoding: EncodingKey::from_ed_der(der.as_bytes()),
-            decoding: DecodingKey::from_ed_der(&public_key),
-            kid,
-            public_key,
-        };
+        let key = SigningKey::from_parts(kid.clone(), algorithm, public_key, private_der)
+            .expect("a freshly generated key is well formed");
         (key, stored)
     }
 
-    pub fn unseal(stored: &StoredSigningKey, master: &MasterKey) -> Result<SigningKey, KeyError> {
-        let der = master.open(&stored.kid, &stored.private_key_sealed)?;
-        let public_key =
-            <[u8; 32]>::try_from(stored.public_key.as_slice()).map_err(|_| KeyError::Damaged {
-                kid: stored.kid.clone(),
-            })?;
+    fn from_parts(
+        kid: String,
+        algorithm: KeyAlgorithm,
+        public_key: Vec<u8>,
+        private_der: &[u8],
+    ) -> Result<SigningKey, KeyError> {
+        let damaged = || KeyError::Damaged { kid: kid.clone() };
+        let (encoding, decoding, jwk) = match algorithm {
+            KeyAlgorithm::EdDsa => {
+                if public_key.len() != 32 {
+                    return Err(damaged());
+                }
+                let jwk = serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": URL_SAFE_NO_PAD.encode(&public_key),
+                    "kid": kid,
+                    "alg": "EdDSA",
+                    "use": "sig",
+                });
+                (
+                    EncodingKey::from_ed_der(private_der),
+                    DecodingKey::from_ed_der(&public_key),
+                    jwk,
+                )
+            }
+            KeyAlgorithm::Rs256 => {
+                use rsa::pkcs1::DecodeRsaPublicKey;
+                use rsa::traits::PublicKeyParts;
+                let public =
+                    rsa::RsaPublicKey::from_pkcs1_der(&public_key).map_err(|_| damaged())?;
+                let jwk = serde_json::json!({
+                    "kty": "RSA",
+                    "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+                    "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+                    "kid": kid,
+                    "alg": "RS256",
+                    "use": "sig",
+                });
+                (
+                    EncodingKey::from_rsa_der(private_der),
+                    DecodingKey::from_rsa_der(&public_key),
+                    jwk,
+                )
+            }
+        };
         Ok(SigningKey {
-            kid: stored.kid.clone(),
-            encoding: EncodingKey::from_ed_der(&der),
-            decoding: DecodingKey::from_ed_der(&public_key),
+            kid,
+            algorithm,
             public_key,
+            encoding,
+            decoding,
+            jwk,
         })
+    }
+
+    pub fn unseal(stored: &StoredSigningKey, master: &MasterKey) -> Result<SigningKey, KeyError> {
+        let algorithm = KeyAlgorithm::parse(&stored.algorithm).ok_or(KeyError::Damaged {
+            kid: stored.kid.clone(),
+        })?;
+        let der = master.open(&stored.kid, &stored.private_key_sealed)?;
+        SigningKey::from_parts(
+            stored.kid.clone(),
+            algorithm,
+            stored.public_key.clone(),
+            &der,
+        )
     }
 
     pub fn public_key_b64(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.public_key)
+        URL_SAFE_NO_PAD.encode(&self.public_key)
     }
 
     pub fn jwk(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": self.public_key_b64(),
-            "kid": self.kid,
-            "alg": "EdDSA",
-            "use": "sig",
-        })
+        self.jwk.clone()
     }
 }
 
 /// A short, stable id derived from the public key (a truncated RFC 7638-style thumbprint).
-fn kid_for(public_key: &[u8; 32]) -> String {
+fn kid_for(public_key: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(public_key);
     URL_SAFE_NO_PAD.encode(&digest[..12])

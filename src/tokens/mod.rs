@@ -4,6 +4,7 @@
 pub mod client_token;
 pub mod dpop;
 pub mod keys;
+pub mod oidc;
 pub mod refresh;
 
 use crate::domain::keys::SigningKeyStatus;
@@ -11,7 +12,7 @@ use crate::domain::{Duration, Timestamp};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, Header, Validation};
-use keys::{KeyError, MasterKey, SigningKey};
+use keys::{KeyAlgorithm, KeyError, MasterKey, SigningKey};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -32,6 +33,11 @@ pub struct AccessClaims {
     #[serde(default)]
     pub roles: Vec<String>,
     pub auth_time: i64,
+    /// How the user authenticated (RFC 9470 §3): the session's class and methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
     /// The DPoP key the token is bound to (RFC 9449 §6): present it with a proof by that key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
@@ -83,12 +89,18 @@ pub struct AccessGrant<'a> {
     pub scope: &'a str,
     pub roles: &'a [String],
     pub auth_time: Timestamp,
+    /// The session's authentication context class and methods (RFC 9470).
+    pub acr: &'a str,
+    pub amr: &'a [&'a str],
     /// The session's DPoP binding: the token carries `cnf.jkt`.
     pub dpop_jkt: Option<&'a str>,
 }
 
 struct KeyRing {
+    /// The active Ed25519 key: access tokens and security events.
     active: Arc<SigningKey>,
+    /// The active RSA key: RS256 ID and logout tokens.
+    rsa: Arc<SigningKey>,
     /// The active key's signer, parsed once: `jsonwebtoken::encode` rebuilds the key pair from
     /// its DER on every call, which costs as much again as the signature.
     signer: ed25519_dalek::SigningKey,
@@ -99,8 +111,19 @@ struct KeyRing {
 }
 
 impl KeyRing {
-    fn new(active: Arc<SigningKey>, published: HashMap<String, Arc<SigningKey>>) -> Self {
+    fn new(keys: Keys) -> Self {
         use ed25519_dalek::pkcs8::DecodePrivateKey;
+        assert_eq!(keys.active.algorithm, KeyAlgorithm::EdDsa);
+        assert_eq!(keys.active_rsa.algorithm, KeyAlgorithm::Rs256);
+        let active = Arc::new(keys.active);
+        let rsa = Arc::new(keys.active_rsa);
+        let mut published: HashMap<String, Arc<SigningKey>> = keys
+            .others
+            .into_iter()
+            .map(|k| (k.kid.clone(), Arc::new(k)))
+            .collect();
+        published.insert(active.kid.clone(), active.clone());
+        published.insert(rsa.kid.clone(), rsa.clone());
         let signer = ed25519_dalek::SigningKey::from_pkcs8_der(active.encoding.as_bytes())
             .expect("an active signing key holds a valid Ed25519 PKCS#8 document");
         let mut header = Header::new(Algorithm::EdDSA);
@@ -109,6 +132,7 @@ impl KeyRing {
         let header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("header"));
         KeyRing {
             active,
+            rsa,
             signer,
             header_b64,
             published,
@@ -130,8 +154,24 @@ impl KeyRing {
     }
 }
 
+/// The keys a ring is built from: the active key of each kind and every other published one.
+pub struct Keys {
+    pub active: SigningKey,
+    pub active_rsa: SigningKey,
+    pub others: Vec<SigningKey>,
+}
+
+/// What ID and logout tokens need beside the keys.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// The OpenID Provider's issuer: `public_url` when set (what discovery says, exactly).
+    pub issuer: String,
+    pub id_token_lifetime: Duration,
+}
+
 pub struct TokenService {
     issuer: String,
+    oidc: OidcSettings,
     audience: String,
     lifetime: Duration,
     keys: RwLock<Arc<KeyRing>>,
@@ -146,15 +186,9 @@ impl TokenService {
         issuer: String,
         audience: String,
         lifetime: Duration,
-        active: SigningKey,
-        others: Vec<SigningKey>,
+        oidc: OidcSettings,
+        keys: Keys,
     ) -> Self {
-        let active = Arc::new(active);
-        let mut published: HashMap<String, Arc<SigningKey>> = others
-            .into_iter()
-            .map(|k| (k.kid.clone(), Arc::new(k)))
-            .collect();
-        published.insert(active.kid.clone(), active.clone());
         let mut validation = Validation::new(Algorithm::EdDSA);
         // Time claims are checked against the service clock below, not the system clock.
         validation.validate_exp = false;
@@ -165,9 +199,10 @@ impl TokenService {
         validation.set_required_spec_claims(&["exp", "iat", "nbf", "sub", "aud", "iss"]);
         TokenService {
             issuer,
+            oidc,
             audience,
             lifetime,
-            keys: RwLock::new(Arc::new(KeyRing::new(active, published))),
+            keys: RwLock::new(Arc::new(KeyRing::new(keys))),
             validation,
         }
     }
@@ -196,6 +231,8 @@ impl TokenService {
             scope: grant.scope.to_owned(),
             roles: grant.roles.to_vec(),
             auth_time: grant.auth_time.timestamp(),
+            acr: Some(grant.acr.to_owned()),
+            amr: grant.amr.iter().map(|m| (*m).to_owned()).collect(),
             cnf: grant.dpop_jkt.map(|jkt| Confirmation {
                 jkt: jkt.to_owned(),
             }),
@@ -242,8 +279,14 @@ impl TokenService {
         serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })
     }
 
+    /// The kid of the active Ed25519 key (access tokens).
     pub fn active_kid(&self) -> String {
         self.ring().active.kid.clone()
+    }
+
+    /// The kid of the active RSA key (RS256 ID and logout tokens).
+    pub fn active_rsa_kid(&self) -> String {
+        self.ring().rsa.kid.clone()
     }
 
     /// Every kid in the JWKS, sorted.
@@ -253,15 +296,9 @@ impl TokenService {
         kids
     }
 
-    /// Swaps in a new key ring: `active` signs from now on, `active` and `others` verify.
-    pub fn replace_keys(&self, active: SigningKey, others: Vec<SigningKey>) {
-        let active = Arc::new(active);
-        let mut published: HashMap<String, Arc<SigningKey>> = others
-            .into_iter()
-            .map(|k| (k.kid.clone(), Arc::new(k)))
-            .collect();
-        published.insert(active.kid.clone(), active.clone());
-        *self.keys.write().expect("key ring lock") = Arc::new(KeyRing::new(active, published));
+    /// Swaps in a new key ring: the active keys sign from now on, every key verifies.
+    pub fn replace_keys(&self, keys: Keys) {
+        *self.keys.write().expect("key ring lock") = Arc::new(KeyRing::new(keys));
     }
 
     /// Signs `claims` with the active key under the given JWT `typ` (e.g. `secevent+jwt` for
@@ -285,13 +322,13 @@ impl TokenService {
     }
 }
 
-/// The keys in the store, unsealed: the active one first. When there is none yet, a new key
-/// is generated; the caller records it (`commands::CreateFirstSigningKey`).
+/// The keys in the store, unsealed. For a kind with no active key yet (a new database, or one
+/// from before RS256 keys), a new key is generated; the caller records each
+/// (`commands::CreateFirstSigningKey`).
 pub struct LoadedKeys {
-    pub active: SigningKey,
-    pub others: Vec<SigningKey>,
-    /// Set when `active` was just created and must be recorded.
-    pub created: Option<crate::store::StoredSigningKey>,
+    pub keys: Keys,
+    /// The keys just created, which must be recorded.
+    pub created: Vec<crate::store::StoredSigningKey>,
 }
 
 pub fn load_keys(
@@ -299,50 +336,57 @@ pub fn load_keys(
     master: &MasterKey,
     now: Timestamp,
 ) -> Result<LoadedKeys, KeyError> {
-    let mut active = None;
+    let mut active: HashMap<KeyAlgorithm, SigningKey> = HashMap::new();
     let mut others = Vec::new();
     for s in stored
         .iter()
         .filter(|s| s.status != SigningKeyStatus::Expired)
     {
         let key = SigningKey::unseal(s, master)?;
-        if s.status == SigningKeyStatus::Active && active.is_none() {
-            active = Some(key);
+        if s.status == SigningKeyStatus::Active && !active.contains_key(&key.algorithm) {
+            active.insert(key.algorithm, key);
         } else {
             others.push(key);
         }
     }
-    if let Some(active) = active {
-        return Ok(LoadedKeys {
-            active,
-            others,
-            created: None,
-        });
+    let mut created = Vec::new();
+    for algorithm in KeyAlgorithm::ALL {
+        if !active.contains_key(&algorithm) {
+            let (key, stored) = SigningKey::generate_for(algorithm, master, now);
+            active.insert(algorithm, key);
+            created.push(stored);
+        }
     }
-    let (key, stored) = SigningKey::generate(master, now);
+    let mut take = |a| active.remove(&a).expect("one active key of each kind");
     Ok(LoadedKeys {
-        active: key,
-        others,
-        created: Some(stored),
+        keys: Keys {
+            active: take(KeyAlgorithm::EdDsa),
+            active_rsa: take(KeyAlgorithm::Rs256),
+            others,
+        },
+        created,
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::parse_timestamp;
 
-    fn service() -> TokenService {
+    pub(crate) fn service() -> TokenService {
         let dir = tempfile::tempdir().unwrap();
         let master = MasterKey::load(None, dir.path()).unwrap();
         let now = parse_timestamp("2026-01-01T00:00:00.000Z").unwrap();
-        let (key, _) = SigningKey::generate(&master, now);
+        let loaded = load_keys(&[], &master, now).unwrap();
         TokenService::new(
             "https://issuer.test".into(),
             "api".into(),
             Duration::minutes(10),
-            key,
-            vec![],
+            OidcSettings {
+                issuer: "https://op.test".into(),
+                id_token_lifetime: Duration::minutes(10),
+            },
+            loaded.keys,
         )
     }
 
@@ -357,6 +401,8 @@ mod tests {
             scope: "openid",
             roles: &roles,
             auth_time: now,
+            acr: "urn:sessiond:acr:pwd",
+            amr: &[],
             dpop_jkt: None,
         };
         let (jwt, _) = tokens.issue(&grant, now);
@@ -390,6 +436,8 @@ mod tests {
                 scope: "session",
                 roles: &[],
                 auth_time: now,
+                acr: "urn:sessiond:acr:pwd",
+                amr: &[],
                 dpop_jkt: None,
             },
             now,

@@ -97,11 +97,21 @@ async fn jwks(app: &TestApp) -> Value {
     r.json().await.unwrap()
 }
 
+/// The Ed25519 kids (the access-token keys) in the JWKS; `rsa_kids` the RS256 ones.
 fn kids(jwks: &Value) -> Vec<String> {
+    kids_of(jwks, "EdDSA")
+}
+
+fn rsa_kids(jwks: &Value) -> Vec<String> {
+    kids_of(jwks, "RS256")
+}
+
+fn kids_of(jwks: &Value, alg: &str) -> Vec<String> {
     let mut kids: Vec<String> = jwks["keys"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|k| k["alg"] == alg)
         .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect();
     kids.sort();
@@ -135,10 +145,27 @@ pub fn verify_with_jwks(jwks: &Value, jwt: &str, audience: Option<&str>) -> Valu
         .claims
 }
 
-fn signing_key_events(events: &[sessiond::store::RecordedEvent]) -> Vec<(String, String)> {
+/// A run that publishes the next key of each kind says `published ED, published RSA`.
+fn published_pair(summary: &str) -> (String, String) {
+    let parts: Vec<&str> = summary.split(", ").collect();
+    match parts.as_slice() {
+        [ed, rsa] => (
+            ed.strip_prefix("published ").expect(summary).to_owned(),
+            rsa.strip_prefix("published ").expect(summary).to_owned(),
+        ),
+        _ => panic!("{summary}"),
+    }
+}
+
+/// The signing-key events about the given keys, in order.
+fn signing_key_events(
+    events: &[sessiond::store::RecordedEvent],
+    of: &[&String],
+) -> Vec<(String, String)> {
     events
         .iter()
         .filter(|e| e.event_type.starts_with("signing_key."))
+        .filter(|e| of.iter().any(|k| data(e)["kid"] == k.as_str()))
         .map(|e| {
             (
                 e.event_type.clone(),
@@ -157,18 +184,21 @@ async fn rotation_publishes_ahead_switches_signers_and_keeps_the_old_key_until_i
     })
     .await;
     let first = app.service.tokens.active_kid();
+    let rsa_first = app.service.tokens.active_rsa_kid();
     app.register("alice").await;
     assert_eq!(run(&app, JobKind::KeyRotation).await, "no change");
 
-    // Ten minutes before the hand-over the next key is published, not yet signing.
+    // Ten minutes before the hand-over the next key of each kind is published, not yet signing.
     app.clock.advance(Duration::minutes(50));
     let summary = run(&app, JobKind::KeyRotation).await;
-    let second = summary
-        .strip_prefix("published ")
-        .expect(&summary)
-        .to_owned();
+    let (second, rsa_second) = published_pair(&summary);
     assert_eq!(kids(&jwks(&app).await), {
         let mut k = vec![first.clone(), second.clone()];
+        k.sort();
+        k
+    });
+    assert_eq!(rsa_kids(&jwks(&app).await), {
+        let mut k = vec![rsa_first.clone(), rsa_second.clone()];
         k.sort();
         k
     });
@@ -179,8 +209,9 @@ async fn rotation_publishes_ahead_switches_signers_and_keeps_the_old_key_until_i
     app.clock.advance(Duration::minutes(10));
     assert_eq!(
         run(&app, JobKind::KeyRotation).await,
-        format!("activated {second}, retired {first}")
+        format!("activated {second}, activated {rsa_second}, retired {first}, retired {rsa_first}")
     );
+    assert_eq!(app.service.tokens.active_rsa_kid(), rsa_second);
     let published = jwks(&app).await;
     assert_eq!(kids(&published).len(), 2);
     let claims = verify_with_jwks(&published, &before.access, Some("sessiond"));
@@ -197,16 +228,17 @@ async fn rotation_publishes_ahead_switches_signers_and_keeps_the_old_key_until_i
     app.clock.advance(Duration::minutes(2));
     assert_eq!(
         run(&app, JobKind::KeyRotation).await,
-        format!("expired {first}")
+        format!("expired {first}, expired {rsa_first}")
     );
     assert_eq!(kids(&jwks(&app).await), vec![second.clone()]);
+    assert_eq!(rsa_kids(&jwks(&app).await), vec![rsa_second.clone()]);
     let later = app.refresh_ok(&after.refresh).await;
     assert_eq!(kid_of(&later.access), second);
     assert_eq!(app.me(&later.access).await.status(), StatusCode::OK);
 
     let e = |t: &str, k: &String| (t.to_owned(), k.clone());
     assert_eq!(
-        signing_key_events(&app.all_events().await),
+        signing_key_events(&app.all_events().await, &[&first, &second]),
         vec![
             e("signing_key.created", &first),
             e("signing_key.activated", &first),
@@ -222,13 +254,10 @@ async fn rotation_publishes_ahead_switches_signers_and_keeps_the_old_key_until_i
 async fn keys_rotate_by_hand_publishes_a_key_the_server_then_activates() {
     let app = spawn_app().await;
     let first = app.service.tokens.active_kid();
+    let rsa_first = app.service.tokens.active_rsa_kid();
     let (ok, out, err) = sessiond_cli(&["keys", "rotate"], app.data_dir.path());
     assert!(ok, "{out}{err}");
-    let second = out
-        .trim()
-        .strip_prefix("published ")
-        .unwrap_or_else(|| panic!("{out}"))
-        .to_owned();
+    let (second, rsa_second) = published_pair(out.trim());
     let (ok, out, _) = sessiond_cli(&["keys", "list"], app.data_dir.path());
     assert!(ok);
     assert!(out.contains(&format!("{second}\tpublished")), "{out}");
@@ -237,12 +266,13 @@ async fn keys_rotate_by_hand_publishes_a_key_the_server_then_activates() {
     // The server picks it up on its next rotation run and publishes it...
     assert_eq!(run(&app, JobKind::KeyRotation).await, "no change");
     assert!(kids(&jwks(&app).await).contains(&second));
+    assert!(rsa_kids(&jwks(&app).await).contains(&rsa_second));
     assert_eq!(app.service.tokens.active_kid(), first);
     // ...and signs with it one access-token lifetime later.
     app.clock.advance(Duration::minutes(11));
     assert_eq!(
         run(&app, JobKind::KeyRotation).await,
-        format!("activated {second}, retired {first}")
+        format!("activated {second}, activated {rsa_second}, retired {first}, retired {rsa_first}")
     );
     app.register("bob").await;
     assert_eq!(kid_of(&app.login("bob").await.access), second);

@@ -143,8 +143,12 @@ async fn nodes_starting_together_on_an_empty_database_share_one_signing_key() {
     let (a, b) = tokio::join!(build(&dir_a), build(&dir_b));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.service.tokens.active_kid(), b.service.tokens.active_kid());
+    assert_eq!(
+        a.service.tokens.active_rsa_kid(),
+        b.service.tokens.active_rsa_kid()
+    );
     let keys = a.service.store.signing_keys().await.unwrap();
-    assert_eq!(keys.len(), 1, "one key stored");
+    assert_eq!(keys.len(), 2, "one key of each kind (EdDSA, RS256) stored");
     let created = a
         .service
         .store
@@ -154,7 +158,7 @@ async fn nodes_starting_together_on_an_empty_database_share_one_signing_key() {
         })
         .await
         .unwrap();
-    assert_eq!(created.len(), 1, "one creation recorded");
+    assert_eq!(created.len(), 2, "one creation of each kind recorded");
 
     // A token signed on one node is accepted by the other.
     let clock = Arc::new(ManualClock::default());

@@ -773,12 +773,13 @@ async fn registry_history(store: &Store) -> RegistryHistory {
             let (_, candidate) = SigningKey::generate(&master, minutes(at));
             let kid = candidate.kid.clone();
             let rotate = RotateSigningKeys {
-                candidate,
+                candidates: vec![candidate],
+                algorithms: vec!["EdDSA".into()],
                 policy: ROTATION,
                 start_now,
             };
             let report = run_command(&mut ws, rotate, minutes(at)).await;
-            if report.published.is_some() {
+            if !report.published.is_empty() {
                 kids.push(kid);
             }
         }

@@ -10,7 +10,7 @@ use sessiond::config::{Config, ConfigError, KEYS, Overrides};
 use sessiond::domain::parse_timestamp;
 use sessiond::domain::token::{ApiKey, RefreshToken};
 use sessiond::rules::file::{RuleError, parse as parse_rules};
-use sessiond::tokens::keys::{MasterKey, SigningKey};
+use sessiond::tokens::keys::MasterKey;
 use sessiond::tokens::{AccessGrant, TokenService};
 use std::path::Path;
 use uuid::Uuid;
@@ -85,13 +85,16 @@ fn refresh_tokens_round_trip_and_nothing_else_parses_as_one() {
 fn token_service(dir: &Path) -> TokenService {
     let master = MasterKey::load(None, dir).unwrap();
     let now = parse_timestamp("2026-01-01T00:00:00.000Z").unwrap();
-    let (key, _) = SigningKey::generate(&master, now);
+    let loaded = sessiond::tokens::load_keys(&[], &master, now).unwrap();
     TokenService::new(
         "https://issuer.test".into(),
         "api".into(),
         sessiond::domain::Duration::minutes(10),
-        key,
-        vec![],
+        sessiond::tokens::OidcSettings {
+            issuer: "https://issuer.test".into(),
+            id_token_lifetime: sessiond::domain::Duration::minutes(10),
+        },
+        loaded.keys,
     )
 }
 
@@ -138,6 +141,8 @@ fn the_access_token_verifier_refuses_every_forgery_with_a_typed_error() {
         scope: "openid",
         roles: &roles,
         auth_time: now,
+        acr: "urn:sessiond:acr:pwd",
+        amr: &["pwd"],
         dpop_jkt: None,
     };
 
