@@ -438,7 +438,7 @@ async fn metadata(State(app): State<AppState>) -> impl IntoResponse {
     // Links from the configuration only (`public_url`, else the listen address): a request's
     // Host header is the client's to write, and metadata may be cached and served to others.
     Json(crate::service::oauth::authorization_server_metadata(
-        &app.config.issuer,
+        &app.config.oidc_issuer(),
         &app.config.base_url(),
         app.config.oauth_password_grant,
     ))

@@ -854,3 +854,107 @@ async fn clients_are_managed_from_the_cli_and_the_security_api_with_events() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
+
+/// Authlib (a well-known, unmodified relying-party library) runs the whole flow against the
+/// real server: discovery, PKCE, the sign-in form, the callback, the code exchange, the ID
+/// token checked against the JWKS with its nonce, userinfo, refresh, revocation, logout.
+#[tokio::test]
+async fn authlib_runs_the_whole_flow_against_the_real_server() {
+    let app = spawn_app().await;
+    let user_id = app.register("alice").await;
+    let rp = register_client(&app, true, true).await;
+    let base = app.url("");
+    let client_id = rp.client_id.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([
+                "tests/support/oidc_rp.py",
+                &base,
+                &client_id,
+                "alice",
+                PASSWORD,
+                REDIRECT,
+                "http://127.0.0.1:9/bye",
+            ])
+            .output()
+            .expect("python3 runs (this test needs it, with authlib and requests)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "tests/support/oidc_rp.py failed (is authlib installed? pip install authlib requests): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["sub"], user_id.as_str());
+    assert_eq!(seen["alg"], "RS256", "OIDC Core's default algorithm");
+    assert_eq!(seen["preferred_username"], "alice");
+    assert_eq!(seen["userinfo"]["preferred_username"], "alice");
+    // RP-initiated logout ended the session through the revocation command.
+    let sid = seen["sid"].as_str().unwrap();
+    let session = app
+        .service
+        .store
+        .session(sid.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!session.is_active());
+}
+
+#[tokio::test]
+async fn end_session_needs_an_exactly_registered_post_logout_uri_and_ends_the_session() {
+    let app = spawn_app().await;
+    app.register("alice").await;
+    let rp = register_client(&app, true, true).await;
+    let (verifier, challenge) = pkce();
+    let code = rp.code(&challenge).await;
+    let body: Value = rp.exchange(&code, &verifier).await.json().await.unwrap();
+    let id_token = body["id_token"]
+        .as_str()
+        .expect("an id_token with openid")
+        .to_owned();
+    // An attacker's page sends the browser to logout with its own return address.
+    let r = rp
+        .browser
+        .get(app.url("/oauth/end_session"))
+        .query(&[
+            ("id_token_hint", id_token.as_str()),
+            ("post_logout_redirect_uri", "http://127.0.0.1:9/byE"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers().get("location").is_none());
+    let access = body["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.me(access).await.status(),
+        StatusCode::OK,
+        "nothing ended"
+    );
+    let r = rp
+        .browser
+        .get(app.url("/oauth/end_session"))
+        .query(&[
+            ("id_token_hint", id_token.as_str()),
+            ("post_logout_redirect_uri", "http://127.0.0.1:9/bye"),
+            ("state", "s 1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(location(&r), "http://127.0.0.1:9/bye?state=s%201");
+    assert_eq!(app.me(access).await.status(), StatusCode::UNAUTHORIZED);
+    // Without a hint nothing ends before the user confirms.
+    let r = rp
+        .browser
+        .get(app.url("/oauth/end_session"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("id=\"confirm\""));
+}
