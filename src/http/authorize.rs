@@ -81,7 +81,7 @@ async fn authorize_get(
     headers: HeaderMap,
 ) -> Response {
     let Some(pairs) = form_pairs(&Bytes::from(query.unwrap_or_default())) else {
-        return error_page("the request's query string is malformed");
+        return error_page(&headers, "the request's query string is malformed");
     };
     let b = browser(&headers, None);
     let step = app.authorize(pairs, &b, &ctx).await;
@@ -94,20 +94,14 @@ async fn authorize_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';').next().is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
-    if !form {
-        return error_page("the form must be sent as application/x-www-form-urlencoded");
+    if !is_form(&headers) {
+        return error_page(
+            &headers,
+            "the form must be sent as application/x-www-form-urlencoded",
+        );
     }
     let Some(pairs) = form_pairs(&body) else {
-        return error_page("the form is malformed");
+        return error_page(&headers, "the form is malformed");
     };
     let take = |name: &str| {
         pairs
@@ -141,6 +135,17 @@ async fn authorize_post(
     answer(step, &headers, StatusCode::SEE_OTHER)
 }
 
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
 fn answer(
     step: Result<AuthorizeStep, AuthorizeError>,
     headers: &HeaderMap,
@@ -148,7 +153,7 @@ fn answer(
 ) -> Response {
     let (csrf, new_csrf) = csrf_token(headers);
     let mut response = match step {
-        Err(AuthorizeError::Page(message)) => return error_page(&message),
+        Err(AuthorizeError::Page(message)) => return error_page(headers, &message),
         Err(AuthorizeError::Redirect(location)) => redirect(redirect_status, &location),
         Ok(AuthorizeStep::Redirect { location, signin }) => {
             let mut r = redirect(redirect_status, &location);
@@ -272,8 +277,19 @@ pub(super) fn layout(title: &str, content: &str) -> String {
     )
 }
 
-/// An error that must not go back to the client: an unknown client or redirect URI.
-pub(super) fn error_page(message: &str) -> Response {
+/// An error that must not go back to the client: an unknown client or redirect URI. A page for
+/// a browser (it asks for `text/html`); the JSON error shape for any other caller.
+pub(super) fn error_page(headers: &HeaderMap, message: &str) -> Response {
+    let browser = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if !browser {
+        let mut r = Error::InvalidRequest(message.to_owned()).into_response();
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return r;
+    }
     let body = layout(
         "Sign-in error",
         &format!(
@@ -376,7 +392,7 @@ async fn end_session_get(
     headers: HeaderMap,
 ) -> Response {
     let Some(pairs) = form_pairs(&Bytes::from(query.unwrap_or_default())) else {
-        return error_page("the request's query string is malformed");
+        return error_page(&headers, "the request's query string is malformed");
     };
     let step = app
         .end_session(pairs, &browser(&headers, None), false, &ctx)
@@ -390,8 +406,14 @@ async fn end_session_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if !is_form(&headers) {
+        return error_page(
+            &headers,
+            "the form must be sent as application/x-www-form-urlencoded",
+        );
+    }
     let Some(mut pairs) = form_pairs(&body) else {
-        return error_page("the form is malformed");
+        return error_page(&headers, "the form is malformed");
     };
     let csrf = pairs
         .iter()
@@ -410,7 +432,7 @@ fn end_session_answer(
     redirect_status: StatusCode,
 ) -> Response {
     match step {
-        Err(AuthorizeError::Page(m)) | Err(AuthorizeError::Redirect(m)) => error_page(&m),
+        Err(AuthorizeError::Page(m)) | Err(AuthorizeError::Redirect(m)) => error_page(headers, &m),
         Ok(EndSessionStep::Redirect(location)) => {
             clear_signin(redirect(redirect_status, &location))
         }

@@ -33,6 +33,17 @@ impl Sessiond {
         let page = |m: &str| AuthorizeError::Page(m.to_owned());
         let mut map: HashMap<&str, &str> = HashMap::new();
         for (k, v) in &pairs {
+            if !matches!(
+                k.as_str(),
+                "id_token_hint"
+                    | "client_id"
+                    | "post_logout_redirect_uri"
+                    | "state"
+                    | "logout_hint"
+                    | "ui_locales"
+            ) {
+                return Err(page("an unknown parameter was sent"));
+            }
             if !v.is_empty() && map.insert(k.as_str(), v.as_str()).is_some() {
                 return Err(page("a parameter is repeated"));
             }

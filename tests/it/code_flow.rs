@@ -51,6 +51,10 @@ pub async fn register_client<'a>(app: &'a TestApp, public: bool, first_party: bo
         secret: created.client_secret,
         browser: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::ACCEPT,
+                reqwest::header::HeaderValue::from_static("text/html,*/*;q=0.8"),
+            )]))
             .user_agent(FIREFOX)
             .build()
             .unwrap(),
@@ -436,6 +440,12 @@ async fn a_redirect_uri_differing_in_one_character_gets_an_error_page_and_no_red
         assert!(
             r.headers().get("location").is_none(),
             "never a redirect: {uri}"
+        );
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
         );
         let text = r.text().await.unwrap();
         assert!(text.contains("not one registered"), "{uri}: {text}");
