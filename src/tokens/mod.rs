@@ -351,9 +351,9 @@ pub fn load_keys(
     }
     let mut created = Vec::new();
     for algorithm in KeyAlgorithm::ALL {
-        if !active.contains_key(&algorithm) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = active.entry(algorithm) {
             let (key, stored) = SigningKey::generate_for(algorithm, master, now);
-            active.insert(algorithm, key);
+            slot.insert(key);
             created.push(stored);
         }
     }

@@ -27,7 +27,7 @@ pub async fn client_record<D: Dialect>(
 ) -> Result<Option<Client>, StoreError> {
     let mut q = Stmt::new::<D>("SELECT record FROM clients WHERE client_id = ");
     q.bind(client_id);
-    one::<D, _>(c, q, |r| record(r)).await
+    one::<D, _>(c, q, record).await
 }
 
 pub async fn put_client<D: Dialect>(
@@ -68,7 +68,7 @@ pub async fn authorization_code<D: Dialect>(
 ) -> Result<Option<AuthorizationCode>, StoreError> {
     let mut q = Stmt::new::<D>("SELECT record FROM authorization_codes WHERE code_id = ");
     q.bind(code_id.to_string());
-    one::<D, _>(c, q, |r| record(r)).await
+    one::<D, _>(c, q, record).await
 }
 
 pub async fn put_authorization_code<D: Dialect>(
@@ -109,6 +109,6 @@ impl<D: Dialect> Tables<D> {
     pub async fn clients(&self) -> Result<Vec<Client>, StoreError> {
         let mut c = self.pool.acquire().await?;
         let q = Stmt::new::<D>("SELECT record FROM clients ORDER BY created_at, client_id");
-        all::<D, _>(&mut c, q, |r| record(r)).await
+        all::<D, _>(&mut c, q, record).await
     }
 }
