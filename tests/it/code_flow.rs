@@ -300,6 +300,24 @@ async fn a_public_client_signs_a_user_in_with_pkce_and_gets_tokens_of_its_own() 
     assert_eq!(info["sub"], claims.sub.to_string());
     assert_eq!(info["preferred_username"], "alice");
 
+    // The user's device list names the application.
+    let devices: Value = app
+        .http
+        .get(app.url("/v1/me/sessions"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        devices
+            .to_string()
+            .contains("\"application\":\"Photo App\""),
+        "{devices}"
+    );
+
     // Its refresh token works for it, in the same family machinery.
     let r = rp
         .token(&[("grant_type", "refresh_token"), ("refresh_token", refresh)])
