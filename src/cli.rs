@@ -1,8 +1,9 @@
 //! The command line: `serve`, `migrate`, `users create`, `keys list|rotate|…-api-key`,
-//! `webhooks create|list|delete`, `rules lint|test|backtest`, `events verify|export`,
+//! `webhooks create|list|delete`, `clients create|list|delete`, `rules lint|test|backtest`, `events verify|export`,
 //! `projections rebuild`.
 
 mod accounts;
+mod clients;
 mod integrity;
 mod operations;
 use operations::{KeysCmd, WebhooksCmd, keys, webhooks};
@@ -92,6 +93,11 @@ enum Cmd {
     Keys {
         #[command(subcommand)]
         command: KeysCmd,
+    },
+    /// OAuth clients: applications that sign users in through /oauth/authorize.
+    Clients {
+        #[command(subcommand)]
+        command: clients::ClientsCmd,
     },
     /// Webhook subscriptions: event delivery to other systems.
     Webhooks {
@@ -323,6 +329,7 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
         }
         Cmd::Keys { command } => keys(command).await,
         Cmd::Webhooks { command } => webhooks(command).await,
+        Cmd::Clients { command } => clients::clients(command).await,
         Cmd::Projections {
             command: ProjectionsCmd::Rebuild { common },
         } => {
@@ -524,7 +531,8 @@ async fn export(
                     e.position
                 )));
             }
-            out.write_all(export_line(e, open)?.as_bytes()).map_err(io)?;
+            out.write_all(export_line(e, open)?.as_bytes())
+                .map_err(io)?;
             out.write_all(b"\n").map_err(io)?;
         }
     }

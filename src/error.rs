@@ -68,6 +68,14 @@ pub enum Error {
     TooManyAttempts { retry_after: u64 },
     #[error("the request took too long")]
     Timeout,
+    /// Client authentication at the token endpoint failed (RFC 6749 §5.2): 401, with a
+    /// `WWW-Authenticate: Basic` challenge when the client tried HTTP Basic.
+    #[error("client authentication failed")]
+    InvalidClient { basic: bool },
+    /// Another OAuth error of RFC 6749 §5.2 (`unauthorized_client`, `invalid_scope`,
+    /// `unsupported_grant_type`, ...): 400 with that code.
+    #[error("{1}")]
+    OAuth(&'static str, String),
     #[error("internal error")]
     Internal(String),
 }
@@ -136,6 +144,8 @@ impl Error {
             Error::Overloaded => "overloaded",
             Error::TooManyAttempts { .. } => "too_many_attempts",
             Error::Timeout => "request_timeout",
+            Error::InvalidClient { .. } => "invalid_client",
+            Error::OAuth(code, _) => code,
             Error::Internal(_) => "internal_error",
         }
     }

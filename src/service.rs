@@ -26,10 +26,14 @@ use uuid::Uuid;
 
 pub mod admin;
 pub mod api_keys;
+pub mod authorize;
+pub mod clients;
+pub mod code_grant;
 mod credentials;
 pub mod devices;
 pub mod discovery;
 pub mod dpop;
+pub mod end_session;
 pub mod integrity;
 pub mod maintenance;
 pub mod oauth;
@@ -76,6 +80,10 @@ pub struct IssuedTokens {
     pub refresh_token_expires_in: i64,
     /// `DPoP` for a session bound to a key (its access token carries `cnf.jkt`), else `Bearer`.
     pub token_type: &'static str,
+    /// The session's scope (`session` for a first-party login).
+    pub scope: String,
+    /// An OpenID Connect ID token, for a code exchange with `openid` in scope.
+    pub id_token: Option<String>,
 }
 
 /// The caller behind a valid access token of a live session.
@@ -182,6 +190,8 @@ impl Sessiond {
             context: ctx.clone(),
             verified_password_hash: user.password_hash.clone(),
             dpop: proof,
+            client_id: None,
+            auth_time: None,
         };
         match self
             .writer
@@ -200,7 +210,22 @@ impl Sessiond {
         }
     }
 
+    /// A first-party refresh (no client authentication): a family a registered client holds
+    /// needs that client to authenticate (`code_grant::refresh_for_client`).
     pub async fn refresh(
+        &self,
+        presented: &str,
+        ctx: &RequestContext,
+        dpop: &Dpop,
+    ) -> Result<IssuedTokens, Error> {
+        if self.refresh_client(presented).await?.is_some() {
+            return Err(Error::InvalidGrant);
+        }
+        self.refresh_family(presented, ctx, dpop).await
+    }
+
+    /// The refresh itself: rotation, retries, reuse, rules.
+    pub(crate) async fn refresh_family(
         &self,
         presented: &str,
         ctx: &RequestContext,
@@ -249,7 +274,7 @@ impl Sessiond {
         }
     }
 
-    fn issue(&self, session: &Session, refresh_token: RefreshToken) -> IssuedTokens {
+    pub(crate) fn issue(&self, session: &Session, refresh_token: RefreshToken) -> IssuedTokens {
         let (acr, amr) = session.authentication();
         let grant = AccessGrant {
             user_id: session.user_id,
@@ -276,6 +301,8 @@ impl Sessiond {
             } else {
                 "Bearer"
             },
+            scope: session.scope.clone(),
+            id_token: None,
         }
     }
 

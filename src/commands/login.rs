@@ -70,6 +70,11 @@ pub struct StartSession {
     pub verified_password_hash: String,
     /// A DPoP proof sent with the login: the family is bound to its key.
     pub dpop: Option<CheckedProof>,
+    /// The OAuth client the session is started for (`/oauth/authorize`).
+    pub client_id: Option<String>,
+    /// When the password was proven, if earlier than now (a browser's sign-in reused for
+    /// another client); the session's `auth_time`.
+    pub auth_time: Option<crate::domain::Timestamp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +133,8 @@ impl Command for StartSession {
             token: self.token,
             context: self.context,
             dpop_jkt: self.dpop.map(|p| p.jkt),
+            client_id: self.client_id,
+            auth_time: self.auth_time,
         };
         let outcome = Outcome {
             kind: OutcomeKind::Grant,

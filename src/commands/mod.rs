@@ -14,6 +14,7 @@ pub mod effects;
 mod judge;
 mod keys;
 mod login;
+mod oauth;
 mod privacy;
 mod recording;
 mod refresh;
@@ -34,6 +35,7 @@ pub use api_keys::{CreateApiKey, RevokeApiKey, UnknownApiKey};
 pub use dpop::{CheckedProof, ClaimProof, ProofInput, PruneProofs};
 pub use keys::{CreateFirstSigningKey, RotateSigningKeys};
 pub use login::{RecordLoginFailure, RecordLoginThrottled, Register, StartRefusal, StartSession};
+pub use oauth::{DeleteClient, IssueCode, RedeemCode, RegisterClient, SessionGone, UnknownClient};
 pub use privacy::{EraseUser, ExpirePersonalData, NoSuchUser, ResealHistory, reseal_history};
 pub use refresh::{Reauthenticate, ReauthenticateSession, Refresh, RefreshRefusal, Refreshed};
 pub use revocation::{

@@ -8,10 +8,11 @@
 
 use super::{
     AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
-    EndSession, EndSessionByToken, EraseUser, ExpireIfDue, ExpirePersonalData, LogoutEverywhere,
-    PruneEndedSessions, PruneProofs, Reauthenticate, ReauthenticateSession, RecordLoginFailure,
-    RecordLoginThrottled, Refresh, Register, RequireReauth, ResealHistory, RevokeApiKey,
-    RotateSigningKeys, SetLock, SetRoles, StartSession, Subscribe, Unsubscribe,
+    DeleteClient, EndSession, EndSessionByToken, EraseUser, ExpireIfDue, ExpirePersonalData,
+    IssueCode, LogoutEverywhere, PruneEndedSessions, PruneProofs, Reauthenticate,
+    ReauthenticateSession, RecordLoginFailure, RecordLoginThrottled, RedeemCode, Refresh, Register,
+    RegisterClient, RequireReauth, ResealHistory, RevokeApiKey, RotateSigningKeys, SetLock,
+    SetRoles, StartSession, Subscribe, Unsubscribe,
 };
 use super::{Command, Context};
 use crate::clock::Clock;
@@ -137,6 +138,10 @@ queue!(
     EraseUser,
     ExpirePersonalData,
     ResealHistory,
+    RegisterClient,
+    DeleteClient,
+    IssueCode,
+    RedeemCode,
 );
 
 /// Runs one command in a transaction of its own on `ws`, outside the writer: for the data

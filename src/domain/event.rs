@@ -37,6 +37,8 @@ pub fn api_key_stream(key_id: Uuid) -> String {
     format!("api_key-{key_id}")
 }
 
+pub use super::client::client_stream;
+
 pub fn webhook_stream(subscription_id: Uuid) -> String {
     format!("webhook-{subscription_id}")
 }
@@ -201,6 +203,10 @@ pub struct SessionStarted {
     /// of the family needs a proof by that key. Absent for a bearer session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpop_jkt: Option<String>,
+    /// The OAuth client the session was started for (`/oauth/authorize`); absent for a
+    /// first-party login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -461,6 +467,31 @@ pub struct LogResealed {
     pub events: u64,
 }
 
+// OAuth clients and authorization codes (issue 14).
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientDeleted {
+    pub client_id: String,
+}
+
+/// A code was exchanged for tokens (on the stream of the session it started).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthorizationCodeRedeemed {
+    pub session_id: Uuid,
+    pub code_id: Uuid,
+    pub client_id: String,
+}
+
+/// A code already exchanged was presented again: the session it started is revoked with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthorizationCodeReused {
+    pub session_id: Uuid,
+    pub code_id: Uuid,
+    /// The client that presented it (authenticated), which may not be the code's.
+    pub presented_by: String,
+    pub context: RequestContext,
+}
+
 macro_rules! catalogue {
     ($( $variant:ident($payload:ty) = $name:literal, version $version:literal; )*) => {
         /// Every event sessiond records.
@@ -538,6 +569,12 @@ catalogue! {
     UserErased(UserErased) = "user.erased", version 1;
     PersonalDataExpired(PersonalDataExpired) = "personal_data.expired", version 1;
     LogResealed(LogResealed) = "log.resealed", version 1;
+    // OAuth clients and the authorization code flow (issue 14).
+    ClientRegistered(super::client::Client) = "client.registered", version 1;
+    ClientDeleted(ClientDeleted) = "client.deleted", version 1;
+    AuthorizationCodeIssued(super::authorization::AuthorizationCode) = "authorization_code.issued", version 1;
+    AuthorizationCodeRedeemed(AuthorizationCodeRedeemed) = "authorization_code.redeemed", version 1;
+    AuthorizationCodeReused(AuthorizationCodeReused) = "authorization_code.reused", version 1;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,7 +1,9 @@
 //! Pure domain code: no I/O, no clock reads, no async. The clock, randomness and the request
 //! context are arguments, so every decision can be replayed and tested synchronously.
 
+pub mod authorization;
 pub mod checkpoint;
+pub mod client;
 pub mod context;
 pub mod destination;
 pub mod event;

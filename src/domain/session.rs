@@ -83,6 +83,8 @@ pub struct Session {
     pub end_reason: Option<String>,
     /// The DPoP key thumbprint (RFC 7638) the family is bound to, from its start.
     pub dpop_jkt: Option<String>,
+    /// The OAuth client the session was started for, from its start.
+    pub client_id: Option<String>,
     /// Version of the session stream this state reflects.
     pub version: i64,
 }
@@ -165,6 +167,10 @@ pub struct StartSession {
     pub context: RequestContext,
     /// The thumbprint of the key a DPoP proof of the login was signed with: binds the family.
     pub dpop_jkt: Option<String>,
+    pub client_id: Option<String>,
+    /// When the user proved who they are, if before now (a sign-in reused for another
+    /// client); else now.
+    pub auth_time: Option<Timestamp>,
 }
 
 pub fn start(cmd: StartSession, now: Timestamp, policy: &SessionPolicy) -> Event {
@@ -177,11 +183,12 @@ pub fn start(cmd: StartSession, now: Timestamp, policy: &SessionPolicy) -> Event
         generation: 1,
         token_id: cmd.token.id,
         token_hash: cmd.token.hash,
-        auth_time: now,
+        auth_time: cmd.auth_time.filter(|t| *t <= now).unwrap_or(now),
         idle_expires_at: (now + policy.idle_lifetime).min(absolute_expires_at),
         absolute_expires_at,
         context: cmd.context,
         dpop_jkt: cmd.dpop_jkt,
+        client_id: cmd.client_id,
     })
 }
 
@@ -314,6 +321,7 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             ended_at: None,
             end_reason: None,
             dpop_jkt: e.dpop_jkt.clone(),
+            client_id: e.client_id.clone(),
             version: 1,
         });
     }
@@ -341,7 +349,11 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             s.last_seen_at = occurred_at;
             s.last_context = e.context.clone();
         }
-        Event::ReuseDetected(_) | Event::DpopMismatch(_) => {}
+        Event::ReuseDetected(_)
+        | Event::DpopMismatch(_)
+        | Event::AuthorizationCodeIssued(_)
+        | Event::AuthorizationCodeRedeemed(_)
+        | Event::AuthorizationCodeReused(_) => {}
         Event::ReauthRequired(_) => s.reauth_required = true,
         Event::SessionReauthenticated(e) => {
             s.reauth_required = false;
@@ -399,6 +411,9 @@ pub fn session_of(event: &Event) -> Option<Uuid> {
         Event::SessionReauthenticated(e) => Some(e.session_id),
         Event::SessionRevoked(e) => Some(e.session_id),
         Event::SessionExpired(e) => Some(e.session_id),
+        Event::AuthorizationCodeIssued(e) => Some(e.session_id),
+        Event::AuthorizationCodeRedeemed(e) => Some(e.session_id),
+        Event::AuthorizationCodeReused(e) => Some(e.session_id),
         _ => None,
     }
 }

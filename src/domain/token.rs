@@ -53,6 +53,24 @@ pub struct OpaqueSecret<K> {
 pub type RefreshToken = OpaqueSecret<Refresh>;
 pub type ApiKey = OpaqueSecret<ApiKeyKind>;
 
+/// Authorization codes (`/oauth/authorize`): the same format, another prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthCodeKind;
+impl SecretKind for AuthCodeKind {
+    const PREFIX: &'static str = "sdac_";
+    const NAME: &'static str = "AuthorizationCode";
+}
+pub type AuthCode = OpaqueSecret<AuthCodeKind>;
+
+/// A confidential OAuth client's secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSecretKind;
+impl SecretKind for ClientSecretKind {
+    const PREFIX: &'static str = "sdcs_";
+    const NAME: &'static str = "ClientSecret";
+}
+pub type ClientSecret = OpaqueSecret<ClientSecretKind>;
+
 /// How the store finds a token: its public id, and the hash that proves the token itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenKey {

@@ -18,7 +18,9 @@ pub fn status(e: &Error) -> StatusCode {
         Error::InvalidRequest(_)
         | Error::InvalidField(..)
         | Error::InvalidDpopProof(_)
-        | Error::UseDpopNonce(_) => StatusCode::BAD_REQUEST,
+        | Error::UseDpopNonce(_)
+        | Error::OAuth(..) => StatusCode::BAD_REQUEST,
+        Error::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
         Error::InvalidDpopToken(_) | Error::ResourceDpopNonce(_) => StatusCode::UNAUTHORIZED,
         Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -64,6 +66,7 @@ impl IntoResponse for Error {
                 Some(STEP_UP_CHALLENGE)
             }
             Error::InsufficientUserAuthentication { dpop: true } => Some(STEP_UP_DPOP_CHALLENGE),
+            Error::InvalidClient { basic: true } => Some("Basic realm=\"sessiond\""),
             _ => None,
         };
         if let Some(seconds) = self.retry_after() {

@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authorize;
+pub mod clients;
 pub mod error;
 pub mod extract;
 pub mod me;
@@ -57,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .merge(me::router())
         .merge(admin::router())
         .merge(oauth::router())
+        .merge(authorize::router())
+        .merge(clients::router())
         .merge(openapi::router())
         .merge(pages::router())
         .merge(revocations::router())
@@ -119,12 +123,14 @@ async fn request_guard(req: Request, next: Next) -> Response {
         .into_response();
     }
     let response = next.run(req).await;
-    let json = response
+    // Ours are JSON, or the HTML error pages of the browser routes (`/oauth/authorize`):
+    // axum's own rejections are plain text.
+    let ours = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if response.status().is_client_error() && !json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if response.status().is_client_error() && !ours {
         return error::client_error_as_json(response.status());
     }
     response

@@ -36,6 +36,8 @@ pub struct OAuthError {
     /// The RFC 9470 step-up challenge, beside `invalid_grant` for a session that must
     /// re-authenticate.
     step_up: bool,
+    /// The client tried HTTP Basic and failed: the challenge is `Basic` (RFC 6749 §5.2).
+    basic: bool,
 }
 
 impl OAuthError {
@@ -47,6 +49,7 @@ impl OAuthError {
             retry_after: None,
             nonce: None,
             step_up: false,
+            basic: false,
         }
     }
 
@@ -103,6 +106,12 @@ impl From<Error> for OAuthError {
                 return Self::new(status, "too_many_attempts", e.to_string())
                     .retry_after(e.retry_after());
             }
+            Error::InvalidClient { basic } => {
+                let mut e = Self::new(StatusCode::UNAUTHORIZED, "invalid_client", e.to_string());
+                e.basic = *basic;
+                return e;
+            }
+            Error::OAuth(code, _) => code,
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 return Self::new(
@@ -135,7 +144,12 @@ impl IntoResponse for OAuthError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(super::error::STEP_UP_CHALLENGE),
             );
-        } else if self.status == StatusCode::UNAUTHORIZED {
+        } else if self.basic {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"sessiond\""),
+            );
+        } else if self.status == StatusCode::UNAUTHORIZED && self.code != "invalid_client" {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
@@ -147,7 +161,7 @@ impl IntoResponse for OAuthError {
 
 /// Form parameters as RFC 6749 §3.2 reads them: `application/x-www-form-urlencoded`, an
 /// empty value counts as absent, and a parameter may not repeat.
-struct Params(HashMap<String, String>);
+pub(super) struct Params(HashMap<String, String>);
 
 impl Params {
     fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Params, OAuthError> {
@@ -191,7 +205,7 @@ impl Params {
 }
 
 /// Decodes a form body into its pairs, in order.
-fn form_pairs(body: &Bytes) -> Option<Vec<(String, String)>> {
+pub(super) fn form_pairs(body: &Bytes) -> Option<Vec<(String, String)>> {
     let text = std::str::from_utf8(body).ok()?;
     let mut out = Vec::new();
     for part in text.split('&').filter(|p| !p.is_empty()) {
@@ -202,7 +216,7 @@ fn form_pairs(body: &Bytes) -> Option<Vec<(String, String)>> {
 }
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte, UTF-8 overall.
-fn form_decode(s: &str) -> Option<String> {
+pub(super) fn form_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -246,14 +260,108 @@ async fn token(
     response
 }
 
+/// `Authorization: Basic` as RFC 6749 §2.3.1 has it: the id and secret form-encoded, then
+/// joined by a colon and base64-encoded. `None` without such a header.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+    use base64::Engine;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bad = || OAuthError::from(Error::InvalidClient { basic: true });
+    let value = value.to_str().map_err(|_| bad())?;
+    let Some((scheme, encoded)) = value.split_once(' ') else {
+        return Err(bad());
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        // A DPoP or Bearer header is no client authentication; the grant decides.
+        return Ok(None);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = text.split_once(':').ok_or_else(bad)?;
+    let id = form_decode(id).ok_or_else(bad)?;
+    let secret = form_decode(secret).ok_or_else(bad)?;
+    Ok(Some((id, secret)))
+}
+
+/// The client a token request names, authenticated; `None` when it names none (a first-party
+/// caller, which may send any `client_id`: it used to be ignored, and stays so when it names
+/// no registered client and comes without a secret).
+async fn client_of(
+    app: &AppState,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Option<crate::domain::client::Client>, OAuthError> {
+    let auth = crate::service::clients::ClientAuth {
+        basic: basic_credentials(headers)?,
+        client_id: params.get("client_id").map(str::to_owned),
+        client_secret: params.get("client_secret").map(str::to_owned),
+    };
+    if auth.is_empty() {
+        return Ok(None);
+    }
+    let without_secret = auth.basic.is_none() && auth.client_secret.is_none();
+    match app.authenticate_client(&auth).await {
+        Ok(c) => Ok(Some(c)),
+        Err(Error::InvalidClient { .. })
+            if without_secret
+                && app
+                    .registered_client(auth.client_id.as_deref().unwrap_or(""))
+                    .await?
+                    .is_none() =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What the token endpoint answers.
+enum Granted {
+    Tokens(IssuedTokens),
+    Client(crate::service::code_grant::ClientToken),
+}
+
 async fn grant(
     app: &AppState,
     ctx: &crate::domain::context::RequestContext,
     dpop: &crate::service::dpop::Dpop,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<IssuedTokens, OAuthError> {
+) -> Result<Granted, OAuthError> {
     let params = Params::parse(headers, body)?;
+    let grant_type = params.required("grant_type")?;
+    let client = client_of(app, headers, &params).await?;
+    let need_client = || OAuthError::from(Error::InvalidClient { basic: false });
+    match (grant_type, &client) {
+        ("authorization_code", client) => {
+            let client = client.as_ref().ok_or_else(need_client)?;
+            let exchange = crate::service::code_grant::CodeExchange {
+                code: params.required("code")?,
+                redirect_uri: params.get("redirect_uri"),
+                code_verifier: params.required("code_verifier")?,
+            };
+            return Ok(Granted::Tokens(
+                app.exchange_code(client, &exchange, ctx).await?,
+            ));
+        }
+        ("client_credentials", client) => {
+            let client = client.as_ref().ok_or_else(need_client)?;
+            return Ok(Granted::Client(
+                app.client_credentials(client, params.get("scope")).await?,
+            ));
+        }
+        ("refresh_token", Some(client)) => {
+            // The scope of a client's session stays what was granted (RFC 6749 §6).
+            let refreshed = app
+                .refresh_for_client(client, params.required("refresh_token")?, ctx, dpop)
+                .await?;
+            return Ok(Granted::Tokens(refreshed));
+        }
+        _ => {}
+    }
     let bad_scope = params.get("scope").is_some_and(|scope| {
         scope
             .split(' ')
@@ -266,7 +374,7 @@ async fn grant(
             format!("the only scope is {DEFAULT_SCOPE:?}"),
         ));
     }
-    let issued = match params.required("grant_type")? {
+    let issued = match grant_type {
         "refresh_token" => {
             app.refresh(params.required("refresh_token")?, ctx, dpop)
                 .await?
@@ -287,18 +395,32 @@ async fn grant(
             ));
         }
     };
-    Ok(issued)
+    Ok(Granted::Tokens(issued))
 }
 
-fn token_response(issued: IssuedTokens) -> Response {
-    let body = Json(json!({
-        "access_token": issued.access_token,
-        "token_type": issued.token_type,
-        "expires_in": issued.expires_in,
-        "refresh_token": issued.refresh_token.expose(),
-        "refresh_token_expires_in": issued.refresh_token_expires_in,
-        "scope": DEFAULT_SCOPE,
-    }));
+fn token_response(granted: Granted) -> Response {
+    let body = match granted {
+        Granted::Tokens(issued) => {
+            let mut body = json!({
+                "access_token": issued.access_token,
+                "token_type": issued.token_type,
+                "expires_in": issued.expires_in,
+                "refresh_token": issued.refresh_token.expose(),
+                "refresh_token_expires_in": issued.refresh_token_expires_in,
+                "scope": issued.scope,
+            });
+            if let Some(id_token) = issued.id_token {
+                body["id_token"] = json!(id_token);
+            }
+            Json(body)
+        }
+        Granted::Client(t) => Json(json!({
+            "access_token": t.access_token,
+            "token_type": "Bearer",
+            "expires_in": t.expires_in,
+            "scope": t.scope,
+        })),
+    };
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -90,6 +90,33 @@ const PAGE: &[(&str, &str)] = &[
     ("limit", "1 to 1000, default 50"),
 ];
 
+const AUTHORIZE: &[(&str, &str)] = &[
+    ("response_type", "code (the only one)"),
+    ("client_id", "a registered client"),
+    ("redirect_uri", "exactly one the client registered"),
+    ("scope", "openid, profile, offline_access, session"),
+    ("state", "echoed back unchanged"),
+    ("nonce", "copied into the ID token"),
+    ("code_challenge", "BASE64URL(SHA-256(code_verifier))"),
+    ("code_challenge_method", "S256 (plain is refused)"),
+    ("prompt", "none, login or consent"),
+    ("max_age", "seconds since the last password sign-in"),
+    ("acr_values", "accepted; one class today"),
+    ("login_hint", "prefills the username"),
+];
+const END_SESSION: &[(&str, &str)] = &[
+    (
+        "id_token_hint",
+        "an ID token this server issued (expired is fine)",
+    ),
+    ("client_id", "the client, when there is no hint"),
+    (
+        "post_logout_redirect_uri",
+        "exactly one the client registered",
+    ),
+    ("state", "echoed back on the redirect"),
+];
+
 fn operations() -> Vec<Op> {
     use Auth::*;
     use Body::*;
@@ -206,7 +233,7 @@ fn operations() -> Vec<Op> {
             "post",
             "/oauth/token",
             "oauth",
-            "Token endpoint (RFC 6749): the refresh_token grant (password only when enabled)",
+            "Token endpoint (RFC 6749): authorization_code (PKCE), client_credentials, refresh_token (password only when enabled)",
             Public,
             Form("TokenRequest"),
             (200, "OAuthTokens"),
@@ -450,6 +477,93 @@ fn operations() -> Vec<Op> {
         ),
         op(
             "get",
+            "/v1/admin/clients",
+            "security",
+            "Registered OAuth clients (never their secrets)",
+            Security,
+            None,
+            (200, "Object"),
+        ),
+        op(
+            "post",
+            "/v1/admin/clients",
+            "security",
+            "Register an OAuth client (a confidential client's secret is shown once)",
+            Security,
+            Json("ClientRequest"),
+            (201, "Object"),
+        ),
+        op(
+            "delete",
+            "/v1/admin/clients/{id}",
+            "security",
+            "Delete an OAuth client",
+            Security,
+            None,
+            (204, ""),
+        ),
+        Op {
+            query: AUTHORIZE,
+            ..op(
+                "get",
+                "/oauth/authorize",
+                "oauth",
+                "Authorization endpoint (code + PKCE S256): the sign-in or consent page (HTML), or a redirect to the client",
+                Public,
+                None,
+                (200, "Text"),
+            )
+        },
+        op(
+            "post",
+            "/oauth/authorize",
+            "oauth",
+            "The sign-in and consent forms (CSRF-protected), or an authorization request sent as a form",
+            Public,
+            Form("AuthorizeForm"),
+            (200, "Text"),
+        ),
+        op(
+            "get",
+            "/oauth/userinfo",
+            "oauth",
+            "OpenID Connect UserInfo: sub, and preferred_username with the profile scope",
+            User,
+            None,
+            (200, "Object"),
+        ),
+        op(
+            "post",
+            "/oauth/userinfo",
+            "oauth",
+            "OpenID Connect UserInfo (POST)",
+            User,
+            None,
+            (200, "Object"),
+        ),
+        Op {
+            query: END_SESSION,
+            ..op(
+                "get",
+                "/oauth/end_session",
+                "oauth",
+                "RP-initiated logout: id_token_hint, client_id, post_logout_redirect_uri (exactly registered), state",
+                Public,
+                None,
+                (200, "Text"),
+            )
+        },
+        op(
+            "post",
+            "/oauth/end_session",
+            "oauth",
+            "RP-initiated logout (form, or the confirmation form)",
+            Public,
+            Form("EndSessionForm"),
+            (200, "Text"),
+        ),
+        op(
+            "get",
             "/healthz",
             "operations",
             "The process is up",
@@ -611,7 +725,10 @@ pub fn document() -> Value {
                 "UserId": s(&[("user_id", "string")]),
                 "Tokens": s(&[("access_token", "string"), ("token_type", "string"), ("expires_in", "integer"), ("refresh_token", "string"), ("refresh_token_expires_in", "integer"), ("session_id", "string")]),
                 "OAuthTokens": s(&[("access_token", "string"), ("token_type", "string"), ("expires_in", "integer"), ("refresh_token", "string"), ("refresh_token_expires_in", "integer"), ("scope", "string")]),
-                "TokenRequest": s(&[("grant_type", "string"), ("refresh_token", "string"), ("username", "string"), ("password", "string"), ("scope", "string")]),
+                "TokenRequest": s(&[("grant_type", "string"), ("refresh_token", "string"), ("username", "string"), ("password", "string"), ("scope", "string"), ("code", "string"), ("code_verifier", "string"), ("redirect_uri", "string"), ("client_id", "string"), ("client_secret", "string")]),
+                "ClientRequest": s(&[("name", "string"), ("redirect_uris", "array"), ("post_logout_redirect_uris", "array"), ("backchannel_logout_uri", "string"), ("public", "boolean"), ("first_party", "boolean"), ("scopes", "array"), ("grants", "array"), ("id_token_signed_response_alg", "string")]),
+                "AuthorizeForm": s(&[("csrf", "string"), ("username", "string"), ("password", "string"), ("ticket", "string"), ("consent", "string"), ("client_id", "string"), ("redirect_uri", "string"), ("code_challenge", "string")]),
+                "EndSessionForm": s(&[("csrf", "string"), ("confirm", "string"), ("id_token_hint", "string"), ("client_id", "string"), ("post_logout_redirect_uri", "string"), ("state", "string")]),
                 "TokenParam": s(&[("token", "string"), ("token_type_hint", "string")]),
                 "Introspection": s(&[("active", "boolean"), ("sub", "string"), ("sid", "string"), ("scope", "string"), ("exp", "integer")]),
                 "Me": s(&[("user", "object"), ("session", "object")]),

@@ -5,6 +5,7 @@
 //! written by the commands beside their events and is no projection: a rebuild leaves it.)
 
 use crate::domain::Timestamp;
+use crate::domain::client;
 use crate::domain::event::Event;
 use crate::domain::keys;
 use crate::domain::session::{self, Session};
@@ -23,6 +24,7 @@ pub async fn apply_session<U: UnitOfWork>(
     let mut state = before;
     for event in events {
         state = session::evolve(state, event, at);
+        apply_code(uow, event, at).await?;
         if let Some((session_id, key, generation)) = session::issued_token(event) {
             uow.put_token(
                 &key,
@@ -39,6 +41,25 @@ pub async fn apply_session<U: UnitOfWork>(
         uow.put_session(s).await?;
     }
     Ok(state)
+}
+
+/// The authorization-code projection: a code's row from its issue, marked when redeemed.
+async fn apply_code<U: UnitOfWork>(
+    uow: &mut U,
+    event: &Event,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    match event {
+        Event::AuthorizationCodeIssued(code) => uow.put_authorization_code(code).await,
+        Event::AuthorizationCodeRedeemed(r) => {
+            if let Some(mut code) = uow.authorization_code(r.code_id).await? {
+                code.redeemed_at.get_or_insert(at);
+                uow.put_authorization_code(&code).await?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Applies events just appended to one user stream.
@@ -96,6 +117,12 @@ pub async fn apply_registry<U: UnitOfWork>(
         let before = uow.api_key_record(id).await?;
         if let Some(k) = keys::evolve_api_key(before, event, at) {
             uow.put_api_key(&k).await?;
+        }
+    } else if let Some(id) = client::client_of(event) {
+        let before = uow.client_record(id).await?;
+        match client::evolve(before, event, at) {
+            Some(c) => uow.put_client(&c, at).await?,
+            None => uow.delete_client(id).await?,
         }
     } else if let Some(id) = webhook::subscription_of(event) {
         let before = uow.webhook_record(id).await?;

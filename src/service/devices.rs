@@ -23,6 +23,11 @@ pub struct DeviceSession {
     pub created_at: String,
     pub last_seen_at: String,
     pub status: &'static str,
+    /// The application the session was started for (`/oauth/authorize`), by its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    #[serde(skip)]
+    client_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -72,6 +77,8 @@ impl DeviceSession {
             created_at: format_timestamp(session.created_at),
             last_seen_at: format_timestamp(session.last_seen_at),
             status: session.status.as_str(),
+            application: None,
+            client_id: session.client_id.clone(),
         }
     }
 }
@@ -97,6 +104,11 @@ impl Sessiond {
             .map(|s| DeviceSession::of(s, current))
             .collect();
         sessions.sort_by(|a, b| b.last_seen_at.cmp(&a.last_seen_at));
+        for d in sessions.iter_mut() {
+            if let Some(client_id) = d.client_id.take() {
+                d.application = self.registered_client(&client_id).await?.map(|c| c.name);
+            }
+        }
         Ok(sessions)
     }
 

@@ -176,7 +176,7 @@ fn inactive() -> Value {
 /// RFC 8414 metadata for this server, with absolute endpoint URLs under `base`; `issuer` is
 /// `Config::oidc_issuer` (OIDC discovery extends this document, so the two agree).
 pub fn authorization_server_metadata(issuer: &str, base: &str, password_grant: bool) -> Value {
-    let mut grants = vec!["refresh_token"];
+    let mut grants = vec!["refresh_token", "authorization_code", "client_credentials"];
     if password_grant {
         grants.push("password");
     }

@@ -5,6 +5,7 @@
 pub(crate) mod data_keys;
 pub(crate) mod dialect;
 pub mod integrity;
+pub(crate) mod oauth;
 pub(crate) mod registry;
 pub(crate) mod rows;
 pub(crate) mod tables;
@@ -81,6 +82,10 @@ route! {
     /// A page of a projected table (`integrity::PROJECTED_TABLES[table]`) in key order.
     fn projection_rows(&self, table: usize, offset: i64, limit: i64) -> Result<Vec<integrity::ProjectedRow>, StoreError>;
     fn nth_login_failure(&self, key: &str, since: Timestamp, n: i64) -> Result<Option<Timestamp>, StoreError>;
+    /// The OAuth client with this id, and its secret's SHA-256 when it is confidential.
+    fn client(&self, client_id: &str) -> Result<Option<(crate::domain::client::Client, Option<Vec<u8>>)>, StoreError>;
+    /// Every registered OAuth client, oldest first.
+    fn clients(&self) -> Result<Vec<crate::domain::client::Client>, StoreError>;
     fn close(&self);
 }
 

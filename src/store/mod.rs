@@ -319,6 +319,31 @@ pub trait UnitOfWork: Send {
         before_period: i64,
         now: Timestamp,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// OAuth clients (projected from their streams) and authorization codes (projected from
+    /// the `authorization_code.*` events of the session streams).
+    fn client_record(
+        &mut self,
+        client_id: &str,
+    ) -> impl Future<Output = Result<Option<crate::domain::client::Client>, StoreError>> + Send;
+    fn put_client(
+        &mut self,
+        client: &crate::domain::client::Client,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete_client(
+        &mut self,
+        client_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn authorization_code(
+        &mut self,
+        code_id: Uuid,
+    ) -> impl Future<
+        Output = Result<Option<crate::domain::authorization::AuthorizationCode>, StoreError>,
+    > + Send;
+    fn put_authorization_code(
+        &mut self,
+        code: &crate::domain::authorization::AuthorizationCode,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Forgets the proofs whose window ended before `before`; returns how many.
     fn prune_dpop_jtis(
         &mut self,

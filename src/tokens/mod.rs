@@ -2,6 +2,7 @@
 //! publishes the keys to verify them.
 
 pub mod checkpoint;
+pub mod client_token;
 pub mod dpop;
 pub mod keys;
 pub mod oidc;

@@ -12,6 +12,7 @@ mod auth_api;
 mod bad_input;
 mod browser;
 mod cli;
+mod code_flow;
 mod crash;
 mod devices;
 mod dpop;

@@ -249,9 +249,10 @@ async fn the_token_endpoint_speaks_oauth_errors_and_the_password_grant_can_be_tu
         None,
     )
     .await;
+    // The code grant exists now (issue 14); without client authentication it is refused.
     assert_eq!(
-        oauth_error(r, StatusCode::BAD_REQUEST).await,
-        "unsupported_grant_type"
+        oauth_error(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_client"
     );
     let r = form(
         &app,
@@ -359,7 +360,7 @@ async fn server_metadata_names_every_endpoint_and_they_answer() {
     }
     assert_eq!(
         meta["grant_types_supported"],
-        serde_json::json!(["refresh_token"]),
+        serde_json::json!(["refresh_token", "authorization_code", "client_credentials"]),
         "the password grant is off by default"
     );
     let jwks_path = meta["jwks_uri"]

@@ -27,6 +27,8 @@ fn start_after_check(user_id: Uuid, verified: &str) -> StartSession {
         context: RequestContext::default(),
         verified_password_hash: verified.to_owned(),
         dpop: None,
+        client_id: None,
+        auth_time: None,
     }
 }
 

@@ -174,6 +174,8 @@ fn start(session_id: Uuid, token: TokenKey) -> Step {
         context: context(),
         verified_password_hash: "$argon2id$stand-in".into(),
         dpop: None,
+        client_id: None,
+        auth_time: None,
     })
 }
 

@@ -50,6 +50,8 @@ fn started() -> Session {
             token: token(1),
             context: ctx("198.51.100.4", "Firefox"),
             dpop_jkt: None,
+            client_id: None,
+            auth_time: None,
         },
         t0(),
         &policy(),

@@ -18,6 +18,8 @@ pub const PROJECTED_TABLES: &[(&str, &str)] = &[
     ("api_keys", "key_id"),
     ("webhook_subscriptions", "subscription_id"),
     ("login_failures", "throttle_key, failed_at"),
+    ("clients", "client_id"),
+    ("authorization_codes", "code_id"),
 ];
 
 /// The tables that are not projections of the log, and why `events verify` does not compare

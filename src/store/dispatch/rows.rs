@@ -104,6 +104,7 @@ pub fn session<D: Dialect>(r: &D::Row) -> Result<Session, StoreError> {
         ended_at: D::time(r, "ended_at")?,
         end_reason: r.opt_text("end_reason")?,
         dpop_jkt: r.opt_text("dpop_jkt")?,
+        client_id: r.opt_text("client_id")?,
         version: r.int("version")?,
     })
 }
@@ -298,7 +299,7 @@ pub fn push_sessions<'a, D: Dialect>(
          last_seen_at, idle_expires_at, absolute_expires_at, generation, retries, rotated_at, \
          rotated_from, current_token_id, current_token_hash, late_retry_generation, \
          login_context, last_context, reauth_required, ended_at, end_reason, version, \
-         dpop_jkt) ",
+         dpop_jkt, client_id) ",
     );
     q.values(rows, |t, s| {
         t.cast(s.session_id.to_string(), D::UUID)
@@ -329,7 +330,8 @@ pub fn push_sessions<'a, D: Dialect>(
             .bind(s.end_reason.as_deref())
             .bind(s.version)
             // Set at the start and never changed: the conflict branch leaves it alone.
-            .bind(s.dpop_jkt.as_deref());
+            .bind(s.dpop_jkt.as_deref())
+            .bind(s.client_id.as_deref());
     });
     q.push(" ON CONFLICT (session_id) DO UPDATE SET ");
     if set_status {

@@ -12,7 +12,7 @@ use crate::domain::user::User;
 use crate::domain::webhook::SubscriptionRecord;
 use crate::store::dispatch::dialect::Dialect;
 use crate::store::dispatch::tables::VaultSlot;
-use crate::store::dispatch::{data_keys, integrity, registry, tables};
+use crate::store::dispatch::{data_keys, integrity, oauth, registry, tables};
 use crate::store::vault::{self, KeyState, Vault};
 use crate::store::{
     ChainHead, EventFilter, NewEvent, PruneCounts, RecordedEvent, Resealed, StoreError,
@@ -655,6 +655,39 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         });
         self.forget.push((None, Some(before_period)));
         Ok(destroyed)
+    }
+
+    async fn client_record(
+        &mut self,
+        client_id: &str,
+    ) -> Result<Option<crate::domain::client::Client>, StoreError> {
+        oauth::client_record::<Db<B>>(self.flushed().await?, client_id).await
+    }
+
+    async fn put_client(
+        &mut self,
+        client: &crate::domain::client::Client,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        oauth::put_client::<Db<B>>(self.flushed().await?, client, at).await
+    }
+
+    async fn delete_client(&mut self, client_id: &str) -> Result<(), StoreError> {
+        oauth::delete_client::<Db<B>>(self.flushed().await?, client_id).await
+    }
+
+    async fn authorization_code(
+        &mut self,
+        code_id: Uuid,
+    ) -> Result<Option<crate::domain::authorization::AuthorizationCode>, StoreError> {
+        oauth::authorization_code::<Db<B>>(self.flushed().await?, code_id).await
+    }
+
+    async fn put_authorization_code(
+        &mut self,
+        code: &crate::domain::authorization::AuthorizationCode,
+    ) -> Result<(), StoreError> {
+        oauth::put_authorization_code::<Db<B>>(self.flushed().await?, code).await
     }
 
     async fn prune_dpop_jtis(&mut self, before: Timestamp) -> Result<u64, StoreError> {

@@ -62,7 +62,7 @@ macro_rules! session_columns {
             "login_context::text AS login_context, ",
             "last_context::text AS last_context, reauth_required, ",
             millis!("ended_at"),
-            ", end_reason, version, dpop_jkt"
+            ", end_reason, version, dpop_jkt, client_id"
         )
     };
 }
