@@ -279,7 +279,9 @@ async fn run(cli: Cli) -> Result<ExitCode, StartError> {
             let master = crate::tokens::keys::MasterKey::load(env, &config.data_dir)?;
             store.install_vault(crate::app::vault_of(&master));
             let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-            match crate::commands::reseal_history(&store, now).await? {
+            match crate::commands::reseal_history(&store, now, &CheckpointKey::derive(&master))
+                .await?
+            {
                 Some(r) => println!(
                     "sealed the personal data of {} events; the chain was recomputed from position {} (old head {} recorded in log.resealed)",
                     r.events, r.from_position, r.old_head.position

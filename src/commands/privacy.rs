@@ -2,7 +2,7 @@
 //! destroy data keys (see `store::vault`) in the transaction that records them; the events stay.
 
 use super::recording::{append_all, end_sessions, record_user};
-use super::writer::run_once;
+use super::writer::run_once_signed;
 use super::{Command, Context};
 use crate::domain::Timestamp;
 use crate::domain::event::{
@@ -12,6 +12,7 @@ use crate::domain::event::{
 use crate::domain::user;
 use crate::store::vault;
 use crate::store::{Resealed, Store, StoreError, UnitOfWork};
+use crate::tokens::checkpoint::CheckpointKey;
 use uuid::Uuid;
 
 /// No such user, or one erased already.
@@ -114,11 +115,22 @@ impl Command for ResealHistory {
 }
 
 /// Runs [`ResealHistory`] in a transaction of its own (no writer runs during `migrate`).
-pub async fn reseal_history(store: &Store, now: Timestamp) -> Result<Option<Resealed>, StoreError> {
+/// The new head is signed in the same transaction: the old checkpoints signed hashes that
+/// no longer exist.
+pub async fn reseal_history(
+    store: &Store,
+    now: Timestamp,
+    key: &CheckpointKey,
+) -> Result<Option<Resealed>, StoreError> {
     let meta = EventMetadata::new(Actor::System, None);
     let command = ResealHistory;
+    let key = Some(key);
     match store {
-        Store::Sqlite(s) => run_once(&mut s.write_session().await?, command, &meta, now).await,
-        Store::Postgres(p) => run_once(&mut p.write_session().await?, command, &meta, now).await,
+        Store::Sqlite(s) => {
+            run_once_signed(&mut s.write_session().await?, command, &meta, now, key).await
+        }
+        Store::Postgres(p) => {
+            run_once_signed(&mut p.write_session().await?, command, &meta, now, key).await
+        }
     }
 }

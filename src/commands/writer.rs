@@ -153,6 +153,18 @@ pub async fn run_once<W: WriteSession, C: Command>(
     meta: &EventMetadata,
     now: crate::domain::Timestamp,
 ) -> Result<C::Reply, StoreError> {
+    run_once_signed(ws, command, meta, now, None).await
+}
+
+/// [`run_once`], and when `key` is given the transaction's head is signed in it (a command
+/// that rewrites the chain, run with no writer, leaves a covered head like a batch does).
+pub async fn run_once_signed<W: WriteSession, C: Command>(
+    ws: &mut W,
+    command: C,
+    meta: &EventMetadata,
+    now: crate::domain::Timestamp,
+    key: Option<&CheckpointKey>,
+) -> Result<C::Reply, StoreError> {
     let policy = SessionPolicy {
         idle_lifetime: crate::domain::Duration::zero(),
         absolute_lifetime: crate::domain::Duration::zero(),
@@ -168,7 +180,18 @@ pub async fn run_once<W: WriteSession, C: Command>(
         rules: &rules,
     };
     ws.begin(&[]).await?;
-    match command.handle(ws, &cx).await {
+    let mut outcome = command.handle(ws, &cx).await;
+    if let (Ok(_), Some(key)) = (&outcome, key) {
+        let head = ws.head();
+        if head.position > 0
+            && let Err(e) = ws
+                .put_checkpoint(&key.sign(head.position, head.hash, now))
+                .await
+        {
+            outcome = Err(e);
+        }
+    }
+    match outcome {
         Ok(reply) => {
             if let Err(e) = ws.commit().await {
                 ws.rollback().await?;

@@ -23,7 +23,8 @@ const SCAN_PAGE: i64 = 500;
 /// Rows one search request may read before it answers with a cursor to continue from.
 const SCAN_BUDGET: usize = 20_000;
 /// Rows per chunk of a streamed export: memory stays at one chunk whatever the export's size.
-const EXPORT_PAGE: i64 = 1000;
+/// A few hundred: an opened page holds both the sealed and the opened text.
+const EXPORT_PAGE: i64 = 250;
 
 /// A search over the log. Stream, type and time narrow the read in the database; address,
 /// country and rule are fields inside the events, checked as rows go by.

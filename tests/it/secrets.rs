@@ -52,21 +52,29 @@ async fn secrets_stay_out_of_logs_events_and_errors() {
     // The signing key's private half, as bytes and as the encodings a leak would take.
     let master = MasterKey::load(None, app.data_dir.path()).unwrap();
     let stored = app.service.store.signing_keys().await.unwrap();
-    let der = master
-        .open(&stored[0].kid, &stored[0].private_key_sealed)
-        .unwrap();
-    SigningKey::unseal(&stored[0], &master).unwrap();
-    let secret =
-        <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_der(&der)
-            .unwrap();
-    let seed = secret.to_bytes();
-    let seed = seed.as_slice();
-    let key_forms = [
-        base64::engine::general_purpose::STANDARD.encode(&der),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed),
-        base64::engine::general_purpose::STANDARD.encode(seed),
-        sessiond::domain::token::hex(seed),
-    ];
+    // Every private half (Ed25519 for access tokens, RSA for ID tokens): the DER, and for the
+    // Ed25519 key its seed in the encodings a leak would take.
+    let mut key_forms = Vec::new();
+    for key in &stored {
+        let der = master.open(&key.kid, &key.private_key_sealed).unwrap();
+        SigningKey::unseal(key, &master).unwrap();
+        key_forms.push(base64::engine::general_purpose::STANDARD.encode(&der));
+        if key.algorithm == "EdDSA" {
+            let secret =
+                <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_der(
+                    &der,
+                )
+                .unwrap();
+            let seed = secret.to_bytes();
+            key_forms.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed));
+            key_forms.push(base64::engine::general_purpose::STANDARD.encode(seed));
+            key_forms.push(sessiond::domain::token::hex(&seed));
+        }
+    }
+    assert!(
+        stored.iter().any(|k| k.algorithm == "EdDSA"),
+        "an Ed25519 key is checked"
+    );
     let master_text = std::fs::read_to_string(app.data_dir.path().join("master.key")).unwrap();
     // The refresh-token secret every token is minted from.
     let refresh_secret = master.derive(sessiond::tokens::refresh::SECRET_LABEL);

@@ -116,6 +116,18 @@ pub async fn put_checkpoint<D: Dialect>(
     Ok(())
 }
 
+/// Forgets the checkpoints from `position` on: `sessiond migrate` re-chained the log from
+/// there, so they sign hashes that no longer exist (the writer signs the new head).
+pub async fn drop_checkpoints_from<D: Dialect>(
+    c: &mut D::Connection,
+    position: i64,
+) -> Result<(), StoreError> {
+    let mut q = Stmt::new::<D>("DELETE FROM checkpoints WHERE position >= ");
+    q.bind(position);
+    D::execute(c, q).await?;
+    Ok(())
+}
+
 impl<D: Dialect> Tables<D> {
     /// Stored checkpoints after `after_position`, oldest first.
     pub async fn checkpoints(

@@ -628,6 +628,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         let Some(from_position) = from else {
             return Ok(None);
         };
+        integrity::drop_checkpoints_from::<Db<B>>(self.backend.conn()?, from_position).await?;
         // Appends from here chain onto the recomputed head.
         self.head = ChainHead {
             position: old_head.position,
