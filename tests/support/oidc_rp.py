@@ -44,16 +44,15 @@ def check(cond, why):
 
 def main():
     base, client_id, username, password, redirect_uri, post_logout = sys.argv[1:7]
-    # Discovery: the OpenID Provider document, else the RFC 8414 one.
+    # Discovery: the OpenID Provider document (OIDC Discovery 1.0), every endpoint from it.
     meta = requests.get(base + "/.well-known/openid-configuration")
-    discovery = "openid-configuration"
-    if meta.status_code != 200:
-        meta, discovery = requests.get(base + "/.well-known/oauth-authorization-server"), "rfc8414"
+    check(meta.status_code == 200, f"discovery answered {meta.status_code}")
     meta = meta.json()
     issuer = meta["issuer"]
-    authorize = meta.get("authorization_endpoint", base + "/oauth/authorize")
-    userinfo = meta.get("userinfo_endpoint", base + "/oauth/userinfo")
-    end_session = meta.get("end_session_endpoint", base + "/oauth/end_session")
+    authorize = meta["authorization_endpoint"]
+    userinfo = meta["userinfo_endpoint"]
+    end_session = meta["end_session_endpoint"]
+    check("S256" in meta["code_challenge_methods_supported"], "S256 is not advertised")
 
     client = OAuth2Session(
         client_id,
@@ -139,7 +138,6 @@ def main():
     print(
         json.dumps(
             {
-                "discovery": discovery,
                 "sub": claims["sub"],
                 "sid": claims["sid"],
                 "alg": alg,
