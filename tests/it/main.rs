@@ -13,6 +13,7 @@ mod bad_input;
 mod browser;
 mod cli;
 mod code_flow;
+mod code_flow_step_up;
 mod crash;
 mod devices;
 mod dpop;
