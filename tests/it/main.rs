@@ -11,6 +11,7 @@ mod admin_stream;
 mod auth_api;
 mod bad_input;
 mod browser;
+mod browser_code_flow;
 mod cli;
 mod code_flow;
 mod code_flow_step_up;
