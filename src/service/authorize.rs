@@ -6,7 +6,8 @@
 //! Browser state: a sign-in cookie names the session the browser's last password sign-in
 //! started (MAC'd with a key derived from the master key). While that session is alive, a new
 //! authorization request signs in without a password (a new session for the new client, with
-//! the original `auth_time`), unless `prompt=login` or `max_age` asks for a fresh one.
+//! the original `auth_time`), unless `prompt=login` or `max_age` asks for a fresh one or a
+//! rule stepped that session up (RFC 9470); the password then proven re-authenticates it.
 
 use super::{Sessiond, meta};
 use crate::commands::{IssueCode, StartRefusal, StartSession};
@@ -470,7 +471,10 @@ impl Sessiond {
                 .is_none_or(|m| (now - s.auth_time).num_seconds() <= m)
         };
         match signed_in {
-            Some((session, user)) if !req.prompt.login && fresh_enough(&session) => {
+            // A session a rule stepped up (RFC 9470) signs in again only with the password.
+            Some((session, user))
+                if !session.reauth_required && !req.prompt.login && fresh_enough(&session) =>
+            {
                 if req.needs_consent() {
                     if req.prompt.none {
                         return Ok(redirect(req.error(
@@ -549,6 +553,8 @@ impl Sessiond {
             });
         }
         let user = user.expect("a proven password has a user");
+        self.step_up_browser_session(&req, &user, browser, ctx)
+            .await?;
         if req.needs_consent() {
             let ticket = self.ticket(&req, &user, self.now());
             return Ok(AuthorizeStep::Consent {
@@ -607,6 +613,34 @@ impl Sessiond {
         };
         let auth_time = chrono::DateTime::from_timestamp_millis(t.a);
         self.grant(req, &user, auth_time, ctx).await
+    }
+
+    /// RFC 9470 through the code flow: the password just proven (asked for by `prompt=login`,
+    /// an exceeded `max_age` or a rule's step-up) re-authenticates the browser's own live
+    /// session of that user too, which clears its `reauth_required` and moves its
+    /// `auth_time`. A session of another user is left as it is.
+    async fn step_up_browser_session(
+        &self,
+        req: &AuthorizationRequest,
+        user: &User,
+        browser: &Browser,
+        ctx: &RequestContext,
+    ) -> Result<(), AuthorizeError> {
+        let signed_in = self
+            .signed_in(browser.signin.as_deref())
+            .await
+            .map_err(|e| self.server_error(req, e))?;
+        let Some((session, _)) = signed_in.filter(|(_, u)| u.user_id == user.user_id) else {
+            return Ok(());
+        };
+        match self
+            .reauthenticate_session(session.session_id, user.user_id, ctx)
+            .await
+        {
+            // It ended meanwhile: nothing to clear.
+            Ok(()) | Err(Error::SessionEnded) => Ok(()),
+            Err(e) => Err(self.server_error(req, e)),
+        }
     }
 
     fn ticket(&self, req: &AuthorizationRequest, user: &User, auth_time: Timestamp) -> String {

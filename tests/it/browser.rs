@@ -15,7 +15,7 @@ use std::time::Duration;
 const XSS: &str = "<img src=x onerror=alert(1)>";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-struct Browser {
+pub struct Browser {
     http: reqwest::Client,
     base: String,
     driver: Child,
@@ -23,7 +23,7 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start() -> Option<Browser> {
+    pub async fn start() -> Option<Browser> {
         let driver =
             std::env::var("SESSIOND_CHROMEDRIVER").unwrap_or("/usr/bin/chromedriver".into());
         let chromium = std::env::var("SESSIOND_CHROMIUM").unwrap_or("/usr/bin/chromium".into());
@@ -83,7 +83,7 @@ impl Browser {
         Some(b)
     }
 
-    async fn post(&self, path: &str, body: Value) -> Value {
+    pub async fn post(&self, path: &str, body: Value) -> Value {
         let r = self
             .http
             .post(format!("{}{path}", self.base))
@@ -94,7 +94,7 @@ impl Browser {
         r.json::<Value>().await.unwrap()["value"].take()
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub async fn get(&self, path: &str) -> Value {
         let r = self
             .http
             .get(format!("{}{path}", self.base))
@@ -104,11 +104,11 @@ impl Browser {
         r.json::<Value>().await.unwrap()["value"].take()
     }
 
-    async fn goto(&self, url: &str) {
+    pub async fn goto(&self, url: &str) {
         self.post("/url", json!({ "url": url })).await;
     }
 
-    async fn all(&self, css: &str) -> Vec<String> {
+    pub async fn all(&self, css: &str) -> Vec<String> {
         let v = self
             .post(
                 "/elements",
@@ -125,7 +125,7 @@ impl Browser {
     }
 
     /// Waits up to 10 s for at least `n` elements matching `css`.
-    async fn wait_for(&self, css: &str, n: usize) -> Vec<String> {
+    pub async fn wait_for(&self, css: &str, n: usize) -> Vec<String> {
         for _ in 0..100 {
             let found = self.all(css).await;
             if found.len() >= n {
@@ -140,7 +140,7 @@ impl Browser {
     }
 
     /// Waits until exactly `n` elements match `css`.
-    async fn wait_for_exactly(&self, css: &str, n: usize) {
+    pub async fn wait_for_exactly(&self, css: &str, n: usize) {
         for _ in 0..100 {
             if self.all(css).await.len() == n {
                 return;
@@ -150,19 +150,19 @@ impl Browser {
         panic!("{css:?} never came to {n}");
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub async fn type_into(&self, css: &str, text: &str) {
         let el = self.wait_for(css, 1).await.remove(0);
         self.post(&format!("/element/{el}/clear"), json!({})).await;
         self.post(&format!("/element/{el}/value"), json!({ "text": text }))
             .await;
     }
 
-    async fn click(&self, css: &str) {
+    pub async fn click(&self, css: &str) {
         let el = self.wait_for(css, 1).await.remove(0);
         self.post(&format!("/element/{el}/click"), json!({})).await;
     }
 
-    async fn text(&self, el: &str) -> String {
+    pub async fn text(&self, el: &str) -> String {
         self.get(&format!("/element/{el}/text"))
             .await
             .as_str()
@@ -170,7 +170,7 @@ impl Browser {
             .to_owned()
     }
 
-    async fn text_of_page(&self) -> String {
+    pub async fn text_of_page(&self) -> String {
         match self.all("body").await.first() {
             Some(body) => self.text(body).await,
             None => String::new(),
@@ -178,7 +178,7 @@ impl Browser {
     }
 
     /// Waits up to 10 s for the result panel's title to mention `what`.
-    async fn wait_for_result(&self, what: &str) {
+    pub async fn wait_for_result(&self, what: &str) {
         for _ in 0..100 {
             if let Some(title) = self.all("#result-title").await.first()
                 && self.text(title).await.contains(what)
@@ -191,12 +191,12 @@ impl Browser {
     }
 
     /// The open alert or confirm dialog's text, if one is open.
-    async fn dialog(&self) -> Option<String> {
+    pub async fn dialog(&self) -> Option<String> {
         let v = self.get("/alert/text").await;
         v.as_str().map(str::to_owned)
     }
 
-    async fn accept_dialog(&self) {
+    pub async fn accept_dialog(&self) {
         for _ in 0..50 {
             if self.dialog().await.is_some() {
                 self.post("/alert/accept", json!({})).await;
@@ -207,7 +207,7 @@ impl Browser {
         panic!("no confirmation dialog appeared");
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub async fn screenshot(&self, name: &str) {
         let png = self.get("/screenshot").await;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(png.as_str().unwrap())
@@ -492,14 +492,14 @@ async fn sessions_left(app: &TestApp) -> usize {
 
 impl Browser {
     /// Runs `script` in the page (WebDriver "execute script") and returns its value.
-    async fn execute(&self, script: &str) -> Value {
+    pub async fn execute(&self, script: &str) -> Value {
         self.post("/execute/sync", json!({ "script": script, "args": [] }))
             .await
     }
 
     /// The names of the cookies the browser holds for the current page's site (HttpOnly ones
     /// included: WebDriver sees the whole jar).
-    async fn cookie_names(&self) -> Vec<String> {
+    pub async fn cookie_names(&self) -> Vec<String> {
         self.get("/cookie")
             .await
             .as_array()
