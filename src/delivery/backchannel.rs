@@ -10,8 +10,8 @@
 //! until the client answers 2xx (retried with the webhook backoff), and only then does the
 //! checkpoint move past it. A client that was down gets its logouts afterwards.
 
-use super::{Deliverer, PAGE, to_std};
 use super::transport;
+use super::{Deliverer, PAGE, to_std};
 use crate::domain::Timestamp;
 use crate::domain::client::client_stream;
 use crate::domain::destination::DestinationPolicy;
@@ -99,8 +99,11 @@ pub(super) async fn supervise(app: Arc<Deliverer>, mut stop: watch::Receiver<boo
                 workers.retain(|_, w| !w.is_finished());
                 for c in clients {
                     if c.backchannel_logout_uri.is_some() && !workers.contains_key(&c.client_id) {
-                        let worker =
-                            tokio::spawn(deliver_loop(app.clone(), c.client_id.clone(), stop.clone()));
+                        let worker = tokio::spawn(deliver_loop(
+                            app.clone(),
+                            c.client_id.clone(),
+                            stop.clone(),
+                        ));
                         workers.insert(c.client_id, worker);
                     }
                 }
@@ -160,7 +163,7 @@ async fn logout_for(
     let Some(sid) = ended_session(&decoded) else {
         return Ok(None);
     };
-    // An erased user's sessions are gone: nothing is left to name in a token.
+    // A session no longer in the projection leaves nothing to name in a token.
     Ok(app
         .store
         .session(sid)
@@ -226,8 +229,9 @@ async fn deliver_loop(app: Arc<Deliverer>, client_id: String, mut stop: watch::R
                 }
             };
             if let Some((user_id, sid)) = logout {
-                let sent =
-                    deliver_with_retries(&app, &client_id, user_id, sid, event, checkpoint, &mut stop);
+                let sent = deliver_with_retries(
+                    &app, &client_id, user_id, sid, event, checkpoint, &mut stop,
+                );
                 match sent.await {
                     Some(()) => {}
                     None => return,
@@ -273,7 +277,8 @@ async fn deliver_with_retries(
         };
         let result = match receiver {
             Some(receiver) => {
-                let token = logout_token(&app.tokens, &receiver, user_id, session_id, app.clock.now());
+                let token =
+                    logout_token(&app.tokens, &receiver, user_id, session_id, app.clock.now());
                 tokio::select! {
                     r = send(&app.http, &app.policy, &receiver, &token) => r,
                     _ = stop.wait_for(|s| *s) => return None,

@@ -165,7 +165,11 @@ async fn verified(app: &TestApp, token: &str) -> (Value, Value) {
         .stdin
         .take()
         .unwrap()
-        .write_all(json!({ "jwks": jwks, "token": token }).to_string().as_bytes())
+        .write_all(
+            json!({ "jwks": jwks, "token": token })
+                .to_string()
+                .as_bytes(),
+        )
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
@@ -208,7 +212,10 @@ async fn assert_logout_token(
     assert_eq!(claims["events"][BACKCHANNEL_EVENT], json!({}));
     assert_eq!(claims["sid"], sid);
     assert_eq!(claims["sub"], sub);
-    assert!(claims["iat"].is_i64() && claims["jti"].is_string(), "{claims}");
+    assert!(
+        claims["iat"].is_i64() && claims["jti"].is_string(),
+        "{claims}"
+    );
     assert!(claims.get("nonce").is_none(), "a logout token has no nonce");
 }
 
