@@ -72,9 +72,16 @@ pub struct Deliverer {
     pub http: reqwest::Client,
 }
 
-/// Starts the delivery supervisor; it ends, with its workers, when `stop` turns true.
+/// Starts the delivery supervisors (webhook subscriptions and back-channel logout); they
+/// end, with their workers, when `stop` turns true.
 pub fn spawn(app: Deliverer, stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(supervise(Arc::new(app), stop))
+    let app = Arc::new(app);
+    let logouts = tokio::spawn(backchannel::supervise(app.clone(), stop.clone()));
+    let webhooks = tokio::spawn(supervise(app, stop));
+    tokio::spawn(async move {
+        let _ = webhooks.await;
+        let _ = logouts.await;
+    })
 }
 
 async fn supervise(app: Arc<Deliverer>, mut stop: watch::Receiver<bool>) {

@@ -74,6 +74,16 @@ route! {
         error: Option<&str>,
         at: Timestamp,
     ) -> Result<(), StoreError>;
+    /// Where a client's back-channel logout delivery stands; `None` before its first attempt.
+    fn backchannel_checkpoint(&self, client_id: &str) -> Result<Option<i64>, StoreError>;
+    /// One back-channel logout attempt for a client, like `record_webhook_attempt`.
+    fn record_backchannel_attempt(
+        &self,
+        client_id: &str,
+        delivered_position: i64,
+        error: Option<&str>,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
     /// The `n`-th newest login failure (0 = newest) under a throttle key after `since`.
     /// Stored signed checkpoints after a position, oldest first.
     fn checkpoints(&self, after_position: i64, limit: i64) -> Result<Vec<crate::domain::checkpoint::Checkpoint>, StoreError>;

@@ -30,19 +30,24 @@ pub fn pkce() -> (String, String) {
 }
 
 pub async fn register_client<'a>(app: &'a TestApp, public: bool, first_party: bool) -> Rp<'a> {
+    register_client_with(
+        app,
+        NewClient {
+            name: "Photo App".into(),
+            redirect_uris: vec![REDIRECT.into()],
+            post_logout_redirect_uris: vec!["http://127.0.0.1:9/bye".into()],
+            public,
+            first_party,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+pub async fn register_client_with(app: &TestApp, client: NewClient) -> Rp<'_> {
     let created = app
         .service
-        .create_client(
-            NewClient {
-                name: "Photo App".into(),
-                redirect_uris: vec![REDIRECT.into()],
-                post_logout_redirect_uris: vec!["http://127.0.0.1:9/bye".into()],
-                public,
-                first_party,
-                ..Default::default()
-            },
-            Actor::System,
-        )
+        .create_client(client, Actor::System)
         .await
         .unwrap();
     Rp {

@@ -9,6 +9,7 @@ mod pg;
 mod admin;
 mod admin_stream;
 mod auth_api;
+mod backchannel;
 mod bad_input;
 mod browser;
 mod browser_code_flow;

@@ -69,6 +69,12 @@ pub struct RegistrySql {
     pub delete_webhook_delivery: &'static str,
     pub webhook_delivered: &'static str,
     pub webhook_failed: &'static str,
+    /// A client's back-channel logout checkpoint (`delivered_position`).
+    pub backchannel_checkpoint: &'static str,
+    /// Upserts a client's checkpoint after a delivered (or skipped) event; failures reset.
+    pub backchannel_delivered: &'static str,
+    /// Upserts a client's checkpoint after a failed attempt; failures count up.
+    pub backchannel_failed: &'static str,
     /// One row of the login-throttle projection (key, time).
     pub put_login_failure: &'static str,
     /// A key's failures after a time, newest first, from an offset (`failed_at`).

@@ -42,6 +42,10 @@ pub const NOT_PROJECTED: &[(&str, &str)] = &[
         "delivery state: where each subscription's delivery stands",
     ),
     (
+        "backchannel_progress",
+        "delivery state: where each client's back-channel logout delivery stands",
+    ),
+    (
         "dpop_proofs",
         "a replay cache of DPoP proof ids, forgotten after their window",
     ),

@@ -319,4 +319,31 @@ impl<D: Dialect> Tables<D> {
             .arg(id.to_string());
         execute::<D>(&mut *self.pool.acquire().await?, q).await
     }
+
+    /// Where a client's back-channel logout delivery stands; `None` before its first attempt.
+    pub async fn backchannel_checkpoint(&self, client_id: &str) -> Result<Option<i64>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let q = Stmt::new::<D>(D::SQL.registry.backchannel_checkpoint).arg(client_id);
+        one::<D, _>(&mut c, q, |r| r.int("delivered_position")).await
+    }
+
+    /// Records one back-channel logout attempt for a client (the row is made on the first).
+    pub async fn record_backchannel_attempt(
+        &self,
+        client_id: &str,
+        delivered_position: i64,
+        error: Option<&str>,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let sql = match error {
+            None => D::SQL.registry.backchannel_delivered,
+            Some(_) => D::SQL.registry.backchannel_failed,
+        };
+        let q = Stmt::new::<D>(sql)
+            .arg(client_id)
+            .arg(delivered_position)
+            .arg(error)
+            .arg(format_timestamp(at));
+        execute::<D>(&mut *self.pool.acquire().await?, q).await
+    }
 }

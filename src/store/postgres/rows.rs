@@ -231,6 +231,22 @@ impl Dialect for Postgres {
                  delivered_position = GREATEST(delivered_position, $1), \
                  failures = failures + 1, last_error = $2, last_attempt_at = $3::timestamptz \
                  WHERE subscription_id = $4::uuid",
+            backchannel_checkpoint: "SELECT delivered_position FROM backchannel_progress \
+                 WHERE client_id = $1",
+            backchannel_delivered: "INSERT INTO backchannel_progress (client_id, \
+                 delivered_position, failures, last_error, last_attempt_at) \
+                 VALUES ($1, $2, 0, $3, $4::timestamptz) \
+                 ON CONFLICT (client_id) DO UPDATE SET delivered_position = \
+                 GREATEST(backchannel_progress.delivered_position, EXCLUDED.delivered_position), \
+                 failures = 0, last_error = EXCLUDED.last_error, \
+                 last_attempt_at = EXCLUDED.last_attempt_at",
+            backchannel_failed: "INSERT INTO backchannel_progress (client_id, \
+                 delivered_position, failures, last_error, last_attempt_at) \
+                 VALUES ($1, $2, 1, $3, $4::timestamptz) \
+                 ON CONFLICT (client_id) DO UPDATE SET delivered_position = \
+                 GREATEST(backchannel_progress.delivered_position, EXCLUDED.delivered_position), \
+                 failures = backchannel_progress.failures + 1, last_error = EXCLUDED.last_error, \
+                 last_attempt_at = EXCLUDED.last_attempt_at",
             put_login_failure: "INSERT INTO login_failures (throttle_key, failed_at) \
                  VALUES ($1, $2::timestamptz)",
             nth_login_failure: concat!(

@@ -83,6 +83,20 @@ impl Dialect for Sqlite {
             webhook_failed: "UPDATE webhook_progress SET \
                  delivered_position = MAX(delivered_position, ?), failures = failures + 1, \
                  last_error = ?, last_attempt_at = ? WHERE subscription_id = ?",
+            backchannel_checkpoint: "SELECT delivered_position FROM backchannel_progress \
+                 WHERE client_id = ?",
+            backchannel_delivered: "INSERT INTO backchannel_progress (client_id, \
+                 delivered_position, failures, last_error, last_attempt_at) VALUES (?, ?, 0, ?, ?) \
+                 ON CONFLICT (client_id) DO UPDATE SET delivered_position = \
+                 MAX(backchannel_progress.delivered_position, excluded.delivered_position), \
+                 failures = 0, last_error = excluded.last_error, \
+                 last_attempt_at = excluded.last_attempt_at",
+            backchannel_failed: "INSERT INTO backchannel_progress (client_id, \
+                 delivered_position, failures, last_error, last_attempt_at) VALUES (?, ?, 1, ?, ?) \
+                 ON CONFLICT (client_id) DO UPDATE SET delivered_position = \
+                 MAX(backchannel_progress.delivered_position, excluded.delivered_position), \
+                 failures = backchannel_progress.failures + 1, last_error = excluded.last_error, \
+                 last_attempt_at = excluded.last_attempt_at",
             put_login_failure: "INSERT INTO login_failures (throttle_key, failed_at) VALUES (?, ?)",
             nth_login_failure: "SELECT failed_at FROM login_failures \
                  WHERE throttle_key = ? AND failed_at > ? ORDER BY failed_at DESC LIMIT 1 OFFSET ?",
