@@ -14,6 +14,7 @@ mod bad_input;
 mod browser;
 mod browser_code_flow;
 mod cli;
+mod console_drawings;
 mod code_flow;
 mod code_flow_step_up;
 mod crash;
