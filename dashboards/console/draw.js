@@ -125,11 +125,11 @@ const Draw = (() => {
   // Lines of text about who made a request: time, address, place, device.
   function who(p) {
     const c = p.context || {};
-    return [shortTime(p.at), c.ip || 'no address', Api.place(c.geo), cut(Api.device(c.device, c.user_agent), 30)];
+    return [shortTime(p.at), c.ip || 'no address', Api.place(c.geo), cut(Api.device(c.device, c.user_agent), 24)];
   }
 
   function box(cls, x, y, w, lines, attrs) {
-    return svg('g', Object.assign({ class: cls }, attrs || {}),
+    return svg('g', Object.assign({ class: 'node ' + cls }, attrs || {}),
       svg('rect', { x, y, width: w, height: 16 + lines.length * 15, rx: 6 }),
       lines.map((t, i) => svg('text', { x: x + 8, y: y + 17 + i * 15, class: i === 0 ? 'head' : null }, t)));
   }
@@ -148,12 +148,12 @@ const Draw = (() => {
     const col = new Map(data.generations.map((g, i) => [g.generation, i]));
     const x = (i) => 10 + i * W;
     const parts = [];
-    const genH = 16 + 5 * 15;
+    const genH = 16 + 6 * 15;
     data.generations.forEach((g, i) => {
       const current = i === data.generations.length - 1 && !data.revoked;
       if (i > 0) parts.push(arrow('rotate', x(i - 1) + BW, TOP + genH / 2, x(i) - 2, TOP + genH / 2, 'rotated'));
       parts.push(box('gen' + (current ? ' current' : ''), x(i), TOP, BW,
-        ['generation ' + g.generation + (g.parent === null ? ' (login)' : ''), 'token ' + g.token].concat(who(g.presented).slice(0, 3)),
+        ['generation ' + g.generation + (g.parent === null ? ' (login)' : ''), 'token ' + g.token].concat(who(g.presented)),
         { 'data-generation': g.generation, 'data-parent': g.parent === null ? 'none' : g.parent }));
     });
     let retryRows = 0;

@@ -39,8 +39,14 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/users/{user}/lock", post(lock))
         .route("/v1/admin/users/{user}/unlock", post(unlock))
         .route("/v1/admin/sessions/{session_id}", get(session))
-        .route("/v1/admin/sessions/{session_id}/places", get(session_places))
-        .route("/v1/admin/sessions/{session_id}/lineage", get(session_lineage))
+        .route(
+            "/v1/admin/sessions/{session_id}/places",
+            get(session_places),
+        )
+        .route(
+            "/v1/admin/sessions/{session_id}/lineage",
+            get(session_lineage),
+        )
         .route(
             "/v1/admin/sessions/{session_id}/revoke",
             post(revoke_session),

@@ -60,10 +60,11 @@ pub struct Lineage {
     pub revoked: Option<Value>,
 }
 
-/// Generations, reuse detections and the revocation, in the order of `events` (one session's).
-pub(super) fn lineage(
-    events: &[RecordedEvent],
-) -> Result<(Vec<Generation>, Vec<Value>, Option<Value>), Error> {
+/// Generations, reuse detections and the revocation.
+pub(super) type Parts = (Vec<Generation>, Vec<Value>, Option<Value>);
+
+/// The lineage's parts, in the order of `events` (one session's).
+pub(super) fn lineage(events: &[RecordedEvent]) -> Result<Parts, Error> {
     let mut generations: Vec<Generation> = Vec::new();
     let mut reuse = Vec::new();
     let mut revoked = None;
