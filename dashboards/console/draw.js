@@ -144,7 +144,7 @@ const Draw = (() => {
   // right with who presented the token that got each; grace retries under the generation they
   // were answered with; reuse detections under the generation whose spent token came back.
   function lineage(data) {
-    const W = 200, GAP = 50, BW = W - GAP, TOP = 20;
+    const W = 225, GAP = 50, BW = W - GAP, TOP = 20;
     const col = new Map(data.generations.map((g, i) => [g.generation, i]));
     const x = (i) => 10 + i * W;
     const parts = [];

@@ -37,6 +37,21 @@ def ring(arcs, refs):
     return pts
 
 
+def unwrap(pts):
+    """Longitudes made continuous: no step of more than 180 degrees between two points."""
+    out = []
+    offset = 0
+    for lon, lat in pts:
+        if out:
+            prev = out[-1][0]
+            while lon + offset - prev > 180:
+                offset -= 360
+            while lon + offset - prev < -180:
+                offset += 360
+        out.append((lon + offset, lat))
+    return out
+
+
 def main(path):
     topo = json.load(open(path))
     arcs = arcs_of(topo)
@@ -45,15 +60,21 @@ def main(path):
         polys = geom["arcs"] if geom["type"] == "MultiPolygon" else [geom["arcs"]]
         for poly in polys:
             for refs in poly:
-                last = None
-                cmds = []
-                for lon, lat in ring(arcs, refs):
-                    p = (round(lon + 180, 1), round(90 - lat, 1))
-                    if p != last:
-                        cmds.append("%g %g" % p)
-                        last = p
-                if len(cmds) >= 3:
-                    d.append("M" + "L".join(cmds) + "Z")
+                pts = unwrap(ring(arcs, refs))
+                lons = [lon for lon, _ in pts]
+                # A ring across the antimeridian (Chukotka, Fiji) is drawn unwrapped, past one
+                # edge of the map, and once more shifted onto the other edge.
+                shifts = [0] if min(lons) >= -180 and max(lons) <= 180 else [0, -360 if max(lons) > 180 else 360]
+                for shift in shifts:
+                    last = None
+                    cmds = []
+                    for lon, lat in pts:
+                        p = (round(lon + shift + 180, 1), round(90 - lat, 1))
+                        if p != last:
+                            cmds.append("%g %g" % p)
+                            last = p
+                    if len(cmds) >= 3:
+                        d.append("M" + "L".join(cmds) + "Z")
     json.dump(
         {
             "source": "Natural Earth 1:110m land (public domain), via world-atlas 2.0.2",
