@@ -1,5 +1,6 @@
 // The security console: find a user, a session or an address; read a session's timeline with
-// each event's place and device; see rule firings and reuse; revoke with confirmation.
+// each event's place and device; see rule firings and reuse on a map of its places and a
+// diagram of its refresh family (draw.js); revoke with confirmation.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -72,6 +73,7 @@ function confirmed(text, f) {
 
 async function openUser(key) {
   const u = await Api.call('GET', '/v1/admin/users/' + encodeURIComponent(key));
+  const places = await Api.call('GET', '/v1/admin/users/' + u.user_id + '/places');
   const rows = u.sessions.map((s) => Api.el('tr', { 'data-session': s.session_id },
     Api.el('td', {}, Api.el('a', { href: '#', class: 'open-session', onclick: (ev) => { ev.preventDefault(); guard(() => openSession(s.session_id)); } }, s.session_id)),
     Api.el('td', {}, s.status),
@@ -87,11 +89,13 @@ async function openUser(key) {
       }) }, 'Log out everywhere'),
   ], Api.el('table', {},
     Api.el('thead', {}, Api.el('tr', {}, ['Session', 'Status', 'Place', 'Device', 'Address', 'Last seen'].map((h) => Api.el('th', {}, h)))),
-    Api.el('tbody', {}, rows)));
+    Api.el('tbody', {}, rows)), await Draw.map(places));
 }
 
 async function openSession(id) {
   const s = await Api.call('GET', '/v1/admin/sessions/' + encodeURIComponent(id));
+  const base = '/v1/admin/sessions/' + s.session.session_id;
+  const [places, family] = await Promise.all([Api.call('GET', base + '/places'), Api.call('GET', base + '/lineage')]);
   const lineage = s.lineage.map((g) => Api.el('li', {},
     'generation ' + g.generation + ' issued ' + Api.when(g.issued_at) +
     (g.rotated_at ? ', rotated ' + Api.when(g.rotated_at) : ', current') +
@@ -105,6 +109,8 @@ async function openSession(id) {
         }) }, 'Revoke session')]
     : [];
   show('Session ' + s.session.session_id + ' (' + s.session.status + ')', actions,
+    await Draw.map(places),
+    Draw.lineage(family),
     Api.el('ul', {}, lineage, reuse),
     timeline(s.timeline));
 }

@@ -8,6 +8,8 @@ use crate::domain::parse_timestamp;
 use crate::error::Error;
 use crate::service::admin::{EventPage, EventQuery, SessionDetail, UserDetail};
 use crate::service::api_keys::{Caller, SECURITY_ROLE};
+use crate::service::family::Lineage;
+use crate::service::places::Places;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -28,6 +30,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/users/{user}", get(user))
         .route("/v1/admin/users/{user}/timeline", get(user_timeline))
+        .route("/v1/admin/users/{user}/places", get(user_places))
         .route(
             "/v1/admin/users/{user}/logout-everywhere",
             post(logout_everywhere),
@@ -36,6 +39,14 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/users/{user}/lock", post(lock))
         .route("/v1/admin/users/{user}/unlock", post(unlock))
         .route("/v1/admin/sessions/{session_id}", get(session))
+        .route(
+            "/v1/admin/sessions/{session_id}/places",
+            get(session_places),
+        )
+        .route(
+            "/v1/admin/sessions/{session_id}/lineage",
+            get(session_lineage),
+        )
         .route(
             "/v1/admin/sessions/{session_id}/revoke",
             post(revoke_session),
@@ -179,6 +190,33 @@ async fn session(
     Path(session_id): Path<String>,
 ) -> Result<Json<SessionDetail>, Error> {
     Ok(Json(app.session_detail(uuid_or_404(&session_id)?).await?))
+}
+
+/// A user's places and legs over all their sessions (the console's map).
+async fn user_places(
+    State(app): State<AppState>,
+    _: SecurityCaller,
+    Path(user): Path<String>,
+) -> Result<Json<Places>, Error> {
+    Ok(Json(app.user_places(&user).await?))
+}
+
+/// A session's places and legs (the console's map).
+async fn session_places(
+    State(app): State<AppState>,
+    _: SecurityCaller,
+    Path(session_id): Path<String>,
+) -> Result<Json<Places>, Error> {
+    Ok(Json(app.session_places(uuid_or_404(&session_id)?).await?))
+}
+
+/// A session's refresh-family lineage (the console's diagram).
+async fn session_lineage(
+    State(app): State<AppState>,
+    _: SecurityCaller,
+    Path(session_id): Path<String>,
+) -> Result<Json<Lineage>, Error> {
+    Ok(Json(app.session_lineage(uuid_or_404(&session_id)?).await?))
 }
 
 async fn ip_timeline(

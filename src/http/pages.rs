@@ -39,6 +39,17 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../../dashboards/console/console.js"),
     },
     Asset {
+        path: "/console/draw.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../dashboards/console/draw.js"),
+    },
+    // Natural Earth 1:110m land outlines (public domain) as one SVG path: the console's map.
+    Asset {
+        path: "/console/world.json",
+        content_type: "application/json",
+        body: include_str!("../../dashboards/console/world.json"),
+    },
+    Asset {
         path: "/shared/api.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../dashboards/shared/api.js"),

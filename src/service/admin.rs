@@ -4,9 +4,10 @@
 
 use super::Sessiond;
 use super::api_keys::Caller;
+use super::family::Generation;
 use crate::commands::{EndSession, LogoutEverywhere, SetLock};
 use crate::domain::context::RequestContext;
-use crate::domain::event::{Event, EventMetadata, RevokeReason};
+use crate::domain::event::{EventMetadata, RevokeReason};
 use crate::domain::format_timestamp;
 use crate::domain::session::Session;
 use crate::domain::user::User;
@@ -14,7 +15,7 @@ use crate::error::Error;
 use crate::store::{EventFilter, RecordedEvent};
 use ipnet::IpNet;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::net::IpAddr;
 use uuid::Uuid;
 
@@ -177,69 +178,6 @@ pub struct SessionDetail {
     pub lineage: Vec<Generation>,
     pub reuse: Vec<Value>,
     pub timeline: Vec<EventView>,
-}
-
-/// One generation of a refresh family: when its token was issued, retried and rotated away.
-#[derive(Debug, Serialize)]
-pub struct Generation {
-    pub generation: u32,
-    pub issued_at: String,
-    /// First 12 hex digits of the token's SHA-256: enough to tell tokens apart.
-    pub token: String,
-    pub rotated_at: Option<String>,
-    pub retries: Vec<Value>,
-}
-
-/// Reads the lineage of a refresh family off its session's events.
-fn lineage(events: &[RecordedEvent]) -> Result<(Vec<Generation>, Vec<Value>), Error> {
-    let mut generations: Vec<Generation> = Vec::new();
-    let mut reuse = Vec::new();
-    for e in events {
-        let at = e.occurred_at.clone();
-        match e.decode()? {
-            Event::SessionStarted(s) => generations.push(Generation {
-                generation: s.generation,
-                issued_at: at,
-                token: s.token_hash.short(),
-                rotated_at: None,
-                retries: Vec::new(),
-            }),
-            Event::SessionRefreshed(r) => {
-                if let Some(prev) = generations.last_mut() {
-                    prev.rotated_at = Some(at.clone());
-                }
-                generations.push(Generation {
-                    generation: r.generation,
-                    issued_at: at,
-                    token: r.token_hash.short(),
-                    rotated_at: None,
-                    retries: Vec::new(),
-                });
-            }
-            Event::RefreshRetried(r) => {
-                if let Some(g) = generations
-                    .iter_mut()
-                    .rfind(|g| g.generation == r.generation)
-                {
-                    g.retries.push(json!({
-                        "at": at, "retry": r.retry, "late": r.late,
-                        "token": r.token_hash.short(), "ip": r.context.ip,
-                    }));
-                }
-            }
-            Event::ReuseDetected(r) => reuse.push(json!({
-                "at": at,
-                "class": r.class,
-                "presented": r.presented_hash.short(),
-                "presented_generation": r.presented_generation,
-                "current_generation": r.current_generation,
-                "since_rotation_ms": r.since_rotation_ms,
-                "context": r.context,
-            })),
-            _ => {}
-        }
-    }
-    Ok((generations, reuse))
 }
 
 impl Sessiond {
@@ -408,7 +346,7 @@ impl Sessiond {
                 ..Default::default()
             })
             .await?;
-        let (lineage, reuse) = lineage(&events)?;
+        let (lineage, reuse, _) = super::family::lineage(&events)?;
         // Rule receipts about the session live in streams of their own: merge them in.
         let receipts = self
             .store

@@ -67,6 +67,8 @@ impl Browser {
         let session = b
             .post("/session", json!({ "capabilities": { "alwaysMatch": {
                 "browserName": "chrome",
+                // The page's console (CSP violations are reported there), for `console_errors`.
+                "goog:loggingPrefs": { "browser": "ALL" },
                 "goog:chromeOptions": {
                     "binary": chromium,
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -16,6 +16,7 @@ mod browser_code_flow;
 mod cli;
 mod code_flow;
 mod code_flow_step_up;
+mod console_drawings;
 mod crash;
 mod devices;
 mod dpop;
