@@ -143,7 +143,11 @@ impl Replay {
         };
         Some(match &e.event {
             Event::SessionStarted(s) => {
-                let name = self.memory.users.get(&s.user_id).map(|u| u.username.clone());
+                let name = self
+                    .memory
+                    .users
+                    .get(&s.user_id)
+                    .map(|u| u.username.clone());
                 (
                     judged(Trigger::SessionStarted, Some(s.session_id), Some(s.user_id)),
                     s.context.clone(),
@@ -152,25 +156,41 @@ impl Replay {
                 )
             }
             Event::SessionRefreshed(s) => (
-                judged(Trigger::SessionRefreshed, Some(s.session_id), session_user(s.session_id)),
+                judged(
+                    Trigger::SessionRefreshed,
+                    Some(s.session_id),
+                    session_user(s.session_id),
+                ),
                 s.context.clone(),
                 None,
                 true,
             ),
             Event::RefreshRetried(s) => (
-                judged(Trigger::RefreshRetried, Some(s.session_id), session_user(s.session_id)),
+                judged(
+                    Trigger::RefreshRetried,
+                    Some(s.session_id),
+                    session_user(s.session_id),
+                ),
                 s.context.clone(),
                 None,
                 true,
             ),
             Event::ReuseDetected(s) => (
-                judged(Trigger::ReuseDetected, Some(s.session_id), session_user(s.session_id)),
+                judged(
+                    Trigger::ReuseDetected,
+                    Some(s.session_id),
+                    session_user(s.session_id),
+                ),
                 s.context.clone(),
                 None,
                 true,
             ),
             Event::DpopMismatch(s) => (
-                judged(Trigger::DpopMismatch, Some(s.session_id), session_user(s.session_id)),
+                judged(
+                    Trigger::DpopMismatch,
+                    Some(s.session_id),
+                    session_user(s.session_id),
+                ),
                 s.context.clone(),
                 None,
                 true,
@@ -264,8 +284,15 @@ impl JudgeMemory for ReplayMemory {
             return Ok(Vec::new());
         };
         let sessions = &self.sessions;
-        ids.retain(|id| sessions.get(id).is_some_and(|s| s.status == SessionStatus::Active));
-        Ok(ids.iter().filter_map(|id| sessions.get(id).cloned()).collect())
+        ids.retain(|id| {
+            sessions
+                .get(id)
+                .is_some_and(|s| s.status == SessionStatus::Active)
+        });
+        Ok(ids
+            .iter()
+            .filter_map(|id| sessions.get(id).cloned())
+            .collect())
     }
 
     async fn active_user_count(&mut self) -> Result<u64, StoreError> {
@@ -274,8 +301,11 @@ impl JudgeMemory for ReplayMemory {
             .by_user
             .values()
             .filter(|ids| {
-                ids.iter()
-                    .any(|id| sessions.get(id).is_some_and(|s| s.status == SessionStatus::Active))
+                ids.iter().any(|id| {
+                    sessions
+                        .get(id)
+                        .is_some_and(|s| s.status == SessionStatus::Active)
+                })
             })
             .count() as u64)
     }
@@ -288,7 +318,10 @@ impl JudgeMemory for ReplayMemory {
         since: Timestamp,
     ) -> Result<(i64, i64, i64), StoreError> {
         let since = truncate_to_millis(since);
-        let Some(rows) = self.windows.get_mut(&(rule_id.to_owned(), key_tag.to_owned())) else {
+        let Some(rows) = self
+            .windows
+            .get_mut(&(rule_id.to_owned(), key_tag.to_owned()))
+        else {
             return Ok((0, 0, 0));
         };
         rows.retain(|(_, at)| *at > since);
@@ -333,10 +366,10 @@ impl JudgeMemory for ReplayMemory {
         at: Timestamp,
         tripped_until: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        self.breaker
-            .entry(rule_id.to_owned())
-            .or_default()
-            .push((truncate_to_millis(at), tripped_until.map(truncate_to_millis)));
+        self.breaker.entry(rule_id.to_owned()).or_default().push((
+            truncate_to_millis(at),
+            tripped_until.map(truncate_to_millis),
+        ));
         Ok(())
     }
 
@@ -437,8 +470,8 @@ impl ExportLine {
             .schema_version
             .or_else(|| Event::current_schema_version(event_type))
             .unwrap_or(1);
-        let event =
-            Event::decode(event_type, version, data).map_err(|e| LineError::Decode(e.to_string()))?;
+        let event = Event::decode(event_type, version, data)
+            .map_err(|e| LineError::Decode(e.to_string()))?;
         Ok((event, at))
     }
 

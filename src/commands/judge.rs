@@ -115,39 +115,107 @@ pub(super) async fn judge<M: JudgeMemory>(
 /// live (any [`UnitOfWork`]), an in-process replica in a backtest (`commands::backtest`), so a
 /// replay judges with the same code over the same memory as the live run.
 pub trait JudgeMemory: Send {
-    fn active_sessions_of(&mut self, user_id: Uuid) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send;
+    fn active_sessions_of(
+        &mut self,
+        user_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send;
     fn active_user_count(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send;
-    fn window_counts(&mut self, rule_id: &str, key_tag: &str, name_tag: &str, since: Timestamp) -> impl Future<Output = Result<(i64, i64, i64), StoreError>> + Send;
-    fn put_window_count(&mut self, rule_id: &str, key_tag: &str, name_tag: &str, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn breaker_spent(&mut self, rule_id: &str, since: Timestamp) -> impl Future<Output = Result<(i64, Option<Timestamp>), StoreError>> + Send;
-    fn put_breaker_spend(&mut self, rule_id: &str, at: Timestamp, tripped_until: Option<Timestamp>) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn usual_network_seen(&mut self, user_id: Uuid, networks: [&str; 2], since: Timestamp) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    fn put_usual_network(&mut self, user_id: Uuid, network: &str, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn window_counts(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<(i64, i64, i64), StoreError>> + Send;
+    fn put_window_count(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn breaker_spent(
+        &mut self,
+        rule_id: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<(i64, Option<Timestamp>), StoreError>> + Send;
+    fn put_breaker_spend(
+        &mut self,
+        rule_id: &str,
+        at: Timestamp,
+        tripped_until: Option<Timestamp>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn usual_network_seen(
+        &mut self,
+        user_id: Uuid,
+        networks: [&str; 2],
+        since: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn put_usual_network(
+        &mut self,
+        user_id: Uuid,
+        network: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 impl<U: UnitOfWork> JudgeMemory for U {
-    fn active_sessions_of(&mut self, user_id: Uuid) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send {
+    fn active_sessions_of(
+        &mut self,
+        user_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send {
         UnitOfWork::active_sessions_of(self, user_id)
     }
     fn active_user_count(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send {
         UnitOfWork::active_user_count(self)
     }
-    fn window_counts(&mut self, rule_id: &str, key_tag: &str, name_tag: &str, since: Timestamp) -> impl Future<Output = Result<(i64, i64, i64), StoreError>> + Send {
+    fn window_counts(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<(i64, i64, i64), StoreError>> + Send {
         UnitOfWork::window_counts(self, rule_id, key_tag, name_tag, since)
     }
-    fn put_window_count(&mut self, rule_id: &str, key_tag: &str, name_tag: &str, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn put_window_count(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         UnitOfWork::put_window_count(self, rule_id, key_tag, name_tag, at)
     }
-    fn breaker_spent(&mut self, rule_id: &str, since: Timestamp) -> impl Future<Output = Result<(i64, Option<Timestamp>), StoreError>> + Send {
+    fn breaker_spent(
+        &mut self,
+        rule_id: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<(i64, Option<Timestamp>), StoreError>> + Send {
         UnitOfWork::breaker_spent(self, rule_id, since)
     }
-    fn put_breaker_spend(&mut self, rule_id: &str, at: Timestamp, tripped_until: Option<Timestamp>) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn put_breaker_spend(
+        &mut self,
+        rule_id: &str,
+        at: Timestamp,
+        tripped_until: Option<Timestamp>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         UnitOfWork::put_breaker_spend(self, rule_id, at, tripped_until)
     }
-    fn usual_network_seen(&mut self, user_id: Uuid, networks: [&str; 2], since: Timestamp) -> impl Future<Output = Result<bool, StoreError>> + Send {
+    fn usual_network_seen(
+        &mut self,
+        user_id: Uuid,
+        networks: [&str; 2],
+        since: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         UnitOfWork::usual_network_seen(self, user_id, networks, since)
     }
-    fn put_usual_network(&mut self, user_id: Uuid, network: &str, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn put_usual_network(
+        &mut self,
+        user_id: Uuid,
+        network: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         UnitOfWork::put_usual_network(self, user_id, network, at)
     }
 }

@@ -9,6 +9,7 @@ use crate::journeys::{
 };
 use crate::rules::receipts;
 use serde_json::{Value, json};
+use sessiond::clock::Clock;
 use sessiond::domain::{Duration, format_timestamp};
 use std::path::Path;
 
@@ -20,14 +21,28 @@ fn key(rule: &Value, session: &Value, action: &Value, explanation: &Value) -> St
 fn live_keys(receipts: &[Value]) -> Vec<String> {
     receipts
         .iter()
-        .map(|r| key(&r["rule_id"], &r["session_id"], &r["action"], &r["explanation"]))
+        .map(|r| {
+            key(
+                &r["rule_id"],
+                &r["session_id"],
+                &r["action"],
+                &r["explanation"],
+            )
+        })
         .collect()
 }
 
 fn firing_keys(lines: &[Value]) -> Vec<String> {
     lines
         .iter()
-        .map(|f| key(&f["rule"], &f["session_id"], &f["action"], &f["explanation"]))
+        .map(|f| {
+            key(
+                &f["rule"],
+                &f["session_id"],
+                &f["action"],
+                &f["explanation"],
+            )
+        })
         .collect()
 }
 
@@ -92,6 +107,12 @@ async fn journey_app() -> (TestApp, tempfile::TempDir) {
 #[tokio::test]
 async fn a_backtest_of_the_http_export_gives_the_live_runs_firings_in_order() {
     let (app, dir) = journey_app().await;
+    // The security team's key the export is made with.
+    let (_, api_key) = app
+        .service
+        .create_api_key("export", vec!["security".into()])
+        .await
+        .unwrap();
     let start = app.clock.now();
     for name in ["maya", "leo", "nina", "carol"] {
         app.register(name).await;
@@ -140,7 +161,10 @@ async fn a_backtest_of_the_http_export_gives_the_live_runs_firings_in_order() {
     let live = receipts(&app).await;
     let rules_hit: Vec<&str> = live.iter().filter_map(|r| r["rule_id"].as_str()).collect();
     for rule in ["impossible_travel", "session_context_change", "brute_force"] {
-        assert!(rules_hit.contains(&rule), "{rule} did not fire live: {live:?}");
+        assert!(
+            rules_hit.contains(&rule),
+            "{rule} did not fire live: {live:?}"
+        );
     }
     assert!(
         live.iter().any(|r| r["rule_id"] == "impossible_travel"
@@ -154,11 +178,10 @@ async fn a_backtest_of_the_http_export_gives_the_live_runs_firings_in_order() {
     );
 
     // Export over HTTP, as an analyst would.
-    let admin = crate::admin::analyst(&app).await;
     let r = app
         .http
         .get(app.url("/v1/admin/events/export"))
-        .bearer_auth(&admin.access)
+        .bearer_auth(api_key.expose())
         .send()
         .await
         .unwrap();
@@ -168,7 +191,10 @@ async fn a_backtest_of_the_http_export_gives_the_live_runs_firings_in_order() {
     // A trailer line that is no event (as a checkpoint is) is passed over.
     std::fs::write(
         &export,
-        format!("{body}{}\n", json!({"checkpoint": {"position": 1, "hash": "00"}})),
+        format!(
+            "{body}{}\n",
+            json!({"checkpoint": {"position": 1, "hash": "00"}})
+        ),
     )
     .unwrap();
 
@@ -190,11 +216,17 @@ async fn a_backtest_of_the_http_export_gives_the_live_runs_firings_in_order() {
         .iter()
         .find(|f| f["rule"] == "session_context_change" && f["action"] == "revoke_session")
         .unwrap();
-    assert!(context["signals"].as_array().is_some_and(|s| !s.is_empty()), "{context}");
+    assert!(
+        context["signals"].as_array().is_some_and(|s| !s.is_empty()),
+        "{context}"
+    );
     // The table: a line per rule and per action, with the explanations.
     assert!(out.contains("impossible_travel"), "{out}");
     assert!(out.contains("revoke_session"), "{out}");
-    assert!(out.contains(travel["explanation"].as_str().unwrap()), "{out}");
+    assert!(
+        out.contains(travel["explanation"].as_str().unwrap()),
+        "{out}"
+    );
 
     // --since/--until bound what is reported; the history before still builds the memory, so
     // the Seattle login still fires as travel.
@@ -215,7 +247,10 @@ async fn a_backtest_of_the_http_export_gives_the_live_runs_firings_in_order() {
     assert!(!expected.is_empty());
     assert_eq!(firing_keys(&bounded), live_keys(&expected));
     let report: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report["rules"]["impossible_travel"]["firings"], 1, "{report}");
+    assert_eq!(
+        report["rules"]["impossible_travel"]["firings"], 1,
+        "{report}"
+    );
     assert_eq!(report["rules"]["brute_force"]["firings"], 0, "{report}");
     assert_eq!(
         report["rules"]["impossible_travel"]["sessions"],
@@ -278,7 +313,13 @@ async fn the_command_line_export_replays_too_and_a_sealed_one_is_refused_clearly
     // A --sealed export holds no personal field in clear: the backtest says so and stops.
     let sealed = dir.path().join("sealed.ndjson");
     let (ok, _, err) = sessiond_cli(
-        &["events", "export", "--sealed", "-o", sealed.to_str().unwrap()],
+        &[
+            "events",
+            "export",
+            "--sealed",
+            "-o",
+            sealed.to_str().unwrap(),
+        ],
         app.data_dir.path(),
     );
     assert!(ok, "{err}");

@@ -151,7 +151,7 @@ async fn a_code_bound_by_dpop_jkt_is_exchanged_only_with_a_proof_by_that_key() {
     let rp = register_client(&app, true, true).await;
     let key = DpopKey::ed25519();
     let (verifier, challenge) = pkce();
-    let code = code_with(&rp, &challenge, &[("dpop_jkt", &key.jkt)]).await;
+    let code = code_with(&rp, &challenge, &[("dpop_jkt", key.jkt.as_str())]).await;
     let before = app.event_count().await;
 
     // The attacker who intercepted the code and the verifier: without a proof, then with a
@@ -189,10 +189,11 @@ async fn a_malformed_dpop_jkt_is_refused_at_the_authorization_endpoint() {
         let r = rp
             .authorize(&rp.request(&challenge, &[("dpop_jkt", bad)]), "")
             .await;
-        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(r.status(), StatusCode::FOUND);
         let loc = location(&r);
         assert!(loc.starts_with(REDIRECT), "{loc}");
         assert_eq!(param(&loc, "error").as_deref(), Some("invalid_request"));
+        assert!(param(&loc, "code").is_none());
         assert!(
             param(&loc, "error_description").is_some_and(|d| d.contains("dpop_jkt")),
             "{loc}"

@@ -178,7 +178,11 @@ pub(super) async fn from_store(run: Run, store: &Store) -> Result<BacktestReport
                 .await?;
             sink.write(&fired)?;
         }
-        progress.tick(last.position.max(0) as u64, head, filter.after_position as u64);
+        progress.tick(
+            last.position.max(0) as u64,
+            head,
+            filter.after_position as u64,
+        );
     }
     progress.done();
     sink.close()?;
