@@ -40,6 +40,15 @@ pub enum StartError {
     Io(String),
 }
 
+/// The rules' circuit breaker as configured (the server's and a backtest's).
+pub fn breaker_config(config: &Config) -> BreakerConfig {
+    BreakerConfig {
+        max_fraction: config.rules_breaker_fraction,
+        floor: config.rules_breaker_floor,
+        window: config.rules_breaker_window,
+    }
+}
+
 /// What [`App::build_with`] may be given instead of the real thing.
 pub struct Options {
     pub clock: Arc<dyn Clock>,
@@ -158,11 +167,7 @@ impl App {
                 },
             )?,
         );
-        let breaker = BreakerConfig {
-            max_fraction: config.rules_breaker_fraction,
-            floor: config.rules_breaker_floor,
-            window: config.rules_breaker_window,
-        };
+        let breaker = breaker_config(&config);
         let rules = Arc::new(match &config.rules {
             Some(dir) => RuleEngine::load(dir, breaker).map_err(StartError::Rules)?,
             None => RuleEngine::disabled(),

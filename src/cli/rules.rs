@@ -4,10 +4,11 @@ use super::{Common, time_arg};
 use crate::StartError;
 use crate::rules::RuleSet;
 use crate::rules::file::load_dir;
-use crate::store::EventFilter;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod backtest;
 
 #[derive(Subcommand)]
 pub(super) enum RulesCmd {
@@ -25,13 +26,20 @@ pub(super) enum RulesCmd {
         #[command(flatten)]
         rules: RulesDir,
     },
-    /// Replay stored events through the rules and report what would have fired, by rule.
-    /// Writes nothing.
+    /// Replay stored events (or an export file) through the rules and report what would have
+    /// fired, by rule and action. Writes nothing but the --firings file.
     Backtest {
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
         rules: RulesDir,
+        /// Replay this export (NDJSON from `events export` or the API's export) instead of the
+        /// store. Export with the master key at hand: a --sealed export cannot be replayed.
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Write each firing as one NDJSON line to FILE (created 0600).
+        #[arg(long, visible_alias = "output", value_name = "FILE")]
+        firings: Option<PathBuf>,
         /// Report firings at or after this RFC 3339 time (earlier history still builds baselines).
         #[arg(long)]
         since: Option<String>,
@@ -118,52 +126,25 @@ pub(super) async fn rules_command(command: RulesCmd) -> Result<ExitCode, StartEr
         RulesCmd::Backtest {
             common,
             rules,
+            input,
+            firings,
             since,
             until,
             json,
         } => {
             let set = rules.load(&common)?;
-            let since = since.as_deref().map(time_arg("--since")).transpose()?;
-            let until = until.as_deref().map(time_arg("--until")).transpose()?;
-            let store = common.store().await?;
-            let mut replay = crate::rules::backtest::Backtest::new(set, since);
-            let mut filter = EventFilter {
-                until,
-                limit: Some(1000),
-                ..Default::default()
+            let run = backtest::Run {
+                set,
+                breaker: crate::app::breaker_config(&common.config(None)?),
+                since: since.as_deref().map(time_arg("--since")).transpose()?,
+                until: until.as_deref().map(time_arg("--until")).transpose()?,
+                firings,
             };
-            loop {
-                let page = store.events(&filter).await?;
-                let Some(last) = page.last() else { break };
-                filter.after_position = last.position;
-                for recorded in &page {
-                    replay.replay(&recorded.decode()?, recorded.occurred_at()?);
-                }
-            }
-            let report = replay.finish();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report)
-                        .map_err(|e| StartError::Io(e.to_string()))?
-                );
-            } else {
-                println!("replayed {} events", report.events_replayed);
-                for (rule, hits) in &report.rules {
-                    println!(
-                        "{rule}: {} firings, {} sessions, {} users",
-                        hits.firings,
-                        hits.sessions.len(),
-                        hits.users.len()
-                    );
-                    for s in &hits.sessions {
-                        println!("  session {s}");
-                    }
-                    for u in &hits.usernames {
-                        println!("  username {u}");
-                    }
-                }
-            }
+            let report = match input {
+                Some(file) => backtest::from_file(run, &file).await?,
+                None => backtest::from_store(run, &common.store().await?).await?,
+            };
+            backtest::print(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
     }

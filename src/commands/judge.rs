@@ -10,6 +10,7 @@ use crate::rules::detectors::threshold::Counts;
 use crate::rules::judgement::BreakerWrite;
 use crate::rules::{Action, Facts, History, Judgement, RuleEngine, Trigger};
 use crate::store::{StoreError, UnitOfWork};
+use std::future::Future;
 use uuid::Uuid;
 
 /// How long a network stays among a user's usual ones after it was last seen on a trusted
@@ -19,8 +20,8 @@ pub const USUAL_NETWORK_DAYS: i64 = 28;
 /// Judges one event with whatever history the engine asks for; `None` when no rule fired.
 /// The detector memory the store keeps (threshold windows, the breaker's spend, usual
 /// networks) is read here and written back here, in the transaction that records the event.
-pub(super) async fn judge<U: UnitOfWork>(
-    uow: &mut U,
+pub(super) async fn judge<M: JudgeMemory>(
+    uow: &mut M,
     rules: &RuleEngine,
     facts: &Facts<'_>,
 ) -> Result<Option<Judgement>, StoreError> {
@@ -110,6 +111,115 @@ pub(super) async fn judge<U: UnitOfWork>(
     Ok(judgement)
 }
 
+/// What a judgement reads and writes besides the engine's own memory: the writer's transaction
+/// live (any [`UnitOfWork`]), an in-process replica in a backtest (`commands::backtest`), so a
+/// replay judges with the same code over the same memory as the live run.
+pub trait JudgeMemory: Send {
+    fn active_sessions_of(
+        &mut self,
+        user_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send;
+    fn active_user_count(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn window_counts(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<(i64, i64, i64), StoreError>> + Send;
+    fn put_window_count(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn breaker_spent(
+        &mut self,
+        rule_id: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<(i64, Option<Timestamp>), StoreError>> + Send;
+    fn put_breaker_spend(
+        &mut self,
+        rule_id: &str,
+        at: Timestamp,
+        tripped_until: Option<Timestamp>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn usual_network_seen(
+        &mut self,
+        user_id: Uuid,
+        networks: [&str; 2],
+        since: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn put_usual_network(
+        &mut self,
+        user_id: Uuid,
+        network: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl<U: UnitOfWork> JudgeMemory for U {
+    fn active_sessions_of(
+        &mut self,
+        user_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send {
+        UnitOfWork::active_sessions_of(self, user_id)
+    }
+    fn active_user_count(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        UnitOfWork::active_user_count(self)
+    }
+    fn window_counts(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<(i64, i64, i64), StoreError>> + Send {
+        UnitOfWork::window_counts(self, rule_id, key_tag, name_tag, since)
+    }
+    fn put_window_count(
+        &mut self,
+        rule_id: &str,
+        key_tag: &str,
+        name_tag: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        UnitOfWork::put_window_count(self, rule_id, key_tag, name_tag, at)
+    }
+    fn breaker_spent(
+        &mut self,
+        rule_id: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<(i64, Option<Timestamp>), StoreError>> + Send {
+        UnitOfWork::breaker_spent(self, rule_id, since)
+    }
+    fn put_breaker_spend(
+        &mut self,
+        rule_id: &str,
+        at: Timestamp,
+        tripped_until: Option<Timestamp>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        UnitOfWork::put_breaker_spend(self, rule_id, at, tripped_until)
+    }
+    fn usual_network_seen(
+        &mut self,
+        user_id: Uuid,
+        networks: [&str; 2],
+        since: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        UnitOfWork::usual_network_seen(self, user_id, networks, since)
+    }
+    fn put_usual_network(
+        &mut self,
+        user_id: Uuid,
+        network: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        UnitOfWork::put_usual_network(self, user_id, network, at)
+    }
+}
+
 /// The event's networks as stored among usual ones: `asn:N` and `net:<keyed hash of the /24
 /// or /48>` ("" where unknown).
 fn usual_tags(rules: &RuleEngine, ctx: &RequestContext) -> [String; 2] {
@@ -151,8 +261,8 @@ struct SessionSighting {
 
 /// A user's trusted sightings as the store knows them: where each active session started and
 /// was last seen. Sessions waiting for re-authentication are not trusted.
-async fn trusted_sightings<U: UnitOfWork>(
-    uow: &mut U,
+async fn trusted_sightings<M: JudgeMemory>(
+    uow: &mut M,
     user: Uuid,
 ) -> Result<Vec<SessionSighting>, StoreError> {
     let mut seen = Vec::new();

@@ -9,6 +9,7 @@
 //! command's [`Command::observe`] then turns its committed outcome into metrics.
 
 mod api_keys;
+pub mod backtest;
 mod dpop;
 pub mod effects;
 mod judge;

@@ -121,6 +121,9 @@ pub struct RedeemCode {
     pub redirect_uri: Option<String>,
     pub code_verifier: String,
     pub context: RequestContext,
+    /// The exchange's checked DPoP proof, if any: its `jti` is claimed here, and its key binds
+    /// the session (RFC 9449 §5) and must be the code's `dpop_jkt` if it has one (§10).
+    pub dpop: Option<super::CheckedProof>,
 }
 
 impl Command for RedeemCode {
@@ -134,13 +137,22 @@ impl Command for RedeemCode {
         let Some(code) = uow.authorization_code(self.code.id).await? else {
             return Ok(Err(CodeRefusal::Unknown));
         };
+        let dpop_jkt = self.dpop.as_ref().map(|p| p.jkt.clone());
         let decision = code.decide_redeem(&Exchange {
             presented: self.code.hash,
             client_id: &self.client_id,
             redirect_uri: self.redirect_uri.as_deref(),
             code_verifier: &self.code_verifier,
+            dpop_jkt: dpop_jkt.as_deref(),
             now: cx.now,
         });
+        // A proof seen before proves nothing about who holds the key, on any grant.
+        if decision.is_ok()
+            && let Some(p) = &self.dpop
+            && !uow.claim_dpop_jti(&p.jti_hash, p.expires_at).await?
+        {
+            return Ok(Err(CodeRefusal::ProofReplayed));
+        }
         let session = uow.session(code.session_id).await?;
         match decision {
             Err(CodeRefusal::Reused) => {
@@ -170,6 +182,7 @@ impl Command for RedeemCode {
                     session_id: id,
                     code_id: code.code_id,
                     client_id: code.client_id.clone(),
+                    dpop_jkt,
                 });
                 let s = record_session(uow, Some(s), id, vec![event], cx.meta, cx.now)
                     .await?

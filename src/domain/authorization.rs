@@ -35,6 +35,10 @@ pub struct AuthorizationCode {
         skip_serializing_if = "Option::is_none"
     )]
     pub redeemed_at: Option<Timestamp>,
+    /// The `dpop_jkt` of the authorization request (RFC 9449 §10): the exchange must carry a
+    /// DPoP proof by the key with this thumbprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// Why a code exchange is refused; the client only ever learns `invalid_grant`.
@@ -50,6 +54,11 @@ pub enum CodeRefusal {
     WrongVerifier,
     /// The session the code belongs to has ended.
     SessionEnded,
+    /// The code is bound to a DPoP key (`dpop_jkt`) and the exchange carries no proof by it
+    /// (RFC 9449 §10). The code stays unredeemed: its holder may still exchange it.
+    DpopKey,
+    /// The exchange's DPoP proof was used before (its `jti`).
+    ProofReplayed,
 }
 
 /// RFC 7636 §4.1: 43 to 128 characters of `[A-Z] / [a-z] / [0-9] / "-" / "." / "_" / "~"`.
@@ -75,6 +84,8 @@ pub struct Exchange<'a> {
     pub client_id: &'a str,
     pub redirect_uri: Option<&'a str>,
     pub code_verifier: &'a str,
+    /// The thumbprint of the exchange's DPoP proof key, if it carries a valid proof.
+    pub dpop_jkt: Option<&'a str>,
     pub now: Timestamp,
 }
 
@@ -108,6 +119,11 @@ impl AuthorizationCode {
         if !valid_verifier(x.code_verifier) || !same {
             return Err(CodeRefusal::WrongVerifier);
         }
+        if let Some(jkt) = &self.dpop_jkt
+            && x.dpop_jkt != Some(jkt.as_str())
+        {
+            return Err(CodeRefusal::DpopKey);
+        }
         Ok(())
     }
 }
@@ -138,12 +154,14 @@ mod tests {
             scope: "openid".into(),
             expires_at: now + chrono::Duration::seconds(60),
             redeemed_at: None,
+            dpop_jkt: None,
         };
         let x = |client, uri, v, t| Exchange {
             presented: hash,
             client_id: client,
             redirect_uri: uri,
             code_verifier: v,
+            dpop_jkt: None,
             now: t,
         };
         let uri = Some("https://app.example/cb");

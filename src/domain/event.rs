@@ -330,6 +330,11 @@ pub struct RuleFired {
     /// What was done: `none` in shadow mode, `flag` when the breaker degraded it, else `wanted`.
     pub action: String,
     pub explanation: String,
+    /// The request context the rule judged. A refused grant (a refresh revoked by a rule)
+    /// records no event of its own, so this is what a backtest from an export replays it from.
+    /// Its personal fields are sealed like every event's (`store/vault.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<RequestContext>,
 }
 
 /// The circuit breaker stopped revoking actions: past the cap they degrade to `flag`.
@@ -480,6 +485,10 @@ pub struct AuthorizationCodeRedeemed {
     pub session_id: Uuid,
     pub code_id: Uuid,
     pub client_id: String,
+    /// The exchange carried a DPoP proof: the session's family is bound to this key's
+    /// thumbprint from here on (RFC 9449 §5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// A code already exchanged was presented again: the session it started is revoked with it.

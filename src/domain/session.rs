@@ -349,10 +349,14 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
             s.last_seen_at = occurred_at;
             s.last_context = e.context.clone();
         }
+        Event::AuthorizationCodeRedeemed(e) => {
+            if let Some(jkt) = &e.dpop_jkt {
+                s.dpop_jkt = Some(jkt.clone());
+            }
+        }
         Event::ReuseDetected(_)
         | Event::DpopMismatch(_)
         | Event::AuthorizationCodeIssued(_)
-        | Event::AuthorizationCodeRedeemed(_)
         | Event::AuthorizationCodeReused(_) => {}
         Event::ReauthRequired(_) => s.reauth_required = true,
         Event::SessionReauthenticated(e) => {

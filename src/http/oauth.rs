@@ -344,7 +344,7 @@ async fn grant(
                 code_verifier: params.required("code_verifier")?,
             };
             return Ok(Granted::Tokens(
-                app.exchange_code(client, &exchange, ctx).await?,
+                app.exchange_code(client, &exchange, ctx, dpop).await?,
             ));
         }
         ("client_credentials", client) => {

@@ -103,6 +103,10 @@ const AUTHORIZE: &[(&str, &str)] = &[
     ("max_age", "seconds since the last password sign-in"),
     ("acr_values", "accepted; one class today"),
     ("login_hint", "prefills the username"),
+    (
+        "dpop_jkt",
+        "RFC 9449 §10: the DPoP key's thumbprint the code is bound to",
+    ),
 ];
 const END_SESSION: &[(&str, &str)] = &[
     (

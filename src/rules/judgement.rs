@@ -268,6 +268,7 @@ impl RuleEngine {
                 wanted: wanted.as_str().to_owned(),
                 deny: rule.deny,
                 action: action_name.to_owned(),
+                context: Some(facts.context.clone()),
             }));
         }
         // Shadow firings change nothing, including the baseline; an enforced firing keeps the

@@ -57,6 +57,8 @@ pub struct AuthorizationRequest {
     pub max_age: Option<i64>,
     pub acr_values: Option<String>,
     pub login_hint: Option<String>,
+    /// RFC 9449 §10: the thumbprint of the DPoP key the code will be bound to.
+    pub dpop_jkt: Option<String>,
     /// The request's own parameters, carried through the sign-in and consent forms.
     pub params: Vec<(String, String)>,
 }
@@ -250,6 +252,7 @@ impl Sessiond {
             max_age: None,
             acr_values: None,
             login_hint: None,
+            dpop_jkt: None,
             params: Vec::new(),
         };
         let issuer = self.oauth_issuer();
@@ -361,6 +364,18 @@ impl Sessiond {
         req.nonce = text("nonce");
         req.acr_values = text("acr_values");
         req.login_hint = text("login_hint");
+        if let Some(jkt) = map.get("dpop_jkt") {
+            // A JWK SHA-256 thumbprint (RFC 7638) is 43 base64url characters, as an S256
+            // challenge is.
+            if !valid_challenge(jkt) {
+                return Err(fail(
+                    &req,
+                    "invalid_request",
+                    "dpop_jkt must be the base64url SHA-256 JWK thumbprint of the DPoP key (43 characters)",
+                ));
+            }
+            req.dpop_jkt = Some(jkt.to_string());
+        }
         if let Some(prompt) = map.get("prompt") {
             for p in prompt.split(' ').filter(|p| !p.is_empty()) {
                 match p {
@@ -413,6 +428,7 @@ impl Sessiond {
                             | "login_hint"
                             | "ui_locales"
                             | "display"
+                            | "dpop_jkt"
                     )
             })
             .collect();
@@ -725,6 +741,7 @@ impl Sessiond {
             scope: req.scope.clone(),
             expires_at: self.now() + chrono::Duration::seconds(CODE_LIFETIME_SECONDS),
             redeemed_at: None,
+            dpop_jkt: req.dpop_jkt.clone(),
         };
         let issued = self
             .writer

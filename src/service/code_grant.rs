@@ -38,24 +38,43 @@ impl Sessiond {
         client: &Client,
         x: &CodeExchange<'_>,
         ctx: &RequestContext,
+        dpop: &super::dpop::Dpop,
     ) -> Result<IssuedTokens, Error> {
         if !client.allows_grant("authorization_code") {
             return Err(unauthorized_client("authorization_code"));
         }
         let code = AuthCode::parse(x.code).map_err(|_| Error::InvalidGrant)?;
+        // Checked like a login's proof: a proof that fails (or is missing when DPoP is
+        // required) refuses the exchange before the code is looked at.
+        let proof = self.login_proof(dpop)?;
         let cmd = RedeemCode {
             code: code.key(),
             client_id: client.client_id.clone(),
             redirect_uri: x.redirect_uri.map(str::to_owned),
             code_verifier: x.code_verifier.to_owned(),
             context: ctx.clone(),
+            dpop: proof,
         };
         match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
             Ok((session, code)) => self.code_tokens(client, &session, &code).await,
             Err(refusal) => {
                 tracing::info!(?refusal, client_id = %client.client_id, "code exchange refused");
-                if refusal == CodeRefusal::Reused {
-                    tracing::warn!(client_id = %client.client_id, "authorization code reused: its session is revoked");
+                match refusal {
+                    CodeRefusal::Reused => {
+                        tracing::warn!(client_id = %client.client_id, "authorization code reused: its session is revoked");
+                    }
+                    CodeRefusal::DpopKey => {
+                        return Err(Error::InvalidDpopProof(
+                            "this authorization code is bound to a DPoP key (dpop_jkt): send a DPoP proof by that key".into(),
+                        ));
+                    }
+                    CodeRefusal::ProofReplayed => {
+                        return Err(Error::InvalidDpopProof(
+                            super::dpop::fault_message(crate::domain::event::DpopFault::Replayed)
+                                .into(),
+                        ));
+                    }
+                    _ => {}
                 }
                 Err(Error::InvalidGrant)
             }

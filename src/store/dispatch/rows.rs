@@ -329,7 +329,7 @@ pub fn push_sessions<'a, D: Dialect>(
             .cast(s.ended_at.map(format_timestamp), D::TIME)
             .bind(s.end_reason.as_deref())
             .bind(s.version)
-            // Set at the start and never changed: the conflict branch leaves it alone.
+            // Set at the start, or by a code exchange with a proof (RFC 9449 §5).
             .bind(s.dpop_jkt.as_deref())
             .bind(s.client_id.as_deref());
     });
@@ -346,7 +346,8 @@ pub fn push_sessions<'a, D: Dialect>(
          late_retry_generation = excluded.late_retry_generation, \
          last_context = excluded.last_context, \
          reauth_required = excluded.reauth_required, ended_at = excluded.ended_at, \
-         end_reason = excluded.end_reason, version = excluded.version",
+         end_reason = excluded.end_reason, version = excluded.version, \
+         dpop_jkt = excluded.dpop_jkt",
     );
 }
 
