@@ -83,6 +83,8 @@ def main(path, x):
             if checkpoint is not None:
                 return f"line {n}: after the checkpoint"
             obj = json.loads(line)
+            if "filtered" in obj:
+                return f"line {n}: a filtered export cannot prove completeness"
             if "checkpoint" in obj:
                 checkpoint = obj["checkpoint"]
                 continue

@@ -105,6 +105,8 @@ pub trait Dialect: Database<Row: Cols> {
     const UUID: &'static str;
     const TIME: &'static str;
     const JSON: &'static str;
+    /// The function naming a value's type, castable back to it (keyset paging in verify).
+    const TYPE_OF: &'static str;
     /// Refresh-token ids per lookup statement.
     const TOKENS_PER_STATEMENT: usize;
     /// Rows per multi-row INSERT, within the bound on parameters of one statement.

@@ -288,6 +288,7 @@ impl Dialect for Postgres {
     const UUID: &'static str = "::uuid";
     const TIME: &'static str = "::timestamptz";
     const JSON: &'static str = "::jsonb";
+    const TYPE_OF: &'static str = "pg_typeof";
     /// One array parameter holds them all.
     const TOKENS_PER_STATEMENT: usize = usize::MAX;
     /// At most 20 parameters a row, far below PostgreSQL's 65,535 per statement.

@@ -128,6 +128,7 @@ impl Dialect for Sqlite {
     const UUID: &'static str = "";
     const TIME: &'static str = "";
     const JSON: &'static str = "";
+    const TYPE_OF: &'static str = "typeof";
     const TOKENS_PER_STATEMENT: usize = 256;
     /// Well under SQLite's 32,766 bound parameters (21 per session).
     const ROWS_PER_STATEMENT: usize = 256;
