@@ -3,9 +3,9 @@
 //! (README, *Integrity*).
 
 use super::Sessiond;
+use crate::domain::checkpoint::Checkpoint;
 use crate::domain::token::hex;
 use crate::error::Error;
-use crate::domain::checkpoint::Checkpoint;
 use crate::store::{EventFilter, RecordedEvent};
 use crate::tokens::checkpoint::{CheckpointKey, CheckpointPublicKey};
 use base64::Engine;

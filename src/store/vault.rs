@@ -185,7 +185,11 @@ impl Vault {
             Some(("acct", name)) => format!("acct:{}", self.tag("name", name)),
             Some(("acct_addr", rest)) => match rest.rsplit_once('|') {
                 Some((name, ip)) => {
-                    format!("acct_addr:{}|{}", self.tag("name", name), self.tag("addr", ip))
+                    format!(
+                        "acct_addr:{}|{}",
+                        self.tag("name", name),
+                        self.tag("addr", ip)
+                    )
                 }
                 None => format!("acct_addr:{}", self.tag("name", rest)),
             },
@@ -557,11 +561,16 @@ mod tests {
         let v6 = vault.address_tags("2001:db8:1:2::7".parse().unwrap());
         assert_eq!(v6.len(), 4);
         assert_eq!(
-            vault.search_tag(&"2001:db8:1::/56".parse().unwrap()).as_ref(),
+            vault
+                .search_tag(&"2001:db8:1::/56".parse().unwrap())
+                .as_ref(),
             Some(&v6[2])
         );
         // A mapped address is the IPv4 one.
-        assert_eq!(vault.address_tags("::ffff:203.0.113.9".parse().unwrap()), tags);
+        assert_eq!(
+            vault.address_tags("::ffff:203.0.113.9".parse().unwrap()),
+            tags
+        );
     }
 
     #[test]

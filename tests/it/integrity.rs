@@ -448,7 +448,11 @@ async fn projected_tables_page_by_key_even_where_the_key_repeats() {
         assert_eq!(whole.len(), 18, "{}", b.name);
         let (mut paged, mut from) = (Vec::new(), None);
         loop {
-            let page = b.store.projection_rows(table, from.as_ref(), 3).await.unwrap();
+            let page = b
+                .store
+                .projection_rows(table, from.as_ref(), 3)
+                .await
+                .unwrap();
             paged.extend(page.iter().map(|r| r.key.clone()));
             if page.len() < 3 {
                 break;
@@ -520,7 +524,11 @@ async fn an_export_downloaded_over_http_verifies_against_its_checkpoint() {
     };
     std::fs::write(&copy, &text).unwrap();
     let (ok, out) = verify(&copy);
-    assert!(ok && out.starts_with("export ok"), "{out}");
+    assert!(
+        ok && out.starts_with("export ok"),
+        "{out}: {}",
+        &text[..text.len().min(3000)]
+    );
     let (ok, out) = python_verifier(&copy, &x);
     assert!(ok, "{out}");
 

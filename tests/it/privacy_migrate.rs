@@ -67,7 +67,9 @@ async fn migrate_seals_clear_history_and_keeps_the_chain_verifiable() {
                     .await
                     .unwrap(),
             ),
-            (_, Some(url)) => Store::Postgres(sessiond::store::PostgresStore::open(url).await.unwrap()),
+            (_, Some(url)) => {
+                Store::Postgres(sessiond::store::PostgresStore::open(url).await.unwrap())
+            }
             _ => unreachable!(),
         };
         let url: Vec<&str> = backend
@@ -95,7 +97,10 @@ async fn migrate_seals_clear_history_and_keeps_the_chain_verifiable() {
 
         let after = events_text(&store).await;
         for clear in ["oldtimer", "veteran", IP, UA, "fixture-hash"] {
-            assert!(!after.contains(clear), "{name}: {clear} still in the log: {after}");
+            assert!(
+                !after.contains(clear),
+                "{name}: {clear} still in the log: {after}"
+            );
         }
         assert!(after.contains("log.resealed"), "{name}: {after}");
         let (ok, out, err) = cli(&["events", "verify"]);

@@ -139,10 +139,7 @@ pub fn assert_no_table_holds(tables: &[(String, String)], needles: &[&str], when
                     .nth(200)
                     .map_or(0, |(i, _)| i);
                 let to = (at + 80).min(text.len());
-                panic!(
-                    "{when}: table {table} holds {n:?}: …{}…",
-                    &text[from..to]
-                );
+                panic!("{when}: table {table} holds {n:?}: …{}…", &text[from..to]);
             }
         }
     }
@@ -158,7 +155,10 @@ async fn retention_on(app: &TestApp, pg_url: Option<&str>) {
     assert_eq!(r.status(), StatusCode::OK);
     let before = every_table_text(app, pg_url).await;
     let sessions = &before.iter().find(|(t, _)| t == "sessions").unwrap().1;
-    assert!(sessions.contains(UA), "the live session row keeps its context: {sessions}");
+    assert!(
+        sessions.contains(UA),
+        "the live session row keeps its context: {sessions}"
+    );
 
     app.clock.advance(Duration::days(125));
     let admin2 = app.login("analyst").await;
@@ -216,8 +216,14 @@ async fn retention_on(app: &TestApp, pg_url: Option<&str>) {
 
     // (c) verify replays the log and finds every projected table equal; a rebuild yields the
     // same rows.
-    let db: Vec<&str> = pg_url.map(|u| vec!["--database-url", u]).unwrap_or_default();
-    let args: Vec<&str> = ["events", "verify"].iter().copied().chain(db.clone()).collect();
+    let db: Vec<&str> = pg_url
+        .map(|u| vec!["--database-url", u])
+        .unwrap_or_default();
+    let args: Vec<&str> = ["events", "verify"]
+        .iter()
+        .copied()
+        .chain(db.clone())
+        .collect();
     let (ok, out, err) = sessiond_cli(&args, app.data_dir.path());
     assert!(ok, "{out}{err}");
     assert!(out.contains("projections ok"), "{out}");
@@ -289,8 +295,15 @@ async fn nothing_in_clear_on(app: &TestApp, pg_url: Option<&str>) {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
     let tables = every_table_text(app, pg_url).await;
-    let throttle = &tables.iter().find(|(t, _)| t == "login_failures").unwrap().1;
-    assert!(throttle.lines().count() >= 4, "the failures were counted: {throttle}");
+    let throttle = &tables
+        .iter()
+        .find(|(t, _)| t == "login_failures")
+        .unwrap()
+        .1;
+    assert!(
+        throttle.lines().count() >= 4,
+        "the failures were counted: {throttle}"
+    );
     // The users table holds the name and hash (state: logins look them up); the session rows
     // hold the request context of live sessions for the devices view, until retention (see
     // the README, *Personal data*). No other table holds any of it.
@@ -313,7 +326,10 @@ async fn nothing_in_clear_on(app: &TestApp, pg_url: Option<&str>) {
     sessiond::projection::rebuild_projections(&app.service.store)
         .await
         .unwrap();
-    assert_eq!(app.service.store.projection_snapshot().await.unwrap(), snapshot);
+    assert_eq!(
+        app.service.store.projection_snapshot().await.unwrap(),
+        snapshot
+    );
 }
 
 #[tokio::test]
@@ -378,12 +394,22 @@ async fn search_on(app: &TestApp, pg_url: Option<&str>) {
     let a = &admin.access;
     let only = |got: Vec<String>, want: &[&str], what: &str| {
         assert!(!got.is_empty(), "{what}: nothing found");
-        assert!(got.iter().all(|ip| want.contains(&ip.as_str())), "{what}: {got:?}");
+        assert!(
+            got.iter().all(|ip| want.contains(&ip.as_str())),
+            "{what}: {got:?}"
+        );
         for w in want {
-            assert!(got.iter().any(|g| g == w), "{what}: {w} missing from {got:?}");
+            assert!(
+                got.iter().any(|g| g == w),
+                "{what}: {w} missing from {got:?}"
+            );
         }
     };
-    only(found(app, a, &format!("/v1/admin/events?ip={IP}")).await, &[IP], "exact");
+    only(
+        found(app, a, &format!("/v1/admin/events?ip={IP}")).await,
+        &[IP],
+        "exact",
+    );
     only(
         found(app, a, "/v1/admin/ips/198.51.100.0%2F24/timeline").await,
         &[IP, "198.51.100.7"],
@@ -395,7 +421,12 @@ async fn search_on(app: &TestApp, pg_url: Option<&str>) {
         &[IP],
         "a /28",
     );
-    assert!(found(app, a, "/v1/admin/events?ip=198.51.100.0/29").await.is_empty());
+    // 198.51.100.0/30 holds neither .7 nor .61.
+    assert!(
+        found(app, a, "/v1/admin/events?ip=198.51.100.0/30")
+            .await
+            .is_empty()
+    );
     only(
         found(app, a, "/v1/admin/ips/2001:db8:1::%2F48/timeline").await,
         &["2001:db8:1:2::7"],
@@ -405,15 +436,32 @@ async fn search_on(app: &TestApp, pg_url: Option<&str>) {
     // The index is what the search reads: emptied by hand, the search finds nothing; a
     // rebuild fills it again from the log.
     sql(app, pg_url, "DELETE FROM address_tags").await;
-    assert!(found(app, a, &format!("/v1/admin/events?ip={IP}")).await.is_empty());
-    let db: Vec<&str> = pg_url.map(|u| vec!["--database-url", u]).unwrap_or_default();
-    let args: Vec<&str> = ["events", "verify"].iter().copied().chain(db.clone()).collect();
+    assert!(
+        found(app, a, &format!("/v1/admin/events?ip={IP}"))
+            .await
+            .is_empty()
+    );
+    let db: Vec<&str> = pg_url
+        .map(|u| vec!["--database-url", u])
+        .unwrap_or_default();
+    let args: Vec<&str> = ["events", "verify"]
+        .iter()
+        .copied()
+        .chain(db.clone())
+        .collect();
     let (ok, out, _) = sessiond_cli(&args, app.data_dir.path());
-    assert!(!ok && out.contains("address_tags"), "verify names the emptied index: {out}");
+    assert!(
+        !ok && out.contains("address_tags"),
+        "verify names the emptied index: {out}"
+    );
     sessiond::projection::rebuild_projections(&app.service.store)
         .await
         .unwrap();
-    only(found(app, a, &format!("/v1/admin/events?ip={IP}")).await, &[IP], "after a rebuild");
+    only(
+        found(app, a, &format!("/v1/admin/events?ip={IP}")).await,
+        &[IP],
+        "after a rebuild",
+    );
     let (ok, out, err) = sessiond_cli(&args, app.data_dir.path());
     assert!(ok, "{out}{err}");
 
@@ -425,12 +473,24 @@ async fn search_on(app: &TestApp, pg_url: Option<&str>) {
         .send()
         .await
         .unwrap();
+    // On PostgreSQL too (usual_networks.user_id is a uuid there).
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(found(app, a, &format!("/v1/admin/events?ip={IP}")).await.is_empty());
+    assert!(
+        found(app, a, &format!("/v1/admin/events?ip={IP}"))
+            .await
+            .is_empty()
+    );
     let tables = every_table_text(app, pg_url).await;
     let tags = &tables.iter().find(|(t, _)| t == "address_tags").unwrap().1;
-    assert!(!tags.contains(&rosa), "the erased user's tags are gone: {tags}");
-    assert_no_table_holds(&[("address_tags".into(), tags.clone())], &[IP, "198.51.100.", "2001:db8"], "the index");
+    assert!(
+        !tags.contains(&rosa),
+        "the erased user's tags are gone: {tags}"
+    );
+    assert_no_table_holds(
+        &[("address_tags".into(), tags.clone())],
+        &[IP, "198.51.100.", "2001:db8"],
+        "the index",
+    );
     only(
         found(app, a, "/v1/admin/ips/198.51.100.0%2F24/timeline").await,
         &["198.51.100.7"],

@@ -198,7 +198,7 @@ pub async fn delete_usual_networks<D: Dialect>(
     user_id: uuid::Uuid,
 ) -> Result<u64, StoreError> {
     let mut q = Stmt::new::<D>("DELETE FROM usual_networks WHERE user_id = ");
-    q.bind(user_id.to_string());
+    q.cast(user_id.to_string(), D::UUID);
     Ok(D::execute(c, q).await?)
 }
 
@@ -279,14 +279,19 @@ pub async fn sessions_seen_between<D: Dialect>(
         .iter()
         .map(|r| {
             let id = r.text("session_id")?;
-            uuid::Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(format!("session id {id}: {e}")))
+            uuid::Uuid::parse_str(&id)
+                .map_err(|e| StoreError::Corrupt(format!("session id {id}: {e}")))
         })
         .collect()
 }
 
 /// Whether a stored throttle key is already in the hashed form of `Vault::throttle_key`.
 fn is_hashed_throttle_key(key: &str) -> bool {
-    let tag = |t: &str| t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let tag = |t: &str| {
+        t.len() == 43
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
     match key.split_once(':') {
         Some(("acct" | "net" | "other", t)) => tag(t),
         Some(("acct_addr", rest)) => rest.split_once('|').is_some_and(|(a, b)| tag(a) && tag(b)),

@@ -77,14 +77,13 @@ pub struct ProjectedRow {
     pub page_key: PageKey,
 }
 
-/// Where a page of a projected table starts: at the row whose key columns are `values` (as
-/// text, cast back to `types` to compare in the column's own order), skipping `equal` rows of
-/// that key already read (a key need not be unique: `login_failures`). Keyset paging: each
-/// page is one index range read, however far into the table.
+/// Where a page of a projected table starts: at the row whose key columns are `values` (SQL
+/// literals of their own type, as the database quoted them: `Dialect::literal`), skipping
+/// `equal` rows of that key already read (a key need not be unique: `login_failures`).
+/// Keyset paging: each page is one index range read, however far into the table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PageKey {
     pub values: Vec<String>,
-    pub types: Vec<String>,
     pub equal: i64,
 }
 
@@ -211,10 +210,7 @@ impl<D: Dialect> Tables<D> {
             .join(" || ',' || ");
         let mut sql = format!("SELECT {key_text} AS k");
         for (i, k) in keys.iter().enumerate() {
-            sql.push_str(&format!(
-                ", CAST({k} AS TEXT) AS v{i}, CAST({}({k}) AS TEXT) AS t{i}",
-                D::TYPE_OF
-            ));
+            sql.push_str(&format!(", {} AS v{i}", D::literal(k)));
         }
         for (i, col) in columns.iter().enumerate() {
             sql.push_str(&format!(", {} AS c{i}", D::column_text(col)));
@@ -223,18 +219,8 @@ impl<D: Dialect> Tables<D> {
         let mut q = Stmt::new::<D>(sql);
         let mut skip = 0;
         if let Some(from) = from.filter(|f| f.values.len() == keys.len()) {
-            q.push(&format!(" WHERE ({key}) >= ("));
-            for (i, (v, t)) in from.values.iter().zip(&from.types).enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                // The type names come from the database itself (the row read last).
-                if !t.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ') {
-                    return Err(StoreError::Corrupt(format!("column type {t}")));
-                }
-                q.push("CAST(").bind(v.as_str()).push(&format!(" AS {t})"));
-            }
-            q.push(")");
+            // The literals are the database's own quoting of the row read last.
+            q.push(&format!(" WHERE ({key}) >= ({})", from.values.join(", ")));
             skip = from.equal;
         }
         q.push(&format!(" ORDER BY {key} LIMIT "))
@@ -253,9 +239,6 @@ impl<D: Dialect> Tables<D> {
                 page_key
                     .values
                     .push(r.opt_text(&format!("v{i}"))?.unwrap_or_default());
-                page_key
-                    .types
-                    .push(r.opt_text(&format!("t{i}"))?.unwrap_or_default());
             }
             Ok(ProjectedRow {
                 key: r.opt_text("k")?.unwrap_or_default(),

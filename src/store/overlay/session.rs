@@ -717,7 +717,10 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         // now read as expired, exactly as a rebuild from the log (whose fields now open as
         // `[expired]`) yields them. Earlier periods were redacted by an earlier run.
         if let Some(oldest) = oldest {
-            let (from, to) = (vault::period_start(oldest), vault::period_start(before_period));
+            let (from, to) = (
+                vault::period_start(oldest),
+                vault::period_start(before_period),
+            );
             let c = self.backend.conn()?;
             let ids = data_keys::sessions_seen_between::<Db<B>>(c, from, to).await?;
             for id in ids {
@@ -728,7 +731,11 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
                         let erased = [&c.user_agent, &c.request_id]
                             .iter()
                             .any(|f| f.as_deref() == Some(vault::ERASED));
-                        if erased { c.clone() } else { c.redacted(vault::EXPIRED) }
+                        if erased {
+                            c.clone()
+                        } else {
+                            c.redacted(vault::EXPIRED)
+                        }
                     };
                     if old(s.created_at) {
                         s.login_context = expire(&s.login_context);

@@ -288,7 +288,6 @@ impl Dialect for Postgres {
     const UUID: &'static str = "::uuid";
     const TIME: &'static str = "::timestamptz";
     const JSON: &'static str = "::jsonb";
-    const TYPE_OF: &'static str = "pg_typeof";
     /// One array parameter holds them all.
     const TOKENS_PER_STATEMENT: usize = usize::MAX;
     /// At most 20 parameters a row, far below PostgreSQL's 65,535 per statement.
@@ -362,6 +361,10 @@ impl Dialect for Postgres {
 
     fn column_text(col: &str) -> String {
         format!("{col}::text")
+    }
+
+    fn literal(col: &str) -> String {
+        format!("quote_nullable({col}::text) || '::' || pg_typeof({col})::text")
     }
 
     fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self> {

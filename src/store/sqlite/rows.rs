@@ -128,7 +128,6 @@ impl Dialect for Sqlite {
     const UUID: &'static str = "";
     const TIME: &'static str = "";
     const JSON: &'static str = "";
-    const TYPE_OF: &'static str = "typeof";
     const TOKENS_PER_STATEMENT: usize = 256;
     /// Well under SQLite's 32,766 bound parameters (21 per session).
     const ROWS_PER_STATEMENT: usize = 256;
@@ -207,6 +206,10 @@ impl Dialect for Sqlite {
     }
 
     fn column_text(col: &str) -> String {
+        format!("quote({col})")
+    }
+
+    fn literal(col: &str) -> String {
         format!("quote({col})")
     }
 
