@@ -124,6 +124,7 @@ pub async fn open_store_keyed(config: &Config, create: bool) -> Result<Store, St
 pub fn vault_of(master: &MasterKey) -> Arc<crate::store::vault::Vault> {
     Arc::new(crate::store::vault::Vault::new(
         master.derive(b"sessiond personal data keys v1"),
+        master.derive(b"sessiond personal data tags v1"),
     ))
 }
 

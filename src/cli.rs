@@ -464,35 +464,10 @@ fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
-/// The event as exported. `stored` is the row as the chain covers it; `opened` the same row
-/// with its personal fields opened (`None` for a `--sealed` export). A line that differs from
-/// the stored form (opened fields, the clear password hash removed) is marked
-/// `"redacted": true`: its own hash can no longer be recomputed from the line, and
-/// `events verify --export` links it by its stored hash. A sealed line is the row as stored.
-fn export_line(
-    stored: &crate::store::RecordedEvent,
-    opened: Option<&crate::store::RecordedEvent>,
-) -> Result<String, StartError> {
-    let mut e = opened.unwrap_or(stored).clone();
-    let mut redacted = e.data != stored.data;
-    if let Ok(mut data) = serde_json::from_str::<serde_json::Value>(&e.data)
-        && data.get("password_hash").is_some_and(|h| h.is_string())
-        && crate::domain::event::strip_secrets(&mut data)
-    {
-        e.data = data.to_string();
-        redacted = true;
-    }
-    let mut line = serde_json::to_string(&e).map_err(|e| StartError::Io(e.to_string()))?;
-    if redacted {
-        line.pop();
-        line.push_str(r#","redacted":true}"#);
-    }
-    Ok(line)
-}
-
 /// Writes the events `filter` selects. A full export (no filter) is the log up to its latest
 /// signed checkpoint, and ends with that checkpoint as its last line, so that a third party
-/// can check it is a complete, unaltered prefix (`events verify --export`).
+/// can check it is a complete, unaltered prefix (`events verify --export`); a filtered one
+/// ends with a line saying it cannot prove that.
 async fn export(
     store: &Store,
     mut filter: EventFilter,
@@ -533,16 +508,18 @@ async fn export(
                     e.position
                 )));
             }
-            out.write_all(export_line(e, open)?.as_bytes())
-                .map_err(io)?;
+            let line = crate::service::integrity::export_line(e, open, &[])
+                .map_err(|e| StartError::Io(e.to_string()))?;
+            out.write_all(line.as_bytes()).map_err(io)?;
             out.write_all(b"\n").map_err(io)?;
         }
     }
-    if let Some(cp) = &covering {
-        let mut trailer = integrity::export_trailer(cp);
-        if let Some(key) = &key {
-            trailer["public_key"] = key.jwk();
-        }
+    let trailer = match &covering {
+        Some(cp) => Some(crate::service::integrity::export_trailer(cp, key.as_ref())),
+        None if !full => Some(crate::service::integrity::filtered_trailer()),
+        None => None,
+    };
+    if let Some(trailer) = trailer {
         out.write_all(trailer.to_string().as_bytes()).map_err(io)?;
         out.write_all(b"\n").map_err(io)?;
     }

@@ -9,9 +9,8 @@ use crate::StartError;
 use crate::app::open_store_keyed;
 use crate::config::Config;
 use crate::domain::checkpoint::Checkpoint;
-use crate::domain::token::hex;
 use crate::store::chain::{ChainBreak, ChainVerifier};
-use crate::store::integrity::{PROJECTED_TABLES, ProjectedRow};
+use crate::store::integrity::{PROJECTED_TABLES, PageKey, ProjectedRow};
 use crate::store::{EventFilter, RecordedEvent, Store};
 use crate::tokens::checkpoint::CheckpointKey;
 use crate::tokens::checkpoint::CheckpointPublicKey;
@@ -296,20 +295,33 @@ pub async fn compare_projections(
     replay: &Store,
 ) -> Result<Option<String>, StartError> {
     for (table, (name, _)) in PROJECTED_TABLES.iter().enumerate() {
-        let mut offset = 0;
+        // Each side pages by its own last key: equal pages end on equal keys.
+        let (mut live_from, mut replay_from) = (None, None);
         loop {
-            let l = live.projection_rows(table, offset, PAGE).await?;
-            let r = replay.projection_rows(table, offset, PAGE).await?;
+            let l = live
+                .projection_rows(table, live_from.as_ref(), PAGE)
+                .await?;
+            let r = replay
+                .projection_rows(table, replay_from.as_ref(), PAGE)
+                .await?;
             if let Some(d) = first_difference(name, &l, &r) {
                 return Ok(Some(d));
             }
             if l.len() < PAGE as usize {
                 break;
             }
-            offset += PAGE;
+            live_from = PageKey::after(live_from.as_ref(), &l);
+            replay_from = PageKey::after(replay_from.as_ref(), &r);
         }
     }
     Ok(None)
+}
+
+/// The replay indexes addresses under the live store's tag key, as the live appends did.
+fn share_vault(live: &Store, scratch: &Store) {
+    if let Some(vault) = live.vault() {
+        scratch.install_vault(vault);
+    }
 }
 
 /// Replays `store`'s log into a scratch store of the same backend (a file beside the SQLite
@@ -325,6 +337,7 @@ pub async fn replay_and_compare(
             let path = std::path::PathBuf::from(name);
             let result = async {
                 let scratch = crate::store::SqliteStore::open(&path).await?;
+                share_vault(store, &Store::Sqlite(scratch.clone()));
                 let mut ws = scratch.write_session().await?;
                 crate::projection::replay_into(&mut ws, store).await?;
                 drop(ws);
@@ -343,6 +356,7 @@ pub async fn replay_and_compare(
         }
         Store::Postgres(p) => {
             let (scratch, schema) = p.scratch().await?;
+            share_vault(store, &Store::Postgres(scratch.clone()));
             let result = async {
                 let mut ws = scratch.write_session().await?;
                 crate::projection::replay_into(&mut ws, store).await?;
@@ -357,20 +371,6 @@ pub async fn replay_and_compare(
             result
         }
     }
-}
-
-/// The trailer line of a full export: the checkpoint covering its last event and the public key
-/// it verifies under.
-pub fn export_trailer(cp: &Checkpoint) -> serde_json::Value {
-    serde_json::json!({
-        "checkpoint": {
-            "position": cp.position,
-            "hash": hex(&cp.hash),
-            "signed_at": cp.signed_at,
-            "key_id": cp.key_id,
-            "signature": URL_SAFE_NO_PAD.encode(&cp.signature),
-        },
-    })
 }
 
 /// One exported event, its `data` and `metadata` kept as the exact text exported.
@@ -435,6 +435,17 @@ pub fn verify_export(text: &str, key: &CheckpointPublicKey) -> Result<ExportRepo
     let mut verifier = ChainVerifier::default();
     let mut redacted = 0;
     let mut trailer = None;
+    // A filtered export says so in its last line: refused for that reason, not for its gaps.
+    if text
+        .lines()
+        .last()
+        .is_some_and(|l| l.starts_with("{\"filtered\""))
+    {
+        return Err(Failure(
+            "a filtered export: it cannot prove that no event is missing (export with no filter)"
+                .into(),
+        ));
+    }
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if trailer.is_some() {

@@ -275,18 +275,19 @@ async fn export(
             "user", "session", "type", "ip", "country", "rule", "since", "until",
         ],
     )?;
-    let filter = app.export_filter(&q).await?;
+    let plan = app.export_plan(&q).await?;
+    // The rows from position 0, then the trailer line (the state `None`: the end).
     let chunks = futures_util::stream::try_unfold(Some(0i64), move |after| {
-        let (app, filter, q) = (app.clone(), filter.clone(), q.clone());
+        let (app, plan) = (app.clone(), plan.clone());
         async move {
             let Some(mut after) = after else {
                 return Ok::<_, Error>(None);
             };
             // Skip pages with no match, so the stream never yields empty chunks.
             loop {
-                let (chunk, next) = app.export_chunk(&filter, &q, after).await?;
+                let (chunk, next) = app.export_chunk(&plan, after).await?;
                 match next {
-                    None => return Ok(None),
+                    None => return Ok(plan.trailer.map(|t| (Bytes::from(t), None))),
                     Some(n) if chunk.is_empty() => after = n,
                     Some(n) => return Ok(Some((Bytes::from(chunk), Some(n)))),
                 }

@@ -434,7 +434,7 @@ fn operations() -> Vec<Op> {
                 "get",
                 "/v1/admin/events/export",
                 "security",
-                "The search's events as NDJSON, oldest first, streamed",
+                "The search's events as NDJSON, oldest first, streamed; with no filter it ends with the covering signed checkpoint (verifiable with `sessiond events verify --export`), with a filter with a line saying it cannot prove completeness",
                 Security,
                 None,
                 (200, "NDJSON"),

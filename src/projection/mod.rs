@@ -208,6 +208,7 @@ async fn replay_pages<W: WriteSession>(
             let event = recorded.decode()?;
             let at = recorded.occurred_at()?;
             apply_throttle(ws, &event, at).await?;
+            ws.index_address(recorded).await?;
             // Each event lands on exactly one stream: a session's, a user's, a key's or a
             // subscription's (or none of them); a retention prune is replayed where it happened,
             // so pruned rows stay pruned.

@@ -90,6 +90,22 @@ impl EventView {
 }
 
 impl EventQuery {
+    /// No filter at all: the whole log.
+    pub fn is_unfiltered(&self) -> bool {
+        self.user.is_none()
+            && self.session.is_none()
+            && self.types.is_empty()
+            && self.ip.is_none()
+            && self.country.is_none()
+            && self.rule.is_none()
+            && self.severity.is_none()
+            && self.mode.is_none()
+            && self.subject.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.before.is_none()
+    }
+
     /// Whether an event's own fields match the filters the database could not apply.
     fn matches(&self, view: &EventView) -> bool {
         let ctx = &view.data["context"];
@@ -188,6 +204,9 @@ impl Sessiond {
             since: q.since,
             until: q.until,
             subject: q.subject,
+            // Narrowed in the database by the address index; the exact address or prefix is
+            // then matched on the opened values.
+            address_tag: q.ip.as_ref().and_then(|net| self.store.address_tag(net)),
             ..Default::default()
         };
         if let Some(session) = q.session {
@@ -241,31 +260,47 @@ impl Sessiond {
     }
 
     /// The matches among the next `page` events after `after`, oldest first, as NDJSON lines,
-    /// and where to go on from (`None` at the end of the log). For streaming an export.
+    /// and where to go on from (`None` at the end). For streaming an export: each line is the
+    /// event as the chain covers it (`service::integrity::export_line`) with the view's
+    /// `type`, `actor` and `request_id`.
     pub async fn export_chunk(
         &self,
-        filter: &EventFilter,
-        q: &EventQuery,
+        plan: &super::integrity::ExportPlan,
         after: i64,
     ) -> Result<(Vec<u8>, Option<i64>), Error> {
-        let page = self
-            .store
-            .events(&EventFilter {
-                after_position: after,
-                limit: Some(EXPORT_PAGE),
-                ..filter.clone()
-            })
-            .await?;
+        let mut filter = EventFilter {
+            after_position: after,
+            limit: Some(EXPORT_PAGE),
+            ..plan.filter.clone()
+        };
+        let stored = self.store.raw_events(&filter).await?;
+        let Some(last) = stored.last() else {
+            return Ok((Vec::new(), None));
+        };
+        // The same rows opened (an append since the first read is left for the next page).
+        filter.before_position = Some(last.position + 1);
+        let opened = self.store.events(&filter).await?;
+        let by_position: std::collections::HashMap<i64, &RecordedEvent> =
+            stored.iter().map(|e| (e.position, e)).collect();
         let mut out = Vec::new();
-        for e in &page {
+        for e in &opened {
+            let Some(raw) = by_position.get(&e.position) else {
+                continue;
+            };
             let view = EventView::of(e);
-            if q.matches(&view) {
-                serde_json::to_writer(&mut out, &view)
+            if plan.query.matches(&view) {
+                let extra = [
+                    ("type", Value::String(view.event_type)),
+                    ("actor", view.actor),
+                    ("request_id", json!(view.request_id)),
+                ];
+                let line = super::integrity::export_line(raw, Some(e), &extra)
                     .map_err(|e| Error::Internal(e.to_string()))?;
+                out.extend_from_slice(line.as_bytes());
                 out.push(b'\n');
             }
         }
-        Ok((out, page.last().map(|e| e.position)))
+        Ok((out, Some(last.position)))
     }
 
     /// The store filter of an export: stream, type and time, oldest first.

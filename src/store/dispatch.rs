@@ -90,7 +90,7 @@ route! {
     /// The newest stored checkpoints, newest first.
     fn latest_checkpoints(&self, limit: i64) -> Result<Vec<crate::domain::checkpoint::Checkpoint>, StoreError>;
     /// A page of a projected table (`integrity::PROJECTED_TABLES[table]`) in key order.
-    fn projection_rows(&self, table: usize, offset: i64, limit: i64) -> Result<Vec<integrity::ProjectedRow>, StoreError>;
+    fn projection_rows(&self, table: usize, from: Option<&integrity::PageKey>, limit: i64) -> Result<Vec<integrity::ProjectedRow>, StoreError>;
     fn nth_login_failure(&self, key: &str, since: Timestamp, n: i64) -> Result<Option<Timestamp>, StoreError>;
     /// The OAuth client with this id, and its secret's SHA-256 when it is confidential.
     fn client(&self, client_id: &str) -> Result<Option<(crate::domain::client::Client, Option<Vec<u8>>)>, StoreError>;
@@ -110,6 +110,21 @@ impl Store {
             Store::Postgres(p) => &p.vault,
         };
         let _ = slot.set(vault);
+    }
+
+    /// The installed vault, if any (a scratch store for `events verify` shares it).
+    pub fn vault(&self) -> Option<std::sync::Arc<vault::Vault>> {
+        match self {
+            Store::Sqlite(s) => s.vault.get().cloned(),
+            Store::Postgres(p) => p.vault.get().cloned(),
+        }
+    }
+
+    /// The address-index tag that narrows a search for `net` (see
+    /// [`vault::Vault::search_tag`]); `None` without the vault or for a network wider than
+    /// every indexed one.
+    pub fn address_tag(&self, net: &ipnet::IpNet) -> Option<String> {
+        self.vault()?.search_tag(net)
     }
 
     /// Wakes followers of the log: the highest committed position known, fed by this node's

@@ -313,6 +313,13 @@ pub trait UnitOfWork: Send {
     fn reseal_history(
         &mut self,
     ) -> impl Future<Output = Result<Option<Resealed>, StoreError>> + Send;
+    /// The address index of a replayed (read-through) event: its request-context address and
+    /// networks as keyed hashes (see [`vault::Vault::address_tags`]); nothing for an erased or
+    /// expired address, or without the vault. Appends index themselves.
+    fn index_address(
+        &mut self,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Retention: destroys the data keys of periods before `before_period`; returns how many.
     fn expire_personal_data(
         &mut self,
@@ -474,6 +481,8 @@ pub struct EventFilter {
     /// Only events about this session or user (`session_id` or `user_id` in the payload): the
     /// rule receipts, which live in streams of their own.
     pub subject: Option<Uuid>,
+    /// Only events indexed under this address tag (see [`Store::address_tag`]).
+    pub address_tag: Option<String>,
     /// Newest first instead of position order.
     pub newest_first: bool,
     pub limit: Option<i64>,

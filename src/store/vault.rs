@@ -18,9 +18,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use hmac::{Hmac, Mac};
+use ipnet::IpNet;
 use rand::RngCore;
 use serde_json::{Map, Value};
+use sha2::Sha256;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 /// Field names sealed wherever they occur in an event's data. `inputs` and `explanation` are a
@@ -45,6 +49,25 @@ const IDENTITY_FIELDS: &[&str] = &["username", "password_hash"];
 
 pub const SERVICE_SUBJECT: &str = "service";
 pub const PERIOD_DAYS: i64 = 30;
+/// The networks an address is indexed under for search, longest first (the address itself
+/// first): IPv4 and IPv6.
+pub const ADDRESS_PREFIXES: (&[u8], &[u8]) = (&[32, 24, 16], &[128, 64, 48, 32]);
+
+fn prefixes_of(ip: IpAddr) -> &'static [u8] {
+    match ip {
+        IpAddr::V4(_) => ADDRESS_PREFIXES.0,
+        IpAddr::V6(_) => ADDRESS_PREFIXES.1,
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// What a field sealed under an erased subject's key reads as.
 pub const ERASED: &str = crate::domain::event::ERASED_MARKER;
 /// What a field whose retention period is over reads as.
@@ -92,9 +115,12 @@ impl KeyState {
 pub const REASON_ERASED: &str = "erased";
 pub const REASON_EXPIRED: &str = "expired";
 
-/// The master-derived key that wraps data keys, and the cache of open ones.
+/// The master-derived key that wraps data keys, the cache of open ones, and the key of the
+/// keyed hashes that stand for personal values outside the log (throttle rows, the address
+/// index).
 pub struct Vault {
     wrap: ChaCha20Poly1305,
+    tags: Hmac<Sha256>,
     cache: Mutex<HashMap<String, [u8; 32]>>,
 }
 
@@ -105,11 +131,70 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    /// `wrap_key`: a key derived from the master key for this purpose only.
-    pub fn new(wrap_key: [u8; 32]) -> Vault {
+    /// `wrap_key`, `tag_key`: keys derived from the master key for these purposes only.
+    pub fn new(wrap_key: [u8; 32], tag_key: [u8; 32]) -> Vault {
         Vault {
             wrap: ChaCha20Poly1305::new((&wrap_key).into()),
+            tags: <Hmac<Sha256> as Mac>::new_from_slice(&tag_key)
+                .expect("HMAC takes a key of any length"),
             cache: Mutex::default(),
+        }
+    }
+
+    /// HMAC-SHA256 of `value` under the tag key, in the `domain` of values it stands for
+    /// (`name`, `addr`, `net`): base64url, no padding. Without the master key it cannot be
+    /// computed, so it cannot be tried against guesses.
+    pub fn tag(&self, domain: &str, value: &str) -> String {
+        let mut mac = self.tags.clone();
+        mac.update(domain.as_bytes());
+        mac.update(b"\0");
+        mac.update(value.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes().as_slice())
+    }
+
+    /// The keyed hashes an event with request-context address `ip` is indexed under: the
+    /// address and each of its networks at [`ADDRESS_PREFIXES`].
+    pub fn address_tags(&self, ip: IpAddr) -> Vec<String> {
+        let ip = unmapped(ip);
+        prefixes_of(ip)
+            .iter()
+            .filter_map(|len| IpNet::new(ip, *len).ok())
+            .map(|net| self.tag("net", &net.trunc().to_string()))
+            .collect()
+    }
+
+    /// The stored tag that narrows a search for `net`: its own, or that of the nearest wider
+    /// stored network (the caller filters the opened addresses on `net`). `None` when `net`
+    /// is wider than every stored network: nothing narrows it.
+    pub fn search_tag(&self, net: &IpNet) -> Option<String> {
+        let ip = unmapped(net.addr());
+        let asked = match (net.addr(), ip) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => net.prefix_len().checked_sub(96)?,
+            _ => net.prefix_len(),
+        };
+        let len = prefixes_of(ip).iter().copied().find(|l| *l <= asked)?;
+        let net = IpNet::new(ip, len).ok()?.trunc();
+        Some(self.tag("net", &net.to_string()))
+    }
+
+    /// A login-throttle key as stored (`domain::throttle::throttle_keys` makes them): the
+    /// scope stays clear, the name, the address and the network are keyed hashes. The
+    /// account-and-address key starts with its name's hash, so an erasure finds its rows.
+    pub fn throttle_key(&self, key: &str) -> String {
+        match key.split_once(':') {
+            Some(("acct", name)) => format!("acct:{}", self.tag("name", name)),
+            Some(("acct_addr", rest)) => match rest.rsplit_once('|') {
+                Some((name, ip)) => {
+                    format!(
+                        "acct_addr:{}|{}",
+                        self.tag("name", name),
+                        self.tag("addr", ip)
+                    )
+                }
+                None => format!("acct_addr:{}", self.tag("name", rest)),
+            },
+            Some(("net", net)) => format!("net:{}", self.tag("net", net)),
+            _ => format!("other:{}", self.tag("other", key)),
         }
     }
 
@@ -455,9 +540,52 @@ mod tests {
 
     #[test]
     fn wrapped_keys_open_only_under_their_id() {
-        let vault = Vault::new([9u8; 32]);
+        let vault = Vault::new([9u8; 32], [8u8; 32]);
         let (key, wrapped) = vault.new_key("a/1");
         assert_eq!(vault.unwrap_key("a/1", &wrapped), Some(key));
         assert_eq!(vault.unwrap_key("b/1", &wrapped), None);
+    }
+
+    #[test]
+    fn a_search_uses_the_nearest_stored_network_at_or_wider_than_its_own() {
+        let vault = Vault::new([9u8; 32], [8u8; 32]);
+        let tags = vault.address_tags("203.0.113.9".parse().unwrap());
+        assert_eq!(tags.len(), 3);
+        let search = |n: &str| vault.search_tag(&n.parse().unwrap());
+        assert_eq!(search("203.0.113.9/32").as_ref(), Some(&tags[0]));
+        assert_eq!(search("203.0.113.0/24").as_ref(), Some(&tags[1]));
+        // Not on a stored boundary: narrowed by the /24 it lies in, and by the /16.
+        assert_eq!(search("203.0.113.0/28").as_ref(), Some(&tags[1]));
+        assert_eq!(search("203.0.0.0/20").as_ref(), Some(&tags[2]));
+        assert_eq!(search("203.0.0.0/8"), None);
+        let v6 = vault.address_tags("2001:db8:1:2::7".parse().unwrap());
+        assert_eq!(v6.len(), 4);
+        assert_eq!(
+            vault
+                .search_tag(&"2001:db8:1::/56".parse().unwrap())
+                .as_ref(),
+            Some(&v6[2])
+        );
+        // A mapped address is the IPv4 one.
+        assert_eq!(
+            vault.address_tags("::ffff:203.0.113.9".parse().unwrap()),
+            tags
+        );
+    }
+
+    #[test]
+    fn throttle_keys_are_stored_as_keyed_hashes_the_name_first() {
+        let vault = Vault::new([9u8; 32], [8u8; 32]);
+        let acct = vault.throttle_key("acct:alice");
+        let pair = vault.throttle_key("acct_addr:alice|203.0.113.9");
+        let net = vault.throttle_key("net:203.0.113.0/24");
+        for k in [&acct, &pair, &net] {
+            assert!(!k.contains("alice") && !k.contains("203.0.113"), "{k}");
+        }
+        let name = acct.strip_prefix("acct:").unwrap();
+        assert!(pair.starts_with(&format!("acct_addr:{name}|")), "{pair}");
+        assert_eq!(vault.throttle_key("acct:alice"), acct, "deterministic");
+        let other = Vault::new([9u8; 32], [7u8; 32]);
+        assert_ne!(other.throttle_key("acct:alice"), acct, "keyed");
     }
 }

@@ -135,10 +135,12 @@ async fn export_writes_filtered_ndjson() {
         app.data_dir.path(),
     );
     assert!(ok);
-    let lines: Vec<serde_json::Value> = out
+    let mut lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // The last line says a filtered export cannot prove completeness.
+    assert_eq!(lines.pop().unwrap()["filtered"]["complete"], false);
     assert_eq!(lines.len(), 4);
     assert!(
         lines.iter().all(|l| l["event_type"] == "session.refreshed"
@@ -159,8 +161,15 @@ async fn export_writes_filtered_ndjson() {
         &["events", "export", "--stream", stream],
         app.data_dir.path(),
     );
-    assert!(out.lines().all(|l| l.contains(stream)));
-    assert!(out.lines().count() >= 2);
+    // A filtered export's last line says it cannot prove completeness.
+    let (trailer, events) = out
+        .trim_end()
+        .rsplit_once('\n')
+        .map(|(e, t)| (t, e))
+        .unwrap();
+    assert!(trailer.starts_with("{\"filtered\""), "{trailer}");
+    assert!(events.lines().all(|l| l.contains(stream)));
+    assert!(events.lines().count() >= 2);
 
     let (_, all, _) = sessiond_cli(&["events", "export"], app.data_dir.path());
     let (_, future, _) = sessiond_cli(
@@ -170,7 +179,11 @@ async fn export_writes_filtered_ndjson() {
     // A full export ends with the checkpoint that signs its last event.
     assert_eq!(all.lines().count(), app.event_count().await + 1);
     assert!(all.lines().last().unwrap().starts_with("{\"checkpoint\""));
-    assert_eq!(future.lines().count(), 0);
+    assert_eq!(
+        future.lines().count(),
+        1,
+        "only the filtered trailer: {future}"
+    );
     let (ok, _, err) = sessiond_cli(
         &["events", "export", "--since", "yesterday"],
         app.data_dir.path(),

@@ -83,7 +83,8 @@ async fn an_export_of_100_000_events_streams_with_flat_memory() {
     let grown = peak_rss(pid).saturating_sub(before);
     eprintln!("export: {lines} lines, {bytes} bytes; server peak memory grew by {grown} bytes");
     assert!(terminate(&mut server).await);
-    assert_eq!(lines, EVENTS);
+    // The events, then the line saying a filtered export cannot prove completeness.
+    assert_eq!(lines, EVENTS + 1);
     assert!(bytes > 30_000_000, "{bytes} bytes exported");
     // Buffered, the export would hold every byte of it (and its parsed rows) at once; streamed,
     // what grows is caches and one chunk (measured: ~9 MB for 37 MB).

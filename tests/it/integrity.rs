@@ -407,3 +407,159 @@ async fn an_export_verifies_against_its_signed_checkpoint_and_fails_with_an_even
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--public-key"));
 }
+
+/// `events verify` compares projected tables page by page by key (keyset), not by OFFSET: read
+/// in pages of 3, a table whose key repeats across page boundaries (`login_failures`: several
+/// failures under one throttle key at one instant) yields every row once, in key order, as
+/// one read of the whole table does, on both backends.
+#[tokio::test]
+async fn projected_tables_page_by_key_even_where_the_key_repeats() {
+    use sessiond::store::integrity::{PROJECTED_TABLES, PageKey};
+    use sessiond::store::{Store, UnitOfWork, WriteSession};
+    let t = sessiond::domain::parse_timestamp("2026-03-01T12:00:00Z").unwrap();
+    for b in crate::store_contract::backends("keyset_paging").await {
+        macro_rules! put {
+            ($ws:expr) => {{
+                let ws = &mut $ws;
+                ws.begin(&[]).await.unwrap();
+                // Seven identical rows per key straddle the pages of three.
+                for _ in 0..7 {
+                    ws.put_login_failures(&["acct:a".into(), "net:n".into()], t)
+                        .await
+                        .unwrap();
+                }
+                for i in 1..5 {
+                    ws.put_login_failures(&["acct:a".into()], t + chrono::Duration::seconds(i))
+                        .await
+                        .unwrap();
+                }
+                ws.commit().await.unwrap();
+            }};
+        }
+        match &b.store {
+            Store::Sqlite(s) => put!(s.write_session().await.unwrap()),
+            Store::Postgres(p) => put!(p.write_session().await.unwrap()),
+        }
+        let table = PROJECTED_TABLES
+            .iter()
+            .position(|(name, _)| *name == "login_failures")
+            .unwrap();
+        let whole = b.store.projection_rows(table, None, 1000).await.unwrap();
+        assert_eq!(whole.len(), 18, "{}", b.name);
+        let (mut paged, mut from) = (Vec::new(), None);
+        loop {
+            let page = b
+                .store
+                .projection_rows(table, from.as_ref(), 3)
+                .await
+                .unwrap();
+            paged.extend(page.iter().map(|r| r.key.clone()));
+            if page.len() < 3 {
+                break;
+            }
+            from = PageKey::after(from.as_ref(), &page);
+        }
+        let whole: Vec<String> = whole.into_iter().map(|r| r.key).collect();
+        assert_eq!(paged, whole, "{}", b.name);
+    }
+}
+
+/// The security API's export, downloaded over HTTP with no filter, ends with its covering
+/// signed checkpoint as the CLI's does: `events verify --export` and the independent Python
+/// verifier accept it by the published key alone, and refuse it with one event removed. A
+/// filtered download says in its last line that it cannot prove completeness, and verify
+/// refuses it for that reason.
+#[tokio::test]
+async fn an_export_downloaded_over_http_verifies_against_its_checkpoint() {
+    let app = server(None).await;
+    history(&app).await;
+    let (x, published) = published_key(&app).await;
+    let (_, key) = app
+        .service
+        .create_api_key("downloader", vec!["security".into()])
+        .await
+        .unwrap();
+    let download = |query: &'static str| {
+        let (app, key) = (&app, key.expose().to_owned());
+        async move {
+            let r = app
+                .http
+                .get(app.url(&format!("/v1/admin/events/export{query}")))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let text = download("").await;
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["checkpoint"]["key_id"], published["key_id"], "{last}");
+    assert_eq!(last["public_key"]["x"], x.as_str(), "{last}");
+    // The lines are the security API's view as well (opened, no password hash).
+    let first: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["type"] == "user.registered")
+        .expect("a user.registered line");
+    assert_eq!(first["data"]["username"], "mallory-target", "{first}");
+    assert!(!text.contains("argon2"), "no password hash in the download");
+
+    let outsider = tempfile::tempdir().unwrap();
+    let copy = outsider.path().join("download.ndjson");
+    let verify = |path: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
+            .args(["events", "verify", "--export", path.to_str().unwrap()])
+            .args(["--public-key", &x])
+            .arg("--data-dir")
+            .arg(outsider.path())
+            .env_remove("SESSIOND_MASTER_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    std::fs::write(&copy, &text).unwrap();
+    let (ok, out) = verify(&copy);
+    assert!(
+        ok && out.starts_with("export ok"),
+        "{out}: {}",
+        &text[..text.len().min(3000)]
+    );
+    let (ok, out) = python_verifier(&copy, &x);
+    assert!(ok, "{out}");
+
+    // The attacker's copy: one event taken out of the middle.
+    let lines: Vec<&str> = text.lines().collect();
+    let cut: String = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != lines.len() / 2)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    std::fs::write(&copy, cut).unwrap();
+    let (ok, out) = verify(&copy);
+    assert!(!ok && out.contains("missing"), "{out}");
+    let (ok, out) = python_verifier(&copy, &x);
+    assert!(!ok, "python: {out}");
+
+    // Filtered: the last line says what it cannot prove, and verify refuses it.
+    let filtered = download("?type=session.refreshed").await;
+    let last: Value = serde_json::from_str(filtered.lines().last().unwrap()).unwrap();
+    assert_eq!(last["filtered"]["complete"], false, "{last}");
+    assert!(
+        last["filtered"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("cannot prove"),
+        "{last}"
+    );
+    std::fs::write(&copy, &filtered).unwrap();
+    let (ok, out) = verify(&copy);
+    assert!(!ok && out.contains("filtered"), "{out}");
+    let (ok, out) = python_verifier(&copy, &x);
+    assert!(!ok && out.contains("filtered"), "python: {out}");
+}

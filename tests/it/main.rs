@@ -40,6 +40,7 @@ mod ops;
 mod postgres_surfaces;
 mod privacy;
 mod privacy_migrate;
+mod privacy_retention;
 mod props;
 mod races;
 mod refresh;

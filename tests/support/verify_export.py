@@ -79,7 +79,10 @@ def main(path, x):
     position, head = 0, bytes(32)
     checkpoint = None
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f.read().splitlines(), 1):
+        lines = f.read().splitlines()
+        if lines and "filtered" in json.loads(lines[-1]):
+            return "a filtered export cannot prove completeness"
+        for n, line in enumerate(lines, 1):
             if checkpoint is not None:
                 return f"line {n}: after the checkpoint"
             obj = json.loads(line)

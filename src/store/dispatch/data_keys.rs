@@ -166,25 +166,28 @@ pub async fn open_events<D: Dialect>(
     Ok(())
 }
 
-/// The login-throttle rows of an account name (`acct:` and `acct_addr:` keys), and the `net:`
-/// rows its failures added (same time): a rebuild of the erased log counts none of them.
+/// The login-throttle rows of an account name (its `acct:` key and the `acct_addr:` keys that
+/// begin with `pair_prefix`, both as stored), and the `net:` rows its failures added (same
+/// time): a rebuild of the erased log counts none of them.
 pub async fn delete_login_failures<D: Dialect>(
     c: &mut D::Connection,
-    username: &str,
+    acct_key: &str,
+    pair_prefix: &str,
 ) -> Result<u64, StoreError> {
     let mut q = Stmt::new::<D>(
         "DELETE FROM login_failures WHERE throttle_key LIKE 'net:%' AND failed_at IN \
          (SELECT failed_at FROM login_failures WHERE throttle_key = ",
     );
-    q.bind(format!("acct:{username}")).push(")");
+    q.bind(acct_key).push(")");
     D::execute(&mut *c, q).await?;
     let mut q = Stmt::new::<D>("DELETE FROM login_failures WHERE throttle_key = ");
     // A range rather than LIKE: names may hold `_`. '}' is the character after '|'.
-    q.bind(format!("acct:{username}"))
+    let end = format!("{}}}", pair_prefix.trim_end_matches('|'));
+    q.bind(acct_key)
         .push(" OR (throttle_key >= ")
-        .bind(format!("acct_addr:{username}|"))
+        .bind(pair_prefix)
         .push(" AND throttle_key < ")
-        .bind(format!("acct_addr:{username}}}"))
+        .bind(end)
         .push(")");
     Ok(D::execute(c, q).await?)
 }
@@ -195,7 +198,7 @@ pub async fn delete_usual_networks<D: Dialect>(
     user_id: uuid::Uuid,
 ) -> Result<u64, StoreError> {
     let mut q = Stmt::new::<D>("DELETE FROM usual_networks WHERE user_id = ");
-    q.bind(user_id.to_string());
+    q.cast(user_id.to_string(), D::UUID);
     Ok(D::execute(c, q).await?)
 }
 
@@ -232,4 +235,132 @@ pub async fn rewrite_event<D: Dialect>(
         .bind(e.position);
     D::execute(c, q).await?;
     Ok(())
+}
+
+/// The oldest period among the live period keys before `period`: where a retention run that
+/// destroys them starts (the periods before it were expired by an earlier run).
+pub async fn oldest_live_period_before<D: Dialect>(
+    c: &mut D::Connection,
+    period: i64,
+) -> Result<Option<i64>, StoreError> {
+    let mut q = Stmt::new::<D>(
+        "SELECT MIN(period) AS p FROM data_keys WHERE period IS NOT NULL AND destroyed_at IS NULL \
+         AND period < ",
+    );
+    q.bind(period);
+    let row = D::fetch_optional(c, q).await?;
+    Ok(match row {
+        Some(r) => r.opt_int("p")?,
+        None => None,
+    })
+}
+
+/// The sessions whose login (`created_at`) or last request (`last_seen_at`) was recorded in
+/// `[from, to)`: the ones whose request context a retention run over those periods expires.
+pub async fn sessions_seen_between<D: Dialect>(
+    c: &mut D::Connection,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<uuid::Uuid>, StoreError> {
+    let (from, to) = (format_timestamp(from), format_timestamp(to));
+    let mut q = Stmt::new::<D>(
+        "SELECT CAST(session_id AS TEXT) AS session_id FROM sessions WHERE (created_at >= ",
+    );
+    q.cast(from.clone(), D::TIME)
+        .push(" AND created_at < ")
+        .cast(to.clone(), D::TIME)
+        .push(") OR (last_seen_at >= ")
+        .cast(from, D::TIME)
+        .push(" AND last_seen_at < ")
+        .cast(to, D::TIME)
+        .push(")");
+    D::fetch_all(c, q)
+        .await?
+        .iter()
+        .map(|r| {
+            let id = r.text("session_id")?;
+            uuid::Uuid::parse_str(&id)
+                .map_err(|e| StoreError::Corrupt(format!("session id {id}: {e}")))
+        })
+        .collect()
+}
+
+/// Whether a stored throttle key is already in the hashed form of `Vault::throttle_key`.
+fn is_hashed_throttle_key(key: &str) -> bool {
+    let tag = |t: &str| {
+        t.len() == 43
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    match key.split_once(':') {
+        Some(("acct" | "net" | "other", t)) => tag(t),
+        Some(("acct_addr", rest)) => rest.split_once('|').is_some_and(|(a, b)| tag(a) && tag(b)),
+        _ => false,
+    }
+}
+
+/// Rewrites the throttle rows an older build stored in clear (`acct:alice`) in their hashed
+/// form (`sessiond migrate`): the live table then matches a replay of the log.
+pub async fn rehash_login_failures<D: Dialect>(
+    c: &mut D::Connection,
+    vault: &Vault,
+) -> Result<u64, StoreError> {
+    let q = Stmt::new::<D>("SELECT DISTINCT throttle_key FROM login_failures");
+    let keys: Vec<String> = D::fetch_all(&mut *c, q)
+        .await?
+        .iter()
+        .map(|r| r.text("throttle_key"))
+        .collect::<Result<_, _>>()?;
+    let mut changed = 0;
+    for key in keys.iter().filter(|k| !is_hashed_throttle_key(k)) {
+        let mut q = Stmt::new::<D>("UPDATE login_failures SET throttle_key = ");
+        q.bind(vault.throttle_key(key))
+            .push(" WHERE throttle_key = ")
+            .bind(key.as_str());
+        changed += D::execute(&mut *c, q).await?;
+    }
+    Ok(changed)
+}
+
+/// Indexes one event (at `position`) under the keyed hashes of its address and networks.
+pub async fn put_address_tags<D: Dialect>(
+    c: &mut D::Connection,
+    tags: &[String],
+    position: i64,
+    subject: &str,
+    period: i64,
+) -> Result<(), StoreError> {
+    if tags.is_empty() {
+        return Ok(());
+    }
+    let mut q = Stmt::new::<D>("INSERT INTO address_tags (tag, position, subject, period) VALUES ");
+    for (i, tag) in tags.iter().enumerate() {
+        q.push(if i == 0 { "(" } else { ", (" })
+            .bind(tag.as_str())
+            .push(", ")
+            .bind(position)
+            .push(", ")
+            .bind(subject)
+            .push(", ")
+            .bind(period)
+            .push(")");
+    }
+    D::execute(c, q).await?;
+    Ok(())
+}
+
+/// Forgets the address tags of a subject (an erasure) or of the periods before `period`
+/// (retention): the addresses they stood for can no longer be read, nor searched.
+pub async fn delete_address_tags<D: Dialect>(
+    c: &mut D::Connection,
+    subject: Option<&str>,
+    before_period: Option<i64>,
+) -> Result<u64, StoreError> {
+    let mut q = Stmt::new::<D>("DELETE FROM address_tags WHERE ");
+    match (subject, before_period) {
+        (Some(s), _) => q.push("subject = ").bind(s),
+        (None, Some(p)) => q.push("period < ").bind(p),
+        (None, None) => return Ok(0),
+    };
+    Ok(D::execute(c, q).await?)
 }

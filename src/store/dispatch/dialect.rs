@@ -134,6 +134,9 @@ pub trait Dialect: Database<Row: Cols> {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send + 'a;
     /// An expression rendering `col` as text (NULL stays NULL, or is spelled out).
     fn column_text(col: &str) -> String;
+    /// An expression rendering `col` as an SQL literal of its own type (keyset paging in
+    /// `events verify` puts it back into the next page's query).
+    fn literal(col: &str) -> String;
 
     /// Adds one parameter to a query (see [`bind_scalar`]).
     fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self>;

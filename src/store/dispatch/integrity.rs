@@ -20,6 +20,7 @@ pub const PROJECTED_TABLES: &[(&str, &str)] = &[
     ("login_failures", "throttle_key, failed_at"),
     ("clients", "client_id"),
     ("authorization_codes", "code_id"),
+    ("address_tags", "position, tag"),
 ];
 
 /// The tables that are not projections of the log, and why `events verify` does not compare
@@ -72,6 +73,40 @@ pub const NOT_PROJECTED: &[(&str, &str)] = &[
 pub struct ProjectedRow {
     pub key: String,
     pub columns: Vec<(String, Option<String>)>,
+    /// Where the next page starts after this row (see [`PageKey`]).
+    pub page_key: PageKey,
+}
+
+/// Where a page of a projected table starts: at the row whose key columns are `values` (SQL
+/// literals of their own type, as the database quoted them: `Dialect::literal`), skipping
+/// `equal` rows of that key already read (a key need not be unique: `login_failures`).
+/// Keyset paging: each page is one index range read, however far into the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageKey {
+    pub values: Vec<String>,
+    pub equal: i64,
+}
+
+impl PageKey {
+    /// The key to read on from after `page`, which was read from `from`.
+    pub fn after(from: Option<&PageKey>, page: &[ProjectedRow]) -> Option<PageKey> {
+        let last = page.last()?;
+        let mut equal = page
+            .iter()
+            .rev()
+            .take_while(|r| r.page_key.values == last.page_key.values)
+            .count() as i64;
+        // The whole page was of the key it started at: those rows come on top of the skipped.
+        if let Some(from) = from.filter(|f| f.values == last.page_key.values)
+            && equal == page.len() as i64
+        {
+            equal += from.equal;
+        }
+        Some(PageKey {
+            equal,
+            ..last.page_key.clone()
+        })
+    }
 }
 
 fn checkpoint<D: Dialect>(r: &D::Row) -> Result<Checkpoint, StoreError> {
@@ -155,11 +190,11 @@ impl<D: Dialect> Tables<D> {
         all::<D, _>(&mut c, q, checkpoint::<D>).await
     }
 
-    /// A page of the projected table `PROJECTED_TABLES[table]`, in key order.
+    /// A page of the projected table `PROJECTED_TABLES[table]`, in key order, from `from`.
     pub async fn projection_rows(
         &self,
         table: usize,
-        offset: i64,
+        from: Option<&PageKey>,
         limit: i64,
     ) -> Result<Vec<ProjectedRow>, StoreError> {
         let (name, key) = *PROJECTED_TABLES
@@ -167,27 +202,48 @@ impl<D: Dialect> Tables<D> {
             .ok_or_else(|| StoreError::Corrupt(format!("no projected table {table}")))?;
         let mut c = self.pool.acquire().await?;
         let columns = D::column_names(&mut c, name).await?;
-        let key_text = key
-            .split(',')
-            .map(|k| D::column_text(k.trim()))
+        let keys: Vec<&str> = key.split(',').map(str::trim).collect();
+        let key_text = keys
+            .iter()
+            .map(|k| D::column_text(k))
             .collect::<Vec<_>>()
             .join(" || ',' || ");
         let mut sql = format!("SELECT {key_text} AS k");
+        for (i, k) in keys.iter().enumerate() {
+            sql.push_str(&format!(", {} AS v{i}", D::literal(k)));
+        }
         for (i, col) in columns.iter().enumerate() {
             sql.push_str(&format!(", {} AS c{i}", D::column_text(col)));
         }
-        sql.push_str(&format!(" FROM {name} ORDER BY {key} LIMIT "));
+        sql.push_str(&format!(" FROM {name}"));
         let mut q = Stmt::new::<D>(sql);
-        q.bind(limit).push(" OFFSET ").bind(offset);
+        let mut skip = 0;
+        if let Some(from) = from.filter(|f| f.values.len() == keys.len()) {
+            // The literals are the database's own quoting of the row read last.
+            q.push(&format!(" WHERE ({key}) >= ({})", from.values.join(", ")));
+            skip = from.equal;
+        }
+        q.push(&format!(" ORDER BY {key} LIMIT "))
+            .bind(limit)
+            .push(" OFFSET ")
+            .bind(skip);
+        let n = keys.len();
         all::<D, _>(&mut c, q, |r| {
             let columns = columns
                 .iter()
                 .enumerate()
                 .map(|(i, col)| Ok((col.clone(), r.opt_text(&format!("c{i}"))?)))
                 .collect::<Result<Vec<_>, StoreError>>()?;
+            let mut page_key = PageKey::default();
+            for i in 0..n {
+                page_key
+                    .values
+                    .push(r.opt_text(&format!("v{i}"))?.unwrap_or_default());
+            }
             Ok(ProjectedRow {
                 key: r.opt_text("k")?.unwrap_or_default(),
                 columns,
+                page_key,
             })
         })
         .await

@@ -255,8 +255,13 @@ impl<D: Dialect> Tables<D> {
         n: i64,
     ) -> Result<Option<Timestamp>, StoreError> {
         let mut c = self.pool.acquire().await?;
+        // The rows hold keyed hashes of the keys (see `Vault::throttle_key`).
+        let stored = match self.vault.get() {
+            Some(v) => v.throttle_key(key),
+            None => key.to_owned(),
+        };
         let q = Stmt::new::<D>(D::SQL.registry.nth_login_failure)
-            .arg(key)
+            .arg(stored)
             .arg(format_timestamp(since))
             .arg(n);
         let row = one::<D, _>(&mut c, q, |r| D::time(r, "failed_at")).await?;

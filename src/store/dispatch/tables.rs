@@ -252,6 +252,11 @@ pub async fn raw_events<D: Dialect>(
     if !f.event_types.is_empty() {
         q.push(" AND ").any_of("event_type", &f.event_types);
     }
+    if let Some(tag) = &f.address_tag {
+        q.push(" AND position IN (SELECT position FROM address_tags WHERE tag = ")
+            .bind(tag.as_str())
+            .push(")");
+    }
     if let Some(since) = f.since {
         q.push(" AND occurred_at >= ")
             .cast(format_timestamp(since), D::TIME);

@@ -129,15 +129,40 @@ impl<B: WriteBackend> OverlaySession<B> {
 
     /// The event's data as it enters the log: personal fields sealed under its subject's data
     /// keys (created here, in this transaction, when the event is the first to need them).
-    async fn sealed_data(&mut self, new: &NewEvent) -> Result<String, StoreError> {
+    async fn sealed_data(&mut self, new: &NewEvent, position: i64) -> Result<String, StoreError> {
         let mut data = new.event.data();
         let Some(vault) = self.vault.get().cloned() else {
             return Ok(data.to_string());
         };
+        self.index_value(&vault, &data, &new.stream_id, position, new.occurred_at)
+            .await?;
         let version = new.expected_version + 1;
         self.seal_value(&vault, &mut data, &new.stream_id, version, new.occurred_at)
             .await?;
         Ok(data.to_string())
+    }
+
+    /// Indexes an event's request-context address (still clear in `data`) under its keyed
+    /// hashes, in this transaction.
+    async fn index_value(
+        &mut self,
+        vault: &Vault,
+        data: &Value,
+        stream_id: &str,
+        position: i64,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let ip = data
+            .get("context")
+            .and_then(|c| c.get("ip"))
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<std::net::IpAddr>().ok());
+        let Some(ip) = ip else { return Ok(()) };
+        let subject = self.subject_of(stream_id, data).await?;
+        let tags = vault.address_tags(ip);
+        let c = self.backend.conn()?;
+        data_keys::put_address_tags::<Db<B>>(c, &tags, position, &subject, vault::period_of(at))
+            .await
     }
 
     /// Seals the personal fields of one event's data in place; false if it had none.
@@ -453,7 +478,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
     }
 
     async fn append(&mut self, new: NewEvent) -> Result<RecordedEvent, StoreError> {
-        let data = self.sealed_data(&new).await?;
+        let data = self.sealed_data(&new, self.head.position + 1).await?;
         let e = self.overlay.append(new, data, &mut self.head)?;
         self.flush_if_full().await?;
         Ok(e)
@@ -528,7 +553,12 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         keys: &[String],
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        registry::put_login_failures::<Db<B>>(self.flushed().await?, keys, at).await
+        // Stored as keyed hashes (see `Vault::throttle_key`) once the vault is installed.
+        let stored: Vec<String> = match self.vault.get() {
+            Some(v) => keys.iter().map(|k| v.throttle_key(k)).collect(),
+            None => keys.to_vec(),
+        };
+        registry::put_login_failures::<Db<B>>(self.flushed().await?, &stored, at).await
     }
 
     async fn put_secret(&mut self, owner: &str, material: &[u8]) -> Result<(), StoreError> {
@@ -566,8 +596,19 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         let subject = user_id.to_string();
         let c = self.backend.conn()?;
         let destroyed = data_keys::destroy_subject::<Db<B>>(&mut *c, &subject, now).await?;
-        data_keys::delete_login_failures::<Db<B>>(&mut *c, username).await?;
+        let acct = format!("acct:{username}");
+        let (acct, pairs) = match self.vault.get() {
+            Some(v) => {
+                let acct = v.throttle_key(&acct);
+                let pairs = format!("acct_addr:{}|", &acct["acct:".len()..]);
+                (acct, pairs)
+            }
+            None => (acct, format!("acct_addr:{username}|")),
+        };
+        let c = self.backend.conn()?;
+        data_keys::delete_login_failures::<Db<B>>(&mut *c, &acct, &pairs).await?;
         data_keys::delete_usual_networks::<Db<B>>(&mut *c, user_id).await?;
+        data_keys::delete_address_tags::<Db<B>>(&mut *c, Some(&subject), None).await?;
         let ids = tables::session_ids_of::<Db<B>>(c, user_id).await?;
         for id in ids {
             if let Some(mut s) = UnitOfWork::session(self, id).await? {
@@ -589,6 +630,8 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
             return Ok(None);
         };
         self.flush(FlushEnd::Open).await?;
+        // Throttle rows an older build wrote with names and networks in clear.
+        data_keys::rehash_login_failures::<Db<B>>(self.backend.conn()?, &vault).await?;
         let old_head = tables::head::<Db<B>>(self.backend.conn()?).await?;
         let (mut after, mut sealed, mut from) = (0, 0, None);
         let mut prev_hash = [0u8; 32];
@@ -607,6 +650,11 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
                 let mut data: Value =
                     serde_json::from_str(&e.data).map_err(|x| corrupt(x.to_string()))?;
                 let at = e.occurred_at()?;
+                // An event still in clear was never indexed (it predates the address index).
+                if !e.data.contains("\"sealed\"") {
+                    self.index_value(&vault, &data, &e.stream_id, e.position, at)
+                        .await?;
+                }
                 let changed = self
                     .seal_value(&vault, &mut data, &e.stream_id, e.stream_version, at)
                     .await?;
@@ -641,6 +689,20 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         }))
     }
 
+    async fn index_address(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
+        let Some(vault) = self.vault.get().cloned() else {
+            return Ok(());
+        };
+        if !event.data.contains("\"ip\"") {
+            return Ok(());
+        }
+        let data: Value = serde_json::from_str(&event.data)
+            .map_err(|e| StoreError::Corrupt(format!("position {}: {e}", event.position)))?;
+        let at = event.occurred_at()?;
+        self.index_value(&vault, &data, &event.stream_id, event.position, at)
+            .await
+    }
+
     async fn expire_personal_data(
         &mut self,
         before_period: i64,
@@ -648,7 +710,44 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
     ) -> Result<u64, StoreError> {
         self.flush(FlushEnd::Open).await?;
         let c = self.backend.conn()?;
-        let destroyed = data_keys::destroy_before::<Db<B>>(c, before_period, now).await?;
+        let oldest = data_keys::oldest_live_period_before::<Db<B>>(&mut *c, before_period).await?;
+        let destroyed = data_keys::destroy_before::<Db<B>>(&mut *c, before_period, now).await?;
+        data_keys::delete_address_tags::<Db<B>>(c, None, Some(before_period)).await?;
+        // The session rows keep request contexts too: those recorded in the periods destroyed
+        // now read as expired, exactly as a rebuild from the log (whose fields now open as
+        // `[expired]`) yields them. Earlier periods were redacted by an earlier run.
+        if let Some(oldest) = oldest {
+            let (from, to) = (
+                vault::period_start(oldest),
+                vault::period_start(before_period),
+            );
+            let c = self.backend.conn()?;
+            let ids = data_keys::sessions_seen_between::<Db<B>>(c, from, to).await?;
+            for id in ids {
+                if let Some(mut s) = UnitOfWork::session(self, id).await? {
+                    let old = |t: Timestamp| t >= from && t < to;
+                    // A context an erasure redacted stays `[erased]`, as its keys read.
+                    let expire = |c: &crate::domain::context::RequestContext| {
+                        let erased = [&c.user_agent, &c.request_id]
+                            .iter()
+                            .any(|f| f.as_deref() == Some(vault::ERASED));
+                        if erased {
+                            c.clone()
+                        } else {
+                            c.redacted(vault::EXPIRED)
+                        }
+                    };
+                    if old(s.created_at) {
+                        s.login_context = expire(&s.login_context);
+                    }
+                    if old(s.last_seen_at) {
+                        s.last_context = expire(&s.last_context);
+                    }
+                    data_keys::redact_session::<Db<B>>(self.backend.conn()?, &s).await?;
+                    self.overlay.read_sessions.insert(s.session_id, Some(s));
+                }
+            }
+        }
         self.new_keys.retain(|id, _| {
             id.rsplit_once('/')
                 .and_then(|(_, p)| p.parse::<i64>().ok())

@@ -363,6 +363,10 @@ impl Dialect for Postgres {
         format!("{col}::text")
     }
 
+    fn literal(col: &str) -> String {
+        format!("quote_nullable({col}::text) || '::' || pg_typeof({col})::text")
+    }
+
     fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self> {
         bind_scalar(q, a).unwrap_or_else(|(q, strs)| q.bind(strs))
     }

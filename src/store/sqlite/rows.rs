@@ -209,6 +209,10 @@ impl Dialect for Sqlite {
         format!("quote({col})")
     }
 
+    fn literal(col: &str) -> String {
+        format!("quote({col})")
+    }
+
     fn bind<'q>(q: Query<'q, Self>, a: Arg<'q>) -> Query<'q, Self> {
         bind_scalar(q, a).unwrap_or_else(|_| unreachable!("SQLite has no array parameters"))
     }
