@@ -172,7 +172,7 @@ const PLACES: &[Place] = &[
 ];
 
 /// Writes the four databases into `dir`: (city, asn, anonymous-IP, connection-type).
-fn write_databases(dir: &Path) -> [std::path::PathBuf; 4] {
+pub fn write_databases(dir: &Path) -> [std::path::PathBuf; 4] {
     let build = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000);
     let writer = |kind: &str| {
         mmdb_writer::Writer::builder(kind)
