@@ -139,8 +139,7 @@ pub struct SmtpUrl(String);
 impl SmtpUrl {
     pub fn parse(url: &str) -> Option<SmtpUrl> {
         let url = url.trim();
-        (url.starts_with("smtp://") || url.starts_with("smtps://"))
-            .then(|| SmtpUrl(url.to_owned()))
+        (url.starts_with("smtp://") || url.starts_with("smtps://")).then(|| SmtpUrl(url.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

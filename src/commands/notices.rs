@@ -34,8 +34,8 @@ pub(super) async fn notice_login<U: UnitOfWork>(
         .into_iter()
         .filter(|n| !n.is_empty())
         .collect();
-    let device_tag = notice::device_class(context)
-        .map(|d| format!("device:{}", cx.rules.tag(&d.key())));
+    let device_tag =
+        notice::device_class(context).map(|d| format!("device:{}", cx.rules.tag(&d.key())));
     let place_tag = notice::country(context).map(|c| format!("place:{}", cx.rules.tag(&c)));
     let known = Known {
         any: seen(uow, user_id, Some(SIGNED_IN)).await?,
@@ -102,6 +102,9 @@ pub enum AnswerRefusal {
     UnknownNotice,
     /// The notice was answered before.
     AlreadyAnswered,
+    /// "This was me" from the session the notice is about: a sign-in cannot vouch for itself
+    /// (whoever holds a stolen password would confirm their own login).
+    OwnSession,
 }
 
 /// "This was me": the notice is confirmed and its device class and networks become an
@@ -110,6 +113,8 @@ pub enum AnswerRefusal {
 pub struct ConfirmNotice {
     pub user_id: Uuid,
     pub notice_id: Uuid,
+    /// The session the answer comes from.
+    pub from_session: Uuid,
     pub lifetime: Duration,
 }
 
@@ -126,6 +131,9 @@ impl Command for ConfirmNotice {
             Ok(n) => n,
             Err(e) => return Ok(Err(e)),
         };
+        if n.session_id == self.from_session {
+            return Ok(Err(AnswerRefusal::OwnSession));
+        }
         // Without a network the exception would cover every network: none is added.
         let exception = (!n.networks.is_empty()).then(|| ExceptionAdded {
             exception_id: Uuid::new_v4(),

@@ -260,3 +260,52 @@ async fn address_of(app: &Deliverer, n: &NoticeCreated) -> Result<Option<Mailbox
     });
     Ok(email.and_then(|a| a.parse::<Mailbox>().ok()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::context::{Geo, RequestContext};
+    use crate::domain::notice::DeviceClass;
+    use uuid::Uuid;
+
+    #[test]
+    fn the_mail_names_the_device_and_the_place() {
+        let n = NoticeCreated {
+            notice_id: Uuid::nil(),
+            user_id: Uuid::nil(),
+            session_id: Uuid::nil(),
+            reasons: vec![NoticeReason::NewCountry],
+            device: Some(DeviceClass {
+                category: "smartphone".into(),
+                os: "iPhone".into(),
+                browser: "Safari".into(),
+            }),
+            country: Some("GB".into()),
+            networks: vec![],
+            context: RequestContext {
+                geo: Some(Geo {
+                    city: Some("London".into()),
+                    country: Some("GB".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        };
+        let (subject, body) = compose(&n, chrono::Utc::now(), "https://id.example/account/");
+        assert_eq!(subject, "New sign-in to your account from a new country");
+        assert!(
+            body.contains("Device: Safari on iPhone (smartphone)"),
+            "{body}"
+        );
+        assert!(body.contains("Place: London, GB"), "{body}");
+        assert!(body.contains("https://id.example/account/"), "{body}");
+        // An erased city reads as its marker: the country alone is told.
+        let mut erased = n;
+        erased.context.geo.as_mut().unwrap().city = Some("[erased]".into());
+        assert!(
+            compose(&erased, chrono::Utc::now(), "")
+                .1
+                .contains("Place: GB\n")
+        );
+    }
+}

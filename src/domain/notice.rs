@@ -284,7 +284,11 @@ pub fn decide_notice(
 }
 
 /// The notice a `notice.created` makes, and how an answer changes it.
-pub fn evolve_notice(before: Option<Notice>, event: &super::event::Event, at: Timestamp) -> Option<Notice> {
+pub fn evolve_notice(
+    before: Option<Notice>,
+    event: &super::event::Event,
+    at: Timestamp,
+) -> Option<Notice> {
     use super::event::Event;
     match event {
         Event::NoticeCreated(e) => Some(Notice {

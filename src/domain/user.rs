@@ -72,8 +72,13 @@ pub fn normalize_email(raw: &str) -> Result<String, UserError> {
     let raw = raw.trim();
     let ok = |s: &str| {
         !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | '(' | ')' | ',' | ';' | ':' | '\\' | '"' | '[' | ']'))
+            && s.chars().all(|c| {
+                c.is_ascii_graphic()
+                    && !matches!(
+                        c,
+                        '<' | '>' | '(' | ')' | ',' | ';' | ':' | '\\' | '"' | '[' | ']'
+                    )
+            })
     };
     match raw.split_once('@') {
         Some((local, domain))

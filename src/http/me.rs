@@ -37,7 +37,9 @@ async fn confirm_notice(
 ) -> Result<Json<Value>, Error> {
     let notice_id = Uuid::parse_str(&notice_id).map_err(|_| Error::NotFound)?;
     let expires = app.confirm_notice(&principal, notice_id, &ctx).await?;
-    Ok(Json(json!({ "status": "confirmed", "exception_expires_at": expires })))
+    Ok(Json(
+        json!({ "status": "confirmed", "exception_expires_at": expires }),
+    ))
 }
 
 /// "This wasn't me".

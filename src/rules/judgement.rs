@@ -178,9 +178,14 @@ impl RuleEngine {
         }
         let device = crate::domain::notice::device_class(facts.context);
         firings.retain(|f| {
-            !exceptions
-                .iter()
-                .any(|e| e.covers(facts.now, Some(&f.rule.id), device.as_ref(), networks))
+            !exceptions.iter().any(|e| {
+                e.covers(
+                    facts.now,
+                    Some(f.rule.id.as_str()),
+                    device.as_ref(),
+                    networks,
+                )
+            })
         });
     }
 

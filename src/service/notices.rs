@@ -55,16 +55,18 @@ fn refusal(e: AnswerRefusal) -> Error {
             "notice_answered",
             "this notice has been answered already".into(),
         ),
+        AnswerRefusal::OwnSession => Error::Forbidden(
+            "notice_own_session",
+            "a sign-in cannot vouch for itself: answer \"this was me\" from another signed-in device"
+                .into(),
+        ),
     }
 }
 
 impl Sessiond {
     /// The caller's sign-in notices, newest first.
     pub async fn my_notices(&self, principal: &Principal) -> Result<Vec<NoticeView>, Error> {
-        let notices = self
-            .store
-            .notices_of(principal.user_id(), LIST_MAX)
-            .await?;
+        let notices = self.store.notices_of(principal.user_id(), LIST_MAX).await?;
         Ok(notices.into_iter().map(NoticeView::of).collect())
     }
 
@@ -79,6 +81,7 @@ impl Sessiond {
         let cmd = ConfirmNotice {
             user_id: principal.user_id(),
             notice_id,
+            from_session: principal.session.session_id,
             lifetime: self.config.notice_exception_lifetime,
         };
         let reply = self

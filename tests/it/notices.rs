@@ -22,8 +22,20 @@ async fn notice_apps(
     test: &str,
     extra: impl Fn(&mut sessiond::config::Config) + Clone,
 ) -> Vec<(TestApp, tempfile::TempDir, Option<crate::pg::TestDatabase>)> {
+    notice_apps_on(test, extra, true).await
+}
+
+async fn notice_apps_on(
+    test: &str,
+    extra: impl Fn(&mut sessiond::config::Config) + Clone,
+    postgres: bool,
+) -> Vec<(TestApp, tempfile::TempDir, Option<crate::pg::TestDatabase>)> {
     let mut apps = Vec::new();
-    let db = fresh_database(test).await;
+    let db = if postgres {
+        fresh_database(test).await
+    } else {
+        None
+    };
     let urls: Vec<Option<String>> = std::iter::once(None)
         .chain(db.as_ref().map(|d| Some(d.url.clone())))
         .collect();
@@ -95,7 +107,15 @@ async fn home_then_london(app: &TestApp) -> (Tokens, Tokens) {
 #[tokio::test]
 async fn a_new_country_login_gives_one_notice_not_one_per_refresh_nor_per_login() {
     for (app, _dir, _db) in notice_apps("one_notice_per_country", |_| {}).await {
-        let (home, london) = home_then_london(&app).await;
+        let (_home, london) = home_then_london(&app).await;
+        // The noticed sign-in cannot vouch for itself (a thief would).
+        let first = notices(&app, &london.access).await;
+        let id = first[0]["notice_id"].as_str().unwrap();
+        let r = answer(&app, &london.access, id, "confirm").await;
+        assert_eq!(
+            error_code(r, StatusCode::FORBIDDEN).await,
+            "notice_own_session"
+        );
         // The phone refreshes from London, and signs in there again: nothing more to tell.
         let mut t = london.clone();
         for _ in 0..3 {
@@ -115,7 +135,7 @@ async fn a_new_country_login_gives_one_notice_not_one_per_refresh_nor_per_login(
         assert_eq!(created[0]["session_id"], london.session_id);
         assert_eq!(created[0]["country"], "GB");
 
-        let listed = notices(&app, &home.access).await;
+        let listed = notices(&app, &again.access).await;
         assert_eq!(listed.len(), 1, "{listed:?}");
         let n = &listed[0];
         assert_eq!(n["status"], "open");
@@ -123,8 +143,7 @@ async fn a_new_country_login_gives_one_notice_not_one_per_refresh_nor_per_login(
         assert_eq!(n["device"]["os"], "iPhone");
         assert_eq!(n["device"]["browser"], "Safari");
         assert!(n["created_at"].as_str().is_some());
-        // Every session of hers lists the same notices; nobody else sees them.
-        assert_eq!(notices(&app, &again.access).await.len(), 1);
+        // Nobody else sees them.
         app.register("mallory").await;
         let mallory = app.login("mallory").await;
         assert!(notices(&app, &mallory.access).await.is_empty());
@@ -167,8 +186,7 @@ async fn wasnt_me_ends_every_session_and_the_next_login_needs_a_new_password() {
             error_code(r, StatusCode::FORBIDDEN).await,
             "password_change_required"
         );
-        // Answered once, a notice cannot be answered again.
-        // (No session is left to ask with: that is the point.)
+        // The way back in: the password changed with the current one, no session needed.
         let r = app
             .post_json(
                 "/v1/auth/password",
@@ -215,14 +233,33 @@ async fn wasnt_me_ends_every_session_and_the_next_login_needs_a_new_password() {
     }
 }
 
+/// The receipts of rules that fired on a session.
+async fn fired_on(app: &TestApp, session_id: &str) -> Vec<Value> {
+    receipts(app)
+        .await
+        .into_iter()
+        .filter(|r| r["session_id"] == session_id)
+        .collect()
+}
+
 #[tokio::test]
 async fn was_me_keeps_the_same_place_quiet_until_the_exception_expires() {
-    for (app, _dir, _db) in notice_apps("was_me", |c| {
+    // The shipped pack as it ships (shadow): its receipts show what would have fired.
+    let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    for (app, _dir, _db) in notice_apps("was_me", move |c| {
         c.notice_exception_lifetime = Duration::days(30);
+        c.rules = Some(pack.clone());
     })
     .await
     {
-        let (home, _london) = home_then_london(&app).await;
+        let (home, london) = home_then_london(&app).await;
+        // Seattle to London at once: the travel rule fires on the noticed login.
+        assert!(
+            fired_on(&app, &london.session_id)
+                .await
+                .iter()
+                .any(|r| r["rule_id"] == "impossible_travel")
+        );
         let id = notices(&app, &home.access).await[0]["notice_id"]
             .as_str()
             .unwrap()
@@ -231,30 +268,33 @@ async fn was_me_keeps_the_same_place_quiet_until_the_exception_expires() {
         assert_eq!(r.status(), StatusCode::OK);
         let body: Value = r.json().await.unwrap();
         assert!(body["exception_expires_at"].as_str().is_some(), "{body}");
-        assert!(
-            app.all_events()
-                .await
-                .iter()
-                .any(|e| e.event_type == "exception.added")
-        );
-
-        // Past the notice window, so only the exception can keep it quiet.
-        app.clock.advance(Duration::days(2));
-        let quiet = login_from(&app, "maya", LONDON_EE, IPHONE).await;
-        assert_eq!(notice_events(&app).await.len(), 1, "no new notice");
-        let flagged: Vec<Value> = receipts(&app)
+        let added = app
+            .all_events()
             .await
             .into_iter()
-            .filter(|r| r["session_id"] == quiet.session_id)
-            .collect();
-        assert!(flagged.is_empty(), "no rule fires on it: {flagged:?}");
+            .find(|e| e.event_type == "exception.added")
+            .expect("exception.added");
+        let meta: Value = serde_json::from_str(&added.metadata).unwrap();
+        assert_eq!(meta["actor"]["kind"], "user");
+        assert_eq!(notices(&app, &home.access).await[0]["status"], "confirmed");
 
-        // The exception has expired: the same place is news again.
+        // Past the notice window (so only the exception can keep it quiet), the same jump
+        // again: home, then London at once.
+        app.clock.advance(Duration::days(2));
+        login_from(&app, "maya", SEATTLE_COMCAST, IPHONE).await;
+        let quiet = login_from(&app, "maya", LONDON_EE, IPHONE).await;
+        assert_eq!(notice_events(&app).await.len(), 1, "no new notice");
+        let fired = fired_on(&app, &quiet.session_id).await;
+        assert!(fired.is_empty(), "no rule fires on it: {fired:?}");
+
+        // The exception has expired: the same place is news again, and the rules speak.
         app.clock.advance(Duration::days(29));
+        login_from(&app, "maya", SEATTLE_COMCAST, IPHONE).await;
         let later = login_from(&app, "maya", LONDON_EE, IPHONE).await;
         let created = notice_events(&app).await;
         assert_eq!(created.len(), 2, "{created:?}");
         assert_eq!(created[1]["session_id"], later.session_id);
+        assert!(!fired_on(&app, &later.session_id).await.is_empty());
     }
 }
 
@@ -281,10 +321,9 @@ impl SmtpSink {
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("the sink prints its port (is aiosmtpd installed?): {line:?}"));
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            panic!("the sink prints its port (is aiosmtpd installed?): {line:?}")
+        });
         SmtpSink { child, dir, port }
     }
 
@@ -356,7 +395,9 @@ async fn the_notice_is_mailed_to_the_local_smtp_sink_with_device_and_place() {
                 p.push(suffix);
                 bytes.extend(std::fs::read(p).unwrap_or_default());
             }
-            let clear = bytes.windows(address.len()).any(|w| w == address.as_bytes());
+            let clear = bytes
+                .windows(address.len())
+                .any(|w| w == address.as_bytes());
             assert!(!clear, "the e-mail address is stored in clear");
         }
         let registered = app
@@ -365,7 +406,11 @@ async fn the_notice_is_mailed_to_the_local_smtp_sink_with_device_and_place() {
             .into_iter()
             .find(|e| e.event_type == "user.registered")
             .unwrap();
-        assert_eq!(data(&registered)["email"], address, "read through the vault");
+        assert_eq!(
+            data(&registered)["email"],
+            address,
+            "read through the vault"
+        );
     }
     // A bad address is refused at registration.
     let app = &apps[0].0;
@@ -375,5 +420,72 @@ async fn the_notice_is_mailed_to_the_local_smtp_sink_with_device_and_place() {
             json!({"username": "zed", "password": PASSWORD, "email": "zed@\r\nBcc: x@y.z"}),
         )
         .await;
-    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_email");
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "invalid_email"
+    );
+}
+
+#[tokio::test]
+async fn the_notice_goes_to_webhook_subscribers_as_notice_created() {
+    let (app, _dir, _db) = notice_apps_on(
+        "notice_webhook",
+        |c| {
+            local_webhooks(c);
+            c.webhook_poll_interval = Duration::milliseconds(50);
+        },
+        false,
+    )
+    .await
+    .remove(0);
+    // A receiver that keeps every body it is sent.
+    let received: Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let keep = received.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                keep.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    app.service
+        .register(
+            "sec-officer",
+            PASSWORD.into(),
+            vec!["security".into()],
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let officer = app.login("sec-officer").await;
+    let r = app
+        .http
+        .post(app.url("/v1/admin/webhooks"))
+        .bearer_auth(&officer.access)
+        .json(&json!({"url": hook, "event_types": ["notice.created"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let (_home, london) = home_then_london(&app).await;
+    for _ in 0..400 {
+        if !received.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let text = got[0].to_string();
+    assert!(text.contains("notice.created"), "{text}");
+    assert!(text.contains(&london.session_id), "{text}");
 }

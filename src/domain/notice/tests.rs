@@ -98,11 +98,26 @@ fn an_exception_covers_its_device_and_network_until_it_expires() {
         decide_notice(login(&c, now), known, &[], std::slice::from_ref(&e)),
         Sighting::Excepted
     );
-    assert!(e.covers(now, Some("any_rule"), device_class(&c).as_ref(), &["asn:64500".into()]));
+    assert!(e.covers(
+        now,
+        Some("any_rule"),
+        device_class(&c).as_ref(),
+        &["asn:64500".into()]
+    ));
     // Another browser, another network, or after the expiry: not covered.
     let firefox = ctx("JP", "Firefox");
-    assert!(!e.covers(now, None, device_class(&firefox).as_ref(), &["asn:64500".into()]));
-    assert!(!e.covers(now, None, device_class(&c).as_ref(), &["asn:1".into(), String::new()]));
+    assert!(!e.covers(
+        now,
+        None,
+        device_class(&firefox).as_ref(),
+        &["asn:64500".into()]
+    ));
+    assert!(!e.covers(
+        now,
+        None,
+        device_class(&c).as_ref(),
+        &["asn:1".into(), String::new()]
+    ));
     let later = now + chrono::Duration::days(31);
     assert!(matches!(
         decide_notice(login(&c, later), known, &[], &[e.clone()]),
@@ -131,5 +146,8 @@ fn a_denial_requires_a_password_change_until_the_password_changes() {
         Some(t),
         Some(t + chrono::Duration::seconds(1))
     ));
-    assert!(!password_change_required(Some(t), Some(t)), "changed right after");
+    assert!(
+        !password_change_required(Some(t), Some(t)),
+        "changed right after"
+    );
 }

@@ -665,7 +665,10 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         notices::notice::<Db<B>>(self.flushed().await?, notice_id).await
     }
 
-    async fn put_notice(&mut self, notice: &crate::domain::notice::Notice) -> Result<(), StoreError> {
+    async fn put_notice(
+        &mut self,
+        notice: &crate::domain::notice::Notice,
+    ) -> Result<(), StoreError> {
         notices::put_notice::<Db<B>>(self.flushed().await?, notice).await
     }
 
