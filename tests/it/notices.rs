@@ -211,7 +211,11 @@ async fn wasnt_me_ends_every_session_and_the_next_login_needs_a_new_password() {
         assert_eq!(fresh.status(), StatusCode::OK);
         let fresh = Tokens::from_json(&fresh.json().await.unwrap());
         let listed = notices(&app, &fresh.access).await;
-        assert_eq!(listed[0]["status"], "denied");
+        let denied = listed
+            .iter()
+            .find(|n| n["notice_id"] == id.as_str())
+            .unwrap();
+        assert_eq!(denied["status"], "denied");
         let r = answer(&app, &fresh.access, &id, "confirm").await;
         assert_eq!(error_code(r, StatusCode::CONFLICT).await, "notice_answered");
 

@@ -31,6 +31,7 @@ async fn old_database(dir: &std::path::Path) {
                 user_agent: Some(UA.into()),
                 ..Default::default()
             },
+            email: None,
         };
         run_once(&mut ws, cmd, &meta, now).await.unwrap().unwrap();
     }

@@ -128,8 +128,19 @@ fn an_exception_covers_its_device_and_network_until_it_expires() {
         rule_id: Some("new_device".into()),
         ..e
     };
-    assert!(scoped.covers(now, Some("new_device"), None, &["asn:64500".into()]));
-    assert!(!scoped.covers(now, Some("impossible_travel"), None, &["asn:64500".into()]));
+    let chrome = device_class(&c);
+    assert!(scoped.covers(
+        now,
+        Some("new_device"),
+        chrome.as_ref(),
+        &["asn:64500".into()]
+    ));
+    assert!(!scoped.covers(
+        now,
+        Some("impossible_travel"),
+        chrome.as_ref(),
+        &["asn:64500".into()]
+    ));
     assert!(!scoped.covers(now, None, device_class(&c).as_ref(), &["asn:64500".into()]));
 }
 
