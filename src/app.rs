@@ -267,6 +267,22 @@ impl App {
                 .dpop_nonce
                 .then(|| crate::service::dpop::nonce_key(&master_key)),
         );
+        let mailer = match (&config.smtp_url, &config.smtp_from) {
+            (Some(url), Some(from)) => Some(Arc::new(
+                crate::delivery::mail::Mailer::new(
+                    url.as_str(),
+                    from,
+                    config
+                        .webhook_timeout
+                        .to_std()
+                        .unwrap_or(std::time::Duration::from_secs(10)),
+                    config.notice_window,
+                    format!("{}/account/", config.base_url()),
+                )
+                .map_err(StartError::Io)?,
+            )),
+            _ => None,
+        };
         let deliverer = Deliverer {
             store: store.clone(),
             master_key: master_key.clone(),
@@ -281,6 +297,7 @@ impl App {
             },
             policy,
             http,
+            mailer,
         };
         let config = Arc::new(config);
         let service = Arc::new(Sessiond {

@@ -121,6 +121,37 @@ pub struct Config {
     pub metrics_token: Option<String>,
     /// When set, `/metrics` is served on this address only (and not on `listen`).
     pub metrics_listen: Option<SocketAddr>,
+    /// Sign-in notices: at most one per new device class or country per user in this window.
+    pub notice_window: Duration,
+    /// How long a "this was me" exception keeps that device and network quiet.
+    pub notice_exception_lifetime: Duration,
+    /// Where sign-in notices are mailed from (`smtp://host:port`, `smtps://…`, or
+    /// `smtp://…?tls=required` for STARTTLS; user and password in the URL). No mail without it.
+    pub smtp_url: Option<SmtpUrl>,
+    /// The notices' `From:` address (needed with `smtp_url`).
+    pub smtp_from: Option<String>,
+}
+
+/// An SMTP URL. It may carry a password, so it is never printed: `Debug` shows the scheme.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpUrl(String);
+
+impl SmtpUrl {
+    pub fn parse(url: &str) -> Option<SmtpUrl> {
+        let url = url.trim();
+        (url.starts_with("smtp://") || url.starts_with("smtps://")).then(|| SmtpUrl(url.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.0.split("://").next().unwrap_or("");
+        write!(f, "SmtpUrl({scheme}://…)")
+    }
 }
 
 /// A database URL. It may carry a password, so it is never printed: `Debug` shows the scheme.
@@ -230,6 +261,10 @@ pub const KEYS: &[&str] = &[
     "http_max_in_flight",
     "metrics_token",
     "metrics_listen",
+    "notice_window",
+    "notice_exception_lifetime",
+    "smtp_url",
+    "smtp_from",
 ];
 
 impl Default for Config {
@@ -284,6 +319,10 @@ impl Default for Config {
             webhook_allow_networks: Vec::new(),
             webhook_allow_http: false,
             webhook_ca_file: None,
+            notice_window: Duration::hours(24),
+            notice_exception_lifetime: Duration::days(30),
+            smtp_url: None,
+            smtp_from: None,
             login_throttle: ThrottlePolicy {
                 account_address: Limit {
                     max_failures: 5,
@@ -471,6 +510,20 @@ impl Config {
                 }
                 "webhook_allow_http" => c.webhook_allow_http = boolean(k, value)?,
                 "webhook_ca_file" => c.webhook_ca_file = Some(PathBuf::from(non_empty(k, value)?)),
+                "notice_window" => c.notice_window = duration(k, value)?,
+                "notice_exception_lifetime" => c.notice_exception_lifetime = duration(k, value)?,
+                "smtp_url" => {
+                    c.smtp_url = Some(
+                        SmtpUrl::parse(&non_empty(k, value)?)
+                            .ok_or_else(|| err(k, "expected an smtp:// or smtps:// URL"))?,
+                    )
+                }
+                "smtp_from" => {
+                    let from = non_empty(k, value)?;
+                    crate::domain::user::normalize_email(&from)
+                        .map_err(|_| err(k, "expected an address like sessiond@example.com"))?;
+                    c.smtp_from = Some(from)
+                }
                 "require_dpop" => c.require_dpop = boolean(k, value)?,
                 "dpop_proof_window" => c.dpop_proof_window = duration(k, value)?,
                 "dpop_nonce" => c.dpop_nonce = boolean(k, value)?,
@@ -637,6 +690,11 @@ impl Config {
             if limit.window > Duration::days(1) {
                 return Err(err(k, "must be at most 1d"));
             }
+        }
+        positive("notice_window", self.notice_window)?;
+        positive("notice_exception_lifetime", self.notice_exception_lifetime)?;
+        if self.smtp_url.is_some() && self.smtp_from.is_none() {
+            return Err(err("smtp_from", "must be set when smtp_url is"));
         }
         if self.webhook_retry_max < self.webhook_retry_initial {
             return Err(err(

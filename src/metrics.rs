@@ -16,6 +16,8 @@ pub const HTTP_DURATION: &str = "sessiond_http_request_duration_seconds";
 pub const LOGIN_COUNTRIES: &str = "sessiond_login_countries_total";
 pub const LOGINS: &str = "sessiond_logins_total";
 pub const LOGIN_THROTTLED: &str = "sessiond_login_throttled_total";
+/// Sign-in notices by event (created, confirmed, denied, mailed, mail_failed).
+pub const NOTICES: &str = "sessiond_notices_total";
 pub const REFRESHES: &str = "sessiond_refreshes_total";
 pub const GRACE_RETRIES: &str = "sessiond_refresh_grace_retries_total";
 pub const REUSE: &str = "sessiond_refresh_reuse_total";
@@ -61,6 +63,11 @@ pub fn install() -> &'static PrometheusHandle {
     })
 }
 
+/// Counts a notice mailed or a failed attempt.
+pub fn notice_mail(outcome: &'static str) {
+    metrics::counter!(NOTICES, "event" => outcome).increment(1)
+}
+
 fn describe() {
     describe_counter!(
         HTTP_REQUESTS,
@@ -78,6 +85,10 @@ fn describe() {
     describe_counter!(
         LOGIN_COUNTRIES,
         "Successful logins by GeoIP country (unknown without a database)"
+    );
+    describe_counter!(
+        NOTICES,
+        "Sign-in notices by event (created, confirmed, denied, mailed, mail_failed)"
     );
     describe_counter!(REFRESHES, "Refresh attempts by outcome");
     describe_counter!(

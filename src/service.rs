@@ -37,6 +37,7 @@ pub mod end_session;
 pub mod family;
 pub mod integrity;
 pub mod maintenance;
+pub mod notices;
 pub mod oauth;
 pub mod places;
 mod privacy;
@@ -105,6 +106,16 @@ fn meta(actor: Actor, ctx: &RequestContext) -> EventMetadata {
     EventMetadata::new(actor, ctx.request_id.clone())
 }
 
+/// The answer to a login after "this wasn't me": the password is right but must change first.
+pub(crate) fn password_change_required() -> Error {
+    Error::Forbidden(
+        "password_change_required",
+        "this account's password must be changed before it can sign in: POST /v1/auth/password \
+         with username, current_password and new_password"
+            .into(),
+    )
+}
+
 fn user_error(e: UserError) -> Error {
     match e {
         UserError::InvalidUsername => Error::InvalidField("invalid_username", e.to_string()),
@@ -113,6 +124,7 @@ fn user_error(e: UserError) -> Error {
         UserError::UnknownRole(_) | UserError::NoRoles => {
             Error::InvalidField("invalid_role", e.to_string())
         }
+        UserError::InvalidEmail => Error::InvalidField("invalid_email", e.to_string()),
     }
 }
 
@@ -128,6 +140,23 @@ impl Sessiond {
         roles: Vec<String>,
         ctx: &RequestContext,
     ) -> Result<User, Error> {
+        self.register_with_email(username, password, None, roles, ctx)
+            .await
+    }
+
+    /// Registration with an optional e-mail address for sign-in notices.
+    pub async fn register_with_email(
+        &self,
+        username: &str,
+        password: String,
+        email: Option<&str>,
+        roles: Vec<String>,
+        ctx: &RequestContext,
+    ) -> Result<User, Error> {
+        let email = email
+            .map(user::normalize_email)
+            .transpose()
+            .map_err(user_error)?;
         let username = user::normalize_username(username).map_err(user_error)?;
         user::validate_password(&password).map_err(user_error)?;
         self.check_new_password(&password, &username)?;
@@ -139,6 +168,7 @@ impl Sessiond {
             password_hash,
             roles,
             context: ctx.clone(),
+            email,
         };
         let reply = self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await?;
         reply.map_err(user_error)
@@ -194,6 +224,7 @@ impl Sessiond {
             dpop: proof,
             client_id: None,
             auth_time: None,
+            notice_window: self.config.notice_window,
         };
         match self
             .writer
@@ -201,6 +232,7 @@ impl Sessiond {
             .await?
         {
             Ok(session) => Ok(self.issue(&session, token)),
+            Err(StartRefusal::PasswordChangeRequired) => Err(password_change_required()),
             Err(StartRefusal::ProofReplayed) => Err(Error::InvalidDpopProof(
                 fault_message(DpopFault::Replayed).into(),
             )),
@@ -426,6 +458,45 @@ impl Sessiond {
         {
             Ok(_) => Ok(()),
             Err(_) => Err(Error::SessionEnded),
+        }
+    }
+
+    /// Changes the password with the current one and no session: the way back in after "this
+    /// wasn't me" ended every session. Every session of the user ends (there is none to keep).
+    pub async fn change_password_with_credentials(
+        &self,
+        username: &str,
+        current: String,
+        new: String,
+        ctx: &RequestContext,
+    ) -> Result<(), Error> {
+        user::validate_password(&new).map_err(user_error)?;
+        let name = user::normalize_username(username).ok();
+        let user = match &name {
+            Some(n) => self.store.user_by_name(n).await?,
+            None => None,
+        };
+        let recorded_name =
+            name.unwrap_or_else(|| username.chars().take(user::USERNAME_MAX).collect());
+        // The same checks, throttle and failure records as a login.
+        self.check_password(&recorded_name, user.as_ref(), current, ctx)
+            .await?;
+        let user = user.expect("a proven password has a user");
+        self.check_new_password(&new, &user.username)?;
+        let password_hash = self.passwords.hash(new).await?;
+        let cmd = ChangePassword {
+            user_id: user.user_id,
+            password_hash,
+            keep_session: None,
+            context: ctx.clone(),
+        };
+        match self
+            .writer
+            .submit(cmd, meta(Actor::User(user.user_id), ctx))
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::InvalidCredentials),
         }
     }
 

@@ -1,4 +1,5 @@
-// "Your devices": list the signed-in user's sessions, revoke one, or all but this one.
+// "Your devices": list the signed-in user's sessions, revoke one, or all but this one; the
+// sign-in notices, answered "this was me" or "this wasn't me".
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -25,6 +26,46 @@ async function showDevices() {
         onclick: () => revoke(s),
       }, 'Revoke'))));
   $('devices').replaceChildren(...rows);
+  await showNotices();
+}
+
+const REASONS = { new_device: 'new device', new_country: 'new country' };
+
+async function showNotices() {
+  const list = await Api.call('GET', '/v1/me/notices');
+  $('notices-section').classList.toggle('hidden', list.length === 0);
+  const rows = list.map((n) =>
+    Api.el('tr', { 'data-notice': n.notice_id },
+      Api.el('td', {}, Api.device(n.device)),
+      Api.el('td', {}, Api.place(n.place)),
+      Api.el('td', {}, Api.when(n.created_at)),
+      Api.el('td', {}, n.reasons.map((r) => REASONS[r] || r).join(', ')),
+      Api.el('td', {}, Api.el('span', { class: 'tag' }, n.status)),
+      Api.el('td', {}, n.status !== 'open' ? null : [
+        Api.el('button', {
+          class: 'secondary confirm', type: 'button',
+          onclick: () => answer(n, 'confirm'),
+        }, 'This was me'), ' ',
+        Api.el('button', {
+          class: 'danger deny', type: 'button',
+          onclick: () => answer(n, 'deny'),
+        }, "This wasn't me")])));
+  $('notices').replaceChildren(...rows);
+}
+
+async function answer(n, what) {
+  if (what === 'deny' && !confirm("Sign out everywhere? You will have to change your password to sign in again.")) return;
+  $('notices-error').textContent = '';
+  try {
+    await Api.call('POST', '/v1/me/notices/' + encodeURIComponent(n.notice_id) + '/' + what);
+    if (what === 'deny') {
+      location.reload();
+      return;
+    }
+    await showNotices();
+  } catch (e) {
+    $('notices-error').textContent = e.message;
+  }
 }
 
 async function revoke(s) {

@@ -70,7 +70,15 @@ pub(super) async fn judge<M: JudgeMemory>(
         uow.put_window_count(&w.rule_id, &key_tag, &name_tag, facts.now)
             .await?;
     }
-    let firings = rules.fire(facts, &mut history);
+    let mut firings = rules.fire(facts, &mut history);
+    // The user's exceptions ("this was me", an analyst's false positive) are read only when
+    // something fired: most events fire nothing and pay no read for them.
+    if !firings.is_empty()
+        && let Some(user) = facts.user_id
+    {
+        let exceptions = uow.live_exceptions(user, facts.now).await?;
+        rules.except(facts, &mut firings, &exceptions, &networks);
+    }
     for rule_id in rules.revoking(facts, &firings) {
         let (taken, tripped_until) = uow
             .breaker_spent(&rule_id, facts.now - rules.breaker.window)
@@ -222,7 +230,7 @@ impl<U: UnitOfWork> JudgeMemory for U {
 
 /// The event's networks as stored among usual ones: `asn:N` and `net:<keyed hash of the /24
 /// or /48>` ("" where unknown).
-fn usual_tags(rules: &RuleEngine, ctx: &RequestContext) -> [String; 2] {
+pub(super) fn usual_tags(rules: &RuleEngine, ctx: &RequestContext) -> [String; 2] {
     [
         ctx.geo
             .as_ref()

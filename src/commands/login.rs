@@ -3,10 +3,12 @@
 use super::dpop::CheckedProof;
 use super::effects::{Outcome, OutcomeKind, Target, carry_out};
 use super::judge::judge;
+use super::notices::notice_login;
 use super::recording::{append_all, record_user};
 use super::{Command, Context};
 use crate::domain::context::RequestContext;
 use crate::domain::event::{Event, LoginFailure, LoginThrottled, login_attempt_stream};
+use crate::domain::notice;
 use crate::domain::session::{self, Session};
 use crate::domain::throttle::ThrottleScope;
 use crate::domain::token::TokenKey;
@@ -24,6 +26,7 @@ pub struct Register {
     pub password_hash: String,
     pub roles: Vec<String>,
     pub context: RequestContext,
+    pub email: Option<String>,
 }
 
 impl Command for Register {
@@ -45,6 +48,7 @@ impl Command for Register {
             password_hash: self.password_hash,
             roles: self.roles,
             context: self.context,
+            email: self.email,
         };
         let event = match user::decide_register(register, taken) {
             Ok(event) => event,
@@ -75,6 +79,8 @@ pub struct StartSession {
     /// When the password was proven, if earlier than now (a browser's sign-in reused for
     /// another client); the session's `auth_time`.
     pub auth_time: Option<crate::domain::Timestamp>,
+    /// Sign-in notices: at most one per new device class or country in this window.
+    pub notice_window: crate::domain::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +93,8 @@ pub enum StartRefusal {
     Denied,
     /// The DPoP proof's `jti` was seen before.
     ProofReplayed,
+    /// The user said "this wasn't me" to a sign-in notice: the password must change first.
+    PasswordChangeRequired,
 }
 
 impl Command for StartSession {
@@ -107,6 +115,12 @@ impl Command for StartSession {
             counter!(crate::metrics::LOGINS, "outcome" => "stale_password").increment(1);
             return Ok(Err(StartRefusal::StalePassword));
         }
+        if notice::password_change_required(
+            uow.last_denial(self.user_id).await?,
+            user.password_changed_at,
+        ) {
+            return Ok(Err(StartRefusal::PasswordChangeRequired));
+        }
         if let Some(p) = &self.dpop
             && !uow.claim_dpop_jti(&p.jti_hash, p.expires_at).await?
         {
@@ -125,6 +139,7 @@ impl Command for StartSession {
         let judgement = judge(uow, cx.rules, &facts).await?;
         let session_id = self.session_id;
         let user_id = self.user_id;
+        let login_context = self.context.clone();
         let start = session::StartSession {
             session_id,
             user_id,
@@ -148,6 +163,15 @@ impl Command for StartSession {
         if carried.refusal.is_some() {
             return Ok(Err(StartRefusal::Denied));
         }
+        notice_login(
+            uow,
+            cx,
+            user_id,
+            session_id,
+            &login_context,
+            self.notice_window,
+        )
+        .await?;
         Ok(Ok(carried.session.expect("a started session exists")))
     }
 

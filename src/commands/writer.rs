@@ -15,6 +15,7 @@ use super::{
     SetRoles, StartSession, Subscribe, Unsubscribe,
 };
 use super::{Command, Context};
+use super::{ConfirmNotice, DenyNotice};
 use crate::clock::Clock;
 use crate::domain::event::EventMetadata;
 use crate::domain::session::SessionPolicy;
@@ -142,6 +143,8 @@ queue!(
     DeleteClient,
     IssueCode,
     RedeemCode,
+    ConfirmNotice,
+    DenyNotice,
 );
 
 /// Runs one command in a transaction of its own on `ws`, outside the writer: for the data

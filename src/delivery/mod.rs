@@ -9,6 +9,7 @@
 
 pub mod backchannel;
 pub mod caep;
+pub mod mail;
 pub mod transport;
 
 use crate::clock::Clock;
@@ -70,6 +71,8 @@ pub struct Deliverer {
     pub policy: Arc<DestinationPolicy>,
     /// The one client every worker sends with ([`transport::client`]).
     pub http: reqwest::Client,
+    /// Sign-in notices by e-mail, when SMTP is configured.
+    pub mailer: Option<Arc<mail::Mailer>>,
 }
 
 /// Starts the delivery supervisors (webhook subscriptions and back-channel logout); they
@@ -77,10 +80,17 @@ pub struct Deliverer {
 pub fn spawn(app: Deliverer, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     let app = Arc::new(app);
     let logouts = tokio::spawn(backchannel::supervise(app.clone(), stop.clone()));
+    let mails = app
+        .mailer
+        .clone()
+        .map(|m| tokio::spawn(mail::deliver(app.clone(), m, stop.clone())));
     let webhooks = tokio::spawn(supervise(app, stop));
     tokio::spawn(async move {
         let _ = webhooks.await;
         let _ = logouts.await;
+        if let Some(m) = mails {
+            let _ = m.await;
+        }
     })
 }
 

@@ -134,6 +134,9 @@ pub struct UserRegistered {
     pub password_hash: String,
     pub roles: Vec<String>,
     pub context: RequestContext,
+    /// Where sign-in notices are mailed, if the user gave an address (sealed by the vault).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -584,6 +587,11 @@ catalogue! {
     AuthorizationCodeIssued(super::authorization::AuthorizationCode) = "authorization_code.issued", version 1;
     AuthorizationCodeRedeemed(AuthorizationCodeRedeemed) = "authorization_code.redeemed", version 1;
     AuthorizationCodeReused(AuthorizationCodeReused) = "authorization_code.reused", version 1;
+    // Sign-in notices and exceptions (issue 15).
+    NoticeCreated(super::notice::NoticeCreated) = "notice.created", version 1;
+    NoticeConfirmed(super::notice::NoticeAnswered) = "notice.confirmed", version 1;
+    NoticeDenied(super::notice::NoticeAnswered) = "notice.denied", version 1;
+    ExceptionAdded(super::notice::ExceptionAdded) = "exception.added", version 1;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -8,6 +8,7 @@ pub mod context;
 pub mod destination;
 pub mod event;
 pub mod keys;
+pub mod notice;
 pub mod parse;
 pub mod session;
 pub mod throttle;

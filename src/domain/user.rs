@@ -60,6 +60,41 @@ pub enum UserError {
     UnknownRole(String),
     #[error("give at least one role: {}", ROLES.join(", "))]
     NoRoles,
+    #[error("email must be an address like name@example.com (at most {EMAIL_MAX} characters)")]
+    InvalidEmail,
+}
+
+pub const EMAIL_MAX: usize = 254;
+
+/// Checks an e-mail address (RFC 5321's limits, one `@`, a dotted domain, nothing that could
+/// end a mail header line) and lower-cases its domain.
+pub fn normalize_email(raw: &str) -> Result<String, UserError> {
+    let raw = raw.trim();
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.chars().all(|c| {
+                c.is_ascii_graphic()
+                    && !matches!(
+                        c,
+                        '<' | '>' | '(' | ')' | ',' | ';' | ':' | '\\' | '"' | '[' | ']'
+                    )
+            })
+    };
+    match raw.split_once('@') {
+        Some((local, domain))
+            if raw.len() <= EMAIL_MAX
+                && local.len() <= 64
+                && ok(local)
+                && ok(domain)
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.') =>
+        {
+            Ok(format!("{local}@{}", domain.to_ascii_lowercase()))
+        }
+        _ => Err(UserError::InvalidEmail),
+    }
 }
 
 pub const ROLES: &[&str] = &["user", "security"];
@@ -87,6 +122,7 @@ pub struct Register {
     pub password_hash: String,
     pub roles: Vec<String>,
     pub context: RequestContext,
+    pub email: Option<String>,
 }
 
 /// `username_taken` is the store's answer for the normalized name, read in the same transaction.
@@ -104,6 +140,7 @@ pub fn decide_register(cmd: Register, username_taken: bool) -> Result<Event, Use
         password_hash: cmd.password_hash,
         roles: cmd.roles,
         context: cmd.context,
+        email: cmd.email,
     }))
 }
 
@@ -245,7 +282,13 @@ pub fn evolve(state: Option<User>, event: &Event, occurred_at: Timestamp) -> Opt
             u.password_hash = crate::domain::event::ERASED_MARKER.to_owned();
             u.status = UserStatus::Locked;
         }
-        Event::LoginFailed(_) | Event::LoginThrottled(_) | Event::UserLoggedOutEverywhere(_) => {}
+        Event::LoginFailed(_)
+        | Event::LoginThrottled(_)
+        | Event::UserLoggedOutEverywhere(_)
+        | Event::NoticeCreated(_)
+        | Event::NoticeConfirmed(_)
+        | Event::NoticeDenied(_)
+        | Event::ExceptionAdded(_) => {}
         _ => return Some(u),
     }
     u.version += 1;
@@ -274,6 +317,9 @@ pub fn user_of(event: &Event) -> Option<Uuid> {
         Event::UserErased(e) => Some(e.user_id),
         Event::LoginFailed(e) => e.user_id,
         Event::LoginThrottled(e) => e.user_id,
+        Event::NoticeCreated(e) => Some(e.user_id),
+        Event::NoticeConfirmed(e) | Event::NoticeDenied(e) => Some(e.user_id),
+        Event::ExceptionAdded(e) => Some(e.user_id),
         _ => None,
     }
 }
@@ -302,6 +348,7 @@ mod tests {
             password_hash: "$argon2id$...".into(),
             roles: vec!["user".into()],
             context: RequestContext::default(),
+            email: None,
         };
         assert_eq!(decide_register(cmd(), true), Err(UserError::UsernameTaken));
         let e = decide_register(cmd(), false).unwrap();

@@ -54,10 +54,22 @@ enum Mode {
     Cookie,
 }
 
+/// Registration: credentials and, optionally, where sign-in notices are mailed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    username: String,
+    password: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default, rename = "mode")]
+    _mode: Mode,
+}
+
 async fn register(
     State(app): State<AppState>,
     Context(ctx): Context,
-    ApiJson(body): ApiJson<Credentials>,
+    ApiJson(body): ApiJson<Registration>,
 ) -> Result<Response, Error> {
     if !app.config.registration_enabled {
         return Err(Error::Forbidden(
@@ -66,7 +78,13 @@ async fn register(
         ));
     }
     let user = app
-        .register(&body.username, body.password, vec!["user".into()], &ctx)
+        .register_with_email(
+            &body.username,
+            body.password,
+            body.email.as_deref(),
+            vec!["user".into()],
+            &ctx,
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -231,6 +249,9 @@ async fn logout_all(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PasswordChange {
+    /// Without an access token (after "this wasn't me" ended every session), the account.
+    #[serde(default)]
+    username: Option<String>,
     current_password: String,
     new_password: String,
 }
@@ -238,11 +259,30 @@ struct PasswordChange {
 async fn change_password(
     State(app): State<AppState>,
     Context(ctx): Context,
-    Authenticated(principal): Authenticated,
+    Caller(caller): Caller,
     ApiJson(body): ApiJson<PasswordChange>,
 ) -> Result<StatusCode, Error> {
-    app.change_password(&principal, body.current_password, body.new_password, &ctx)
-        .await?;
+    match (caller, body.username) {
+        (Some(principal), None) => {
+            app.change_password(&principal, body.current_password, body.new_password, &ctx)
+                .await?
+        }
+        (None, Some(username)) => {
+            app.change_password_with_credentials(
+                &username,
+                body.current_password,
+                body.new_password,
+                &ctx,
+            )
+            .await?
+        }
+        (None, None) => return Err(Error::MissingToken),
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidRequest(
+                "give either an access token or a username, not both".into(),
+            ));
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

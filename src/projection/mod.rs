@@ -8,6 +8,7 @@ use crate::domain::Timestamp;
 use crate::domain::client;
 use crate::domain::event::Event;
 use crate::domain::keys;
+use crate::domain::notice;
 use crate::domain::session::{self, Session};
 use crate::domain::throttle::throttle_keys;
 use crate::domain::user::{self, User};
@@ -73,7 +74,33 @@ pub async fn apply_user<U: UnitOfWork>(
     if let Some(u) = &state {
         uow.put_user(u).await?;
     }
+    for event in events {
+        apply_notice(uow, event, at).await?;
+    }
     Ok(state)
+}
+
+/// The notices and exceptions projections: a notice's row from its creation, changed by the
+/// user's answer; an exception's row from `exception.added`.
+async fn apply_notice<U: UnitOfWork>(
+    uow: &mut U,
+    event: &Event,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    if let Event::ExceptionAdded(e) = event {
+        return uow.put_exception(e).await;
+    }
+    let Some(id) = notice::notice_of(event) else {
+        return Ok(());
+    };
+    let before = match event {
+        Event::NoticeCreated(_) => None,
+        _ => uow.notice(id).await?,
+    };
+    if let Some(n) = notice::evolve_notice(before, event, at) {
+        uow.put_notice(&n).await?;
+    }
+    Ok(())
 }
 
 /// The login-throttle projection: a `login.failed` counts once under each throttle key of its

@@ -162,6 +162,33 @@ impl RuleEngine {
         self.evaluate_with(facts, history)
     }
 
+    /// Drops the firings a live exception of the user covers (same device class and network,
+    /// the rule or every rule): the one place an exception silences a detector. The caller
+    /// loads the exceptions; `networks` are the event's network tags as the usual networks
+    /// store them.
+    pub fn except(
+        &self,
+        facts: &Facts<'_>,
+        firings: &mut Vec<Firing>,
+        exceptions: &[crate::domain::notice::Exception],
+        networks: &[String],
+    ) {
+        if exceptions.is_empty() {
+            return;
+        }
+        let device = crate::domain::notice::device_class(facts.context);
+        firings.retain(|f| {
+            !exceptions.iter().any(|e| {
+                e.covers(
+                    facts.now,
+                    Some(f.rule.id.as_str()),
+                    device.as_ref(),
+                    networks,
+                )
+            })
+        });
+    }
+
     /// Judges one event; `None` when no rule fired (the usual case, which then costs no
     /// allocation here). An event no enforced rule flagged joins the user's baseline.
     pub fn judge(&self, facts: &Facts<'_>, mut history: History) -> Option<Judgement> {

@@ -705,6 +705,7 @@ impl Sessiond {
             dpop: None,
             client_id: Some(req.client.client_id.clone()),
             auth_time,
+            notice_window: self.config.notice_window,
         };
         let started = self
             .writer
@@ -713,6 +714,14 @@ impl Sessiond {
             .map_err(|e| self.server_error(&req, e.into()))?;
         let session = match started {
             Ok(s) => s,
+            Err(StartRefusal::PasswordChangeRequired) => {
+                return Ok(AuthorizeStep::SignIn {
+                    request: Box::new(req),
+                    error: Some(
+                        "this account's password must be changed before it can sign in".into(),
+                    ),
+                });
+            }
             Err(StartRefusal::Denied) => {
                 return Ok(redirect(req.error(
                     &issuer,

@@ -5,6 +5,7 @@
 pub(crate) mod data_keys;
 pub(crate) mod dialect;
 pub mod integrity;
+pub(crate) mod notices;
 pub(crate) mod oauth;
 pub(crate) mod registry;
 pub(crate) mod rows;
@@ -96,6 +97,20 @@ route! {
     fn client(&self, client_id: &str) -> Result<Option<(crate::domain::client::Client, Option<Vec<u8>>)>, StoreError>;
     /// Every registered OAuth client, oldest first.
     fn clients(&self) -> Result<Vec<crate::domain::client::Client>, StoreError>;
+    /// A user's sign-in notices, newest first.
+    fn notices_of(&self, user_id: Uuid, limit: i64) -> Result<Vec<crate::domain::notice::Notice>, StoreError>;
+    /// When the user last denied a sign-in notice ("this wasn't me"), if ever.
+    fn last_denial(&self, user_id: Uuid) -> Result<Option<Timestamp>, StoreError>;
+    /// Where the mailing of notices stands; `None` before its first attempt.
+    fn mail_checkpoint(&self, channel: &str) -> Result<Option<i64>, StoreError>;
+    /// One mailing attempt, like `record_webhook_attempt`.
+    fn record_mail_attempt(
+        &self,
+        channel: &str,
+        delivered_position: i64,
+        error: Option<&str>,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
     fn close(&self);
 }
 

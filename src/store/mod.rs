@@ -351,6 +351,36 @@ pub trait UnitOfWork: Send {
         &mut self,
         code: &crate::domain::authorization::AuthorizationCode,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Sign-in notices and exceptions (projected from the user streams, migration 0016).
+    fn notice(
+        &mut self,
+        notice_id: Uuid,
+    ) -> impl Future<Output = Result<Option<crate::domain::notice::Notice>, StoreError>> + Send;
+    fn put_notice(
+        &mut self,
+        notice: &crate::domain::notice::Notice,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A user's notices created after `since`, newest first (at most 100).
+    fn recent_notices(
+        &mut self,
+        user_id: Uuid,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<Vec<crate::domain::notice::Notice>, StoreError>> + Send;
+    /// When the user last denied a notice, if ever.
+    fn last_denial(
+        &mut self,
+        user_id: Uuid,
+    ) -> impl Future<Output = Result<Option<Timestamp>, StoreError>> + Send;
+    fn put_exception(
+        &mut self,
+        exception: &crate::domain::notice::Exception,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A user's exceptions still live at `now`.
+    fn live_exceptions(
+        &mut self,
+        user_id: Uuid,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<crate::domain::notice::Exception>, StoreError>> + Send;
     /// Forgets the proofs whose window ended before `before`; returns how many.
     fn prune_dpop_jtis(
         &mut self,

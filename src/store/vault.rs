@@ -42,10 +42,11 @@ pub const SEALED_FIELDS: &[&str] = &[
     "network",
     "inputs",
     "explanation",
+    "email",
 ];
 /// Top-level fields sealed under the subject's identity key rather than a period key: they
 /// must outlive retention (the users table is rebuilt from them).
-const IDENTITY_FIELDS: &[&str] = &["username", "password_hash"];
+const IDENTITY_FIELDS: &[&str] = &["username", "password_hash", "email"];
 
 pub const SERVICE_SUBJECT: &str = "service";
 pub const PERIOD_DAYS: i64 = 30;

@@ -32,6 +32,7 @@ mod late_retry;
 mod migration;
 mod migration_0008;
 mod nodes;
+mod notices;
 mod oauth;
 mod observability;
 mod oidc_discovery;

@@ -29,6 +29,7 @@ async fn old_database(store: &Store) {
                 user_agent: Some(UA.into()),
                 ..Default::default()
             },
+            email: None,
         };
         match store {
             Store::Sqlite(s) => {

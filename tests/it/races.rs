@@ -29,6 +29,7 @@ fn start_after_check(user_id: Uuid, verified: &str) -> StartSession {
         dpop: None,
         client_id: None,
         auth_time: None,
+        notice_window: sessiond::domain::Duration::hours(24),
     }
 }
 

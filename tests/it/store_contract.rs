@@ -176,6 +176,7 @@ fn start(session_id: Uuid, token: TokenKey) -> Step {
         dpop: None,
         client_id: None,
         auth_time: None,
+        notice_window: Duration::hours(24),
     })
 }
 
@@ -202,6 +203,7 @@ fn script() -> Vec<Step> {
             password_hash: "$argon2id$stand-in".into(),
             roles: vec!["user".into()],
             context: ctx.clone(),
+            email: None,
         }),
         start(S1, token(1)),
         start(S2, token(2)),

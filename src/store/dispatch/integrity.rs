@@ -21,6 +21,8 @@ pub const PROJECTED_TABLES: &[(&str, &str)] = &[
     ("clients", "client_id"),
     ("authorization_codes", "code_id"),
     ("address_tags", "position, tag"),
+    ("notices", "notice_id"),
+    ("exceptions", "exception_id"),
 ];
 
 /// The tables that are not projections of the log, and why `events verify` does not compare
@@ -65,6 +67,10 @@ pub const NOT_PROJECTED: &[(&str, &str)] = &[
     (
         "usual_networks",
         "each user's usual networks, kept by the rules for weeks, not replayed",
+    ),
+    (
+        "mail_progress",
+        "delivery state: where the mailing of sign-in notices stands",
     ),
 ];
 

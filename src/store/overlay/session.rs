@@ -12,7 +12,7 @@ use crate::domain::user::User;
 use crate::domain::webhook::SubscriptionRecord;
 use crate::store::dispatch::dialect::Dialect;
 use crate::store::dispatch::tables::VaultSlot;
-use crate::store::dispatch::{data_keys, integrity, oauth, registry, tables};
+use crate::store::dispatch::{data_keys, integrity, notices, oauth, registry, tables};
 use crate::store::vault::{self, KeyState, Vault};
 use crate::store::{
     ChainHead, EventFilter, NewEvent, PruneCounts, RecordedEvent, Resealed, StoreError,
@@ -755,6 +755,47 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         });
         self.forget.push((None, Some(before_period)));
         Ok(destroyed)
+    }
+
+    async fn notice(
+        &mut self,
+        notice_id: Uuid,
+    ) -> Result<Option<crate::domain::notice::Notice>, StoreError> {
+        notices::notice::<Db<B>>(self.flushed().await?, notice_id).await
+    }
+
+    async fn put_notice(
+        &mut self,
+        notice: &crate::domain::notice::Notice,
+    ) -> Result<(), StoreError> {
+        notices::put_notice::<Db<B>>(self.flushed().await?, notice).await
+    }
+
+    async fn recent_notices(
+        &mut self,
+        user_id: Uuid,
+        since: Timestamp,
+    ) -> Result<Vec<crate::domain::notice::Notice>, StoreError> {
+        notices::notices_of::<Db<B>>(self.flushed().await?, user_id, Some(since), 100).await
+    }
+
+    async fn last_denial(&mut self, user_id: Uuid) -> Result<Option<Timestamp>, StoreError> {
+        notices::last_denial::<Db<B>>(self.flushed().await?, user_id).await
+    }
+
+    async fn put_exception(
+        &mut self,
+        exception: &crate::domain::notice::Exception,
+    ) -> Result<(), StoreError> {
+        notices::put_exception::<Db<B>>(self.flushed().await?, exception).await
+    }
+
+    async fn live_exceptions(
+        &mut self,
+        user_id: Uuid,
+        now: Timestamp,
+    ) -> Result<Vec<crate::domain::notice::Exception>, StoreError> {
+        notices::live_exceptions::<Db<B>>(self.flushed().await?, user_id, now).await
     }
 
     async fn client_record(
