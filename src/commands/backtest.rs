@@ -10,6 +10,7 @@
 //! refresh revoked) left no event of its own, only its receipts, which carry the request's
 //! context: such a request is replayed from its first receipt.
 
+use crate::domain::notice::Exception;
 use super::judge::{JudgeMemory, judge, session_facts};
 use crate::domain::context::RequestContext;
 use crate::domain::event::{Event, RuleFired};
@@ -254,6 +255,9 @@ impl Replay {
             .strip_prefix("user-")
             .and_then(|u| Uuid::parse_str(u).ok())
         {
+            if let Event::ExceptionAdded(x) = &e.event {
+                m.exceptions.entry(x.user_id).or_default().push(x.clone());
+            }
             let before = m.users.remove(&id);
             if let Some(after) = user::evolve(before, &e.event, e.occurred_at) {
                 m.users.insert(id, after);
@@ -276,6 +280,8 @@ struct ReplayMemory {
     /// rule -> (spent at, tripped until).
     breaker: HashMap<String, Vec<(Timestamp, Option<Timestamp>)>>,
     usual: HashMap<(Uuid, String), Timestamp>,
+    /// Each user's exceptions, as the `exceptions` table holds them live.
+    exceptions: HashMap<Uuid, Vec<Exception>>,
 }
 
 impl JudgeMemory for ReplayMemory {
@@ -396,6 +402,24 @@ impl JudgeMemory for ReplayMemory {
         self.usual
             .insert((user_id, network.to_owned()), truncate_to_millis(at));
         Ok(())
+    }
+
+    async fn live_exceptions(
+        &mut self,
+        user_id: Uuid,
+        now: Timestamp,
+    ) -> Result<Vec<Exception>, StoreError> {
+        let now = truncate_to_millis(now);
+        Ok(self
+            .exceptions
+            .get(&user_id)
+            .map(|all| {
+                all.iter()
+                    .filter(|e| truncate_to_millis(e.expires_at) > now)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 }
 

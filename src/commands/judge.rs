@@ -1,6 +1,7 @@
 //! Asking the rules about an event: the history their judgement needs is read here, from the
 //! transaction, and handed to the engine, which never reads the store itself.
 
+use crate::domain::notice::Exception;
 use crate::domain::Timestamp;
 use crate::domain::context::{RequestContext, usual_prefix};
 use crate::domain::session::Session;
@@ -165,6 +166,12 @@ pub trait JudgeMemory: Send {
         network: &str,
         at: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A user's exceptions still live at `now` ("this was me", an analyst's false positive).
+    fn live_exceptions(
+        &mut self,
+        user_id: Uuid,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Exception>, StoreError>> + Send;
 }
 
 impl<U: UnitOfWork> JudgeMemory for U {
@@ -225,6 +232,13 @@ impl<U: UnitOfWork> JudgeMemory for U {
         at: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         UnitOfWork::put_usual_network(self, user_id, network, at)
+    }
+    fn live_exceptions(
+        &mut self,
+        user_id: Uuid,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Exception>, StoreError>> + Send {
+        UnitOfWork::live_exceptions(self, user_id, now)
     }
 }
 

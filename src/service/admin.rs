@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::store::{EventFilter, RecordedEvent};
 use ipnet::IpNet;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::net::IpAddr;
 use uuid::Uuid;
 
