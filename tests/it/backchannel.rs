@@ -14,7 +14,7 @@ use sessiond::clock::ManualClock;
 use sessiond::domain::Duration;
 use sessiond::service::clients::NewClient;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -154,7 +154,7 @@ async fn verified(app: &TestApp, token: &str) -> (Value, Value) {
         .json()
         .await
         .unwrap();
-    let mut child = Command::new("python3")
+    let mut child = crate::helpers::python3(&["jwcrypto"])
         .arg("tests/support/verify_jwt.py")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

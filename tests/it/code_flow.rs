@@ -899,7 +899,7 @@ async fn authlib_runs_the_whole_flow_against_the_real_server() {
     let base = app.url("");
     let client_id = rp.client_id.clone();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
+        crate::helpers::python3(&["authlib", "requests"])
             .args([
                 "tests/support/oidc_rp.py",
                 &base,

@@ -59,6 +59,42 @@ pub struct TestApp {
 
 /// Lets webhooks reach receivers the test runs on this machine: plain http on loopback, which
 /// the defaults refuse (https only, no internal addresses).
+/// `python3` for a support script in `tests/support/`, with the modules it imports present: on a
+/// fresh machine the first test that needs one installs it with pip (the README's `cargo test`
+/// does its own set-up; `.ci/run` installs them up front).
+pub fn python3(modules: &[&str]) -> std::process::Command {
+    static READY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+    for m in modules {
+        if ready.iter().any(|r| r == m) {
+            continue;
+        }
+        let importable = |m: &str| {
+            std::process::Command::new("python3")
+                .args(["-c", &format!("import {m}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !importable(m) {
+            let pip = |extra: &[&str]| {
+                std::process::Command::new("python3")
+                    .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+                    .args(extra)
+                    .arg(m)
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            // A Debian Python refuses a system-wide install (PEP 668): then into the user's site.
+            let _ = pip(&[]) || pip(&["--user", "--break-system-packages"]);
+            assert!(importable(m), "python3 cannot import {m}, and pip could not install it");
+        }
+        ready.push((*m).to_owned());
+    }
+    let mut cmd = std::process::Command::new("python3");
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
 pub fn local_webhooks(c: &mut Config) {
     c.webhook_allow_http = true;
     c.webhook_allow_networks = vec!["127.0.0.0/8".parse().unwrap()];

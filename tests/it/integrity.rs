@@ -279,7 +279,7 @@ fn python_verifier(export: &std::path::Path, x: &str) -> (bool, String) {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/support/verify_export.py"
     );
-    let out = std::process::Command::new("python3")
+    let out = crate::helpers::python3(&["cryptography"])
         .arg(script)
         .arg(export)
         .arg(x)

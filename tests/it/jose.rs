@@ -1,13 +1,13 @@
 //! DPoP keys and proofs from jwcrypto (Python), an independent JOSE implementation: the tests
-//! never sign a proof with sessiond's own code. A missing Python or jwcrypto fails the test
-//! (`.ci/run` installs jwcrypto).
+//! never sign a proof with sessiond's own code. A missing jwcrypto is installed with pip
+//! (`helpers::python3`); without Python the test fails.
 
 use serde_json::{Value, json};
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 fn jwcrypto(request: Value) -> Value {
-    let mut child = Command::new("python3")
+    let mut child = crate::helpers::python3(&["jwcrypto"])
         .arg("tests/support/dpop_proof.py")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -314,7 +314,7 @@ impl SmtpSink {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_sink.py");
-        let mut child = std::process::Command::new("python3")
+        let mut child = crate::helpers::python3(&["aiosmtpd"])
             .arg(script)
             .arg(dir.path())
             .stdin(std::process::Stdio::piped())
