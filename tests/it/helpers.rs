@@ -86,7 +86,10 @@ pub fn python3(modules: &[&str]) -> std::process::Command {
             };
             // A Debian Python refuses a system-wide install (PEP 668): then into the user's site.
             let _ = pip(&[]) || pip(&["--user", "--break-system-packages"]);
-            assert!(importable(m), "python3 cannot import {m}, and pip could not install it");
+            assert!(
+                importable(m),
+                "python3 cannot import {m}, and pip could not install it"
+            );
         }
         ready.push((*m).to_owned());
     }
