@@ -432,8 +432,10 @@ pub struct ExportLine {
     pub position: i64,
     #[serde(default)]
     pub stream_id: String,
-    #[serde(alias = "type")]
     pub event_type: Option<String>,
+    /// The API's name for `event_type` (its lines carry both since they gained the CLI's form).
+    #[serde(rename = "type")]
+    pub api_type: Option<String>,
     pub schema_version: Option<u32>,
     #[serde(default)]
     pub data: Value,
@@ -464,8 +466,11 @@ impl ExportLine {
         if text.trim().is_empty() {
             return Ok(None);
         }
-        let line: ExportLine =
+        let mut line: ExportLine =
             serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
+        if line.event_type.is_none() {
+            line.event_type = line.api_type.take();
+        }
         Ok(line.event_type.is_some().then_some(line))
     }
 
