@@ -68,7 +68,7 @@ pub(super) async fn notice_login<U: UnitOfWork>(
                 uow,
                 user,
                 user_id,
-                vec![Event::NoticeCreated(n)],
+                vec![Event::NoticeCreated(*n)],
                 cx.meta,
                 cx.now,
             )

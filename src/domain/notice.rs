@@ -214,8 +214,8 @@ pub enum Sighting {
     Excepted,
     /// New, but a notice for the same device or place is still within the window.
     AlreadyNoticed,
-    /// New: record this notice.
-    Notice(NoticeCreated),
+    /// New: record this notice (boxed: the other answers carry nothing).
+    Notice(Box<NoticeCreated>),
 }
 
 pub struct Login<'a> {
@@ -271,7 +271,7 @@ pub fn decide_notice(
     if reasons.is_empty() {
         return Sighting::AlreadyNoticed;
     }
-    Sighting::Notice(NoticeCreated {
+    Sighting::Notice(Box::new(NoticeCreated {
         notice_id: login.notice_id,
         user_id: login.user_id,
         session_id: login.session_id,
@@ -280,7 +280,7 @@ pub fn decide_notice(
         country,
         networks: login.networks,
         context: login.context.clone(),
-    })
+    }))
 }
 
 /// The notice a `notice.created` makes, and how an answer changes it.

@@ -64,7 +64,7 @@ fn a_new_country_is_noticed_once_per_window() {
     };
     assert_eq!(n.reasons, [NoticeReason::NewCountry]);
     assert_eq!(n.country.as_deref(), Some("JP"));
-    let stored = evolve_notice(None, &crate::domain::event::Event::NoticeCreated(n), now).unwrap();
+    let stored = evolve_notice(None, &crate::domain::event::Event::NoticeCreated(*n), now).unwrap();
     assert_eq!(
         decide_notice(login(&c, now), known, std::slice::from_ref(&stored), &[]),
         Sighting::AlreadyNoticed
@@ -120,7 +120,7 @@ fn an_exception_covers_its_device_and_network_until_it_expires() {
     ));
     let later = now + chrono::Duration::days(31);
     assert!(matches!(
-        decide_notice(login(&c, later), known, &[], &[e.clone()]),
+        decide_notice(login(&c, later), known, &[], std::slice::from_ref(&e)),
         Sighting::Notice(_)
     ));
     // A rule's exception covers that rule only, never the notice.
