@@ -16,6 +16,7 @@ use super::{
 };
 use super::{Command, Context};
 use super::{ConfirmNotice, DenyNotice};
+use super::RecordVerdict;
 use crate::clock::Clock;
 use crate::domain::event::EventMetadata;
 use crate::domain::session::SessionPolicy;
@@ -145,6 +146,7 @@ queue!(
     RedeemCode,
     ConfirmNotice,
     DenyNotice,
+    RecordVerdict,
 );
 
 /// Runs one command in a transaction of its own on `ws`, outside the writer: for the data
