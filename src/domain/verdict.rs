@@ -109,6 +109,9 @@ pub enum VerdictRefusal {
     AlreadyJudged,
     /// An exception was asked for an alert about no user.
     NoUser,
+    /// An exception was asked, but the alert's request context names no network (it expired
+    /// or was erased): an exception without one would cover every network.
+    NoNetwork,
 }
 
 /// What to record for a verdict on `alert`: the verdict and, for a false positive with an
@@ -132,6 +135,9 @@ pub fn decide_verdict(
     let exception = match (verdict, exception) {
         (Verdict::FalsePositive, Some(lifetime)) => {
             let user_id = alert.user_id.ok_or(VerdictRefusal::NoUser)?;
+            if networks.is_empty() {
+                return Err(VerdictRefusal::NoNetwork);
+            }
             Some(ExceptionAdded {
                 exception_id,
                 user_id,
@@ -219,6 +225,11 @@ mod tests {
         assert_eq!(
             go(Some(&userless), Some(Duration::days(1))),
             Err(VerdictRefusal::NoUser)
+        );
+        // No network to scope it to: it would cover them all.
+        assert_eq!(
+            go(Some(&alert()), Some(Duration::days(1))),
+            Err(VerdictRefusal::NoNetwork)
         );
         // A true positive never adds an exception.
         let (_, e) = decide_verdict(

@@ -110,8 +110,10 @@ impl Sessiond {
         let Some(receipt) = receipt else {
             return Err(Error::NotFound);
         };
-        let context = match receipt.decode()? {
-            Event::RuleFired(r) => r.context,
+        // A context whose personal fields expired or were erased no longer decodes: then there
+        // is no network to scope an exception to, and none is added.
+        let context = match receipt.decode() {
+            Ok(Event::RuleFired(r)) => r.context,
             _ => None,
         };
         let cmd = RecordVerdict {
@@ -140,6 +142,9 @@ impl Sessiond {
             )),
             Err(VerdictRefusal::NoUser) => Err(invalid(
                 "this alert is about no user: an exception needs one",
+            )),
+            Err(VerdictRefusal::NoNetwork) => Err(invalid(
+                "this alert's request context is gone (expired or erased): no exception can be scoped to it",
             )),
         }
     }
