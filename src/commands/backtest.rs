@@ -10,10 +10,10 @@
 //! refresh revoked) left no event of its own, only its receipts, which carry the request's
 //! context: such a request is replayed from its first receipt.
 
-use crate::domain::notice::Exception;
 use super::judge::{JudgeMemory, judge, session_facts};
 use crate::domain::context::RequestContext;
 use crate::domain::event::{Event, RuleFired};
+use crate::domain::notice::Exception;
 use crate::domain::session::{self, Session, SessionStatus};
 use crate::domain::user::{self, User};
 use crate::domain::{Timestamp, parse_timestamp, truncate_to_millis};

@@ -9,8 +9,8 @@ use crate::domain::event::{
 };
 use crate::domain::session::{Refusal, Session};
 use crate::domain::user::User;
-use crate::rules::{Action, Judgement};
 use crate::projection;
+use crate::rules::{Action, Judgement};
 use crate::store::{NewEvent, StoreError, UnitOfWork};
 use uuid::Uuid;
 

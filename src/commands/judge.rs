@@ -1,9 +1,9 @@
 //! Asking the rules about an event: the history their judgement needs is read here, from the
 //! transaction, and handed to the engine, which never reads the store itself.
 
-use crate::domain::notice::Exception;
 use crate::domain::Timestamp;
 use crate::domain::context::{RequestContext, usual_prefix};
+use crate::domain::notice::Exception;
 use crate::domain::session::Session;
 use crate::rules::breaker::Spent;
 use crate::rules::detectors::Sighting;

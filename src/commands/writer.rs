@@ -6,6 +6,7 @@
 //! it is rolled back and its commands are run again one per transaction, each reloading its state
 //! and deciding afresh, so one bad command never takes others down with it.
 
+use super::RecordVerdict;
 use super::{
     AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
     DeleteClient, EndSession, EndSessionByToken, EraseUser, ExpireIfDue, ExpirePersonalData,
@@ -16,7 +17,6 @@ use super::{
 };
 use super::{Command, Context};
 use super::{ConfirmNotice, DenyNotice};
-use super::RecordVerdict;
 use crate::clock::Clock;
 use crate::domain::event::EventMetadata;
 use crate::domain::session::SessionPolicy;

@@ -213,8 +213,17 @@ mod tests {
             ..alert()
         };
         let go = |a: Option<&Alert>, ex| {
-            decide_verdict(a, Verdict::FalsePositive, ex, None, None, vec![], Uuid::nil(), now)
-                .map(|_| ())
+            decide_verdict(
+                a,
+                Verdict::FalsePositive,
+                ex,
+                None,
+                None,
+                vec![],
+                Uuid::nil(),
+                now,
+            )
+            .map(|_| ())
         };
         assert_eq!(go(Some(&judged), None), Err(VerdictRefusal::AlreadyJudged));
         assert_eq!(go(None, None), Err(VerdictRefusal::UnknownAlert));

@@ -26,7 +26,9 @@ async fn verdict(
     ApiJson(body): ApiJson<VerdictRequest>,
 ) -> Result<Json<Value>, Error> {
     let position: i64 = id.trim().parse().map_err(|_| Error::NotFound)?;
-    Ok(Json(app.record_verdict(&caller, position, body, &ctx).await?))
+    Ok(Json(
+        app.record_verdict(&caller, position, body, &ctx).await?,
+    ))
 }
 
 async fn stats(

@@ -58,7 +58,9 @@ fn invalid(message: &str) -> Error {
 
 /// Checks the request: the verdict's name, the exception's lifetime (1 s to 365 days, only
 /// with a false positive) and the note's length.
-fn parse_request(req: VerdictRequest) -> Result<(Verdict, Option<Duration>, Option<String>), Error> {
+fn parse_request(
+    req: VerdictRequest,
+) -> Result<(Verdict, Option<Duration>, Option<String>), Error> {
     let verdict = Verdict::parse(req.verdict.trim())
         .ok_or_else(|| invalid("verdict must be \"true_positive\" or \"false_positive\""))?;
     let exception = match req.exception {
@@ -74,7 +76,10 @@ fn parse_request(req: VerdictRequest) -> Result<(Verdict, Option<Duration>, Opti
                 })?,
         ),
     };
-    let note = req.note.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    let note = req
+        .note
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
     if note.as_ref().is_some_and(|n| n.chars().count() > MAX_NOTE) {
         return Err(invalid("note must be at most 500 characters"));
     }

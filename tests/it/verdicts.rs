@@ -21,10 +21,9 @@ const OTHER: &str = "travel_second_opinion";
 
 /// The shipped travel rules (shadow, as shipped) and a copy of the travel rule under another id.
 fn travel_pack(dir: &Path) -> PathBuf {
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/travel.toml"),
-    )
-    .unwrap();
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/travel.toml"))
+            .unwrap();
     let pack = dir.join("pack");
     std::fs::create_dir_all(&pack).unwrap();
     std::fs::write(pack.join("travel.toml"), &shipped).unwrap();
@@ -33,10 +32,8 @@ fn travel_pack(dir: &Path) -> PathBuf {
         .split("\n[[rule]]")
         .nth(1)
         .expect("travel.toml has the travel rule");
-    let copy = format!("[[rule]]{first}\n").replace(
-        &format!("id = \"{JUDGED}\""),
-        &format!("id = \"{OTHER}\""),
-    );
+    let copy = format!("[[rule]]{first}\n")
+        .replace(&format!("id = \"{JUDGED}\""), &format!("id = \"{OTHER}\""));
     assert!(copy.contains(OTHER));
     std::fs::write(pack.join("second.toml"), copy).unwrap();
     pack
@@ -107,7 +104,7 @@ async fn a_false_positive_with_an_exception_silences_that_rule_until_it_expires(
     let pack = travel_pack(dir.path());
     for (app, _dir, db) in notice_apps("verdicts", move |c| c.rules = Some(pack.clone())).await {
         app.register("maya").await;
-        let analyst = analyst(&app).await;
+        let mut analyst = analyst(&app).await;
         let first = home_then_london(&app).await;
         let fired = fired_on(&app, &first.session_id).await;
         assert!(fired.contains(&JUDGED.to_owned()), "{fired:?}");
@@ -168,6 +165,8 @@ async fn a_false_positive_with_an_exception_silences_that_rule_until_it_expires(
         // Past the expiry the judged rule fires again; the analyst calls this one true.
         app.clock.advance(Duration::days(29));
         let third = home_then_london(&app).await;
+        // Days later the analyst's access token has expired: a new sign-in.
+        analyst = app.login("analyst").await;
         let fired = fired_on(&app, &third.session_id).await;
         assert!(fired.contains(&JUDGED.to_owned()), "{fired:?}");
         let alert = alert_of(&app, &analyst.access, JUDGED, &third.session_id).await;
@@ -230,7 +229,9 @@ async fn a_false_positive_with_an_exception_silences_that_rule_until_it_expires(
 async fn only_the_security_team_judges_and_bad_input_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let pack = travel_pack(dir.path());
-    for (app, _dir, _db) in notice_apps("verdicts_refused", move |c| c.rules = Some(pack.clone())).await {
+    for (app, _dir, _db) in
+        notice_apps("verdicts_refused", move |c| c.rules = Some(pack.clone())).await
+    {
         app.register("maya").await;
         let analyst = analyst(&app).await;
         let london = home_then_london(&app).await;
@@ -277,11 +278,27 @@ async fn only_the_security_team_judges_and_bad_input_changes_nothing() {
             );
         }
         for id in ["999999", "0", "-1", "abc", "1e3"] {
-            let r = verdict(&app, &analyst.access, id, json!({"verdict": "true_positive"})).await;
-            assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found", "{id}");
+            let r = verdict(
+                &app,
+                &analyst.access,
+                id,
+                json!({"verdict": "true_positive"}),
+            )
+            .await;
+            assert_eq!(
+                error_code(r, StatusCode::NOT_FOUND).await,
+                "not_found",
+                "{id}"
+            );
         }
         // A position that is an event but no alert (Maya's registration, position 1).
-        let r = verdict(&app, &analyst.access, "1", json!({"verdict": "true_positive"})).await;
+        let r = verdict(
+            &app,
+            &analyst.access,
+            "1",
+            json!({"verdict": "true_positive"}),
+        )
+        .await;
         assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
 
         assert_eq!(app.event_count().await, before, "nothing recorded");

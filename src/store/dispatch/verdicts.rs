@@ -8,9 +8,8 @@ use crate::store::StoreError;
 use uuid::Uuid;
 
 fn alert(r: &impl Cols) -> Result<Alert, StoreError> {
-    let uuid = |s: String| {
-        Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("alerts: {e}")))
-    };
+    let uuid =
+        |s: String| Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("alerts: {e}")));
     let judged = match r.opt_text("record")? {
         Some(j) => Some(
             serde_json::from_str::<Judged>(&j)
