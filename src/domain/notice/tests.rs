@@ -120,7 +120,7 @@ fn an_exception_covers_its_device_and_network_until_it_expires() {
     ));
     let later = now + chrono::Duration::days(31);
     assert!(matches!(
-        decide_notice(login(&c, later), known, &[], &[e.clone()]),
+        decide_notice(login(&c, later), known, &[], std::slice::from_ref(&e)),
         Sighting::Notice(_)
     ));
     // A rule's exception covers that rule only, never the notice.
