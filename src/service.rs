@@ -42,6 +42,7 @@ pub mod oauth;
 pub mod places;
 mod privacy;
 pub mod signing_keys;
+pub mod verdicts;
 pub mod webhooks;
 
 pub const DEFAULT_SCOPE: &str = "session";

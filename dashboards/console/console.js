@@ -120,9 +120,56 @@ async function openAddress(ip) {
   show('Address ' + ip, [], timeline(page.events));
 }
 
+// An alert's verdict, or the two buttons that record one (a false positive may add an
+// exception for that rule and user for 30 days).
+function verdictCell(a) {
+  if (a.verdict) {
+    return Api.el('span', { class: 'tag verdict' }, a.verdict.verdict.replace('_', ' ') +
+      (a.verdict.exception_id ? ' (exception)' : ''));
+  }
+  const box = Api.el('input', { type: 'checkbox', class: 'verdict-exception' });
+  const judge = (verdict) => () => guard(async () => {
+    const body = { verdict };
+    if (verdict === 'false_positive' && box.checked) body.exception = { expires_in: '30d' };
+    await Api.call('POST', '/v1/admin/alerts/' + a.position + '/verdict', body);
+    await openAlerts();
+  });
+  return Api.el('span', { class: 'verdict-actions' },
+    Api.el('button', { type: 'button', class: 'secondary verdict-true', onclick: judge('true_positive') }, 'True positive'),
+    ' ',
+    Api.el('button', { type: 'button', class: 'secondary verdict-false', onclick: judge('false_positive') }, 'False positive'),
+    ' ',
+    Api.el('label', {}, box, ' add exception for 30 days'));
+}
+
+function ruleStats(stats) {
+  const share = (r) => (r.false_share === null ? '—' : Math.round(r.false_share * 100) + '%');
+  return Api.el('table', { id: 'rule-stats' },
+    Api.el('thead', {}, Api.el('tr', {},
+      ['Rule', 'Alerts', 'True positive', 'False positive', 'Share false'].map((h) => Api.el('th', {}, h)))),
+    Api.el('tbody', {}, stats.rules.map((r) => Api.el('tr', { 'data-rule': r.rule_id },
+      Api.el('td', {}, Api.el('code', {}, r.rule_id)),
+      Api.el('td', {}, String(r.alerts)),
+      Api.el('td', {}, String(r.true_positive)),
+      Api.el('td', {}, String(r.false_positive)),
+      Api.el('td', {}, share(r))))));
+}
+
 async function openAlerts() {
-  const page = await Api.call('GET', '/v1/admin/alerts?limit=200');
-  show('Alerts', [], timeline(page.events));
+  const [page, stats] = await Promise.all([
+    Api.call('GET', '/v1/admin/alerts?limit=200'),
+    Api.call('GET', '/v1/admin/rules/stats'),
+  ]);
+  const rows = page.events.map((a) => Api.el('tr', { class: 'alert', 'data-position': a.position },
+    Api.el('td', {}, Api.when(a.occurred_at)),
+    Api.el('td', {}, flags(a)),
+    Api.el('td', {}, Api.place(ctxOf(a).geo)),
+    Api.el('td', { class: 'detail' }, detail(a)),
+    Api.el('td', {}, verdictCell(a))));
+  show('Alerts', [], ruleStats(stats), Api.el('table', { id: 'alerts' },
+    Api.el('thead', {}, Api.el('tr', {},
+      ['Time', 'Rule', 'Place', 'Detail', 'Verdict'].map((h) => Api.el('th', {}, h)))),
+    Api.el('tbody', {}, rows)));
 }
 
 async function search(q) {

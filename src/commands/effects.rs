@@ -9,8 +9,9 @@ use crate::domain::event::{
 };
 use crate::domain::session::{Refusal, Session};
 use crate::domain::user::User;
+use crate::projection;
 use crate::rules::{Action, Judgement};
-use crate::store::{StoreError, UnitOfWork};
+use crate::store::{NewEvent, StoreError, UnitOfWork};
 use uuid::Uuid;
 
 /// Whether the domain's decision gives way to a refusing verdict.
@@ -182,7 +183,18 @@ pub async fn carry_out<U: UnitOfWork>(
                         ..cx.meta.clone()
                     };
                     let stream = rule_stream(Uuid::new_v4());
-                    append_all(uow, &stream, 0, vec![receipt.clone()], &m, cx.now).await?;
+                    let recorded = uow
+                        .append(NewEvent {
+                            stream_id: stream.clone(),
+                            expected_version: 0,
+                            event: receipt.clone(),
+                            metadata: m,
+                            occurred_at: cx.now,
+                        })
+                        .await?;
+                    // Each receipt is an alert an analyst can judge.
+                    projection::apply_alert(uow, recorded.position, &stream, receipt, cx.now)
+                        .await?;
                 }
             }
             Step::Act(Effect::RequireReauth) => {

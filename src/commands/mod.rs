@@ -22,6 +22,7 @@ mod recording;
 mod refresh;
 mod revocation;
 mod roles;
+mod verdicts;
 mod webhooks;
 pub mod writer;
 
@@ -46,6 +47,7 @@ pub use revocation::{
     PruneEndedSessions, RequireReauth, SetLock, UnknownSession, UnknownToken, UnknownUser,
 };
 pub use roles::{SetRoles, SetRolesRefusal};
+pub use verdicts::RecordVerdict;
 pub use webhooks::{
     AdoptUnloggedWebhooks, Subscribe, UnknownSubscription, Unsubscribe, adopt_unlogged_webhooks,
 };

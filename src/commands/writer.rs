@@ -6,6 +6,7 @@
 //! it is rolled back and its commands are run again one per transaction, each reloading its state
 //! and deciding afresh, so one bad command never takes others down with it.
 
+use super::RecordVerdict;
 use super::{
     AdoptUnloggedWebhooks, ChangePassword, ClaimProof, CreateApiKey, CreateFirstSigningKey,
     DeleteClient, EndSession, EndSessionByToken, EraseUser, ExpireIfDue, ExpirePersonalData,
@@ -145,6 +146,7 @@ queue!(
     RedeemCode,
     ConfirmNotice,
     DenyNotice,
+    RecordVerdict,
 );
 
 /// Runs one command in a transaction of its own on `ws`, outside the writer: for the data

@@ -29,6 +29,13 @@ pub fn rule_stream(receipt_id: Uuid) -> String {
     format!("rule-{receipt_id}")
 }
 
+/// The receipt id of a rule receipt's stream.
+pub fn receipt_of(stream_id: &str) -> Option<Uuid> {
+    stream_id
+        .strip_prefix("rule-")
+        .and_then(|id| Uuid::parse_str(id).ok())
+}
+
 pub fn signing_key_stream(kid: &str) -> String {
     format!("signing_key-{kid}")
 }
@@ -592,6 +599,8 @@ catalogue! {
     NoticeConfirmed(super::notice::NoticeAnswered) = "notice.confirmed", version 1;
     NoticeDenied(super::notice::NoticeAnswered) = "notice.denied", version 1;
     ExceptionAdded(super::notice::ExceptionAdded) = "exception.added", version 1;
+    // Analyst verdicts on alerts (issue 15, point 5).
+    AlertVerdictRecorded(super::verdict::AlertVerdictRecorded) = "alert.verdict_recorded", version 1;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

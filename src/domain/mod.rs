@@ -14,6 +14,7 @@ pub mod session;
 pub mod throttle;
 pub mod token;
 pub mod user;
+pub mod verdict;
 pub mod webhook;
 
 pub use chrono::Duration;

@@ -241,7 +241,7 @@ async fn alerts(
     State(app): State<AppState>,
     _: SecurityCaller,
     params: Params,
-) -> Result<Json<EventPage>, Error> {
+) -> Result<Json<crate::service::verdicts::AlertPage>, Error> {
     let mut q = event_query(
         params,
         &[
@@ -251,7 +251,7 @@ async fn alerts(
     q.types = vec!["rule.fired".into()];
     // Receipts are streams of their own: a user or session is found inside them.
     q.subject = q.session.take().or(q.user.take());
-    Ok(Json(app.search_events(&q).await?))
+    Ok(Json(app.alerts(&q).await?))
 }
 
 async fn search(

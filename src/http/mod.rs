@@ -15,6 +15,7 @@ pub mod ops;
 pub mod pages;
 pub mod revocations;
 pub mod server;
+pub mod verdicts;
 pub mod webhooks;
 pub mod wellknown;
 
@@ -58,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(me::router())
         .merge(admin::router())
+        .merge(verdicts::router())
         .merge(oauth::router())
         .merge(authorize::router())
         .merge(clients::router())

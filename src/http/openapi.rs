@@ -491,12 +491,30 @@ fn operations() -> Vec<Op> {
                 "get",
                 "/v1/admin/alerts",
                 "security",
-                "Rule firings with their receipts, newest first",
+                "Rule firings with their receipts and verdicts (null while unjudged), newest first",
                 Security,
                 None,
-                (200, "EventPage"),
+                (200, "AlertPage"),
             )
         },
+        op(
+            "post",
+            "/v1/admin/alerts/{id}/verdict",
+            "security",
+            "An analyst's verdict on the alert at position {id}, once; a false positive may add an exception for that rule and user",
+            Security,
+            Json("VerdictRequest"),
+            (200, "VerdictRecorded"),
+        ),
+        op(
+            "get",
+            "/v1/admin/rules/stats",
+            "security",
+            "Per rule that fired: alerts, true and false positives, and the share judged false",
+            Security,
+            None,
+            (200, "RuleStats"),
+        ),
         op(
             "get",
             "/v1/admin/checkpoints",
@@ -759,7 +777,7 @@ pub fn document() -> Value {
         item[o.method] = operation(&o);
     }
     let s = |props: &[(&str, &str)]| object(props);
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "sessiond",
@@ -807,5 +825,20 @@ pub fn document() -> Value {
                 "WebhookRequest": s(&[("url", "string"), ("event_types", "array"), ("format", "string")]),
             },
         },
-    })
+    });
+    // Added apart: one more entry in the literal above passes json!'s recursion limit.
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["AlertPage"] = s(&[("events", "array"), ("next_cursor", "integer")]);
+    schemas["VerdictRequest"] = s(&[
+        ("verdict", "string"),
+        ("exception", "object"),
+        ("note", "string"),
+    ]);
+    schemas["VerdictRecorded"] = s(&[
+        ("position", "integer"),
+        ("verdict", "string"),
+        ("exception", "object"),
+    ]);
+    schemas["RuleStats"] = s(&[("rules", "array")]);
+    doc
 }

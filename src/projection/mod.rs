@@ -12,6 +12,7 @@ use crate::domain::notice;
 use crate::domain::session::{self, Session};
 use crate::domain::throttle::throttle_keys;
 use crate::domain::user::{self, User};
+use crate::domain::verdict;
 use crate::domain::webhook;
 use crate::store::{EventFilter, Store, StoreError, TokenRecord, UnitOfWork, WriteSession};
 
@@ -101,6 +102,44 @@ async fn apply_notice<U: UnitOfWork>(
         uow.put_notice(&n).await?;
     }
     Ok(())
+}
+
+/// The alerts projection (migration 0019): a row per rule receipt, keyed by its position (how
+/// `/v1/admin/alerts` names an alert), and the analyst's verdict on it. Live and in a rebuild.
+pub async fn apply_alert<U: UnitOfWork>(
+    uow: &mut U,
+    position: i64,
+    stream_id: &str,
+    event: &Event,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    match event {
+        Event::RuleFired(r) => {
+            let Some(receipt_id) = crate::domain::event::receipt_of(stream_id) else {
+                return Ok(());
+            };
+            let alert = verdict::Alert {
+                position,
+                receipt_id,
+                rule_id: r.rule_id.clone(),
+                user_id: r.user_id,
+                judged: None,
+            };
+            uow.put_alert(&alert).await
+        }
+        Event::AlertVerdictRecorded(v) => {
+            if let Some(mut alert) = uow.alert_at(v.position).await? {
+                alert.judged = Some(verdict::Judged {
+                    verdict: v.verdict,
+                    recorded_at: at,
+                    exception_id: v.exception_id,
+                });
+                uow.put_alert(&alert).await?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The login-throttle projection: a `login.failed` counts once under each throttle key of its
@@ -235,6 +274,7 @@ async fn replay_pages<W: WriteSession>(
             let event = recorded.decode()?;
             let at = recorded.occurred_at()?;
             apply_throttle(ws, &event, at).await?;
+            apply_alert(ws, recorded.position, &recorded.stream_id, &event, at).await?;
             ws.index_address(recorded).await?;
             // Each event lands on exactly one stream: a session's, a user's, a key's or a
             // subscription's (or none of them); a retention prune is replayed where it happened,

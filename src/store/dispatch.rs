@@ -10,6 +10,7 @@ pub(crate) mod oauth;
 pub(crate) mod registry;
 pub(crate) mod rows;
 pub(crate) mod tables;
+pub(crate) mod verdicts;
 
 use super::*;
 use tokio::sync::watch;
@@ -99,6 +100,10 @@ route! {
     fn clients(&self) -> Result<Vec<crate::domain::client::Client>, StoreError>;
     /// A user's sign-in notices, newest first.
     fn notices_of(&self, user_id: Uuid, limit: i64) -> Result<Vec<crate::domain::notice::Notice>, StoreError>;
+    /// The alerts (rule receipts) at these log positions, with their verdicts.
+    fn alerts_at(&self, positions: &[i64]) -> Result<Vec<crate::domain::verdict::Alert>, StoreError>;
+    /// Per rule: alerts and verdicts (the `alerts` projection, migration 0019).
+    fn rule_stats(&self) -> Result<Vec<crate::domain::verdict::RuleStats>, StoreError>;
     /// When the user last denied a sign-in notice ("this wasn't me"), if ever.
     fn last_denial(&self, user_id: Uuid) -> Result<Option<Timestamp>, StoreError>;
     /// Where the mailing of notices stands; `None` before its first attempt.

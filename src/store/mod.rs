@@ -381,6 +381,15 @@ pub trait UnitOfWork: Send {
         user_id: Uuid,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<crate::domain::notice::Exception>, StoreError>> + Send;
+    /// The alert (rule receipt) at this log position, with its verdict (migration 0019).
+    fn alert_at(
+        &mut self,
+        position: i64,
+    ) -> impl Future<Output = Result<Option<crate::domain::verdict::Alert>, StoreError>> + Send;
+    fn put_alert(
+        &mut self,
+        alert: &crate::domain::verdict::Alert,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Forgets the proofs whose window ended before `before`; returns how many.
     fn prune_dpop_jtis(
         &mut self,

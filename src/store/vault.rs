@@ -43,6 +43,8 @@ pub const SEALED_FIELDS: &[&str] = &[
     "inputs",
     "explanation",
     "email",
+    // An analyst's free text on a verdict (`alert.verdict_recorded`): it may name anyone.
+    "note",
 ];
 /// Top-level fields sealed under the subject's identity key rather than a period key: they
 /// must outlive retention (the users table is rebuilt from them).

@@ -58,5 +58,6 @@ mod step_up;
 mod store_contract;
 mod throttle;
 mod tls;
+mod verdicts;
 mod webhook_transport;
 mod webhooks;

@@ -18,7 +18,7 @@ const NEW_PASSWORD: &str = "a different horse battery staple 42";
 
 /// Apps with the generated databases behind a trusted 127.0.0.1: on SQLite, and on PostgreSQL
 /// when `SESSIOND_TEST_DATABASE_URL` is set. Each with what keeps its files and database.
-async fn notice_apps(
+pub async fn notice_apps(
     test: &str,
     extra: impl Fn(&mut sessiond::config::Config) + Clone,
 ) -> Vec<(TestApp, tempfile::TempDir, Option<crate::pg::TestDatabase>)> {

@@ -23,6 +23,7 @@ pub const PROJECTED_TABLES: &[(&str, &str)] = &[
     ("address_tags", "position, tag"),
     ("notices", "notice_id"),
     ("exceptions", "exception_id"),
+    ("alerts", "position"),
 ];
 
 /// The tables that are not projections of the log, and why `events verify` does not compare

@@ -12,7 +12,7 @@ use crate::domain::user::User;
 use crate::domain::webhook::SubscriptionRecord;
 use crate::store::dispatch::dialect::Dialect;
 use crate::store::dispatch::tables::VaultSlot;
-use crate::store::dispatch::{data_keys, integrity, notices, oauth, registry, tables};
+use crate::store::dispatch::{data_keys, integrity, notices, oauth, registry, tables, verdicts};
 use crate::store::vault::{self, KeyState, Vault};
 use crate::store::{
     ChainHead, EventFilter, NewEvent, PruneCounts, RecordedEvent, Resealed, StoreError,
@@ -796,6 +796,17 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         now: Timestamp,
     ) -> Result<Vec<crate::domain::notice::Exception>, StoreError> {
         notices::live_exceptions::<Db<B>>(self.flushed().await?, user_id, now).await
+    }
+
+    async fn alert_at(
+        &mut self,
+        position: i64,
+    ) -> Result<Option<crate::domain::verdict::Alert>, StoreError> {
+        verdicts::alert_at::<Db<B>>(self.flushed().await?, position).await
+    }
+
+    async fn put_alert(&mut self, alert: &crate::domain::verdict::Alert) -> Result<(), StoreError> {
+        verdicts::put_alert::<Db<B>>(self.flushed().await?, alert).await
     }
 
     async fn client_record(
