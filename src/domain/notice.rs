@@ -205,8 +205,6 @@ pub struct Known {
 }
 
 /// What a login means for notices.
-// Built once per login and matched at once: boxing the notice would buy nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sighting {
     /// Nothing new: its device class and country join what the user is known by.
