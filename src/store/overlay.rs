@@ -8,6 +8,7 @@ mod session;
 
 pub use session::{FlushEnd, OverlaySession, Pending, TokenRow, WriteBackend};
 
+
 use crate::domain::Timestamp;
 use crate::domain::session::Session;
 use crate::domain::token::{TokenHash, TokenKey};
@@ -34,6 +35,8 @@ pub(crate) struct Overlay {
     pub read_tokens: HashMap<TokenHash, Option<TokenRecord>>,
     pub read_sessions: HashMap<Uuid, Option<Session>>,
     pub read_users: HashMap<Uuid, Option<User>>,
+    /// The signed checkpoint of the batch's head, written with the batch's rows.
+    pub checkpoint: Option<crate::domain::checkpoint::Checkpoint>,
 }
 
 /// Pending rows after which the overlay is flushed early, so a rebuild of a long log does not
@@ -42,7 +45,11 @@ pub(crate) const OVERLAY_FLUSH_ROWS: usize = 4096;
 
 impl Overlay {
     pub fn pending(&self) -> usize {
-        self.events.len() + self.tokens.len() + self.sessions.len() + self.users.len()
+        self.events.len()
+            + self.tokens.len()
+            + self.sessions.len()
+            + self.users.len()
+            + usize::from(self.checkpoint.is_some())
     }
 
     pub fn full(&self) -> bool {

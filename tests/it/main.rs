@@ -55,3 +55,4 @@ mod throttle;
 mod tls;
 mod webhook_transport;
 mod webhooks;
+mod pipeline;
