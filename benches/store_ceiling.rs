@@ -30,7 +30,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Parser)]
-#[command(name = "sessiond-ceiling", about = "Refresh batches through the writer and store alone")]
+#[command(
+    name = "sessiond-ceiling",
+    about = "Refresh batches through the writer and store alone"
+)]
 struct Args {
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -44,6 +47,10 @@ struct Args {
     data_dir: Option<std::path::PathBuf>,
     #[arg(long)]
     json: bool,
+    /// Instead: the bare argon2 rate, password verifications through the service's own gate
+    /// (one at a time per core, as logins get them), no HTTP, no store.
+    #[arg(long)]
+    argon2: bool,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -117,7 +124,10 @@ async fn log_in(http: &reqwest::Client, base: &str, name: &str) -> (String, uuid
     let v: Value = r.json().await.expect("login body");
     let session = v["session_id"].as_str().and_then(|s| s.parse().ok());
     (
-        v["refresh_token"].as_str().expect("refresh_token").to_owned(),
+        v["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_owned(),
         session.expect("session_id"),
     )
 }
@@ -165,9 +175,46 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// Verifications per second through [`sessiond::passwords::PasswordGate`] with `clients`
+/// callers, for `d`.
+async fn argon2_rate(clients: usize, d: Duration) -> Value {
+    let gate = Arc::new(sessiond::passwords::PasswordGate::new(usize::MAX));
+    let stored = gate.hash("ceiling-password".into()).await.expect("hash");
+    let until = Instant::now() + d;
+    let started = Instant::now();
+    let tasks = (0..clients).map(|_| {
+        let (gate, stored) = (gate.clone(), stored.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < until {
+                let ok = gate
+                    .verify(Some(stored.clone()), "ceiling-password".into())
+                    .await;
+                assert_eq!(ok, Ok(true));
+                n += 1;
+            }
+            n
+        })
+    });
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("argon2 task");
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    json!({
+        "argon2_verifications_per_second": total as f64 / started.elapsed().as_secs_f64(),
+        "callers": clients,
+        "parallelism": cores,
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if args.argon2 {
+        println!("{}", argon2_rate(args.clients, args.duration).await);
+        return;
+    }
     tracing_subscriber::registry()
         .with(tracing_subscriber::filter::filter_fn(|m| {
             COUNTING.load(Ordering::Relaxed) && m.target() == "sqlx::query"

@@ -229,7 +229,11 @@ impl InFlight {
     /// Traces and measures the batch, from its staging to its commit's outcome.
     fn observe(&self, head: i64) {
         let seconds = self.started.elapsed().as_secs_f64();
-        tracing::trace!(size = self.jobs.len(), micros = (seconds * 1e6) as u64, "batch");
+        tracing::trace!(
+            size = self.jobs.len(),
+            micros = (seconds * 1e6) as u64,
+            "batch"
+        );
         crate::metrics::observe_batch(self.jobs.len(), seconds, head);
     }
 }

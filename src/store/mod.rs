@@ -410,8 +410,10 @@ pub trait WriteSession: UnitOfWork + 'static {
         prefetch: &[TokenKey],
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Reads ahead more tokens (and their sessions) the open batch will look up.
-    fn prefetch(&mut self, keys: &[TokenKey])
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn prefetch(
+        &mut self,
+        keys: &[TokenKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Hands the transaction to the commit task and returns without waiting for it: the next
     /// batch may be decided on top. [`WriteSession::finish_commit`] says whether it committed.
     fn start_commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;

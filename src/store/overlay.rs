@@ -8,7 +8,6 @@ mod session;
 
 pub use session::{FlushEnd, OverlaySession, Pending, TokenRow, WriteBackend};
 
-
 use crate::domain::Timestamp;
 use crate::domain::session::Session;
 use crate::domain::token::{TokenHash, TokenKey};

@@ -361,14 +361,15 @@ impl<B: WriteBackend> crate::store::WriteSession for OverlaySession<B> {
         let settled = self.settle().await;
         self.reset();
         settled?;
-        let backend = self.reclaim().await?;
-        let found = backend.begin(prefetch).await?;
+        // Open before BEGIN returns: a BEGIN that failed half-way is rolled back too.
         self.mode = Mode::Open;
+        let found = self.reclaim().await?.begin(prefetch).await?;
         self.remember_tokens(prefetch, found);
         // Another process (a second node, a CLI tool) may have appended since our last
         // commit: chain onto what is really there, under the lock we now hold.
         self.committed = tables::head::<Db<B>>(self.conn().await?).await?;
         self.head = self.committed;
+        self.pipe.durable = self.committed.position;
         Ok(())
     }
 

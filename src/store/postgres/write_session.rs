@@ -141,10 +141,10 @@ impl PostgresWriter {
         self.conn
             .as_mut()
             .ok_or_else(no_transaction_sqlx)?
-            .execute(sqlx::raw_sql(&sql)).await?;
+            .execute(sqlx::raw_sql(&sql))
+            .await?;
         Ok(())
     }
-
 }
 
 fn no_transaction_sqlx() -> sqlx::Error {

@@ -142,12 +142,12 @@ impl<B: WriteBackend> OverlaySession<B> {
         if matches!(self.pipe.settled, Some(Err(_))) {
             return Err(superseded(self.committed));
         }
-        let backend = self.reclaim().await?;
-        backend.begin(&[]).await?;
-        self.mode = Mode::Open;
         self.pipe.reader = None;
-        let head = tables::head::<Db<B>>(self.backend.as_mut().ok_or_else(no_connection)?.conn()?)
-            .await?;
+        // Open before BEGIN returns: a BEGIN that failed half-way is rolled back too.
+        self.mode = Mode::Open;
+        self.reclaim().await?.begin(&[]).await?;
+        let head =
+            tables::head::<Db<B>>(self.backend.as_mut().ok_or_else(no_connection)?.conn()?).await?;
         // Another process appended after the batch below: this one chained onto a stale head.
         if head != self.committed {
             return Err(superseded(self.committed));
