@@ -182,20 +182,22 @@ async fn argon2_rate(clients: usize, d: Duration) -> Value {
     let stored = gate.hash("ceiling-password".into()).await.expect("hash");
     let until = Instant::now() + d;
     let started = Instant::now();
-    let tasks = (0..clients).map(|_| {
-        let (gate, stored) = (gate.clone(), stored.clone());
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while Instant::now() < until {
-                let ok = gate
-                    .verify(Some(stored.clone()), "ceiling-password".into())
-                    .await;
-                assert_eq!(ok, Ok(true));
-                n += 1;
-            }
-            n
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (gate, stored) = (gate.clone(), stored.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    let ok = gate
+                        .verify(Some(stored.clone()), "ceiling-password".into())
+                        .await;
+                    assert_eq!(ok, Ok(true));
+                    n += 1;
+                }
+                n
+            })
         })
-    });
+        .collect();
     let mut total = 0;
     for t in tasks {
         total += t.await.expect("argon2 task");
@@ -270,14 +272,17 @@ async fn main() {
         let service = service.clone();
         async move {
             let until = Instant::now() + d;
-            let tasks = clients.into_iter().map(|mut c| {
-                let service = service.clone();
-                tokio::spawn(async move {
-                    let mut lat = Vec::new();
-                    refresh_loop(service, &mut c, until, &mut lat).await;
-                    (c, lat)
+            let tasks: Vec<_> = clients
+                .into_iter()
+                .map(|mut c| {
+                    let service = service.clone();
+                    tokio::spawn(async move {
+                        let mut lat = Vec::new();
+                        refresh_loop(service, &mut c, until, &mut lat).await;
+                        (c, lat)
+                    })
                 })
-            });
+                .collect();
             let mut clients = Vec::new();
             let mut all = Vec::new();
             for t in tasks {

@@ -174,12 +174,7 @@ impl<B: WriteBackend> OverlaySession<B> {
             {
                 self.pipe.reader = Some(pool.acquire().await?);
             }
-            return self
-                .pipe
-                .reader
-                .as_mut()
-                .map(|r| &mut **r)
-                .ok_or_else(no_connection);
+            return self.pipe.reader.as_deref_mut().ok_or_else(no_connection);
         }
         self.conn().await
     }
