@@ -253,10 +253,7 @@ impl Sessiond {
         ctx: &RequestContext,
         dpop: &Dpop,
     ) -> Result<IssuedTokens, Error> {
-        if self.refresh_client(presented).await?.is_some() {
-            return Err(Error::InvalidGrant);
-        }
-        self.refresh_family(presented, ctx, dpop).await
+        self.refresh_family(presented, ctx, dpop, None).await
     }
 
     /// The refresh itself: rotation, retries, reuse, rules.
@@ -265,6 +262,7 @@ impl Sessiond {
         presented: &str,
         ctx: &RequestContext,
         dpop: &Dpop,
+        client_id: Option<&str>,
     ) -> Result<IssuedTokens, Error> {
         let presented = RefreshToken::parse(presented).map_err(|_| Error::InvalidGrant)?;
         let (proof, proof_error) = self.refresh_proof(dpop)?;
@@ -276,6 +274,7 @@ impl Sessiond {
             minter: self.refresh_tokens.clone(),
             proof,
             require_dpop: self.dpop_required(),
+            client_id: client_id.map(str::to_owned),
         };
         match self.writer.submit(cmd, meta(Actor::Anonymous, ctx)).await? {
             Ok(refreshed) => {
@@ -302,6 +301,13 @@ impl Sessiond {
             Err(RefreshRefusal::Refused(Refusal::DpopRequired)) => Err(Error::InvalidDpopProof(
                 "this server requires DPoP-bound sessions: sign in again with a DPoP proof".into(),
             )),
+            Err(RefreshRefusal::OtherClient) => {
+                tracing::info!(
+                    client_id,
+                    "refresh token of another client (or first-party) refused"
+                );
+                Err(Error::InvalidGrant)
+            }
             Err(rejection) => {
                 tracing::info!(?rejection, "refresh refused");
                 Err(Error::InvalidGrant)

@@ -30,6 +30,9 @@ pub struct Refresh {
     pub proof: ProofInput,
     /// `require_dpop`: a family that is not bound may not refresh.
     pub require_dpop: bool,
+    /// The registered client presenting the token (`None`: a first-party refresh). A family
+    /// is refreshed only by the client it was issued to, decided here, before anything else.
+    pub client_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +45,9 @@ pub struct Refreshed {
 pub enum RefreshRefusal {
     /// No such token (or a known id with another body).
     UnknownToken,
+    /// The token's family belongs to another client (or to none, or this is a first-party
+    /// refresh of a client's family): refused as if unknown, and nothing is recorded.
+    OtherClient,
     Refused(Refusal),
 }
 
@@ -57,6 +63,9 @@ impl Command for Refresh {
             return Ok(Err(RefreshRefusal::UnknownToken));
         };
         let session = load_session(uow, token.session_id).await?;
+        if session.client_id != self.client_id {
+            return Ok(Err(RefreshRefusal::OtherClient));
+        }
         let presented = PresentedToken {
             hash: self.presented.hash,
             generation: token.generation,
@@ -156,6 +165,7 @@ impl Command for Refresh {
             Err(RefreshRefusal::Refused(Refusal::DpopProof(_))) => "dpop_invalid",
             Err(RefreshRefusal::Refused(Refusal::DpopRequired)) => "dpop_required",
             Err(RefreshRefusal::UnknownToken) => "unknown_token",
+            Err(RefreshRefusal::OtherClient) => "other_client",
         };
         counter!(REFRESHES, "outcome" => outcome).increment(1)
     }

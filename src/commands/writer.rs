@@ -211,12 +211,49 @@ pub async fn run_once_signed<W: WriteSession, C: Command>(
     }
 }
 
-/// Counters for the benchmark report and, later, metrics.
+/// Counters for the benchmark report and the tests.
 #[derive(Debug, Default)]
 pub struct WriterStats {
     pub batches: AtomicU64,
     pub commands: AtomicU64,
     pub largest_batch: AtomicU64,
+    /// Batches decided on top of the previous batch's commit in flight.
+    pub pipelined: AtomicU64,
+    /// Batches whose decisions on top were thrown away (the commit below failed, or they
+    /// could not stand) and whose commands were decided again.
+    pub redecided: AtomicU64,
+}
+
+/// A batch whose commit is in flight: its commands wait for its outcome.
+struct InFlight {
+    jobs: Vec<Job>,
+    started: std::time::Instant,
+}
+
+impl InFlight {
+    /// Traces and measures the batch, from its staging to its commit's outcome.
+    fn observe(&self, head: i64) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        tracing::trace!(
+            size = self.jobs.len(),
+            micros = (seconds * 1e6) as u64,
+            "batch"
+        );
+        crate::metrics::observe_batch(self.jobs.len(), seconds, head);
+    }
+}
+
+/// What became of the commands arriving while a commit is in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnTop {
+    /// None arrived yet.
+    NotStarted,
+    /// Decided on top of the commit in flight; committed once it has settled.
+    Deciding,
+    /// The batch in flight cannot be read through: they wait, undecided.
+    Unavailable,
+    /// Deciding them failed: they are decided again once the commit settles.
+    Spoiled,
 }
 
 #[derive(Clone)]
@@ -328,48 +365,204 @@ struct WriterTask<W> {
 }
 
 impl<W: WriteSession> WriterTask<W> {
+    /// The pipelined loop: while one batch's commit is in flight, the commands arriving are
+    /// decided on top of it (see `store::overlay::session::pipeline`); each batch is answered
+    /// once its own commit has returned, and only if every batch below it committed.
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         // A log appended to without a checkpoint (by a build before 0010, or by the data
         // migration that runs when the store opens) gets its head signed before any batch.
         if let Err(e) = self.try_batch(&mut []).await {
             tracing::warn!(error = %e, "cannot sign the log's head at start");
         }
-        let mut batch = Vec::with_capacity(self.max_batch);
-        // Ends when every `Writer` handle is dropped and the queue is drained.
-        while rx.recv_many(&mut batch, self.max_batch).await > 0 {
-            let size = batch.len();
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .commands
-                .fetch_add(size as u64, Ordering::Relaxed);
-            self.stats
-                .largest_batch
-                .fetch_max(size as u64, Ordering::Relaxed);
-            let started = std::time::Instant::now();
-            let result = self.try_batch(&mut batch).await;
-            tracing::trace!(size, micros = started.elapsed().as_micros() as u64, "batch");
-            match result {
+        let mut flying: Option<InFlight> = None;
+        let mut next: Vec<Job> = Vec::with_capacity(self.max_batch);
+        let mut incoming: Vec<Job> = Vec::with_capacity(self.max_batch);
+        let mut open = true;
+        loop {
+            let Some(mut below) = flying.take() else {
+                // Nothing in flight: wait for work and stage it as a batch of its own.
+                if next.is_empty() && (!open || rx.recv_many(&mut next, self.max_batch).await == 0)
+                {
+                    break;
+                }
+                flying = self.stage(std::mem::take(&mut next)).await;
+                continue;
+            };
+            // A commit is in flight: decide what arrives on top of it until it settles.
+            let mut on_top = OnTop::NotStarted;
+            let outcome = loop {
+                let room = self.max_batch.saturating_sub(next.len());
+                tokio::select! {
+                    biased;
+                    outcome = self.session.finish_commit() => break outcome,
+                    n = rx.recv_many(&mut incoming, room.max(1)), if open && room > 0 => {
+                        if n == 0 {
+                            open = false;
+                            continue;
+                        }
+                        on_top = self.decide_on_top(on_top, &mut incoming).await;
+                        next.append(&mut incoming);
+                    }
+                }
+            };
+            below.observe(self.session.committed_position());
+            match outcome {
                 Ok(()) => {
-                    for job in batch.drain(..) {
+                    for job in below.jobs.drain(..) {
                         job.answer(Ok(()));
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, size, "batch failed; running its commands one by one");
-                    for mut job in batch.drain(..) {
-                        let outcome = self.run_alone(&mut job).await;
-                        job.answer(outcome);
+                    // Nothing decided on top of a failed commit stands: drop it before the
+                    // failed batch's commands run again, one by one.
+                    if on_top != OnTop::NotStarted {
+                        let _ = self.session.rollback().await;
+                        self.stats.redecided.fetch_add(1, Ordering::Relaxed);
                     }
+                    on_top = OnTop::NotStarted;
+                    self.signed = None;
+                    tracing::debug!(error = %e, size = below.jobs.len(), "batch failed; running its commands one by one");
+                    self.one_by_one(std::mem::take(&mut below.jobs)).await;
                 }
             }
             let head = self.session.committed_position();
-            crate::metrics::observe_batch(size, started.elapsed().as_secs_f64(), head);
             let _ = self.committed.send(head);
-            self.session.between_batches().await;
+            if next.is_empty() {
+                if on_top == OnTop::Deciding {
+                    let _ = self.session.rollback().await;
+                }
+                continue;
+            }
+            let batch = std::mem::take(&mut next);
+            flying = match on_top {
+                OnTop::Deciding => {
+                    self.stats.pipelined.fetch_add(1, Ordering::Relaxed);
+                    self.commit_decided(batch).await
+                }
+                OnTop::Spoiled => {
+                    let _ = self.session.rollback().await;
+                    self.stats.redecided.fetch_add(1, Ordering::Relaxed);
+                    self.stage(batch).await
+                }
+                OnTop::NotStarted | OnTop::Unavailable => self.stage(batch).await,
+            };
+        }
+        // The last commit's connection comes back (its housekeeping done) before the end.
+        let _ = self.session.rollback().await;
+    }
+
+    /// Decides `incoming` on top of the commit in flight, if it can be.
+    async fn decide_on_top(&mut self, state: OnTop, incoming: &mut [Job]) -> OnTop {
+        let tokens: Vec<TokenKey> = incoming
+            .iter()
+            .filter_map(Job::presented_token)
+            .copied()
+            .collect();
+        let started = match state {
+            OnTop::NotStarted => match self.session.begin_on_top(&tokens).await {
+                Ok(true) => Ok(()),
+                Ok(false) => return OnTop::Unavailable,
+                Err(e) => Err(e),
+            },
+            OnTop::Deciding => self.session.prefetch(&tokens).await,
+            other => return other,
+        };
+        if let Err(e) = started {
+            tracing::debug!(error = %e, "deciding on top of the commit in flight failed");
+            return OnTop::Spoiled;
+        }
+        for job in incoming.iter_mut() {
+            let now = self.clock.now();
+            if let Err(e) = job
+                .run(&mut self.session, now, &self.policy, &self.rules)
+                .await
+            {
+                tracing::debug!(error = %e, "a command decided on top failed; deciding again");
+                return OnTop::Spoiled;
+            }
+        }
+        OnTop::Deciding
+    }
+
+    /// Begins a batch of its own, decides it and starts its commit; `None` when it failed
+    /// before its commit (its commands have then been run one by one and answered).
+    async fn stage(&mut self, mut batch: Vec<Job>) -> Option<InFlight> {
+        let tokens: Vec<TokenKey> = batch
+            .iter()
+            .filter_map(Job::presented_token)
+            .copied()
+            .collect();
+        let mut decided = self.session.begin(&tokens).await;
+        if decided.is_ok() {
+            for job in batch.iter_mut() {
+                let now = self.clock.now();
+                if let Err(e) = job
+                    .run(&mut self.session, now, &self.policy, &self.rules)
+                    .await
+                {
+                    decided = Err(e);
+                    break;
+                }
+            }
+        }
+        match decided {
+            Ok(()) => self.commit_decided(batch).await,
+            Err(e) => {
+                let _ = self.session.rollback().await;
+                self.signed = None;
+                tracing::debug!(error = %e, size = batch.len(), "batch failed; running its commands one by one");
+                self.one_by_one(batch).await;
+                None
+            }
         }
     }
 
-    /// Runs the batch in one transaction; each job holds its reply once this returns `Ok`.
+    /// Signs the decided batch's head and starts its commit.
+    async fn commit_decided(&mut self, batch: Vec<Job>) -> Option<InFlight> {
+        let size = batch.len();
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .commands
+            .fetch_add(size as u64, Ordering::Relaxed);
+        self.stats
+            .largest_batch
+            .fetch_max(size as u64, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let staged = match self.sign_head().await {
+            Ok(signed) => self.session.start_commit().await.map(|()| signed),
+            Err(e) => Err(e),
+        };
+        match staged {
+            Ok(signed) => {
+                if signed.is_some() {
+                    self.signed = signed;
+                }
+                Some(InFlight {
+                    jobs: batch,
+                    started,
+                })
+            }
+            Err(e) => {
+                let _ = self.session.rollback().await;
+                self.signed = None;
+                tracing::debug!(error = %e, size, "batch failed; running its commands one by one");
+                self.one_by_one(batch).await;
+                None
+            }
+        }
+    }
+
+    /// Runs each command in a transaction of its own, committed before the next, and answers it.
+    async fn one_by_one(&mut self, batch: Vec<Job>) {
+        for mut job in batch {
+            let outcome = self.run_alone(&mut job).await;
+            job.answer(outcome);
+        }
+        let _ = self.committed.send(self.session.committed_position());
+    }
+
+    /// Runs the batch in one transaction and waits for its commit; each job holds its reply
+    /// once this returns `Ok`.
     async fn try_batch(&mut self, batch: &mut [Job]) -> Result<(), StoreError> {
         let tokens: Vec<TokenKey> = batch
             .iter()
@@ -399,6 +592,7 @@ impl<W: WriteSession> WriterTask<W> {
         };
         if let Err(e) = self.session.commit().await {
             self.session.rollback().await?;
+            self.signed = None;
             return Err(e);
         }
         if signed.is_some() {

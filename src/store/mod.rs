@@ -448,13 +448,33 @@ pub trait WriteSession: UnitOfWork + 'static {
         &mut self,
         prefetch: &[TokenKey],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn rollback(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn committed_position(&self) -> i64;
-    /// Housekeeping that must not run inside a batch, called after its callers are answered.
-    fn between_batches(&mut self) -> impl Future<Output = ()> + Send {
-        async {}
+    /// Starts deciding a batch on top of the commit in flight, before it is durable (see
+    /// `overlay::session::pipeline`); `false` if that is not possible now (nothing in flight,
+    /// or the batch in flight cannot be read through), and then nothing was started.
+    fn begin_on_top(
+        &mut self,
+        prefetch: &[TokenKey],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Reads ahead more tokens (and their sessions) the open batch will look up.
+    fn prefetch(
+        &mut self,
+        keys: &[TokenKey],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Hands the transaction to the commit task and returns without waiting for it: the next
+    /// batch may be decided on top. [`WriteSession::finish_commit`] says whether it committed.
+    fn start_commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Waits for the commit in flight (if any) to be durable or to fail. Cancel-safe.
+    fn finish_commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Commits and waits for it.
+    fn commit(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            self.start_commit().await?;
+            self.finish_commit().await
+        }
     }
+    fn rollback(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The last position known durable.
+    fn committed_position(&self) -> i64;
     /// Empties the inline projections (for a rebuild), inside the current transaction.
     fn clear_projections(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Where the log stands in this transaction: the last event appended, or the committed

@@ -34,6 +34,20 @@ pub(crate) struct Overlay {
     pub read_tokens: HashMap<TokenHash, Option<TokenRecord>>,
     pub read_sessions: HashMap<Uuid, Option<Session>>,
     pub read_users: HashMap<Uuid, Option<User>>,
+    /// The signed checkpoint of the batch's head, written with the batch's rows.
+    pub checkpoint: Option<crate::domain::checkpoint::Checkpoint>,
+    /// Keyed hashes of the appended events' addresses, written with the batch's rows (one
+    /// multi-row statement, not one per event).
+    pub address_tags: Vec<AddressTag>,
+}
+
+/// One keyed hash of an event's address (or of one of its networks), as `address_tags` holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressTag {
+    pub tag: String,
+    pub position: i64,
+    pub subject: String,
+    pub period: i64,
 }
 
 /// Pending rows after which the overlay is flushed early, so a rebuild of a long log does not
@@ -42,7 +56,12 @@ pub(crate) const OVERLAY_FLUSH_ROWS: usize = 4096;
 
 impl Overlay {
     pub fn pending(&self) -> usize {
-        self.events.len() + self.tokens.len() + self.sessions.len() + self.users.len()
+        self.events.len()
+            + self.tokens.len()
+            + self.sessions.len()
+            + self.users.len()
+            + self.address_tags.len()
+            + usize::from(self.checkpoint.is_some())
     }
 
     pub fn full(&self) -> bool {

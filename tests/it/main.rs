@@ -38,6 +38,7 @@ mod observability;
 mod oidc_discovery;
 mod openapi;
 mod ops;
+mod pipeline;
 mod postgres_surfaces;
 mod privacy;
 mod privacy_migrate;

@@ -194,6 +194,7 @@ fn script() -> Vec<Step> {
             minter: minter.clone(),
             proof: sessiond::commands::ProofInput::Absent,
             require_dpop: false,
+            client_id: None,
         })
     };
     vec![

@@ -323,30 +323,17 @@ pub async fn rehash_login_failures<D: Dialect>(
 }
 
 /// Indexes one event (at `position`) under the keyed hashes of its address and networks.
-pub async fn put_address_tags<D: Dialect>(
-    c: &mut D::Connection,
-    tags: &[String],
-    position: i64,
-    subject: &str,
-    period: i64,
-) -> Result<(), StoreError> {
-    if tags.is_empty() {
-        return Ok(());
-    }
-    let mut q = Stmt::new::<D>("INSERT INTO address_tags (tag, position, subject, period) VALUES ");
-    for (i, tag) in tags.iter().enumerate() {
-        q.push(if i == 0 { "(" } else { ", (" })
-            .bind(tag.as_str())
-            .push(", ")
-            .bind(position)
-            .push(", ")
-            .bind(subject)
-            .push(", ")
-            .bind(period)
-            .push(")");
-    }
-    D::execute(c, q).await?;
-    Ok(())
+pub fn push_address_tags<'a, D: Dialect>(
+    q: &mut Stmt<'a>,
+    rows: &'a [crate::store::overlay::AddressTag],
+) {
+    q.push("INSERT INTO address_tags (tag, position, subject, period) ");
+    q.values(rows, |t, r| {
+        t.bind(r.tag.as_str())
+            .bind(r.position)
+            .bind(r.subject.as_str())
+            .bind(r.period);
+    });
 }
 
 /// Forgets the address tags of a subject (an erasure) or of the periods before `period`

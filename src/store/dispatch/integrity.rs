@@ -138,17 +138,30 @@ pub async fn put_checkpoint<D: Dialect>(
     c: &mut D::Connection,
     cp: &Checkpoint,
 ) -> Result<(), StoreError> {
+    let mut thin = Stmt::new::<D>("");
+    push_checkpoint_thin::<D>(&mut thin, cp);
+    D::execute(c, thin).await?;
+    let mut q = Stmt::new::<D>("");
+    push_checkpoint_insert::<D>(&mut q, cp);
+    D::execute(c, q).await?;
+    Ok(())
+}
+
+/// The first statement of [`put_checkpoint`] (for a flush that sends it with its rows):
+/// keeps only the first checkpoint of the bucket `cp` falls in.
+pub fn push_checkpoint_thin<'a, D: Dialect>(q: &mut Stmt<'a>, cp: &Checkpoint) {
     let start = Checkpoint::bucket_start(cp.position);
-    let mut thin = Stmt::new::<D>("DELETE FROM checkpoints WHERE position >= ");
-    thin.bind(start)
+    q.push("DELETE FROM checkpoints WHERE position >= ")
+        .bind(start)
         .push(" AND position > (SELECT MIN(position) FROM checkpoints WHERE position >= ")
         .bind(start)
         .push(")");
-    D::execute(c, thin).await?;
-    let mut q = Stmt::new::<D>(
-        "INSERT INTO checkpoints (position, hash, signed_at, key_id, signature) VALUES (",
-    );
-    q.bind(cp.position)
+}
+
+/// The second statement of [`put_checkpoint`]: the checkpoint itself.
+pub fn push_checkpoint_insert<'a, D: Dialect>(q: &mut Stmt<'a>, cp: &'a Checkpoint) {
+    q.push("INSERT INTO checkpoints (position, hash, signed_at, key_id, signature) VALUES (")
+        .bind(cp.position)
         .push(", ")
         .bind(cp.hash.as_slice())
         .push(", ")
@@ -158,8 +171,6 @@ pub async fn put_checkpoint<D: Dialect>(
         .push(", ")
         .bind(cp.signature.as_slice())
         .push(") ON CONFLICT (position) DO NOTHING");
-    D::execute(c, q).await?;
-    Ok(())
 }
 
 /// Forgets the checkpoints from `position` on: `sessiond migrate` re-chained the log from

@@ -5,6 +5,7 @@
 
 use super::Overlay;
 use crate::domain::Timestamp;
+use crate::domain::checkpoint::Checkpoint;
 use crate::domain::keys::{ApiKeyRecord, SigningKeyRecord};
 use crate::domain::session::Session;
 use crate::domain::token::{TokenHash, TokenKey};
@@ -28,12 +29,18 @@ pub type TokenRow = (TokenHash, TokenRecord, Option<Session>);
 
 /// The rows a flush sends.
 pub struct Pending<'a> {
+    /// The transaction is not open yet: the flush starts it (a batch decided on top of the
+    /// previous one's commit, see `pipeline`).
+    pub begin: bool,
     pub events: &'a [RecordedEvent],
     pub tokens: &'a [(TokenKey, TokenRecord, Timestamp)],
     pub sessions: &'a [Session],
     pub users: &'a [User],
     /// Sessions as the database holds them, so a backend may leave unchanged columns alone.
     pub read_sessions: &'a HashMap<Uuid, Option<Session>>,
+    /// The signed checkpoint of the transaction's head.
+    pub checkpoint: Option<&'a Checkpoint>,
+    pub address_tags: &'a [super::AddressTag],
 }
 
 impl Pending<'_> {
@@ -42,6 +49,8 @@ impl Pending<'_> {
             && self.tokens.is_empty()
             && self.sessions.is_empty()
             && self.users.is_empty()
+            && self.address_tags.is_empty()
+            && self.checkpoint.is_none()
     }
 }
 
@@ -92,8 +101,15 @@ pub trait WriteBackend: Send + 'static {
 /// Every statement is a round trip, so the transaction keeps a batch-local overlay: rows read
 /// are remembered, and appends and projection writes are held in memory and sent as a few
 /// multi-row statements at commit (or earlier, see [`Overlay::full`]).
-pub struct OverlaySession<B> {
-    backend: B,
+pub struct OverlaySession<B: WriteBackend> {
+    /// The write connection; `None` while a commit task holds it (see `pipeline`).
+    backend: Option<B>,
+    /// Where the open transaction stands; see [`Mode`].
+    mode: Mode,
+    /// The commit in flight, if any, and what the batch decided on top of it reads through.
+    pipe: pipeline::Pipe<B>,
+    /// The chain head the next transaction appends after: the last committed one, or that of
+    /// the batch whose commit is in flight.
     committed: ChainHead,
     head: ChainHead,
     overlay: Overlay,
@@ -104,21 +120,48 @@ pub struct OverlaySession<B> {
     /// Keys destroyed in the open transaction (subject, or periods before): dropped from the
     /// cache when it commits.
     forget: Vec<(Option<String>, Option<i64>)>,
+    /// The open transaction sent rows or statements outside the overlay before its commit:
+    /// a batch on top of it could not read through it.
+    opaque: bool,
+}
+
+/// Where the unit of work stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No transaction.
+    Idle,
+    /// A transaction is open on the write connection.
+    Open,
+    /// Deciding on top of the commit in flight: reads come from the overlay, the in-flight
+    /// batch's rows and a pooled read connection; the transaction opens at the flush (or when
+    /// a command needs the write connection, once the commit in flight has settled).
+    OnTop,
 }
 
 type Db<B> = <B as WriteBackend>::Db;
 
+mod pipeline;
+
 impl<B: WriteBackend> OverlaySession<B> {
     pub(crate) fn new(backend: B, head: ChainHead) -> Self {
         OverlaySession {
-            backend,
+            backend: Some(backend),
+            mode: Mode::Idle,
+            pipe: pipeline::Pipe::new(head.position),
             committed: head,
             head,
             overlay: Overlay::default(),
             vault: VaultSlot::default(),
             new_keys: HashMap::new(),
             forget: Vec::new(),
+            opaque: false,
         }
+    }
+
+    /// A pool for the reads of a batch decided on top of a commit in flight.
+    pub(crate) fn with_reads(mut self, pool: sqlx::Pool<Db<B>>) -> Self {
+        self.pipe.reads = Some(pool);
+        self
     }
 
     /// Shares the store's vault slot (see `Store::install_vault`).
@@ -159,10 +202,21 @@ impl<B: WriteBackend> OverlaySession<B> {
             .and_then(|s| s.parse::<std::net::IpAddr>().ok());
         let Some(ip) = ip else { return Ok(()) };
         let subject = self.subject_of(stream_id, data).await?;
-        let tags = vault.address_tags(ip);
-        let c = self.backend.conn()?;
-        data_keys::put_address_tags::<Db<B>>(c, &tags, position, &subject, vault::period_of(at))
-            .await
+        let period = vault::period_of(at);
+        self.overlay
+            .address_tags
+            .extend(
+                vault
+                    .address_tags(ip)
+                    .into_iter()
+                    .map(|tag| super::AddressTag {
+                        tag,
+                        position,
+                        subject: subject.clone(),
+                        period,
+                    }),
+            );
+        self.flush_if_full().await
     }
 
     /// Seals the personal fields of one event's data in place; false if it had none.
@@ -240,21 +294,26 @@ impl<B: WriteBackend> OverlaySession<B> {
         if let Some(k) = self.new_keys.get(key_id).or(vault.cached(key_id).as_ref()) {
             return Ok(Some(*k));
         }
+        // Waits for the commit in flight, if any: a key it created is cached once it settles.
+        self.conn().await?;
+        if let Some(k) = vault.cached(key_id) {
+            return Ok(Some(k));
+        }
         let ids = [key_id.to_owned()];
-        let found = data_keys::find::<Db<B>>(self.backend.conn()?, vault, &ids, true).await?;
+        let found = data_keys::find::<Db<B>>(self.conn().await?, vault, &ids, true).await?;
         match found.get(key_id) {
             Some(KeyState::Open(k)) => return Ok(Some(*k)),
             Some(_) => return Ok(None),
             None => {}
         }
         let (key, wrapped) = vault.new_key(key_id);
-        let c = self.backend.conn()?;
+        let c = self.conn().await?;
         if data_keys::create::<Db<B>>(c, key_id, subject, period, &wrapped, at).await? {
             self.new_keys.insert(key_id.to_owned(), key);
             return Ok(Some(key));
         }
         // Another node created it first (its insert committed while ours waited): use that one.
-        let found = data_keys::find::<Db<B>>(self.backend.conn()?, vault, &ids, true).await?;
+        let found = data_keys::find::<Db<B>>(self.conn().await?, vault, &ids, true).await?;
         Ok(match found.get(key_id) {
             Some(KeyState::Open(k)) => Some(*k),
             _ => None,
@@ -264,25 +323,36 @@ impl<B: WriteBackend> OverlaySession<B> {
     /// Sends every pending write (inside the open transaction), and commits with `end`. Reads
     /// stay cached: they now match what the database holds.
     async fn flush(&mut self, end: FlushEnd) -> Result<(), StoreError> {
-        let o = &mut self.overlay;
-        if o.pending() == 0 && end == FlushEnd::Open {
+        if self.overlay.pending() == 0 && end == FlushEnd::Open {
             return Ok(());
         }
+        if end == FlushEnd::Open {
+            // Rows reach the database before the commit: the next batch cannot read through.
+            self.opaque = true;
+        }
+        self.ensure_open().await?;
+        let o = &mut self.overlay;
+        let checkpoint = o.checkpoint.take();
         let events = std::mem::take(&mut o.events);
         let tokens = std::mem::take(&mut o.tokens);
         let sessions: Vec<Session> = std::mem::take(&mut o.sessions).into_values().collect();
         let users: Vec<User> = std::mem::take(&mut o.users).into_values().collect();
+        let address_tags = std::mem::take(&mut o.address_tags);
         o.versions.clear();
         o.stream_max.clear();
         o.token_index.clear();
         let rows = Pending {
+            begin: false,
             events: &events,
             tokens: &tokens,
             sessions: &sessions,
             users: &users,
             read_sessions: &o.read_sessions,
+            checkpoint: checkpoint.as_ref(),
+            address_tags: &address_tags,
         };
-        self.backend.flush(rows, end).await?;
+        let backend = self.backend.as_mut().ok_or_else(pipeline::no_connection)?;
+        backend.flush(rows, end).await?;
         for (key, t, _) in tokens {
             o.read_tokens.insert(key.hash, Some(t));
         }
@@ -299,7 +369,9 @@ impl<B: WriteBackend> OverlaySession<B> {
     /// tables, whose statements run at once rather than in the batch's flush.
     async fn flushed(&mut self) -> Result<&mut <Db<B> as sqlx::Database>::Connection, StoreError> {
         self.flush(FlushEnd::Open).await?;
-        self.backend.conn()
+        // Written outside the overlay: the next batch cannot read through this one.
+        self.opaque = true;
+        self.conn().await
     }
 
     async fn flush_if_full(&mut self) -> Result<(), StoreError> {
@@ -325,57 +397,71 @@ impl<B: WriteBackend> OverlaySession<B> {
 
 impl<B: WriteBackend> crate::store::WriteSession for OverlaySession<B> {
     async fn begin(&mut self, prefetch: &[TokenKey]) -> Result<(), StoreError> {
-        self.overlay = Overlay::default();
-        self.new_keys.clear();
-        self.forget.clear();
-        self.head = self.committed;
-        let found = self.backend.begin(prefetch).await?;
+        // A transaction of its own: the commit in flight (if any) settles first.
+        let settled = self.settle().await;
+        self.reset();
+        settled?;
+        // Open before BEGIN returns: a BEGIN that failed half-way is rolled back too.
+        self.mode = Mode::Open;
+        let found = self.reclaim().await?.begin(prefetch).await?;
         self.remember_tokens(prefetch, found);
         // Another process (a second node, a CLI tool) may have appended since our last
         // commit: chain onto what is really there, under the lock we now hold.
-        self.committed = tables::head::<Db<B>>(self.backend.conn()?).await?;
+        self.committed = tables::head::<Db<B>>(self.conn().await?).await?;
         self.head = self.committed;
+        self.pipe.durable = self.committed.position;
         Ok(())
     }
 
-    async fn commit(&mut self) -> Result<(), StoreError> {
-        let appended =
-            (self.head.position != self.committed.position).then_some(self.head.position);
-        self.flush(FlushEnd::Commit { appended }).await?;
-        self.overlay = Overlay::default();
-        self.committed = self.head;
-        if let Some(vault) = self.vault.get() {
-            for (id, key) in self.new_keys.drain() {
-                vault.remember(&id, key);
-            }
-            for (subject, before) in self.forget.drain(..) {
-                vault.forget(subject.as_deref(), before);
-            }
+    async fn begin_on_top(&mut self, prefetch: &[TokenKey]) -> Result<bool, StoreError> {
+        pipeline::begin_on_top(self, prefetch).await
+    }
+
+    async fn prefetch(&mut self, keys: &[TokenKey]) -> Result<(), StoreError> {
+        let wanted: Vec<TokenKey> = keys
+            .iter()
+            .filter(|k| {
+                !self.overlay.read_tokens.contains_key(&k.hash)
+                    && !self.overlay.token_index.contains_key(&k.hash)
+            })
+            .copied()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let c = self.reader().await?;
+        let found = tables::tokens_with_sessions::<Db<B>>(c, &wanted, "").await?;
+        self.remember_tokens(&wanted, found);
+        Ok(())
+    }
+
+    async fn start_commit(&mut self) -> Result<(), StoreError> {
+        pipeline::start_commit(self).await
+    }
+
+    async fn finish_commit(&mut self) -> Result<(), StoreError> {
+        self.settle().await
+    }
+
+    async fn rollback(&mut self) -> Result<(), StoreError> {
+        let open = self.mode == Mode::Open;
+        self.reset();
+        self.head = self.committed;
+        if open && let Some(backend) = self.backend.as_mut() {
+            backend.rollback().await;
         }
         Ok(())
     }
 
-    async fn rollback(&mut self) -> Result<(), StoreError> {
-        self.overlay = Overlay::default();
-        self.new_keys.clear();
-        self.forget.clear();
-        self.head = self.committed;
-        self.backend.rollback().await;
-        Ok(())
-    }
-
     fn committed_position(&self) -> i64 {
-        self.committed.position
-    }
-
-    async fn between_batches(&mut self) {
-        self.backend.between_batches().await;
+        self.pipe.durable
     }
 
     async fn clear_projections(&mut self) -> Result<(), StoreError> {
         // Pending events must reach the log; pending projection rows would be deleted anyway.
         self.flush(FlushEnd::Open).await?;
-        let c = self.backend.conn()?;
+        self.opaque = true;
+        let c = self.conn().await?;
         // DELETE, not TRUNCATE: readers keep seeing the old rows until the rebuild commits.
         let clear: String = integrity::PROJECTED_TABLES
             .iter()
@@ -396,8 +482,9 @@ impl<B: WriteBackend> crate::store::WriteSession for OverlaySession<B> {
         &mut self,
         checkpoint: &crate::domain::checkpoint::Checkpoint,
     ) -> Result<(), StoreError> {
-        let c = self.flushed().await?;
-        integrity::put_checkpoint::<Db<B>>(c, checkpoint).await
+        // Written with the batch's rows, in the flush's statement.
+        self.overlay.checkpoint = Some(checkpoint.clone());
+        Ok(())
     }
 }
 
@@ -406,7 +493,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         if let Some(known) = self.overlay.user(user_id) {
             return Ok(known);
         }
-        let user = tables::user_by_id::<Db<B>>(self.backend.conn()?, user_id).await?;
+        let user = tables::user_by_id::<Db<B>>(self.reader().await?, user_id).await?;
         self.overlay.read_users.insert(user_id, user.clone());
         Ok(user)
     }
@@ -415,7 +502,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         if let Some(user) = self.overlay.user_named(username) {
             return Ok(Some(user));
         }
-        let found = tables::user_by_name::<Db<B>>(self.backend.conn()?, username).await?;
+        let found = tables::user_by_name::<Db<B>>(self.reader().await?, username).await?;
         match found {
             // The overlay is newer than the database for a user it holds.
             Some(u) => match self.overlay.user(u.user_id) {
@@ -433,7 +520,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         if let Some(known) = self.overlay.session(session_id) {
             return Ok(known);
         }
-        let session = tables::session::<Db<B>>(self.backend.conn()?, session_id).await?;
+        let session = tables::session::<Db<B>>(self.reader().await?, session_id).await?;
         self.overlay
             .read_sessions
             .insert(session_id, session.clone());
@@ -446,7 +533,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         }
         if !self.overlay.read_tokens.contains_key(&key.hash) {
             let keys = std::slice::from_ref(key);
-            let c = self.backend.conn()?;
+            let c = self.reader().await?;
             let found = tables::tokens_with_sessions::<Db<B>>(c, keys, "").await?;
             self.remember_tokens(keys, found);
         }
@@ -456,7 +543,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
     async fn active_sessions_of(&mut self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
         // A query over many rows: let the database answer it with the batch's writes applied.
         self.flush(FlushEnd::Open).await?;
-        let c = self.backend.conn()?;
+        let c = self.conn().await?;
         let sessions = tables::active_sessions_of::<Db<B>>(c, user_id).await?;
         for s in &sessions {
             self.overlay
@@ -468,11 +555,11 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
 
     async fn active_user_count(&mut self) -> Result<u64, StoreError> {
         self.flush(FlushEnd::Open).await?;
-        tables::active_user_count::<Db<B>>(self.backend.conn()?).await
+        tables::active_user_count::<Db<B>>(self.conn().await?).await
     }
 
     async fn stream_version(&mut self, stream_id: &str) -> Result<i64, StoreError> {
-        let stored = tables::stream_version::<Db<B>>(self.backend.conn()?, stream_id).await?;
+        let stored = tables::stream_version::<Db<B>>(self.reader().await?, stream_id).await?;
         let pending = self.overlay.stream_max.get(stream_id).copied();
         Ok(stored.max(pending.unwrap_or(0)))
     }
@@ -508,8 +595,9 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
     async fn prune_ended_before(&mut self, cutoff: Timestamp) -> Result<PruneCounts, StoreError> {
         // Statements over many rows: let the database see every write of the batch first.
         self.flush(FlushEnd::Open).await?;
+        self.opaque = true;
         let [tokens, sessions] = Db::<B>::prune(cutoff);
-        let c = self.backend.conn()?;
+        let c = self.conn().await?;
         let refresh_tokens = Db::<B>::execute(&mut *c, tokens).await?;
         let sessions = Db::<B>::execute(c, sessions).await?;
         self.overlay.read_sessions.clear();
@@ -583,7 +671,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         until: Timestamp,
     ) -> Result<bool, StoreError> {
         // The table is no projection: the batch's pending writes need not go first.
-        registry::claim_dpop_jti::<Db<B>>(self.backend.conn()?, jti, until).await
+        registry::claim_dpop_jti::<Db<B>>(self.conn().await?, jti, until).await
     }
 
     async fn erase_personal_data(
@@ -593,8 +681,9 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         now: Timestamp,
     ) -> Result<u64, StoreError> {
         self.flush(FlushEnd::Open).await?;
+        self.opaque = true;
         let subject = user_id.to_string();
-        let c = self.backend.conn()?;
+        let c = self.conn().await?;
         let destroyed = data_keys::destroy_subject::<Db<B>>(&mut *c, &subject, now).await?;
         let acct = format!("acct:{username}");
         let (acct, pairs) = match self.vault.get() {
@@ -605,7 +694,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
             }
             None => (acct, format!("acct_addr:{username}|")),
         };
-        let c = self.backend.conn()?;
+        let c = self.conn().await?;
         data_keys::delete_login_failures::<Db<B>>(&mut *c, &acct, &pairs).await?;
         data_keys::delete_usual_networks::<Db<B>>(&mut *c, user_id).await?;
         data_keys::delete_address_tags::<Db<B>>(&mut *c, Some(&subject), None).await?;
@@ -615,7 +704,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
                 s.login_context = s.login_context.redacted(vault::ERASED);
                 s.last_context = s.last_context.redacted(vault::ERASED);
                 // A statement of its own: the batch's upsert never rewrites login_context.
-                data_keys::redact_session::<Db<B>>(self.backend.conn()?, &s).await?;
+                data_keys::redact_session::<Db<B>>(self.conn().await?, &s).await?;
                 self.overlay.read_sessions.insert(s.session_id, Some(s));
             }
         }
@@ -630,9 +719,10 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
             return Ok(None);
         };
         self.flush(FlushEnd::Open).await?;
+        self.opaque = true;
         // Throttle rows an older build wrote with names and networks in clear.
-        data_keys::rehash_login_failures::<Db<B>>(self.backend.conn()?, &vault).await?;
-        let old_head = tables::head::<Db<B>>(self.backend.conn()?).await?;
+        data_keys::rehash_login_failures::<Db<B>>(self.conn().await?, &vault).await?;
+        let old_head = tables::head::<Db<B>>(self.conn().await?).await?;
         let (mut after, mut sealed, mut from) = (0, 0, None);
         let mut prev_hash = [0u8; 32];
         loop {
@@ -641,7 +731,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
                 limit: Some(500),
                 ..Default::default()
             };
-            let page = tables::raw_events::<Db<B>>(self.backend.conn()?, &filter).await?;
+            let page = tables::raw_events::<Db<B>>(self.conn().await?, &filter).await?;
             let Some(last) = page.last() else { break };
             after = last.position;
             for mut e in page {
@@ -667,7 +757,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
                     from.get_or_insert(e.position);
                     e.prev_hash = prev_hash.to_vec();
                     e.hash = crate::store::chain::event_hash(&e).to_vec();
-                    data_keys::rewrite_event::<Db<B>>(self.backend.conn()?, &e).await?;
+                    data_keys::rewrite_event::<Db<B>>(self.conn().await?, &e).await?;
                 }
                 prev_hash = <[u8; 32]>::try_from(e.hash.as_slice())
                     .map_err(|_| StoreError::Corrupt("hash length".into()))?;
@@ -676,7 +766,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         let Some(from_position) = from else {
             return Ok(None);
         };
-        integrity::drop_checkpoints_from::<Db<B>>(self.backend.conn()?, from_position).await?;
+        integrity::drop_checkpoints_from::<Db<B>>(self.conn().await?, from_position).await?;
         // Appends from here chain onto the recomputed head.
         self.head = ChainHead {
             position: old_head.position,
@@ -709,7 +799,8 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         now: Timestamp,
     ) -> Result<u64, StoreError> {
         self.flush(FlushEnd::Open).await?;
-        let c = self.backend.conn()?;
+        self.opaque = true;
+        let c = self.conn().await?;
         let oldest = data_keys::oldest_live_period_before::<Db<B>>(&mut *c, before_period).await?;
         let destroyed = data_keys::destroy_before::<Db<B>>(&mut *c, before_period, now).await?;
         data_keys::delete_address_tags::<Db<B>>(c, None, Some(before_period)).await?;
@@ -721,7 +812,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
                 vault::period_start(oldest),
                 vault::period_start(before_period),
             );
-            let c = self.backend.conn()?;
+            let c = self.conn().await?;
             let ids = data_keys::sessions_seen_between::<Db<B>>(c, from, to).await?;
             for id in ids {
                 if let Some(mut s) = UnitOfWork::session(self, id).await? {
@@ -743,7 +834,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
                     if old(s.last_seen_at) {
                         s.last_context = expire(&s.last_context);
                     }
-                    data_keys::redact_session::<Db<B>>(self.backend.conn()?, &s).await?;
+                    data_keys::redact_session::<Db<B>>(self.conn().await?, &s).await?;
                     self.overlay.read_sessions.insert(s.session_id, Some(s));
                 }
             }
@@ -843,7 +934,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
     }
 
     async fn prune_dpop_jtis(&mut self, before: Timestamp) -> Result<u64, StoreError> {
-        registry::prune_dpop_jtis::<Db<B>>(self.backend.conn()?, before).await
+        registry::prune_dpop_jtis::<Db<B>>(self.conn().await?, before).await
     }
 
     // Detector memory is no projection: run at once, the batch's pending writes need not go
@@ -855,7 +946,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         name_tag: &str,
         since: Timestamp,
     ) -> Result<(i64, i64, i64), StoreError> {
-        registry::window_counts::<Db<B>>(self.backend.conn()?, rule_id, key_tag, name_tag, since)
+        registry::window_counts::<Db<B>>(self.conn().await?, rule_id, key_tag, name_tag, since)
             .await
     }
 
@@ -866,7 +957,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         name_tag: &str,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        registry::put_window_count::<Db<B>>(self.backend.conn()?, rule_id, key_tag, name_tag, at)
+        registry::put_window_count::<Db<B>>(self.conn().await?, rule_id, key_tag, name_tag, at)
             .await
     }
 
@@ -875,7 +966,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         rule_id: &str,
         since: Timestamp,
     ) -> Result<(i64, Option<Timestamp>), StoreError> {
-        registry::breaker_spent::<Db<B>>(self.backend.conn()?, rule_id, since).await
+        registry::breaker_spent::<Db<B>>(self.conn().await?, rule_id, since).await
     }
 
     async fn put_breaker_spend(
@@ -884,7 +975,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         at: Timestamp,
         tripped_until: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        registry::put_breaker_spend::<Db<B>>(self.backend.conn()?, rule_id, at, tripped_until).await
+        registry::put_breaker_spend::<Db<B>>(self.conn().await?, rule_id, at, tripped_until).await
     }
 
     async fn usual_network_seen(
@@ -893,7 +984,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         networks: [&str; 2],
         since: Timestamp,
     ) -> Result<bool, StoreError> {
-        registry::usual_network_seen::<Db<B>>(self.backend.conn()?, user_id, networks, since).await
+        registry::usual_network_seen::<Db<B>>(self.conn().await?, user_id, networks, since).await
     }
 
     async fn put_usual_network(
@@ -902,6 +993,6 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         network: &str,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        registry::put_usual_network::<Db<B>>(self.backend.conn()?, user_id, network, at).await
+        registry::put_usual_network::<Db<B>>(self.conn().await?, user_id, network, at).await
     }
 }

@@ -58,7 +58,8 @@ impl PostgresStore {
             .options([("idle_in_transaction_session_timeout", "10s")]);
         let writer = PostgresWriter::new(options);
         Ok(PostgresWriteSession::new(writer, self.head().await?)
-            .with_vault(self.tables.vault.clone()))
+            .with_vault(self.tables.vault.clone())
+            .with_reads(self.tables.pool.clone()))
     }
 
     /// An empty store in a schema of its own in the same database (`sessiond_verify_…`, with

@@ -11,7 +11,7 @@ use crate::domain::token::TokenKey;
 use crate::store::StoreError;
 use crate::store::dispatch::dialect::{Dialect, Stmt};
 use crate::store::dispatch::rows::{push_events, push_sessions, push_tokens, push_users};
-use crate::store::dispatch::tables;
+use crate::store::dispatch::{data_keys, integrity, tables};
 use crate::store::overlay::{FlushEnd, OverlaySession, Pending, TokenRow, WriteBackend};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Executor, Postgres};
@@ -43,6 +43,8 @@ impl PostgresWriter {
         let mut tokens = rows.tokens.chunks(per);
         let mut sessions = rows.sessions.chunks(per);
         let mut users = rows.users.chunks(per);
+        let mut address_tags = rows.address_tags.chunks(per);
+        let mut checkpoint = rows.checkpoint;
         let conn = self.conn.as_mut().ok_or_else(no_transaction_sqlx)?;
         loop {
             let mut q = Stmt::new::<Postgres>("WITH ");
@@ -74,6 +76,21 @@ impl PostgresWriter {
                 push_users::<Postgres>(&mut q, chunk);
                 q.push(")");
             }
+            if let Some(chunk) = address_tags.next() {
+                part(&mut q);
+                data_keys::push_address_tags::<Postgres>(&mut q, chunk);
+                q.push(")");
+            }
+            // The checkpoint rides with the first statement (one snapshot: the thinning
+            // cannot see the new row, as when the two ran one after the other).
+            if let Some(cp) = checkpoint.take() {
+                part(&mut q);
+                integrity::push_checkpoint_thin::<Postgres>(&mut q, cp);
+                q.push(")");
+                part(&mut q);
+                integrity::push_checkpoint_insert::<Postgres>(&mut q, cp);
+                q.push(")");
+            }
             if parts == 0 {
                 return Ok(());
             }
@@ -81,22 +98,9 @@ impl PostgresWriter {
             Postgres::execute(conn, q).await?;
         }
     }
-}
 
-fn no_transaction_sqlx() -> sqlx::Error {
-    sqlx::Error::Protocol("the write session has no open transaction".into())
-}
-
-impl WriteBackend for PostgresWriter {
-    type Db = Postgres;
-
-    fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
-        self.conn
-            .as_mut()
-            .ok_or_else(|| StoreError::Database(no_transaction_sqlx()))
-    }
-
-    async fn begin(&mut self, prefetch: &[TokenKey]) -> Result<Vec<TokenRow>, StoreError> {
+    /// Opens the connection if needed, starts a transaction and takes the append lock.
+    async fn open(&mut self) -> Result<(), StoreError> {
         if self.conn.is_none() {
             self.conn = Some(PgConnection::connect_with(&self.options).await?);
         }
@@ -107,15 +111,12 @@ impl WriteBackend for PostgresWriter {
             "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({}, {});",
             APPEND_LOCK.0, APPEND_LOCK.1
         );
-        let conn = self.conn()?;
+        let conn = self.conn.as_mut().ok_or_else(no_transaction_sqlx)?;
         conn.execute(sqlx::raw_sql(&lock)).await?;
-        if prefetch.is_empty() {
-            return Ok(Vec::new());
-        }
-        tables::tokens_with_sessions::<Postgres>(conn, prefetch, "").await
+        Ok(())
     }
 
-    async fn flush(&mut self, rows: Pending<'_>, end: FlushEnd) -> Result<(), StoreError> {
+    async fn flush_open(&mut self, rows: Pending<'_>, end: FlushEnd) -> Result<(), StoreError> {
         match self.write_rows(&rows).await {
             Ok(()) => {}
             // Another node appended to one of our streams first (or took the position, which
@@ -143,8 +144,43 @@ impl WriteBackend for PostgresWriter {
             }
             None => "COMMIT;".to_owned(),
         };
-        self.conn()?.execute(sqlx::raw_sql(&sql)).await?;
+        self.conn
+            .as_mut()
+            .ok_or_else(no_transaction_sqlx)?
+            .execute(sqlx::raw_sql(&sql))
+            .await?;
         Ok(())
+    }
+}
+
+fn no_transaction_sqlx() -> sqlx::Error {
+    sqlx::Error::Protocol("the write session has no open transaction".into())
+}
+
+impl WriteBackend for PostgresWriter {
+    type Db = Postgres;
+
+    fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Database(no_transaction_sqlx()))
+    }
+
+    async fn begin(&mut self, prefetch: &[TokenKey]) -> Result<Vec<TokenRow>, StoreError> {
+        self.open().await?;
+        if prefetch.is_empty() {
+            return Ok(Vec::new());
+        }
+        tables::tokens_with_sessions::<Postgres>(self.conn()?, prefetch, "").await
+    }
+
+    async fn flush(&mut self, rows: Pending<'_>, end: FlushEnd) -> Result<(), StoreError> {
+        // A batch decided on top of the previous commit takes the lock only now: under it,
+        // just its rows and the COMMIT (a stale decision fails on the unique constraints).
+        if rows.begin {
+            self.open().await?;
+        }
+        self.flush_open(rows, end).await
     }
 
     async fn rollback(&mut self) {

@@ -127,7 +127,9 @@ impl SqliteStore {
         let conn = SqliteConnection::connect_with(&options).await?;
         let head = self.head().await?;
         let writer = SqliteWriter::new(conn, self.wal_restart_due.clone());
-        Ok(SqliteWriteSession::new(writer, head).with_vault(self.tables.vault.clone()))
+        Ok(SqliteWriteSession::new(writer, head)
+            .with_vault(self.tables.vault.clone())
+            .with_reads(self.tables.pool.clone()))
     }
 
     /// Moves WAL content into the database file without blocking the writer (PASSIVE).

@@ -6,7 +6,7 @@
 use crate::domain::token::TokenKey;
 use crate::store::dispatch::dialect::{Dialect, Stmt};
 use crate::store::dispatch::rows::{push_events, push_sessions, push_tokens, push_users};
-use crate::store::dispatch::tables;
+use crate::store::dispatch::{data_keys, integrity, tables};
 use crate::store::overlay::{FlushEnd, OverlaySession, Pending, TokenRow, WriteBackend};
 use crate::store::{RecordedEvent, StoreError};
 use sqlx::sqlite::SqliteConnection;
@@ -91,7 +91,7 @@ impl WriteBackend for SqliteWriter {
     async fn flush(&mut self, rows: Pending<'_>, end: FlushEnd) -> Result<(), StoreError> {
         let commit = matches!(end, FlushEnd::Commit { .. });
         if rows.is_empty() {
-            if commit {
+            if commit && !rows.begin {
                 self.conn.execute("COMMIT").await?;
             }
             return Ok(());
@@ -104,7 +104,9 @@ impl WriteBackend for SqliteWriter {
                      Some(Some(before)) if before.status == s.status)
         });
         let per = Sqlite::ROWS_PER_STATEMENT;
-        let mut q = Stmt::new::<Sqlite>("");
+        // A batch decided on top of the previous commit opens its transaction here: BEGIN,
+        // rows and COMMIT in one round trip.
+        let mut q = Stmt::new::<Sqlite>(if rows.begin { "BEGIN IMMEDIATE" } else { "" });
         for chunk in rows.events.chunks(per) {
             next_statement(&mut q);
             push_events::<Sqlite>(&mut q, chunk);
@@ -122,6 +124,16 @@ impl WriteBackend for SqliteWriter {
         for chunk in rows.users.chunks(per) {
             next_statement(&mut q);
             push_users::<Sqlite>(&mut q, chunk);
+        }
+        for chunk in rows.address_tags.chunks(per) {
+            next_statement(&mut q);
+            data_keys::push_address_tags::<Sqlite>(&mut q, chunk);
+        }
+        if let Some(cp) = rows.checkpoint {
+            next_statement(&mut q);
+            integrity::push_checkpoint_thin::<Sqlite>(&mut q, cp);
+            next_statement(&mut q);
+            integrity::push_checkpoint_insert::<Sqlite>(&mut q, cp);
         }
         if commit {
             next_statement(&mut q);
