@@ -392,7 +392,12 @@ async fn an_export_verifies_against_its_signed_checkpoint_and_fails_with_an_even
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("not signed by checkpoint key"), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not signed by checkpoint key"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (ok, _) = python_verifier(&copy, &their_x);
     assert!(!ok);
 
