@@ -203,16 +203,7 @@ impl Sessiond {
     ) -> Result<IssuedTokens, Error> {
         // The proof first: a bad one costs no password check and records nothing.
         let proof = self.login_proof(dpop)?;
-        let name = user::normalize_username(username).ok();
-        let user = match &name {
-            Some(n) => self.store.user_by_name(n).await?,
-            None => None,
-        };
-        let recorded_name =
-            name.unwrap_or_else(|| username.chars().take(user::USERNAME_MAX).collect());
-        self.check_password(&recorded_name, user.as_ref(), password, ctx)
-            .await?;
-        let user = user.expect("a successful login has a user");
+        let user = self.check_password_of(username, password, ctx).await?;
         let token = self.refresh_tokens.fresh();
         let cmd = StartSession {
             user_id: user.user_id,
@@ -478,17 +469,8 @@ impl Sessiond {
         ctx: &RequestContext,
     ) -> Result<(), Error> {
         user::validate_password(&new).map_err(user_error)?;
-        let name = user::normalize_username(username).ok();
-        let user = match &name {
-            Some(n) => self.store.user_by_name(n).await?,
-            None => None,
-        };
-        let recorded_name =
-            name.unwrap_or_else(|| username.chars().take(user::USERNAME_MAX).collect());
         // The same checks, throttle and failure records as a login.
-        self.check_password(&recorded_name, user.as_ref(), current, ctx)
-            .await?;
-        let user = user.expect("a proven password has a user");
+        let user = self.check_password_of(username, current, ctx).await?;
         self.check_new_password(&new, &user.username)?;
         let password_hash = self.passwords.hash(new).await?;
         let cmd = ChangePassword {

@@ -18,7 +18,7 @@ use crate::domain::context::RequestContext;
 use crate::domain::event::Actor;
 use crate::domain::session::Session;
 use crate::domain::token::AuthCode;
-use crate::domain::user::{self, User};
+use crate::domain::user::User;
 use crate::error::Error;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -537,38 +537,26 @@ impl Sessiond {
                 error: Some("the form expired; sign in again".into()),
             });
         }
-        let name = user::normalize_username(username).ok();
-        let user = match &name {
-            Some(n) => self
-                .store
-                .user_by_name(n)
-                .await
-                .map_err(|e| self.server_error(&req, e.into()))?,
-            None => None,
+        let user = match self.check_password_of(username, password, ctx).await {
+            Ok(user) => user,
+            Err(e) => {
+                let message = match e {
+                    Error::InvalidCredentials => "wrong username or password".to_owned(),
+                    Error::AccountLocked => "this account is locked".to_owned(),
+                    Error::TooManyAttempts { retry_after } => {
+                        format!("too many failed attempts; try again in {retry_after} seconds")
+                    }
+                    Error::Overloaded | Error::Unavailable | Error::Timeout => {
+                        "the service is busy; try again shortly".to_owned()
+                    }
+                    other => return Err(self.server_error(&req, other)),
+                };
+                return Ok(AuthorizeStep::SignIn {
+                    request: Box::new(req),
+                    error: Some(message),
+                });
+            }
         };
-        let recorded_name =
-            name.unwrap_or_else(|| username.chars().take(user::USERNAME_MAX).collect());
-        if let Err(e) = self
-            .check_password(&recorded_name, user.as_ref(), password, ctx)
-            .await
-        {
-            let message = match e {
-                Error::InvalidCredentials => "wrong username or password".to_owned(),
-                Error::AccountLocked => "this account is locked".to_owned(),
-                Error::TooManyAttempts { retry_after } => {
-                    format!("too many failed attempts; try again in {retry_after} seconds")
-                }
-                Error::Overloaded | Error::Unavailable | Error::Timeout => {
-                    "the service is busy; try again shortly".to_owned()
-                }
-                other => return Err(self.server_error(&req, other)),
-            };
-            return Ok(AuthorizeStep::SignIn {
-                request: Box::new(req),
-                error: Some(message),
-            });
-        }
-        let user = user.expect("a proven password has a user");
         self.step_up_browser_session(&req, &user, browser, ctx)
             .await?;
         if req.needs_consent() {

@@ -8,11 +8,31 @@ use crate::commands::{RecordLoginFailure, RecordLoginThrottled};
 use crate::domain::context::RequestContext;
 use crate::domain::event::{Actor, LoginFailure};
 use crate::domain::throttle::{self, ThrottleScope};
-use crate::domain::user::User;
+use crate::domain::user::{self, User};
 use crate::error::Error;
 use crate::passwords;
 
 impl Sessiond {
+    /// [`Sessiond::check_password`] for a name as the caller typed it: normalized, its user
+    /// loaded, and recorded as typed (cut to the longest name) when it is no valid name. The
+    /// user it proved, for login, the sign-in page and a password change alike.
+    pub(super) async fn check_password_of(
+        &self,
+        username: &str,
+        password: String,
+        ctx: &RequestContext,
+    ) -> Result<User, Error> {
+        let name = user::normalize_username(username).ok();
+        let found = match &name {
+            Some(n) => self.store.user_by_name(n).await?,
+            None => None,
+        };
+        let recorded = name.unwrap_or_else(|| username.chars().take(user::USERNAME_MAX).collect());
+        self.check_password(&recorded, found.as_ref(), password, ctx)
+            .await?;
+        Ok(found.expect("a proven password has a user"))
+    }
+
     /// Checks `password` for `username` (the name as it is recorded; `user` when it names one).
     /// Throttled: 429 before anything else, whatever the password. Locked: 403 before any hash
     /// is computed, whatever the password. Unknown name or wrong password: the same argon2 work
