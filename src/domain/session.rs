@@ -384,6 +384,18 @@ pub fn evolve(state: Option<Session>, event: &Event, occurred_at: Timestamp) -> 
     Some(s)
 }
 
+/// The request context an event leaves as its session's last one (`last_context`, seen at the
+/// event's time: `last_seen_at`), for the events whose `evolve` moves it.
+pub fn moved_context(event: &Event) -> Option<&RequestContext> {
+    match event {
+        Event::SessionStarted(e) => Some(&e.context),
+        Event::SessionRefreshed(e) => Some(&e.context),
+        Event::RefreshRetried(e) => Some(&e.context),
+        Event::SessionReauthenticated(e) => Some(&e.context),
+        _ => None,
+    }
+}
+
 /// The refresh token an event hands out, with its generation: what the token index records.
 pub fn issued_token(event: &Event) -> Option<(Uuid, TokenKey, u32)> {
     let key = |id, hash| TokenKey { id, hash };

@@ -14,7 +14,9 @@ use crate::domain::throttle::throttle_keys;
 use crate::domain::user::{self, User};
 use crate::domain::verdict;
 use crate::domain::webhook;
-use crate::store::{EventFilter, Store, StoreError, TokenRecord, UnitOfWork, WriteSession};
+use crate::store::{
+    EventFilter, RecordedEvent, Store, StoreError, TokenRecord, UnitOfWork, WriteSession,
+};
 
 /// Applies events just appended to one session stream.
 pub async fn apply_session<U: UnitOfWork>(
@@ -252,43 +254,82 @@ async fn replay_all<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, S
     replay_pages(ws, store, false).await
 }
 
+/// Events per page of a replay.
+const REPLAY_PAGE: i64 = 2000;
+
+/// One event of the log as a replay applies it, parsed and decoded once.
+struct Replayed {
+    recorded: RecordedEvent,
+    /// Its read-through data, parsed: what the address index reads.
+    data: serde_json::Value,
+    event: Event,
+    at: Timestamp,
+}
+
+/// The page of the log after `after`, read and decoded on a task of its own, so that the next
+/// page is read and opened while this one is applied (a rebuild uses both cores).
+fn read_page(
+    store: &Store,
+    after: i64,
+) -> tokio::task::JoinHandle<Result<Vec<Replayed>, StoreError>> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let page = store
+            .events(&EventFilter {
+                after_position: after,
+                limit: Some(REPLAY_PAGE),
+                ..Default::default()
+            })
+            .await?;
+        page.into_iter()
+            .map(|recorded| {
+                let data = recorded.data_value()?;
+                let event = recorded.decode_data(data.clone())?;
+                let at = recorded.occurred_at()?;
+                Ok(Replayed {
+                    recorded,
+                    data,
+                    event,
+                    at,
+                })
+            })
+            .collect()
+    })
+}
+
 async fn replay_pages<W: WriteSession>(
     ws: &mut W,
     store: &Store,
     commit_each_page: bool,
 ) -> Result<u64, StoreError> {
     ws.clear_projections().await?;
-    let mut after = 0;
     let mut replayed = 0;
+    let mut next = read_page(store, 0);
     loop {
-        let page = store
-            .events(&EventFilter {
-                after_position: after,
-                limit: Some(1000),
-                ..Default::default()
-            })
-            .await?;
+        let page = match next.await {
+            Ok(page) => page?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         let Some(last) = page.last() else { break };
-        after = last.position;
-        for recorded in &page {
-            let event = recorded.decode()?;
-            let at = recorded.occurred_at()?;
-            apply_throttle(ws, &event, at).await?;
-            apply_alert(ws, recorded.position, &recorded.stream_id, &event, at).await?;
-            ws.index_address(recorded).await?;
+        next = read_page(store, last.recorded.position);
+        for r in &page {
+            let (recorded, event, at) = (&r.recorded, &r.event, r.at);
+            apply_throttle(ws, event, at).await?;
+            apply_alert(ws, recorded.position, &recorded.stream_id, event, at).await?;
+            ws.index_address(recorded, event, &r.data).await?;
             // Each event lands on exactly one stream: a session's, a user's, a key's or a
             // subscription's (or none of them); a retention prune is replayed where it happened,
             // so pruned rows stay pruned.
-            if let Event::RetentionPruned(p) = &event {
+            if let Event::RetentionPruned(p) = event {
                 ws.prune_ended_before(p.ended_before).await?;
-            } else if let Some(id) = session::session_of(&event) {
+            } else if let Some(id) = session::session_of(event) {
                 let before = ws.session(id).await?;
-                apply_session(ws, before, std::slice::from_ref(&event), at).await?;
-            } else if let Some(id) = user::user_of(&event) {
+                apply_session(ws, before, std::slice::from_ref(event), at).await?;
+            } else if let Some(id) = user::user_of(event) {
                 let before = ws.user_by_id(id).await?;
-                apply_user(ws, before, std::slice::from_ref(&event), at).await?;
+                apply_user(ws, before, std::slice::from_ref(event), at).await?;
             } else {
-                apply_registry(ws, &event, at).await?;
+                apply_registry(ws, event, at).await?;
             }
             replayed += 1;
         }

@@ -115,8 +115,17 @@ fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
 
 impl RecordedEvent {
     pub fn decode(&self) -> Result<Event, StoreError> {
-        let data: serde_json::Value = serde_json::from_str(&self.data)
-            .map_err(|e| StoreError::Corrupt(format!("position {}: {e}", self.position)))?;
+        self.decode_data(self.data_value()?)
+    }
+
+    /// The event's data, parsed.
+    pub fn data_value(&self) -> Result<serde_json::Value, StoreError> {
+        serde_json::from_str(&self.data)
+            .map_err(|e| StoreError::Corrupt(format!("position {}: {e}", self.position)))
+    }
+
+    /// The event, from its data already parsed (see [`Self::data_value`]).
+    pub fn decode_data(&self, data: serde_json::Value) -> Result<Event, StoreError> {
         let version = u32::try_from(self.schema_version).map_err(|_| {
             StoreError::Corrupt(format!("position {}: schema version", self.position))
         })?;
@@ -316,9 +325,12 @@ pub trait UnitOfWork: Send {
     /// The address index of a replayed (read-through) event: its request-context address and
     /// networks as keyed hashes (see [`vault::Vault::address_tags`]); nothing for an erased or
     /// expired address, or without the vault. Appends index themselves.
+    /// `decoded` is the event, `data` its read-through data, parsed.
     fn index_address(
         &mut self,
         event: &RecordedEvent,
+        decoded: &Event,
+        data: &serde_json::Value,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Retention: destroys the data keys of periods before `before_period`; returns how many.
     fn expire_personal_data(

@@ -14,6 +14,7 @@ use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::User;
 use crate::store::{ChainHead, NewEvent, RecordedEvent, StoreError, TokenRecord};
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use uuid::Uuid;
 
 /// Writes not yet sent to the database, and rows already read, for the current transaction
@@ -39,6 +40,9 @@ pub(crate) struct Overlay {
     /// Keyed hashes of the appended events' addresses, written with the batch's rows (one
     /// multi-row statement, not one per event).
     pub address_tags: Vec<AddressTag>,
+    /// Where each session was last seen in this transaction, as the address index reads it:
+    /// its last context's address and the period it was seen in (see `index_value`).
+    pub last_seen: HashMap<Uuid, (Option<IpAddr>, i64)>,
 }
 
 /// One keyed hash of an event's address (or of one of its networks), as `address_tags` holds it.

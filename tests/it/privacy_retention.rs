@@ -510,3 +510,85 @@ async fn search_by_address_or_prefix_reads_keyed_hashes_that_erasure_deletes() {
     let app = server(Some(db.url.clone()), |_| {}).await;
     search_on(&app, Some(&db.url)).await;
 }
+
+async fn row_count(app: &TestApp, pg_url: Option<&str>, table: &str) -> i64 {
+    let q = format!("SELECT COUNT(*) FROM {table}");
+    match pg_url {
+        Some(url) => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let n: i64 = sqlx::query_scalar(&q).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        }
+        None => {
+            let url = format!("sqlite:{}", app.db_path().display());
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            let n: i64 = sqlx::query_scalar(&q).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        }
+    }
+}
+
+/// A session refreshing from where it was last seen adds no address rows (issue 16: three
+/// per refresh before), yet a search for the address still finds every one of its refreshes;
+/// a move is indexed, and the live index equals a replay's (verify, then a rebuild).
+async fn steady_rotation_on(app: &TestApp, pg_url: Option<&str>) {
+    let admin = analyst(app).await;
+    app.register("una").await;
+    let moved = "198.51.100.62";
+    let mut t = login_from(app, "una", IP, UA).await;
+    let after_login = row_count(app, pg_url, "address_tags").await;
+    assert!(after_login > 0, "the login is indexed");
+    let rotate = async |ip: &str, t: &mut Tokens| {
+        let r = refresh_from(app, &t.refresh, ip, UA).await;
+        assert_eq!(r.status(), StatusCode::OK, "refresh from {ip}");
+        *t = Tokens::from_json(&r.json().await.unwrap());
+    };
+    for _ in 0..3 {
+        rotate(IP, &mut t).await;
+    }
+    assert_eq!(
+        row_count(app, pg_url, "address_tags").await,
+        after_login,
+        "three refreshes from the same address add no rows"
+    );
+    rotate(moved, &mut t).await;
+    let after_move = row_count(app, pg_url, "address_tags").await;
+    assert!(after_move > after_login, "a move is indexed");
+    rotate(IP, &mut t).await;
+    assert!(row_count(app, pg_url, "address_tags").await > after_move);
+
+    let a = &admin.access;
+    let refreshes = |ip: &str| format!("/v1/admin/events?ip={ip}&type=session.refreshed");
+    assert_eq!(
+        found(app, a, &refreshes(IP)).await,
+        vec![IP; 4],
+        "the three steady refreshes and the one back"
+    );
+    assert_eq!(found(app, a, &refreshes(moved)).await, vec![moved]);
+
+    let db: Vec<&str> = pg_url
+        .map(|u| vec!["--database-url", u])
+        .unwrap_or_default();
+    let verify: Vec<&str> = ["events", "verify"].into_iter().chain(db).collect();
+    let (ok, out, err) = sessiond_cli(&verify, app.data_dir.path());
+    assert!(ok, "the live index is a replay's: {out}{err}");
+    let live = row_count(app, pg_url, "address_tags").await;
+    sessiond::projection::rebuild_projections(&app.service.store)
+        .await
+        .unwrap();
+    assert_eq!(row_count(app, pg_url, "address_tags").await, live);
+    assert_eq!(found(app, a, &refreshes(IP)).await.len(), 4);
+}
+
+#[tokio::test]
+async fn a_steady_rotation_adds_no_address_rows_and_a_search_still_finds_each_refresh() {
+    let app = server(None, |_| {}).await;
+    steady_rotation_on(&app, None).await;
+    let Some(db) = fresh_database("steady_rotation").await else {
+        return;
+    };
+    let app = server(Some(db.url.clone()), |_| {}).await;
+    steady_rotation_on(&app, Some(&db.url)).await;
+}

@@ -513,3 +513,28 @@ fn require_dpop_refuses_unbound_families_and_bad_proofs_refuse_without_a_record(
         (Err(Refusal::DpopProof(DpopFault::Invalid)), 0)
     );
 }
+
+#[test]
+fn moved_context_names_exactly_the_events_that_move_the_last_context() {
+    // The address index skips an event by what `moved_context` says it leaves as the last
+    // context; `evolve` must agree, event by event.
+    let s = started();
+    let later = t0() + Duration::minutes(5);
+    let moved = refresh(&s, presented(1, 1), 2, &ctx("203.0.113.7", "Chrome"), later);
+    let revoked = s.decide_revoke(RevokeReason::User, Some(&ctx("192.0.2.1", "Safari")));
+    for e in moved.events.iter().chain(revoked.iter()) {
+        let after = evolve(Some(s.clone()), e, later).unwrap();
+        match moved_context(e) {
+            Some(c) => {
+                assert_eq!(&after.last_context, c, "{e:?}");
+                assert_eq!(after.last_seen_at, later, "{e:?}");
+            }
+            None => {
+                assert_eq!(after.last_context, s.last_context, "{e:?}");
+                assert_eq!(after.last_seen_at, s.last_seen_at, "{e:?}");
+            }
+        }
+    }
+    assert!(moved.events.iter().any(|e| moved_context(e).is_some()));
+    assert!(revoked.iter().all(|e| moved_context(e).is_none()));
+}

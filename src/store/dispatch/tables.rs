@@ -253,9 +253,15 @@ pub async fn raw_events<D: Dialect>(
         q.push(" AND ").any_of("event_type", &f.event_types);
     }
     if let Some(tag) = &f.address_tag {
-        q.push(" AND position IN (SELECT position FROM address_tags WHERE tag = ")
-            .bind(tag.as_str())
-            .push(")");
+        // Every event of a stream indexed under the tag: a session seen again where it was
+        // last seen adds no row (see the writer's `index_value`); the caller matches each
+        // opened address.
+        q.push(
+            " AND stream_id IN (SELECT e.stream_id FROM address_tags t \
+             JOIN events e ON e.position = t.position WHERE t.tag = ",
+        )
+        .bind(tag.as_str())
+        .push(")");
     }
     if let Some(since) = f.since {
         q.push(" AND occurred_at >= ")

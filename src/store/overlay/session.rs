@@ -6,8 +6,9 @@
 use super::Overlay;
 use crate::domain::Timestamp;
 use crate::domain::checkpoint::Checkpoint;
+use crate::domain::event::Event;
 use crate::domain::keys::{ApiKeyRecord, SigningKeyRecord};
-use crate::domain::session::Session;
+use crate::domain::session::{self, Session};
 use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::User;
 use crate::domain::webhook::SubscriptionRecord;
@@ -177,7 +178,7 @@ impl<B: WriteBackend> OverlaySession<B> {
         let Some(vault) = self.vault.get().cloned() else {
             return Ok(data.to_string());
         };
-        self.index_value(&vault, &data, &new.stream_id, position, new.occurred_at)
+        self.index_value(&vault, &data, &new.event, &new.stream_id, position, new.occurred_at)
             .await?;
         let version = new.expected_version + 1;
         self.seal_value(&vault, &mut data, &new.stream_id, version, new.occurred_at)
@@ -187,10 +188,20 @@ impl<B: WriteBackend> OverlaySession<B> {
 
     /// Indexes an event's request-context address (still clear in `data`) under its keyed
     /// hashes, in this transaction.
+    ///
+    /// An event that moves its session's last context adds no row when the session was last
+    /// seen at the same address in the same period: the session's stream is already indexed
+    /// there, and a search for an address reads the whole stream of every session indexed
+    /// under it (`tables::raw_events`). So a steady rotation writes no index rows, and each
+    /// period that retention destroys leaves a row in every later period the session was seen
+    /// in. The last place is kept per transaction and otherwise read from the session row,
+    /// which holds the same (the index runs before the event's projection), so the live rows
+    /// and a replay's are equal.
     async fn index_value(
         &mut self,
         vault: &Vault,
         data: &Value,
+        event: &Event,
         stream_id: &str,
         position: i64,
         at: Timestamp,
@@ -200,9 +211,24 @@ impl<B: WriteBackend> OverlaySession<B> {
             .and_then(|c| c.get("ip"))
             .and_then(Value::as_str)
             .and_then(|s| s.parse::<std::net::IpAddr>().ok());
+        let period = vault::period_of(at);
+        if let Some(id) = session::moved_context(event).and(session::session_of(event)) {
+            // A session's first event has nothing before it (a replay of old events that
+            // projects nothing, as `reseal_history`, must not read the session's last row).
+            let last = match (event, self.overlay.last_seen.get(&id)) {
+                (Event::SessionStarted(_), _) => None,
+                (_, Some(known)) => Some(*known),
+                _ => UnitOfWork::session(self, id)
+                    .await?
+                    .map(|s| (s.last_context.ip, vault::period_of(s.last_seen_at))),
+            };
+            self.overlay.last_seen.insert(id, (ip, period));
+            if ip.is_some() && last == Some((ip, period)) {
+                return Ok(());
+            }
+        }
         let Some(ip) = ip else { return Ok(()) };
         let subject = self.subject_of(stream_id, data).await?;
-        let period = vault::period_of(at);
         self.overlay
             .address_tags
             .extend(
@@ -742,7 +768,8 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
                 let at = e.occurred_at()?;
                 // An event still in clear was never indexed (it predates the address index).
                 if !e.data.contains("\"sealed\"") {
-                    self.index_value(&vault, &data, &e.stream_id, e.position, at)
+                    let event = e.decode_data(data.clone())?;
+                    self.index_value(&vault, &data, &event, &e.stream_id, e.position, at)
                         .await?;
                 }
                 let changed = self
@@ -779,17 +806,17 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         }))
     }
 
-    async fn index_address(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
+    async fn index_address(
+        &mut self,
+        event: &RecordedEvent,
+        decoded: &Event,
+        data: &Value,
+    ) -> Result<(), StoreError> {
         let Some(vault) = self.vault.get().cloned() else {
             return Ok(());
         };
-        if !event.data.contains("\"ip\"") {
-            return Ok(());
-        }
-        let data: Value = serde_json::from_str(&event.data)
-            .map_err(|e| StoreError::Corrupt(format!("position {}: {e}", event.position)))?;
         let at = event.occurred_at()?;
-        self.index_value(&vault, &data, &event.stream_id, event.position, at)
+        self.index_value(&vault, data, decoded, &event.stream_id, event.position, at)
             .await
     }
 
