@@ -178,8 +178,15 @@ impl<B: WriteBackend> OverlaySession<B> {
         let Some(vault) = self.vault.get().cloned() else {
             return Ok(data.to_string());
         };
-        self.index_value(&vault, &data, &new.event, &new.stream_id, position, new.occurred_at)
-            .await?;
+        self.index_value(
+            &vault,
+            &data,
+            &new.event,
+            &new.stream_id,
+            position,
+            new.occurred_at,
+        )
+        .await?;
         let version = new.expected_version + 1;
         self.seal_value(&vault, &mut data, &new.stream_id, version, new.occurred_at)
             .await?;
