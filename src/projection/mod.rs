@@ -259,6 +259,7 @@ const REPLAY_PAGE: i64 = 2000;
 
 /// One event of the log as a replay applies it, parsed and decoded once.
 struct Replayed {
+    /// As stored (its `data` still sealed).
     recorded: RecordedEvent,
     /// Its read-through data, parsed: what the address index reads.
     data: serde_json::Value,
@@ -275,15 +276,14 @@ fn read_page(
     let store = store.clone();
     tokio::spawn(async move {
         let page = store
-            .events(&EventFilter {
+            .events_parsed(&EventFilter {
                 after_position: after,
                 limit: Some(REPLAY_PAGE),
                 ..Default::default()
             })
             .await?;
         page.into_iter()
-            .map(|recorded| {
-                let data = recorded.data_value()?;
+            .map(|(recorded, data)| {
                 let event = recorded.decode_data(data.clone())?;
                 let at = recorded.occurred_at()?;
                 Ok(Replayed {

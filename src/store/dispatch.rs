@@ -42,6 +42,12 @@ route! {
     /// their erased/expired markers). For the stored bytes (the chain, a keyless export) use
     /// `raw_events`.
     fn events(&self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError>;
+    /// [`Store::events`] with each event's read-through data parsed (the `data` text is left
+    /// as stored): for a replay, which would otherwise print the opened JSON to parse it again.
+    fn events_parsed(
+        &self,
+        filter: &EventFilter,
+    ) -> Result<Vec<(RecordedEvent, serde_json::Value)>, StoreError>;
     /// A page of events exactly as stored: personal fields sealed.
     fn raw_events(&self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError>;
     /// A user's live sessions, oldest first.

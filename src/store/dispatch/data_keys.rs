@@ -135,6 +135,47 @@ pub async fn open_events<D: Dialect>(
     vault: &Vault,
     events: &mut [RecordedEvent],
 ) -> Result<(), StoreError> {
+    let keys = key_states_of::<D>(c, vault, events).await?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    for e in events.iter_mut() {
+        if !e.data.contains("\"sealed\"") {
+            continue;
+        }
+        if let Ok(mut d) = serde_json::from_str::<serde_json::Value>(&e.data) {
+            vault::open_event(&mut d, &e.stream_id, e.stream_version, &keys);
+            e.data = d.to_string();
+        }
+    }
+    Ok(())
+}
+
+/// Each event's read-through data, parsed: [`open_events`] without printing it again.
+pub async fn open_values<D: Dialect>(
+    c: &mut D::Connection,
+    vault: &Vault,
+    events: &[RecordedEvent],
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    let keys = key_states_of::<D>(c, vault, events).await?;
+    events
+        .iter()
+        .map(|e| {
+            let mut d = e.data_value()?;
+            if !keys.is_empty() {
+                vault::open_event(&mut d, &e.stream_id, e.stream_version, &keys);
+            }
+            Ok(d)
+        })
+        .collect()
+}
+
+/// The states of the data keys `events` name (empty when they name none).
+async fn key_states_of<D: Dialect>(
+    c: &mut D::Connection,
+    vault: &Vault,
+    events: &[RecordedEvent],
+) -> Result<HashMap<String, KeyState>, StoreError> {
     // The key ids by a scan of the text (a stray match only costs a lookup), so that no more
     // than one event's parsed JSON is held at a time: exports stream pages of thousands.
     let mut ids: Vec<String> = Vec::new();
@@ -151,19 +192,9 @@ pub async fn open_events<D: Dialect>(
         }
     }
     if ids.is_empty() {
-        return Ok(());
+        return Ok(HashMap::new());
     }
-    let keys = states::<D>(c, vault, &ids).await?;
-    for e in events.iter_mut() {
-        if !e.data.contains("\"sealed\"") {
-            continue;
-        }
-        if let Ok(mut d) = serde_json::from_str::<serde_json::Value>(&e.data) {
-            vault::open_event(&mut d, &e.stream_id, e.stream_version, &keys);
-            e.data = d.to_string();
-        }
-    }
-    Ok(())
+    states::<D>(c, vault, &ids).await
 }
 
 /// The login-throttle rows of an account name (its `acct:` key and the `acct_addr:` keys that

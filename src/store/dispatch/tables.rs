@@ -219,6 +219,25 @@ impl<D: Dialect> Tables<D> {
         Ok(events)
     }
 
+    pub async fn events_parsed(
+        &self,
+        f: &EventFilter,
+    ) -> Result<Vec<(RecordedEvent, serde_json::Value)>, StoreError> {
+        let events = self.raw_events(f).await?;
+        let Some(vault) = self.vault.get() else {
+            return events
+                .into_iter()
+                .map(|e| {
+                    let data = e.data_value()?;
+                    Ok((e, data))
+                })
+                .collect();
+        };
+        let mut c = self.pool.acquire().await?;
+        let opened = super::data_keys::open_values::<D>(&mut c, vault, &events).await?;
+        Ok(events.into_iter().zip(opened).collect())
+    }
+
     pub async fn raw_events(&self, f: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {
         raw_events::<D>(&mut *self.pool.acquire().await?, f).await
     }
