@@ -363,20 +363,42 @@ async fn found(app: &TestApp, access: &str, path: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs `$body` with `$pool` connected to the app's database, PostgreSQL at `$pg` or its SQLite
+/// file, and returns its value.
+macro_rules! on_database {
+    ($app:expr, $pg:expr, |$pool:ident| $body:expr) => {
+        match $pg {
+            Some(url) => {
+                let $pool = sqlx::PgPool::connect(url).await.unwrap();
+                let out = $body;
+                $pool.close().await;
+                out
+            }
+            None => {
+                let url = format!("sqlite:{}", $app.db_path().display());
+                let $pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                let out = $body;
+                $pool.close().await;
+                out
+            }
+        }
+    };
+}
+
 async fn sql(app: &TestApp, pg_url: Option<&str>, statement: &str) {
-    match pg_url {
-        Some(url) => {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::query(statement).execute(&pool).await.unwrap();
-            pool.close().await;
-        }
-        None => {
-            let url = format!("sqlite:{}", app.db_path().display());
-            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-            sqlx::query(statement).execute(&pool).await.unwrap();
-            pool.close().await;
-        }
-    }
+    on_database!(app, pg_url, |pool| {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    });
+}
+
+async fn row_count(app: &TestApp, pg_url: Option<&str>, table: &str) -> i64 {
+    let q = format!("SELECT COUNT(*) FROM {table}");
+    on_database!(app, pg_url, |pool| {
+        sqlx::query_scalar::<_, i64>(&q)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    })
 }
 
 /// Search by address or network reads the address index (keyed hashes outside the log): an
@@ -509,25 +531,6 @@ async fn search_by_address_or_prefix_reads_keyed_hashes_that_erasure_deletes() {
     };
     let app = server(Some(db.url.clone()), |_| {}).await;
     search_on(&app, Some(&db.url)).await;
-}
-
-async fn row_count(app: &TestApp, pg_url: Option<&str>, table: &str) -> i64 {
-    let q = format!("SELECT COUNT(*) FROM {table}");
-    match pg_url {
-        Some(url) => {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            let n: i64 = sqlx::query_scalar(&q).fetch_one(&pool).await.unwrap();
-            pool.close().await;
-            n
-        }
-        None => {
-            let url = format!("sqlite:{}", app.db_path().display());
-            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-            let n: i64 = sqlx::query_scalar(&q).fetch_one(&pool).await.unwrap();
-            pool.close().await;
-            n
-        }
-    }
 }
 
 /// A session refreshing from where it was last seen adds no address rows (issue 16: three
