@@ -499,7 +499,7 @@ impl ExportLine {
             .schema_version
             .or_else(|| Event::current_schema_version(event_type))
             .unwrap_or(1);
-        let event = Event::decode(event_type, version, data)
+        let event = Event::decode(event_type, version, &data)
             .map_err(|e| LineError::Decode(e.to_string()))?;
         Ok((event, at))
     }

@@ -534,11 +534,13 @@ macro_rules! catalogue {
                 value.expect("event payloads are plain data and always serialize")
             }
 
-            /// Decodes a stored payload, upcasting older schema versions first.
-            pub fn decode(event_type: &str, schema_version: u32, data: serde_json::Value) -> Result<Event, DecodeError> {
-                let data = upcast(event_type, schema_version, data)?;
+            /// Decodes a stored payload, upcasting older schema versions first (only their payload
+            /// is copied, so a replay decodes the value it parsed in place).
+            pub fn decode(event_type: &str, schema_version: u32, data: &serde_json::Value) -> Result<Event, DecodeError> {
+                let upcast = upcast(event_type, schema_version, data)?;
+                let data = upcast.as_ref().unwrap_or(data);
                 match event_type {
-                    $( $name => serde_json::from_value(data).map(Event::$variant)
+                    $( $name => serde::Deserialize::deserialize(data).map(Event::$variant)
                         .map_err(|e| DecodeError::Payload { event_type: event_type.to_owned(), reason: e.to_string() }), )*
                     other => Err(DecodeError::UnknownType(other.to_owned())),
                 }
@@ -613,14 +615,14 @@ pub enum DecodeError {
     Payload { event_type: String, reason: String },
 }
 
-/// Brings a stored payload up to the version this build decodes. Each schema change adds one
-/// step here (vN -> vN+1) and bumps the version in the catalogue; the stored row is never
-/// rewritten, so the hash chain stays intact.
+/// Brings a stored payload up to the version this build decodes: `None` when it already is.
+/// Each schema change adds one step here (vN -> vN+1) and bumps the version in the catalogue;
+/// the stored row is never rewritten, so the hash chain stays intact.
 pub fn upcast(
     event_type: &str,
     schema_version: u32,
-    data: serde_json::Value,
-) -> Result<serde_json::Value, DecodeError> {
+    data: &serde_json::Value,
+) -> Result<Option<serde_json::Value>, DecodeError> {
     let current = Event::current_schema_version(event_type)
         .ok_or_else(|| DecodeError::UnknownType(event_type.to_owned()))?;
     if schema_version > current {
@@ -629,16 +631,17 @@ pub fn upcast(
             version: schema_version,
         });
     }
-    let mut data = data;
     if event_type == "session.refresh_retried"
         && schema_version < 2
-        && let Some(fields) = data.as_object_mut()
+        && let Some(fields) = data.as_object()
     {
         // v1 -> v2: a v1 retry was early (there were no late ones) and minted a sibling.
+        let mut fields = fields.clone();
         fields.insert("late".into(), serde_json::Value::Bool(false));
         fields.insert("sibling".into(), serde_json::Value::Bool(true));
+        return Ok(Some(serde_json::Value::Object(fields)));
     }
-    Ok(data)
+    Ok(None)
 }
 
 /// Who caused an event, for timelines and audits.

@@ -256,6 +256,10 @@ async fn replay_all<W: WriteSession>(ws: &mut W, store: &Store) -> Result<u64, S
 
 /// Events per page of a replay.
 const REPLAY_PAGE: i64 = 2000;
+/// Pages of a replay read at once, each read, opened and decoded on a task of its own: the
+/// opening (AEAD and JSON) costs more than applying, so a rebuild keeps both cores on it while
+/// the pages are applied in order.
+const PAGES_AHEAD: usize = 3;
 
 /// One event of the log as a replay applies it, parsed and decoded once.
 struct Replayed {
@@ -267,24 +271,26 @@ struct Replayed {
     at: Timestamp,
 }
 
-/// The page of the log after `after`, read and decoded on a task of its own, so that the next
-/// page is read and opened while this one is applied (a rebuild uses both cores).
+/// The events after position `after` (and before `before`, if given), at most a page, read and
+/// decoded on a task of its own.
 fn read_page(
     store: &Store,
     after: i64,
+    before: Option<i64>,
 ) -> tokio::task::JoinHandle<Result<Vec<Replayed>, StoreError>> {
     let store = store.clone();
     tokio::spawn(async move {
         let page = store
             .events_parsed(&EventFilter {
                 after_position: after,
+                before_position: before,
                 limit: Some(REPLAY_PAGE),
                 ..Default::default()
             })
             .await?;
         page.into_iter()
             .map(|(recorded, data)| {
-                let event = recorded.decode_data(data.clone())?;
+                let event = recorded.decode_data(&data)?;
                 let at = recorded.occurred_at()?;
                 Ok(Replayed {
                     recorded,
@@ -297,21 +303,43 @@ fn read_page(
     })
 }
 
+async fn joined(
+    page: tokio::task::JoinHandle<Result<Vec<Replayed>, StoreError>>,
+) -> Result<Vec<Replayed>, StoreError> {
+    match page.await {
+        Ok(page) => page,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 async fn replay_pages<W: WriteSession>(
     ws: &mut W,
     store: &Store,
     commit_each_page: bool,
 ) -> Result<u64, StoreError> {
     ws.clear_projections().await?;
+    // Up to the head known now, the log is read as ranges of positions, several at once (a
+    // range may hold fewer events than a page where positions have gaps); after it, page by
+    // page until one comes back empty, so a source that grew meanwhile is replayed whole.
+    let head = store.head().await?.position;
+    let mut planned = 0;
+    let mut ahead = std::collections::VecDeque::new();
     let mut replayed = 0;
-    let mut next = read_page(store, 0);
     loop {
-        let page = match next.await {
-            Ok(page) => page?,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        while ahead.len() < PAGES_AHEAD && planned < head {
+            let to = (planned + REPLAY_PAGE).min(head);
+            ahead.push_back(read_page(store, planned, Some(to + 1)));
+            planned = to;
+        }
+        let page = match ahead.pop_front() {
+            Some(range) => joined(range).await?,
+            None => {
+                let page = joined(read_page(store, planned, None)).await?;
+                let Some(last) = page.last() else { break };
+                planned = last.recorded.position;
+                page
+            }
         };
-        let Some(last) = page.last() else { break };
-        next = read_page(store, last.recorded.position);
         for r in &page {
             let (recorded, event, at) = (&r.recorded, &r.event, r.at);
             apply_throttle(ws, event, at).await?;

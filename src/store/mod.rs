@@ -115,7 +115,7 @@ fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
 
 impl RecordedEvent {
     pub fn decode(&self) -> Result<Event, StoreError> {
-        self.decode_data(self.data_value()?)
+        self.decode_data(&self.data_value()?)
     }
 
     /// The event's data, parsed.
@@ -125,7 +125,7 @@ impl RecordedEvent {
     }
 
     /// The event, from its data already parsed (see [`Self::data_value`]).
-    pub fn decode_data(&self, data: serde_json::Value) -> Result<Event, StoreError> {
+    pub fn decode_data(&self, data: &serde_json::Value) -> Result<Event, StoreError> {
         let version = u32::try_from(self.schema_version).map_err(|_| {
             StoreError::Corrupt(format!("position {}: schema version", self.position))
         })?;

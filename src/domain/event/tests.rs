@@ -7,7 +7,7 @@ fn every_event_round_trips_through_its_stored_form() {
         reason: RevokeReason::PasswordChange,
         context: None,
     });
-    let back = Event::decode(e.event_type(), e.schema_version(), e.data()).unwrap();
+    let back = Event::decode(e.event_type(), e.schema_version(), &e.data()).unwrap();
     assert_eq!(back, e);
     assert_eq!(e.data()["reason"], "password_change");
 }
@@ -15,11 +15,11 @@ fn every_event_round_trips_through_its_stored_form() {
 #[test]
 fn unknown_and_future_events_are_named_errors() {
     assert!(matches!(
-        Event::decode("session.teleported", 1, serde_json::json!({})),
+        Event::decode("session.teleported", 1, &serde_json::json!({})),
         Err(DecodeError::UnknownType(_))
     ));
     assert!(matches!(
-        Event::decode("session.revoked", 9, serde_json::json!({})),
+        Event::decode("session.revoked", 9, &serde_json::json!({})),
         Err(DecodeError::FutureVersion { .. })
     ));
 }
@@ -31,7 +31,7 @@ fn a_version_1_retry_upcasts_to_an_early_sibling() {
         "token_hash": "00".repeat(32), "presented_hash": "11".repeat(32), "retry": 1,
         "idle_expires_at": "2026-01-01T00:00:00.000Z", "context": {}
     });
-    let Event::RefreshRetried(r) = Event::decode("session.refresh_retried", 1, v1).unwrap() else {
+    let Event::RefreshRetried(r) = Event::decode("session.refresh_retried", 1, &v1).unwrap() else {
         panic!("not a retry")
     };
     assert!(r.sibling && !r.late);
@@ -46,7 +46,7 @@ fn a_version_1_retry_upcasts_to_an_early_sibling() {
         "new retries mint nothing"
     );
     assert_eq!(v2.data()["late"], true);
-    let back = Event::decode(v2.event_type(), 2, v2.data()).unwrap();
+    let back = Event::decode(v2.event_type(), 2, &v2.data()).unwrap();
     assert_eq!(back, v2);
 }
 

@@ -314,7 +314,7 @@ fn a_sibling_left_behind_by_an_older_build_is_a_displaced_branch() {
         "token_hash": token(3).hash, "presented_hash": token(1).hash, "retry": 1,
         "idle_expires_at": "2026-01-08T12:00:00.000Z", "context": c,
     });
-    let sibling = Event::decode("session.refresh_retried", 1, v1).unwrap();
+    let sibling = Event::decode("session.refresh_retried", 1, &v1).unwrap();
     assert_eq!(
         issued_token(&sibling).map(|t| t.1),
         Some(token(3)),

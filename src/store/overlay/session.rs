@@ -775,7 +775,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
                 let at = e.occurred_at()?;
                 // An event still in clear was never indexed (it predates the address index).
                 if !e.data.contains("\"sealed\"") {
-                    let event = e.decode_data(data.clone())?;
+                    let event = e.decode_data(&data)?;
                     self.index_value(&vault, &data, &event, &e.stream_id, e.position, at)
                         .await?;
                 }
