@@ -407,6 +407,18 @@ impl<W: WriteSession> WriterTask<W> {
             };
             below.observe(self.session.committed_position());
             match outcome {
+                Ok(()) if on_top == OnTop::Deciding && !next.is_empty() => {
+                    // The next batch is decided: its commit starts before this batch's answers
+                    // go out, or its connection would wait while two dozen callers are woken.
+                    let head = self.session.committed_position();
+                    self.stats.pipelined.fetch_add(1, Ordering::Relaxed);
+                    flying = self.commit_decided(std::mem::take(&mut next)).await;
+                    for job in below.jobs.drain(..) {
+                        job.answer(Ok(()));
+                    }
+                    let _ = self.committed.send(head);
+                    continue;
+                }
                 Ok(()) => {
                     for job in below.jobs.drain(..) {
                         job.answer(Ok(()));
