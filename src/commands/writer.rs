@@ -410,9 +410,12 @@ impl<W: WriteSession> WriterTask<W> {
                 Ok(()) if on_top == OnTop::Deciding && !next.is_empty() => {
                     // The next batch is decided: its commit starts before this batch's answers
                     // go out, or its connection would wait while two dozen callers are woken.
+                    // The commit task runs on this thread's runtime: the yield lets it hand its
+                    // statements to the connection before the answers.
                     let head = self.session.committed_position();
                     self.stats.pipelined.fetch_add(1, Ordering::Relaxed);
                     flying = self.commit_decided(std::mem::take(&mut next)).await;
+                    tokio::task::yield_now().await;
                     for job in below.jobs.drain(..) {
                         job.answer(Ok(()));
                     }
