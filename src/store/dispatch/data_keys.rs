@@ -178,22 +178,21 @@ async fn key_states_of<D: Dialect>(
 ) -> Result<HashMap<String, KeyState>, StoreError> {
     // The key ids by a scan of the text (a stray match only costs a lookup), so that no more
     // than one event's parsed JSON is held at a time: exports stream pages of thousands.
-    let mut ids: Vec<String> = Vec::new();
+    // A page of thousands names a few dozen keys, each many times: a set, not a list scan.
+    let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for e in events.iter() {
         let mut rest = e.data.as_str();
         while let Some(at) = rest.find("\"key\":\"") {
             rest = &rest[at + 7..];
             let Some(end) = rest.find('"') else { break };
-            let id = &rest[..end];
-            if !ids.iter().any(|known| known == id) {
-                ids.push(id.to_owned());
-            }
+            ids.insert(&rest[..end]);
             rest = &rest[end..];
         }
     }
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
+    let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
     states::<D>(c, vault, &ids).await
 }
 
