@@ -301,6 +301,20 @@ impl JudgeMemory for ReplayMemory {
             .collect())
     }
 
+    async fn last_seen_session_of(
+        &mut self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+    ) -> Result<Option<Session>, StoreError> {
+        // As the SQL orders: the latest last sighting, the later login on a tie.
+        Ok(self
+            .active_sessions_of(user_id)
+            .await?
+            .into_iter()
+            .filter(|s| !s.reauth_required && Some(s.session_id) != except)
+            .max_by_key(|s| (s.last_seen_at, s.created_at)))
+    }
+
     async fn active_user_count(&mut self) -> Result<u64, StoreError> {
         let sessions = &self.sessions;
         Ok(self

@@ -28,7 +28,7 @@ pub(super) async fn judge<M: JudgeMemory>(
 ) -> Result<Option<Judgement>, StoreError> {
     let needs = rules.needs(facts);
     let mut history = History::default();
-    if (needs.baseline || needs.other_sessions)
+    if needs.baseline
         && let Some(user) = facts.user_id
     {
         let seen = trusted_sightings(uow, user).await?;
@@ -40,9 +40,18 @@ pub(super) async fn judge<M: JudgeMemory>(
                     .collect(),
             );
         }
-        if needs.baseline {
-            history.baseline = Some(seen.into_iter().map(|s| s.sighting).collect());
-        }
+        history.baseline = Some(seen.into_iter().map(|s| s.sighting).collect());
+    } else if needs.other_sessions
+        && let Some(user) = facts.user_id
+    {
+        // Travel wants only the newest sighting elsewhere: one row, not every open session
+        // (a user who keeps many open would make each login read them all).
+        let last = uow.last_seen_session_of(user, facts.session_id).await?;
+        history.other_sessions = Some(
+            last.map(|s| Sighting::of(&s.last_context, s.last_seen_at))
+                .into_iter()
+                .collect(),
+        );
     }
     if needs.active_users {
         history.active_users = Some(uow.active_user_count().await?);
@@ -128,6 +137,11 @@ pub trait JudgeMemory: Send {
         &mut self,
         user_id: Uuid,
     ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send;
+    fn last_seen_session_of(
+        &mut self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+    ) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
     fn active_user_count(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     fn window_counts(
         &mut self,
@@ -180,6 +194,13 @@ impl<U: UnitOfWork> JudgeMemory for U {
         user_id: Uuid,
     ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send {
         UnitOfWork::active_sessions_of(self, user_id)
+    }
+    fn last_seen_session_of(
+        &mut self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+    ) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send {
+        UnitOfWork::last_seen_session_of(self, user_id, except)
     }
     fn active_user_count(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send {
         UnitOfWork::active_user_count(self)

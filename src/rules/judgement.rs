@@ -74,6 +74,8 @@ pub struct History {
     pub baseline: Option<Vec<Sighting>>,
     pub active_users: Option<u64>,
     pub usual_network: Option<bool>,
+    /// Sightings of the user's other trusted sessions; travel compares with the newest, so the
+    /// store may give only that one.
     pub other_sessions: Option<Vec<Sighting>>,
     /// The store's counts per threshold rule id, this event included.
     pub counts: HashMap<String, Counts>,

@@ -209,6 +209,14 @@ pub trait UnitOfWork: Send {
         &mut self,
         user_id: Uuid,
     ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send;
+    /// The user's active session seen most recently that waits for no re-authentication,
+    /// `except` left out: where a login is compared from (travel), without reading every
+    /// session the user keeps open.
+    fn last_seen_session_of(
+        &mut self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+    ) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
     /// Users with at least one active session (the rule circuit breaker's denominator).
     fn active_user_count(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// The version of the last event in a stream, 0 for a stream with none.

@@ -136,6 +136,55 @@ async fn reuse_on_one_node_of_a_token_rotated_on_the_other_revokes_the_family_fo
     assert_sound_log(&b).await;
 }
 
+/// A node remembers the sightings it served; where the user was seen last may be a session
+/// another node served. Paris, New York a day later on the other node, then Paris again ten
+/// minutes after that on the first: the first node must measure from New York.
+#[tokio::test]
+async fn a_login_is_measured_from_where_another_node_saw_the_user_last() {
+    use crate::rules::{
+        CHROME_120, NEW_YORK, PARIS, receipts, rule_file, travel_rule, write_geoip,
+    };
+    let Some(db) = fresh_database("travel_measured_across_nodes").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (city, asn) = write_geoip(dir.path());
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    rule_file(
+        &rules,
+        "t.toml",
+        &travel_rule("enforce", "\"require_reauth\""),
+    );
+    let node = || {
+        let (on_db, city, asn, rules) = (on(&db), city.clone(), asn.clone(), rules.clone());
+        move |c: &mut Config| {
+            on_db(c);
+            c.geoip_city = Some(city);
+            c.geoip_asn = Some(asn);
+            c.rules = Some(rules);
+            c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        }
+    };
+    let clock = Arc::new(ManualClock::default());
+    let a = spawn_node(node(), clock.clone(), Some(master_key())).await;
+    let b = spawn_node(node(), clock.clone(), Some(master_key())).await;
+    a.register("alice").await;
+    login_from(&a, "alice", PARIS, CHROME_120).await;
+    clock.advance(sessiond::domain::Duration::hours(24));
+    login_from(&b, "alice", NEW_YORK, CHROME_120).await;
+    assert!(receipts(&a).await.is_empty(), "a day is time enough");
+
+    clock.advance(sessiond::domain::Duration::minutes(10));
+    let t = login_from(&a, "alice", PARIS, CHROME_120).await;
+    let fired = receipts(&a).await;
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0]["rule_id"], "impossible_travel");
+    assert_eq!(fired[0]["session_id"], t.session_id.as_str());
+    assert_eq!(fired[0]["inputs"]["from_city"], "New York");
+    assert_eq!(fired[0]["inputs"]["to_city"], "Paris");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_together_on_an_empty_database_share_one_signing_key() {
     let Some(db) = fresh_database("nodes_starting_together_share_one_key").await else {

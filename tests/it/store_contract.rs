@@ -750,6 +750,56 @@ async fn a_rollback_forgets_what_the_transaction_read_and_wrote() {
     }
 }
 
+async fn last_seen<U: UnitOfWork>(uow: &mut U, except: Option<Uuid>) -> Option<Uuid> {
+    let s = uow.last_seen_session_of(ALICE, except).await.unwrap();
+    s.map(|s| s.session_id)
+}
+
+/// Where a login's travel is measured from: the session seen last, read with the batch's own
+/// uncommitted writes, leaving out the one asked and any waiting for re-authentication.
+#[tokio::test]
+async fn the_last_seen_session_is_the_newest_trusted_one_the_batch_included() {
+    for b in backends("the_last_seen_session").await {
+        let name = b.name;
+        let steps = script();
+        let minutes = |m| t0() + Duration::minutes(m);
+        with_write_session!(&b.store, |ws| {
+            run_batch(&mut ws, &steps[..2], t0()).await;
+            ws.begin(&[]).await.unwrap();
+            steps[2].clone().run(&mut ws, minutes(1)).await;
+            assert_eq!(
+                last_seen(&mut ws, None).await,
+                Some(S2),
+                "{name}: staged, not committed"
+            );
+            assert_eq!(last_seen(&mut ws, Some(S2)).await, Some(S1), "{name}");
+            ws.commit().await.unwrap();
+
+            run_batch(&mut ws, &steps[3..4], minutes(5)).await;
+            ws.begin(&[]).await.unwrap();
+            assert_eq!(
+                last_seen(&mut ws, None).await,
+                Some(S1),
+                "{name}: refreshed last"
+            );
+            let mut s1 = ws.session(S1).await.unwrap().unwrap();
+            s1.reauth_required = true;
+            ws.put_session(&s1).await.unwrap();
+            assert_eq!(
+                last_seen(&mut ws, None).await,
+                Some(S2),
+                "{name}: S1 is not trusted"
+            );
+            ws.rollback().await.unwrap();
+
+            run_batch(&mut ws, &steps[8..9], minutes(6)).await;
+            ws.begin(&[]).await.unwrap();
+            assert_eq!(last_seen(&mut ws, None).await, None, "{name}: all ended");
+            ws.commit().await.unwrap();
+        });
+    }
+}
+
 /// The id only finds the row; a token with a known id and another body is unknown.
 #[tokio::test]
 async fn a_known_token_id_with_another_body_is_unknown() {

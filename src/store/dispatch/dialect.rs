@@ -21,6 +21,9 @@ pub struct Sql {
     pub user_by_name: &'static str,
     pub session: &'static str,
     pub active_sessions_of: &'static str,
+    /// A user's active session seen most recently, waiting for no re-authentication, other
+    /// than the second argument's; at most one row.
+    pub last_seen_session_of: &'static str,
     pub token: &'static str,
     /// Aliased `v`.
     pub stream_version: &'static str,

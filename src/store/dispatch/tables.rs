@@ -81,6 +81,20 @@ pub async fn active_sessions_of<D: Dialect>(
     all::<D, _>(c, q, rows::session::<D>).await
 }
 
+/// See [`super::dialect::Sql::last_seen_session_of`]; `except` may be `None`.
+pub async fn last_seen_session_of<D: Dialect>(
+    c: &mut D::Connection,
+    user_id: Uuid,
+    except: Option<Uuid>,
+) -> Result<Option<Session>, StoreError> {
+    // No session has the nil id: it stands for "no session to leave out".
+    let except = except.unwrap_or(Uuid::nil());
+    let q = Stmt::new::<D>(D::SQL.last_seen_session_of)
+        .arg(user_id.to_string())
+        .arg(except.to_string());
+    one::<D, _>(c, q, rows::session::<D>).await
+}
+
 /// The version of the last event in a stream, 0 for a stream with none.
 pub async fn stream_version<D: Dialect>(
     c: &mut D::Connection,

@@ -586,6 +586,23 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         Ok(sessions)
     }
 
+    async fn last_seen_session_of(
+        &mut self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+    ) -> Result<Option<Session>, StoreError> {
+        // Ordered over every row of the user: the database answers with the batch applied.
+        self.flush(FlushEnd::Open).await?;
+        let c = self.conn().await?;
+        let session = tables::last_seen_session_of::<Db<B>>(c, user_id, except).await?;
+        if let Some(s) = &session {
+            self.overlay
+                .read_sessions
+                .insert(s.session_id, Some(s.clone()));
+        }
+        Ok(session)
+    }
+
     async fn active_user_count(&mut self) -> Result<u64, StoreError> {
         self.flush(FlushEnd::Open).await?;
         tables::active_user_count::<Db<B>>(self.conn().await?).await

@@ -124,6 +124,13 @@ impl Dialect for Postgres {
             " FROM sessions ",
             "WHERE user_id = $1::uuid AND status = 'active' ORDER BY created_at, session_id"
         ),
+        last_seen_session_of: concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE user_id = $1::uuid AND status = 'active' ",
+            "AND NOT reauth_required AND session_id <> $2::uuid ",
+            "ORDER BY last_seen_at DESC, created_at DESC, session_id DESC LIMIT 1"
+        ),
         token: "SELECT token_hash AS t_hash, session_id::text AS t_session, \
              generation AS t_generation FROM refresh_tokens WHERE token_id = $1::uuid",
         stream_version: "SELECT COALESCE(MAX(stream_version), 0)::bigint AS v FROM events \

@@ -19,6 +19,9 @@ impl Dialect for Sqlite {
         session: "SELECT * FROM sessions WHERE session_id = ?",
         active_sessions_of: "SELECT * FROM sessions WHERE user_id = ? AND status = 'active' \
              ORDER BY created_at",
+        last_seen_session_of: "SELECT * FROM sessions WHERE user_id = ? AND status = 'active' \
+             AND reauth_required = 0 AND session_id <> ? \
+             ORDER BY last_seen_at DESC, created_at DESC LIMIT 1",
         token: "SELECT token_hash AS t_hash, session_id AS t_session, generation AS t_generation \
              FROM refresh_tokens WHERE token_id = ?",
         stream_version: "SELECT MAX(stream_version) AS v FROM events WHERE stream_id = ?",
