@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Where a login's CPU goes (issue 16, BENCHMARKS.md "Stop 19"):
+#
+#   benches/login_cpu.sh BIN_DIR
+#
+# A fresh data directory, `BIN_DIR/sessiond serve`, `BIN_DIR/sessiond-load --scenario login` at 64
+# clients for 20 s; 28 s after the start (setup and warm-up done) the CPU time of each server
+# thread, grouped by thread name, and of the load generator is taken over 10 s. With both cores
+# saturated by logins, the argon2 threads' share of all CPU used is the login rate as a fraction
+# of the bare argon2 rate, a figure the machine's own drift in speed does not move.
+set -u
+dir=$1
+port=18183
+data=$(mktemp -d)
+threads() {
+  for t in /proc/$1/task/*; do
+    s=($(sed 's/^.*) //' "$t/stat"))
+    echo "$(cat "$t/comm") ${s[11]} ${s[12]}"
+  done | awk '{u[$1]+=$2; k[$1]+=$3} END {for (n in u) print n, u[n], k[n]}' | sort
+}
+ticks() { s=($(sed 's/^.*) //' "/proc/$1/stat")); echo $((s[11] + s[12])); }
+SESSIOND_PASSWORD_QUEUE=256 RUST_LOG=warn "$dir/sessiond" serve --data-dir "$data" \
+  --listen 127.0.0.1:$port >"$data/log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$port/healthz && break; sleep 0.1; done
+"$dir/sessiond-load" --url http://127.0.0.1:$port --clients 64 --duration 20s --scenario login \
+  >"$data/load" 2>&1 &
+load=$!
+sleep 28
+l0=$(ticks $load); threads $server >"$data/t0"
+sleep 10
+l1=$(ticks $load); threads $server >"$data/t1"
+wait $load
+tail -1 "$data/load"
+hz=$(getconf CLK_TCK)
+join "$data/t0" "$data/t1" | awk -v load=$((l1 - l0)) -v hz="$hz" '
+  { u = $4 - $2; k = $5 - $3; all += u + k; cpu[$1] = u + k
+    printf "%-16s %6.2f s user %6.2f s system\n", $1, u / hz, k / hz }
+  END { all += load; printf "%-16s %6.2f s\n", "load generator", load / hz
+        printf "argon2 share of all CPU: %.1f%%\n", 100 * cpu["sessiond-argon2"] / all }'
+kill $server; wait $server 2>/dev/null
+rm -rf "$data"
