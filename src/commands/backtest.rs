@@ -393,28 +393,34 @@ impl JudgeMemory for ReplayMemory {
         Ok(())
     }
 
-    async fn usual_network_seen(
+    async fn usual_networks_seen(
         &mut self,
         user_id: Uuid,
-        networks: [&str; 2],
+        networks: &[&str],
         since: Timestamp,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let since = truncate_to_millis(since);
-        Ok(networks.iter().any(|n| {
-            self.usual
-                .get(&(user_id, (*n).to_owned()))
-                .is_some_and(|at| *at > since)
-        }))
+        Ok(networks
+            .iter()
+            .filter(|n| {
+                self.usual
+                    .get(&(user_id, (**n).to_owned()))
+                    .is_some_and(|at| *at > since)
+            })
+            .map(|n| (*n).to_owned())
+            .collect())
     }
 
-    async fn put_usual_network(
+    async fn put_usual_networks(
         &mut self,
         user_id: Uuid,
-        network: &str,
+        networks: &[&str],
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        self.usual
-            .insert((user_id, network.to_owned()), truncate_to_millis(at));
+        for n in networks {
+            self.usual
+                .insert((user_id, (*n).to_owned()), truncate_to_millis(at));
+        }
         Ok(())
     }
 

@@ -62,7 +62,8 @@ pub(super) async fn judge<M: JudgeMemory>(
     {
         let since = facts.now - chrono::Duration::days(USUAL_NETWORK_DAYS);
         let [a, b] = &networks;
-        history.usual_network = Some(uow.usual_network_seen(user, [a, b], since).await?);
+        let seen = uow.usual_networks_seen(user, &[a, b], since).await?;
+        history.usual_network = Some(!seen.is_empty());
     }
     let name_tag = rules.tag(facts.username.unwrap_or(""));
     for w in &needs.windows {
@@ -122,9 +123,12 @@ pub(super) async fn judge<M: JudgeMemory>(
         && (facts.trigger == Trigger::SessionStarted || history.usual_network.is_some())
         && let Some(user) = facts.user_id
     {
-        for n in networks.iter().filter(|n| !n.is_empty()) {
-            uow.put_usual_network(user, n, facts.now).await?;
-        }
+        let usual: Vec<&str> = networks
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+            .collect();
+        uow.put_usual_networks(user, &usual, facts.now).await?;
     }
     Ok(judgement)
 }
@@ -168,16 +172,16 @@ pub trait JudgeMemory: Send {
         at: Timestamp,
         tripped_until: Option<Timestamp>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn usual_network_seen(
+    fn usual_networks_seen(
         &mut self,
         user_id: Uuid,
-        networks: [&str; 2],
+        networks: &[&str],
         since: Timestamp,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    fn put_usual_network(
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    fn put_usual_networks(
         &mut self,
         user_id: Uuid,
-        network: &str,
+        networks: &[&str],
         at: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// A user's exceptions still live at `now` ("this was me", an analyst's false positive).
@@ -238,21 +242,21 @@ impl<U: UnitOfWork> JudgeMemory for U {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         UnitOfWork::put_breaker_spend(self, rule_id, at, tripped_until)
     }
-    fn usual_network_seen(
+    fn usual_networks_seen(
         &mut self,
         user_id: Uuid,
-        networks: [&str; 2],
+        networks: &[&str],
         since: Timestamp,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        UnitOfWork::usual_network_seen(self, user_id, networks, since)
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        UnitOfWork::usual_networks_seen(self, user_id, networks, since)
     }
-    fn put_usual_network(
+    fn put_usual_networks(
         &mut self,
         user_id: Uuid,
-        network: &str,
+        networks: &[&str],
         at: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        UnitOfWork::put_usual_network(self, user_id, network, at)
+        UnitOfWork::put_usual_networks(self, user_id, networks, at)
     }
     fn live_exceptions(
         &mut self,

@@ -37,10 +37,20 @@ pub(super) async fn notice_login<U: UnitOfWork>(
     let device_tag =
         notice::device_class(context).map(|d| format!("device:{}", cx.rules.tag(&d.key())));
     let place_tag = notice::country(context).map(|c| format!("place:{}", cx.rules.tag(&c)));
+    // What the user is known by, in one read; an absent value counts as known: there is
+    // nothing new to tell.
+    let tags: Vec<&str> = [Some(SIGNED_IN), device_tag.as_deref(), place_tag.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let seen = uow
+        .usual_networks_seen(user_id, &tags, Timestamp::UNIX_EPOCH)
+        .await?;
+    let known_by = |tag: Option<&str>| tag.is_none_or(|t| seen.iter().any(|s| s == t));
     let known = Known {
-        any: seen(uow, user_id, Some(SIGNED_IN)).await?,
-        device: seen(uow, user_id, device_tag.as_deref()).await?,
-        country: seen(uow, user_id, place_tag.as_deref()).await?,
+        any: known_by(Some(SIGNED_IN)),
+        device: known_by(device_tag.as_deref()),
+        country: known_by(place_tag.as_deref()),
     };
     let recent = uow.recent_notices(user_id, cx.now - window).await?;
     let exceptions = uow.live_exceptions(user_id, cx.now).await?;
@@ -53,14 +63,7 @@ pub(super) async fn notice_login<U: UnitOfWork>(
         now: cx.now,
     };
     match notice::decide_notice(login, known, &recent, &exceptions) {
-        Sighting::Known => {
-            for tag in [Some(SIGNED_IN.to_owned()), device_tag, place_tag]
-                .into_iter()
-                .flatten()
-            {
-                uow.put_usual_network(user_id, &tag, cx.now).await?;
-            }
-        }
+        Sighting::Known => uow.put_usual_networks(user_id, &tags, cx.now).await?,
         Sighting::Excepted | Sighting::AlreadyNoticed => {}
         Sighting::Notice(n) => {
             let user = uow.user_by_id(user_id).await?;
@@ -77,22 +80,6 @@ pub(super) async fn notice_login<U: UnitOfWork>(
         }
     }
     Ok(())
-}
-
-/// Whether the user signed in with `tag` before (an absent value counts as known: there is
-/// nothing new to tell).
-async fn seen<U: UnitOfWork>(
-    uow: &mut U,
-    user_id: Uuid,
-    tag: Option<&str>,
-) -> Result<bool, StoreError> {
-    match tag {
-        Some(t) => {
-            uow.usual_network_seen(user_id, [t, ""], Timestamp::UNIX_EPOCH)
-                .await
-        }
-        None => Ok(true),
-    }
 }
 
 /// Why an answer to a notice was refused.

@@ -90,18 +90,22 @@ impl Sessiond {
     ) -> Result<(), Error> {
         let policy = &self.config.login_throttle;
         let now = self.now();
+        let (limits, probes): (Vec<_>, Vec<_>) = throttle::throttle_keys(username, ctx.ip)
+            .into_iter()
+            .filter_map(|(scope, key)| {
+                let limit = policy.limit(scope);
+                let n = i64::from(limit.max_failures) - 1;
+                (limit.max_failures > 0)
+                    .then(|| ((scope, limit.window), (key, now - limit.window, n)))
+            })
+            .unzip();
         let mut scopes: Vec<ThrottleScope> = Vec::new();
         let mut wait = 0;
-        for (scope, key) in throttle::throttle_keys(username, ctx.ip) {
-            let limit = policy.limit(scope);
-            if limit.max_failures == 0 {
-                continue;
-            }
-            let since = now - limit.window;
-            let n = i64::from(limit.max_failures) - 1;
-            if let Some(at) = self.store.nth_login_failure(&key, since, n).await? {
+        let found = self.store.nth_login_failures(&probes).await?;
+        for ((scope, window), at) in limits.into_iter().zip(found) {
+            if let Some(at) = at {
                 scopes.push(scope);
-                wait = wait.max(throttle::retry_after(at, limit.window, now));
+                wait = wait.max(throttle::retry_after(at, window, now));
             }
         }
         if scopes.is_empty() {

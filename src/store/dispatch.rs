@@ -92,14 +92,15 @@ route! {
         error: Option<&str>,
         at: Timestamp,
     ) -> Result<(), StoreError>;
-    /// The `n`-th newest login failure (0 = newest) under a throttle key after `since`.
     /// Stored signed checkpoints after a position, oldest first.
     fn checkpoints(&self, after_position: i64, limit: i64) -> Result<Vec<crate::domain::checkpoint::Checkpoint>, StoreError>;
     /// The newest stored checkpoints, newest first.
     fn latest_checkpoints(&self, limit: i64) -> Result<Vec<crate::domain::checkpoint::Checkpoint>, StoreError>;
     /// A page of a projected table (`integrity::PROJECTED_TABLES[table]`) in key order.
     fn projection_rows(&self, table: usize, from: Option<&integrity::PageKey>, limit: i64) -> Result<Vec<integrity::ProjectedRow>, StoreError>;
-    fn nth_login_failure(&self, key: &str, since: Timestamp, n: i64) -> Result<Option<Timestamp>, StoreError>;
+    /// For each probe `(throttle key, since, n)`, the `n`-th newest login failure (0 = newest)
+    /// under the key after `since`: one read for all of them.
+    fn nth_login_failures(&self, probes: &[(String, Timestamp, i64)]) -> Result<Vec<Option<Timestamp>>, StoreError>;
     /// The OAuth client with this id, and its secret's SHA-256 when it is confidential.
     fn client(&self, client_id: &str) -> Result<Option<(crate::domain::client::Client, Option<Vec<u8>>)>, StoreError>;
     /// Every registered OAuth client, oldest first.

@@ -445,17 +445,18 @@ pub trait UnitOfWork: Send {
         at: Timestamp,
         tripped_until: Option<Timestamp>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Whether `user_id` was seen on either of two (hashed) networks after `since`.
-    fn usual_network_seen(
+    /// Which of these (hashed) networks `user_id` was seen on after `since`.
+    fn usual_networks_seen(
         &mut self,
         user_id: Uuid,
-        networks: [&str; 2],
+        networks: &[&str],
         since: Timestamp,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    fn put_usual_network(
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// Marks each of `networks` seen by `user_id` at `at`.
+    fn put_usual_networks(
         &mut self,
         user_id: Uuid,
-        network: &str,
+        networks: &[&str],
         at: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

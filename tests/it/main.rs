@@ -57,6 +57,7 @@ mod signout;
 mod startup;
 mod step_up;
 mod store_contract;
+mod store_memory;
 mod throttle;
 mod tls;
 mod verdicts;

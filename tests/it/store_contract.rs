@@ -80,6 +80,7 @@ macro_rules! with_write_session {
         }
     };
 }
+pub(crate) use with_write_session;
 
 fn policy() -> SessionPolicy {
     SessionPolicy {

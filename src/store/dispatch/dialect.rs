@@ -81,7 +81,8 @@ pub struct RegistrySql {
     /// One row of the login-throttle projection (key, time).
     pub put_login_failure: &'static str,
     /// A key's failures after a time, newest first, from an offset (`failed_at`).
-    pub nth_login_failure: &'static str,
+    /// A login failure's time as the shared code reads it (`failed_at`).
+    pub login_failure_at: &'static str,
     /// A DPoP proof's jti hash and expiry; inserts nothing if the hash is known.
     pub claim_dpop_jti: &'static str,
     pub prune_dpop_jtis: &'static str,
@@ -94,9 +95,6 @@ pub struct RegistrySql {
     pub breaker_spent: &'static str,
     pub put_breaker_spend: &'static str,
     pub prune_breaker: &'static str,
-    /// How many of two networks (`n`) a user was seen on after a time.
-    pub usual_networks_seen: &'static str,
-    pub put_usual_network: &'static str,
 }
 
 /// One database as the shared code sees it. Implemented by `sqlx::Sqlite` and `sqlx::Postgres`.

@@ -216,56 +216,93 @@ pub async fn put_breaker_spend<D: Dialect>(
     execute::<D>(c, q).await
 }
 
-/// Whether the user was seen on either network after `since`.
-pub async fn usual_network_seen<D: Dialect>(
+/// Which of `networks` the user was seen on after `since`: one read for all of them.
+pub async fn usual_networks_seen<D: Dialect>(
     c: &mut D::Connection,
     user_id: Uuid,
-    networks: [&str; 2],
+    networks: &[&str],
     since: Timestamp,
-) -> Result<bool, StoreError> {
-    let q = Stmt::new::<D>(D::SQL.registry.usual_networks_seen)
-        .arg(user_id.to_string())
-        .arg(networks[0])
-        .arg(networks[1])
-        .arg(format_timestamp(since));
-    let n = one::<D, _>(c, q, |r| r.int("n")).await?;
-    Ok(n.unwrap_or(0) > 0)
+) -> Result<Vec<String>, StoreError> {
+    if networks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wanted: Vec<String> = networks.iter().map(|n| (*n).to_owned()).collect();
+    let mut q = Stmt::new::<D>("SELECT network FROM usual_networks WHERE user_id = ");
+    q.cast(user_id.to_string(), D::UUID)
+        .push(" AND ")
+        .any_of("network", &wanted)
+        .push(" AND last_seen > ")
+        .cast(format_timestamp(since), D::TIME);
+    all::<D, _>(c, q, |r| r.text("network")).await
 }
 
-pub async fn put_usual_network<D: Dialect>(
+/// Marks each of `networks` seen by the user at `at`: one statement for all of them.
+pub async fn put_usual_networks<D: Dialect>(
     c: &mut D::Connection,
     user_id: Uuid,
-    network: &str,
+    networks: &[&str],
     at: Timestamp,
 ) -> Result<(), StoreError> {
-    let q = Stmt::new::<D>(D::SQL.registry.put_usual_network)
-        .arg(user_id.to_string())
-        .arg(network)
-        .arg(format_timestamp(at));
+    // One row per network: an upsert may not touch the same row twice.
+    let mut distinct: Vec<&str> = networks.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.is_empty() {
+        return Ok(());
+    }
+    let (user, at) = (user_id.to_string(), format_timestamp(at));
+    let mut q = Stmt::new::<D>("INSERT INTO usual_networks (user_id, network, last_seen) ");
+    q.values(distinct, |t, n| {
+        t.cast(user.as_str(), D::UUID)
+            .bind(n)
+            .cast(at.as_str(), D::TIME);
+    });
+    q.push(" ON CONFLICT (user_id, network) DO UPDATE SET last_seen = excluded.last_seen");
     execute::<D>(c, q).await
 }
 
 impl<D: Dialect> Tables<D> {
-    /// The `n`-th newest failure (0 = the newest) under `key` after `since`, if there are that
-    /// many: one indexed read answers "is the limit reached, and until when".
-    pub async fn nth_login_failure(
+    /// For each probe `(key, since, n)`, the `n`-th newest failure (0 = the newest) under `key`
+    /// after `since`, if there are that many: one indexed read per probe answers "is the limit
+    /// reached, and until when", all of them in one statement.
+    pub async fn nth_login_failures(
         &self,
-        key: &str,
-        since: Timestamp,
-        n: i64,
-    ) -> Result<Option<Timestamp>, StoreError> {
-        let mut c = self.pool.acquire().await?;
-        // The rows hold keyed hashes of the keys (see `Vault::throttle_key`).
-        let stored = match self.vault.get() {
-            Some(v) => v.throttle_key(key),
-            None => key.to_owned(),
-        };
-        let q = Stmt::new::<D>(D::SQL.registry.nth_login_failure)
-            .arg(stored)
-            .arg(format_timestamp(since))
-            .arg(n);
-        let row = one::<D, _>(&mut c, q, |r| D::time(r, "failed_at")).await?;
-        Ok(row.flatten())
+        probes: &[(String, Timestamp, i64)],
+    ) -> Result<Vec<Option<Timestamp>>, StoreError> {
+        let mut found = vec![None; probes.len()];
+        if probes.is_empty() {
+            return Ok(found);
+        }
+        let mut q = Stmt::new::<D>("");
+        for (i, (key, since, n)) in probes.iter().enumerate() {
+            // The rows hold keyed hashes of the keys (see `Vault::throttle_key`).
+            let stored = match self.vault.get() {
+                Some(v) => v.throttle_key(key),
+                None => key.clone(),
+            };
+            if i > 0 {
+                q.push(" UNION ALL ");
+            }
+            q.push(&format!("SELECT CAST({i} AS BIGINT) AS probe, "))
+                .push(D::SQL.registry.login_failure_at)
+                .push(" FROM (SELECT failed_at FROM login_failures WHERE throttle_key = ")
+                .bind(stored)
+                .push(" AND failed_at > ")
+                .cast(format_timestamp(*since), D::TIME)
+                .push(" ORDER BY failed_at DESC LIMIT 1 OFFSET ")
+                .bind(*n)
+                .push(&format!(") AS p{i}"));
+        }
+        for (i, at) in all::<D, _>(&mut *self.pool.acquire().await?, q, |r| {
+            Ok((r.int("probe")?, D::time(r, "failed_at")?))
+        })
+        .await?
+        {
+            if let Some(slot) = usize::try_from(i).ok().and_then(|i| found.get_mut(i)) {
+                *slot = at;
+            }
+        }
+        Ok(found)
     }
 
     /// Every signing key with its sealed private half, oldest first.

@@ -11,7 +11,7 @@ use crate::store::{ChainHead, EventFilter, RecordedEvent, StoreError, TokenRecor
 use sqlx::Pool;
 use uuid::Uuid;
 
-const HEAD: &str = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1";
+pub const HEAD: &str = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1";
 const ACTIVE_USERS: &str =
     "SELECT COUNT(DISTINCT user_id) AS n FROM sessions WHERE status = 'active'";
 
@@ -19,6 +19,20 @@ pub async fn head<D: Dialect>(c: &mut D::Connection) -> Result<ChainHead, StoreE
     match D::fetch_optional(c, Stmt::new::<D>(HEAD)).await? {
         None => Ok(ChainHead::GENESIS),
         Some(r) => rows::head(&r),
+    }
+}
+
+/// The chain head, read in the round trip that runs `before` first (a `BEGIN`).
+pub async fn head_after<D: Dialect>(
+    c: &mut D::Connection,
+    before: &str,
+) -> Result<ChainHead, StoreError> {
+    match D::fetch_all(c, Stmt::new::<D>(format!("{before}{HEAD}")))
+        .await?
+        .first()
+    {
+        None => Ok(ChainHead::GENESIS),
+        Some(r) => rows::head(r),
     }
 }
 

@@ -72,11 +72,12 @@ pub trait WriteBackend: Send + 'static {
     fn conn(&mut self) -> Result<&mut <Self::Db as sqlx::Database>::Connection, StoreError>;
 
     /// Starts a transaction under whatever orders appends, and reads `prefetch`'s tokens with
-    /// their sessions (in the same round trip where the database allows).
+    /// their sessions and the chain head under that lock (in as few round trips as the
+    /// database allows).
     fn begin(
         &mut self,
         prefetch: &[TokenKey],
-    ) -> impl Future<Output = Result<Vec<TokenRow>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<(Vec<TokenRow>, ChainHead), StoreError>> + Send;
 
     /// Sends `rows` as multi-row statements and, for [`FlushEnd::Commit`], commits. A lost
     /// race on a stream is a [`StoreError::Conflict`].
@@ -436,11 +437,11 @@ impl<B: WriteBackend> crate::store::WriteSession for OverlaySession<B> {
         settled?;
         // Open before BEGIN returns: a BEGIN that failed half-way is rolled back too.
         self.mode = Mode::Open;
-        let found = self.reclaim().await?.begin(prefetch).await?;
-        self.remember_tokens(prefetch, found);
         // Another process (a second node, a CLI tool) may have appended since our last
-        // commit: chain onto what is really there, under the lock we now hold.
-        self.committed = tables::head::<Db<B>>(self.conn().await?).await?;
+        // commit: chain onto what is really there, read under the lock `begin` took.
+        let (found, head) = self.reclaim().await?.begin(prefetch).await?;
+        self.remember_tokens(prefetch, found);
+        self.committed = head;
         self.head = self.committed;
         self.pipe.durable = self.committed.position;
         Ok(())
@@ -899,11 +900,13 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         Ok(destroyed)
     }
 
+    // Notices and exceptions are never held in the overlay: their reads need nothing of it
+    // flushed (a flush here would cost a round trip and make the batch opaque).
     async fn notice(
         &mut self,
         notice_id: Uuid,
     ) -> Result<Option<crate::domain::notice::Notice>, StoreError> {
-        notices::notice::<Db<B>>(self.flushed().await?, notice_id).await
+        notices::notice::<Db<B>>(self.conn().await?, notice_id).await
     }
 
     async fn put_notice(
@@ -918,11 +921,11 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         user_id: Uuid,
         since: Timestamp,
     ) -> Result<Vec<crate::domain::notice::Notice>, StoreError> {
-        notices::notices_of::<Db<B>>(self.flushed().await?, user_id, Some(since), 100).await
+        notices::notices_of::<Db<B>>(self.conn().await?, user_id, Some(since), 100).await
     }
 
     async fn last_denial(&mut self, user_id: Uuid) -> Result<Option<Timestamp>, StoreError> {
-        notices::last_denial::<Db<B>>(self.flushed().await?, user_id).await
+        notices::last_denial::<Db<B>>(self.conn().await?, user_id).await
     }
 
     async fn put_exception(
@@ -937,7 +940,7 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         user_id: Uuid,
         now: Timestamp,
     ) -> Result<Vec<crate::domain::notice::Exception>, StoreError> {
-        notices::live_exceptions::<Db<B>>(self.flushed().await?, user_id, now).await
+        notices::live_exceptions::<Db<B>>(self.conn().await?, user_id, now).await
     }
 
     async fn alert_at(
@@ -1029,21 +1032,21 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         registry::put_breaker_spend::<Db<B>>(self.conn().await?, rule_id, at, tripped_until).await
     }
 
-    async fn usual_network_seen(
+    async fn usual_networks_seen(
         &mut self,
         user_id: Uuid,
-        networks: [&str; 2],
+        networks: &[&str],
         since: Timestamp,
-    ) -> Result<bool, StoreError> {
-        registry::usual_network_seen::<Db<B>>(self.conn().await?, user_id, networks, since).await
+    ) -> Result<Vec<String>, StoreError> {
+        registry::usual_networks_seen::<Db<B>>(self.conn().await?, user_id, networks, since).await
     }
 
-    async fn put_usual_network(
+    async fn put_usual_networks(
         &mut self,
         user_id: Uuid,
-        network: &str,
+        networks: &[&str],
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        registry::put_usual_network::<Db<B>>(self.conn().await?, user_id, network, at).await
+        registry::put_usual_networks::<Db<B>>(self.conn().await?, user_id, networks, at).await
     }
 }

@@ -256,12 +256,7 @@ impl Dialect for Postgres {
                  last_attempt_at = EXCLUDED.last_attempt_at",
             put_login_failure: "INSERT INTO login_failures (throttle_key, failed_at) \
                  VALUES ($1, $2::timestamptz)",
-            nth_login_failure: concat!(
-                "SELECT ",
-                millis!("failed_at"),
-                " FROM login_failures WHERE throttle_key = $1 AND failed_at > $2::timestamptz \
-                 ORDER BY failed_at DESC LIMIT 1 OFFSET $3"
-            ),
+            login_failure_at: millis!("failed_at"),
             claim_dpop_jti: "INSERT INTO dpop_proofs (jti_hash, expires_at) \
                  VALUES ($1, $2::timestamptz) ON CONFLICT (jti_hash) DO NOTHING",
             prune_dpop_jtis: "DELETE FROM dpop_proofs WHERE expires_at < $1::timestamptz",
@@ -283,11 +278,6 @@ impl Dialect for Postgres {
                  VALUES ($1, $2::timestamptz, $3::timestamptz)",
             prune_breaker: "DELETE FROM breaker_spend \
                  WHERE rule_id = $1 AND spent_at <= $2::timestamptz",
-            usual_networks_seen: "SELECT COUNT(*) AS n FROM usual_networks \
-                 WHERE user_id = $1::uuid AND network IN ($2, $3) AND last_seen > $4::timestamptz",
-            put_usual_network: "INSERT INTO usual_networks (user_id, network, last_seen) \
-                 VALUES ($1::uuid, $2, $3::timestamptz) ON CONFLICT (user_id, network) \
-                 DO UPDATE SET last_seen = excluded.last_seen",
         },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;

@@ -8,13 +8,13 @@
 
 use super::locks::{APPEND_LOCK, COMMIT_CHANNEL};
 use crate::domain::token::TokenKey;
-use crate::store::StoreError;
 use crate::store::dispatch::dialect::{Dialect, Stmt};
 use crate::store::dispatch::rows::{push_events, push_sessions, push_tokens, push_users};
 use crate::store::dispatch::{data_keys, integrity, tables};
 use crate::store::overlay::{FlushEnd, OverlaySession, Pending, TokenRow, WriteBackend};
+use crate::store::{ChainHead, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Connection, Executor, Postgres};
+use sqlx::{Connection, Executor, Postgres, Row};
 
 /// The writer's unit of work on PostgreSQL.
 pub type PostgresWriteSession = OverlaySession<PostgresWriter>;
@@ -100,7 +100,9 @@ impl PostgresWriter {
     }
 
     /// Opens the connection if needed, starts a transaction and takes the append lock.
-    async fn open(&mut self) -> Result<(), StoreError> {
+    /// Begins a transaction, takes the append lock and reads the chain head under it: one
+    /// round trip.
+    async fn open(&mut self) -> Result<ChainHead, StoreError> {
         if self.conn.is_none() {
             self.conn = Some(PgConnection::connect_with(&self.options).await?);
         }
@@ -108,12 +110,18 @@ impl PostgresWriter {
         // see what the previous holder committed (under REPEATABLE READ the snapshot would date
         // from the lock statement, taken before the lock was granted).
         let lock = format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({}, {});",
-            APPEND_LOCK.0, APPEND_LOCK.1
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({}, {}); {}",
+            APPEND_LOCK.0,
+            APPEND_LOCK.1,
+            tables::HEAD
         );
         let conn = self.conn.as_mut().ok_or_else(no_transaction_sqlx)?;
-        conn.execute(sqlx::raw_sql(&lock)).await?;
-        Ok(())
+        let rows = conn.fetch_all(sqlx::raw_sql(&lock)).await?;
+        // The lock's row has one (void) column; the head's, if the log has one, two.
+        match rows.iter().find(|r| r.columns().len() == 2) {
+            Some(r) => crate::store::dispatch::rows::head(r),
+            None => Ok(ChainHead::GENESIS),
+        }
     }
 
     async fn flush_open(&mut self, rows: Pending<'_>, end: FlushEnd) -> Result<(), StoreError> {
@@ -166,12 +174,16 @@ impl WriteBackend for PostgresWriter {
             .ok_or_else(|| StoreError::Database(no_transaction_sqlx()))
     }
 
-    async fn begin(&mut self, prefetch: &[TokenKey]) -> Result<Vec<TokenRow>, StoreError> {
-        self.open().await?;
-        if prefetch.is_empty() {
-            return Ok(Vec::new());
-        }
-        tables::tokens_with_sessions::<Postgres>(self.conn()?, prefetch, "").await
+    async fn begin(
+        &mut self,
+        prefetch: &[TokenKey],
+    ) -> Result<(Vec<TokenRow>, ChainHead), StoreError> {
+        let head = self.open().await?;
+        let found = match prefetch.is_empty() {
+            true => Vec::new(),
+            false => tables::tokens_with_sessions::<Postgres>(self.conn()?, prefetch, "").await?,
+        };
+        Ok((found, head))
     }
 
     async fn flush(&mut self, rows: Pending<'_>, end: FlushEnd) -> Result<(), StoreError> {

@@ -101,8 +101,7 @@ impl Dialect for Sqlite {
                  failures = backchannel_progress.failures + 1, last_error = excluded.last_error, \
                  last_attempt_at = excluded.last_attempt_at",
             put_login_failure: "INSERT INTO login_failures (throttle_key, failed_at) VALUES (?, ?)",
-            nth_login_failure: "SELECT failed_at FROM login_failures \
-                 WHERE throttle_key = ? AND failed_at > ? ORDER BY failed_at DESC LIMIT 1 OFFSET ?",
+            login_failure_at: "failed_at",
             claim_dpop_jti: "INSERT INTO dpop_proofs (jti_hash, expires_at) VALUES (?, ?) \
                  ON CONFLICT (jti_hash) DO NOTHING",
             prune_dpop_jtis: "DELETE FROM dpop_proofs WHERE expires_at < ?",
@@ -119,11 +118,6 @@ impl Dialect for Sqlite {
             put_breaker_spend: "INSERT INTO breaker_spend (rule_id, spent_at, tripped_until) \
                  VALUES (?, ?, ?)",
             prune_breaker: "DELETE FROM breaker_spend WHERE rule_id = ? AND spent_at <= ?",
-            usual_networks_seen: "SELECT COUNT(*) AS n FROM usual_networks \
-                 WHERE user_id = ? AND network IN (?, ?) AND last_seen > ?",
-            put_usual_network: "INSERT INTO usual_networks (user_id, network, last_seen) \
-                 VALUES (?, ?, ?) ON CONFLICT (user_id, network) \
-                 DO UPDATE SET last_seen = excluded.last_seen",
         },
     };
     const MIGRATOR: &'static sqlx::migrate::Migrator = &super::MIGRATOR;

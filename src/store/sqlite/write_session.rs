@@ -8,7 +8,7 @@ use crate::store::dispatch::dialect::{Dialect, Stmt};
 use crate::store::dispatch::rows::{push_events, push_sessions, push_tokens, push_users};
 use crate::store::dispatch::{data_keys, integrity, tables};
 use crate::store::overlay::{FlushEnd, OverlaySession, Pending, TokenRow, WriteBackend};
-use crate::store::{RecordedEvent, StoreError};
+use crate::store::{ChainHead, RecordedEvent, StoreError};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Executor, Row, Sqlite};
 use std::sync::Arc;
@@ -77,13 +77,19 @@ impl WriteBackend for SqliteWriter {
         Ok(&mut self.conn)
     }
 
-    async fn begin(&mut self, prefetch: &[TokenKey]) -> Result<Vec<TokenRow>, StoreError> {
+    async fn begin(
+        &mut self,
+        prefetch: &[TokenKey],
+    ) -> Result<(Vec<TokenRow>, ChainHead), StoreError> {
         // IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock later.
         if prefetch.is_empty() {
-            self.conn.execute("BEGIN IMMEDIATE").await?;
-            return Ok(Vec::new());
+            let head = tables::head_after::<Sqlite>(&mut self.conn, "BEGIN IMMEDIATE; ").await?;
+            return Ok((Vec::new(), head));
         }
-        tables::tokens_with_sessions::<Sqlite>(&mut self.conn, prefetch, "BEGIN IMMEDIATE; ").await
+        let found =
+            tables::tokens_with_sessions::<Sqlite>(&mut self.conn, prefetch, "BEGIN IMMEDIATE; ")
+                .await?;
+        Ok((found, tables::head::<Sqlite>(&mut self.conn).await?))
     }
 
     /// Sends every pending write and, with a commit, the COMMIT, all as one multi-statement

@@ -21,7 +21,6 @@
 use super::{Db, Mode, OverlaySession, Pending, WriteBackend};
 use crate::domain::session::Session;
 use crate::domain::token::TokenKey;
-use crate::store::dispatch::tables;
 use crate::store::overlay::{FlushEnd, Overlay};
 use crate::store::{ChainHead, StoreError, WriteSession};
 use std::collections::HashMap;
@@ -145,9 +144,7 @@ impl<B: WriteBackend> OverlaySession<B> {
         self.pipe.reader = None;
         // Open before BEGIN returns: a BEGIN that failed half-way is rolled back too.
         self.mode = Mode::Open;
-        self.reclaim().await?.begin(&[]).await?;
-        let head =
-            tables::head::<Db<B>>(self.backend.as_mut().ok_or_else(no_connection)?.conn()?).await?;
+        let (_, head) = self.reclaim().await?.begin(&[]).await?;
         // Another process appended after the batch below: this one chained onto a stale head.
         if head != self.committed {
             return Err(superseded(self.committed));
