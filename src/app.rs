@@ -2,6 +2,7 @@
 //! and serve HTTP until told to stop.
 
 use crate::clock::{Clock, SystemClock};
+use crate::commands::writer::Linger;
 use crate::commands::{CreateFirstSigningKey, Writer, adopt_unlogged_webhooks};
 use crate::config::{Config, ConfigError};
 use crate::context::geoip::GeoIp;
@@ -189,6 +190,14 @@ impl App {
         let checkpoint_key = Arc::new(CheckpointKey::derive(&master));
         // Before the writer starts: every append from here on seals personal data.
         store.install_vault(vault_of(&master));
+        let passwords = Arc::new(crate::passwords::PasswordGate::new(config.password_queue));
+        let linger = (config.writer_login_linger > chrono::Duration::zero()).then(|| {
+            let gate = passwords.clone();
+            Linger {
+                max: config.writer_login_linger.to_std().unwrap_or_default(),
+                checks_queued: Arc::new(move || gate.queued() > 0),
+            }
+        });
         let (writer, writer_task) = spawn_writer(
             &store,
             options.clock.clone(),
@@ -196,6 +205,7 @@ impl App {
             rules.clone(),
             config.writer_max_batch,
             checkpoint_key.clone(),
+            linger,
         )
         .await?;
         let commits = store.follow_commits(writer.committed()).await?;
@@ -312,7 +322,7 @@ impl App {
             geoip,
             rules,
             streams: Default::default(),
-            passwords: Arc::new(crate::passwords::PasswordGate::new(config.password_queue)),
+            passwords,
             dpop,
         });
         // The key-status gauges and the log head, exported from the start.
@@ -449,6 +459,7 @@ async fn spawn_writer(
     rules: Arc<RuleEngine>,
     max_batch: usize,
     checkpoint_key: Arc<CheckpointKey>,
+    linger: Option<Linger>,
 ) -> Result<(Writer, JoinHandle<()>), StoreError> {
     let key = Some(checkpoint_key);
     Ok(match store {
@@ -459,6 +470,7 @@ async fn spawn_writer(
             rules,
             max_batch,
             key,
+            linger,
         ),
         Store::Postgres(p) => Writer::spawn(
             p.write_session().await?,
@@ -467,6 +479,7 @@ async fn spawn_writer(
             rules,
             max_batch,
             key,
+            linger,
         ),
     })
 }

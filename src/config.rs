@@ -36,6 +36,9 @@ pub struct Config {
     pub cookie_allowed_origins: Vec<String>,
     /// Commands the writer may commit in one transaction.
     pub writer_max_batch: usize,
+    /// How long a lone login waits in the writer for another to share its commit, while
+    /// password checks queue (`commands::writer::Linger`); zero: never.
+    pub writer_login_linger: Duration,
     pub log_format: LogFormat,
     /// Cron schedules (six fields, seconds first; `off` disables the job).
     pub expiry_sweep_schedule: Option<String>,
@@ -215,6 +218,7 @@ pub const KEYS: &[&str] = &[
     "trusted_proxies",
     "cookie_allowed_origins",
     "writer_max_batch",
+    "writer_login_linger",
     "log_format",
     "expiry_sweep_schedule",
     "key_rotation_schedule",
@@ -286,6 +290,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             cookie_allowed_origins: Vec::new(),
             writer_max_batch: 256,
+            writer_login_linger: Duration::milliseconds(20),
             log_format: LogFormat::Text,
             expiry_sweep_schedule: Some("0 * * * * *".into()),
             key_rotation_schedule: Some("30 * * * * *".into()),
@@ -460,6 +465,12 @@ impl Config {
                 }
                 "cookie_allowed_origins" => c.cookie_allowed_origins = list(k, value)?,
                 "writer_max_batch" => c.writer_max_batch = integer(k, value, 1, 10_000)? as usize,
+                "writer_login_linger" => {
+                    c.writer_login_linger = duration_ms(k, value)?;
+                    if c.writer_login_linger > Duration::seconds(1) {
+                        return Err(err(k, "at most 1s"));
+                    }
+                }
                 "log_format" => {
                     c.log_format = match string(k, value)?.as_str() {
                         "text" => LogFormat::Text,

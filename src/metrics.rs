@@ -25,6 +25,7 @@ pub const REVOCATIONS: &str = "sessiond_session_revocations_total";
 pub const EXPIRATIONS: &str = "sessiond_session_expirations_total";
 pub const ACTIVE_SESSIONS: &str = "sessiond_active_sessions";
 pub const WRITER_BATCH: &str = "sessiond_writer_batch_size";
+pub const WRITER_LINGERED: &str = "sessiond_writer_lingered_total";
 pub const WRITER_COMMIT: &str = "sessiond_writer_commit_duration_seconds";
 pub const LOG_HEAD: &str = "sessiond_event_log_head_position";
 pub const WEBHOOK_LAG: &str = "sessiond_webhook_lag_events";
@@ -103,6 +104,10 @@ fn describe() {
         "Sessions currently active (as of the last scrape)"
     );
     describe_histogram!(WRITER_BATCH, "Commands per group commit");
+    describe_counter!(
+        WRITER_LINGERED,
+        "Commits of only logins that waited for another command while password checks queued"
+    );
     describe_histogram!(WRITER_COMMIT, "Time to apply and commit one batch");
     describe_gauge!(LOG_HEAD, "Position of the last committed event");
     describe_gauge!(
@@ -217,6 +222,7 @@ pub fn seed(rules: &[(String, &'static str)], jobs: &[&'static str]) {
         // Registered without a sample, a histogram is exported with zero counts.
         let _ = histogram!(JOB_DURATION, "job" => *job);
     }
+    counter!(WRITER_LINGERED).increment(0);
     for route in ["/v1/auth/login", "/v1/auth/refresh"] {
         let labels = [("route", route), ("method", "POST"), ("status", "200")];
         counter!(HTTP_REQUESTS, &labels).increment(0);

@@ -61,6 +61,11 @@ impl PasswordGate {
         }
     }
 
+    /// How many callers wait for a turn at argon2 now.
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// How many argon2 computations have started.
     pub fn computed(&self) -> u64 {
         self.computed.load(Ordering::Relaxed)

@@ -99,6 +99,7 @@ pub enum StartRefusal {
 
 impl Command for StartSession {
     type Reply = Result<Session, StartRefusal>;
+    const FOLLOWS_PASSWORD: bool = true;
 
     async fn handle<U: UnitOfWork>(
         self,
@@ -202,6 +203,7 @@ pub struct RecordLoginFailure {
 
 impl Command for RecordLoginFailure {
     type Reply = ();
+    const FOLLOWS_PASSWORD: bool = true;
 
     async fn handle<U: UnitOfWork>(
         self,

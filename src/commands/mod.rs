@@ -81,6 +81,10 @@ pub trait Command: Clone + Send + Sync + 'static {
         None
     }
 
+    /// Sent right after a password check (a login, a failed login): such a command may wait
+    /// for company in the writer while other checks queue (see `writer::Linger`).
+    const FOLLOWS_PASSWORD: bool = false;
+
     /// Counts a committed outcome (called once per command, after its batch is durable).
     fn observe(&self, _reply: &Self::Reply) {}
 }

@@ -90,6 +90,12 @@ macro_rules! queue {
                 }
             }
 
+            fn follows_password(&self) -> bool {
+                match self {
+                    $(Job::$name(_) => $name::FOLLOWS_PASSWORD,)*
+                }
+            }
+
             async fn run<U: UnitOfWork>(
                 &mut self,
                 uow: &mut U,
@@ -222,6 +228,23 @@ pub struct WriterStats {
     /// Batches whose decisions on top were thrown away (the commit below failed, or they
     /// could not stand) and whose commands were decided again.
     pub redecided: AtomicU64,
+    /// Lone batches of password-checked commands that waited for company (see [`Linger`]).
+    pub lingered: AtomicU64,
+}
+
+/// When a batch of nothing but commands that follow a password check (a login, a failed
+/// login) waits a moment for another command before it commits: only while further password
+/// checks queue for argon2. The argon2 threads then have all the CPU they can use, and each
+/// lone login's commit (its statements, its WAL write and fsync, the wake-ups between the
+/// writer and its connection) takes CPU from them; two logins in one commit pay for one. The
+/// next check ends within one argon2 time, far less than such a queue's wait. A refresh never
+/// waits, and any command arriving ends the wait at once.
+#[derive(Clone)]
+pub struct Linger {
+    /// The longest wait.
+    pub max: std::time::Duration,
+    /// Whether further password checks are queued now.
+    pub checks_queued: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// A batch whose commit is in flight: its commands wait for its outcome.
@@ -274,6 +297,7 @@ impl Writer {
         rules: Arc<RuleEngine>,
         max_batch: usize,
         checkpoint_key: Option<Arc<CheckpointKey>>,
+        linger: Option<Linger>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(max_batch * 8);
         let (committed_tx, committed) = watch::channel(session.committed_position());
@@ -288,6 +312,7 @@ impl Writer {
             stats: stats.clone(),
             checkpoint_key,
             signed: None,
+            linger,
         };
         // The writer gets a thread of its own: it is the one serial path of the service, and
         // on a shared runtime every statement's wake-up would queue behind HTTP work.
@@ -362,6 +387,7 @@ struct WriterTask<W> {
     checkpoint_key: Option<Arc<CheckpointKey>>,
     /// The position this writer last signed (`None`: not yet in this run).
     signed: Option<i64>,
+    linger: Option<Linger>,
 }
 
 impl<W: WriteSession> WriterTask<W> {
@@ -384,6 +410,9 @@ impl<W: WriteSession> WriterTask<W> {
                 if next.is_empty() && (!open || rx.recv_many(&mut next, self.max_batch).await == 0)
                 {
                     break;
+                }
+                if open {
+                    open = self.wait_for_company(&mut rx, &mut next).await;
                 }
                 flying = self.stage(std::mem::take(&mut next)).await;
                 continue;
@@ -464,6 +493,26 @@ impl<W: WriteSession> WriterTask<W> {
         }
         // The last commit's connection comes back (its housekeeping done) before the end.
         let _ = self.session.rollback().await;
+    }
+
+    /// Waits (see [`Linger`]) for one more command to join `batch` when it holds nothing but
+    /// commands that follow a password check and more checks are queued. False once the
+    /// queue has closed.
+    async fn wait_for_company(&self, rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) -> bool {
+        let Some(linger) = &self.linger else {
+            return true;
+        };
+        let room = self.max_batch.saturating_sub(batch.len());
+        if room == 0 || !batch.iter().all(Job::follows_password) || !(linger.checks_queued)() {
+            return true;
+        }
+        self.stats.lingered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::WRITER_LINGERED).increment(1);
+        // `recv_many` is cancel-safe: at the deadline nothing received is lost.
+        !matches!(
+            tokio::time::timeout(linger.max, rx.recv_many(batch, room)).await,
+            Ok(0)
+        )
     }
 
     /// Decides `incoming` on top of the commit in flight, if it can be.

@@ -133,3 +133,17 @@ fn context_and_rule_keys_come_from_file_and_environment() {
     let e = load(None, &[("SESSIOND_RULES_BREAKER_FRACTION", "2")]).unwrap_err();
     assert_eq!(e.key, "rules_breaker_fraction");
 }
+
+#[test]
+fn the_login_linger_is_in_milliseconds_off_at_zero_and_at_most_a_second() {
+    assert_eq!(
+        load(None, &[]).unwrap().writer_login_linger,
+        Duration::milliseconds(20)
+    );
+    let c = load(Some("writer_login_linger = \"5ms\"\n"), &[]).unwrap();
+    assert_eq!(c.writer_login_linger, Duration::milliseconds(5));
+    let c = load(Some("writer_login_linger = \"0ms\"\n"), &[]).unwrap();
+    assert_eq!(c.writer_login_linger, Duration::zero());
+    let e = load(Some("writer_login_linger = \"2s\"\n"), &[]).unwrap_err();
+    assert!(e.to_string().contains("writer_login_linger"), "{e}");
+}

@@ -130,3 +130,44 @@ async fn a_failed_commit_fails_its_batch_and_every_batch_decided_on_top_of_it() 
         assert_ne!(next.refresh, t.refresh);
     }
 }
+
+async fn concurrent_logins(app: &TestApp, prefix: &str, n: usize) -> (u64, u64) {
+    for i in 0..n {
+        app.register(&format!("{prefix}{i}")).await;
+    }
+    let stats = &app.service.writer.stats;
+    let batches = stats.batches.load(Ordering::Relaxed);
+    let commands = stats.commands.load(Ordering::Relaxed);
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let logins = join_all(names.iter().map(|name| app.login(name))).await;
+    let sessions: std::collections::HashSet<_> = logins.iter().map(|t| &t.session_id).collect();
+    assert_eq!(sessions.len(), n, "every login has a session of its own");
+    (
+        stats.batches.load(Ordering::Relaxed) - batches,
+        stats.commands.load(Ordering::Relaxed) - commands,
+    )
+}
+
+/// Logins that queue for argon2 share commits: while other password checks wait for their
+/// turn, a commit holding only a login waits (up to `writer_login_linger`) for the next one.
+/// Eight logins at once on a gate of one thread per core: at least two must have shared.
+#[tokio::test]
+async fn logins_queued_for_argon2_share_their_commits() {
+    let app =
+        spawn_app_with(|c| c.writer_login_linger = sessiond::domain::Duration::seconds(1)).await;
+    let (batches, commands) = concurrent_logins(&app, "queued", 8).await;
+    let lingered = app.service.writer.stats.lingered.load(Ordering::Relaxed);
+    assert!(lingered > 0, "no lone login waited for company");
+    assert!(
+        batches < commands,
+        "{commands} logins in {batches} commits: none shared"
+    );
+}
+
+/// With the linger off, no commit waits: the same logins are not held back.
+#[tokio::test]
+async fn with_the_linger_off_no_login_waits_for_company() {
+    let app = spawn_app_with(|c| c.writer_login_linger = sessiond::domain::Duration::zero()).await;
+    concurrent_logins(&app, "alone", 8).await;
+    assert_eq!(app.service.writer.stats.lingered.load(Ordering::Relaxed), 0);
+}
