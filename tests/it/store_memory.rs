@@ -15,6 +15,10 @@ fn t0() -> Timestamp {
     parse_timestamp("2026-03-01T12:00:00.123Z").unwrap()
 }
 
+fn minutes(m: i64) -> Timestamp {
+    t0() + Duration::minutes(m)
+}
+
 async fn seen<U: UnitOfWork>(
     uow: &mut U,
     user: Uuid,
@@ -32,7 +36,6 @@ async fn seen<U: UnitOfWork>(
 async fn usual_networks_are_marked_and_asked_about_together() {
     for b in backends("usual_networks_together").await {
         let name = b.name;
-        let minutes = |m| t0() + Duration::minutes(m);
         with_write_session!(&b.store, |ws| {
             ws.begin(&[]).await.unwrap();
             ws.put_usual_networks(ALICE, &["net:a", "net:b", "net:a"], t0())
@@ -86,7 +89,6 @@ async fn usual_networks_are_marked_and_asked_about_together() {
 async fn a_throttle_read_answers_each_key_by_its_own_window_and_count() {
     for b in backends("throttle_read_together").await {
         let name = b.name;
-        let minutes = |m| t0() + Duration::minutes(m);
         with_write_session!(&b.store, |ws| {
             ws.begin(&[]).await.unwrap();
             for m in 0..3 {
