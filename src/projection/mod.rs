@@ -14,9 +14,7 @@ use crate::domain::throttle::throttle_keys;
 use crate::domain::user::{self, User};
 use crate::domain::verdict;
 use crate::domain::webhook;
-use crate::store::{
-    EventFilter, RecordedEvent, Store, StoreError, TokenRecord, UnitOfWork, WriteSession,
-};
+use crate::store::{ReplayedEvent, Store, StoreError, TokenRecord, UnitOfWork, WriteSession};
 
 /// Applies events just appended to one session stream.
 pub async fn apply_session<U: UnitOfWork>(
@@ -261,51 +259,20 @@ const REPLAY_PAGE: i64 = 2000;
 /// the pages are applied in order.
 const PAGES_AHEAD: usize = 3;
 
-/// One event of the log as a replay applies it, parsed and decoded once.
-struct Replayed {
-    /// As stored (its `data` still sealed).
-    recorded: RecordedEvent,
-    /// Its read-through data, parsed: what the address index reads.
-    data: serde_json::Value,
-    event: Event,
-    at: Timestamp,
-}
-
 /// The events after position `after` (and before `before`, if given), at most a page, read and
 /// decoded on a task of its own.
 fn read_page(
     store: &Store,
     after: i64,
     before: Option<i64>,
-) -> tokio::task::JoinHandle<Result<Vec<Replayed>, StoreError>> {
+) -> tokio::task::JoinHandle<Result<Vec<ReplayedEvent>, StoreError>> {
     let store = store.clone();
-    tokio::spawn(async move {
-        let page = store
-            .events_parsed(&EventFilter {
-                after_position: after,
-                before_position: before,
-                limit: Some(REPLAY_PAGE),
-                ..Default::default()
-            })
-            .await?;
-        page.into_iter()
-            .map(|(recorded, data)| {
-                let event = recorded.decode_data(&data)?;
-                let at = recorded.occurred_at()?;
-                Ok(Replayed {
-                    recorded,
-                    data,
-                    event,
-                    at,
-                })
-            })
-            .collect()
-    })
+    tokio::spawn(async move { store.replay_page(after, before, REPLAY_PAGE).await })
 }
 
 async fn joined(
-    page: tokio::task::JoinHandle<Result<Vec<Replayed>, StoreError>>,
-) -> Result<Vec<Replayed>, StoreError> {
+    page: tokio::task::JoinHandle<Result<Vec<ReplayedEvent>, StoreError>>,
+) -> Result<Vec<ReplayedEvent>, StoreError> {
     match page.await {
         Ok(page) => page,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -336,15 +303,15 @@ async fn replay_pages<W: WriteSession>(
             None => {
                 let page = joined(read_page(store, planned, None)).await?;
                 let Some(last) = page.last() else { break };
-                planned = last.recorded.position;
+                planned = last.position;
                 page
             }
         };
         for r in &page {
-            let (recorded, event, at) = (&r.recorded, &r.event, r.at);
+            let (event, at) = (&r.event, r.at);
             apply_throttle(ws, event, at).await?;
-            apply_alert(ws, recorded.position, &recorded.stream_id, event, at).await?;
-            ws.index_address(recorded, event, &r.data).await?;
+            apply_alert(ws, r.position, &r.stream_id, event, at).await?;
+            ws.index_address(r).await?;
             // Each event lands on exactly one stream: a session's, a user's, a key's or a
             // subscription's (or none of them); a retention prune is replayed where it happened,
             // so pruned rows stay pruned.

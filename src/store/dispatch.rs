@@ -20,6 +20,21 @@ use tokio::sync::watch;
 macro_rules! route {
     ($($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) $(-> $ret:ty)?;)*) => {
         impl Store {
+    /// The events after position `after` (and before `before`, if given), at most `limit`, in
+    /// position order, opened and decoded for a replay. On SQLite read by a lean reader of its
+    /// own; on PostgreSQL as [`Store::events_parsed`] reads them.
+    pub async fn replay_page(
+        &self,
+        after: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ReplayedEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.replay_page(after, before, limit).await,
+            Store::Postgres(p) => p.replay_page(after, before, limit).await,
+        }
+    }
+
             $(
                 $(#[$doc])*
                 pub async fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {

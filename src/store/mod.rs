@@ -100,6 +100,41 @@ pub struct RecordedEvent {
     pub hash: Vec<u8>,
 }
 
+/// One event of the log as a replay applies it: opened, parsed and decoded once.
+pub struct ReplayedEvent {
+    pub position: i64,
+    pub stream_id: String,
+    pub event: Event,
+    pub at: Timestamp,
+    /// Its read-through data (sealed fields opened), parsed: what the address index reads.
+    pub data: serde_json::Value,
+}
+
+impl ReplayedEvent {
+    /// From a stored event's columns and its read-through data.
+    pub fn decode(
+        position: i64,
+        stream_id: String,
+        event_type: &str,
+        schema_version: i64,
+        occurred_at: &str,
+        data: serde_json::Value,
+    ) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("position {position}: {what}"));
+        let version = u32::try_from(schema_version).map_err(|_| corrupt("schema version"))?;
+        let event = Event::decode(event_type, version, &data)?;
+        let at =
+            crate::domain::parse_timestamp(occurred_at).ok_or_else(|| corrupt("occurred_at"))?;
+        Ok(ReplayedEvent {
+            position,
+            stream_id,
+            event,
+            at,
+            data,
+        })
+    }
+}
+
 fn raw_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
     use serde::Serialize;
     match serde_json::value::RawValue::from_string(text.to_owned()) {
@@ -333,12 +368,9 @@ pub trait UnitOfWork: Send {
     /// The address index of a replayed (read-through) event: its request-context address and
     /// networks as keyed hashes (see [`vault::Vault::address_tags`]); nothing for an erased or
     /// expired address, or without the vault. Appends index themselves.
-    /// `decoded` is the event, `data` its read-through data, parsed.
     fn index_address(
         &mut self,
-        event: &RecordedEvent,
-        decoded: &Event,
-        data: &serde_json::Value,
+        event: &ReplayedEvent,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Retention: destroys the data keys of periods before `before_period`; returns how many.
     fn expire_personal_data(

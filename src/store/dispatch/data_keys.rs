@@ -170,6 +170,18 @@ pub async fn open_values<D: Dialect>(
         .collect()
 }
 
+/// Calls `found` with each data-key id a stored event's data names (by a scan of the text: a
+/// stray match only costs a lookup of a key that is not there).
+pub(crate) fn key_ids_in<'a>(text: &'a str, mut found: impl FnMut(&'a str)) {
+    let mut rest = text;
+    while let Some(at) = rest.find("\"key\":\"") {
+        rest = &rest[at + 7..];
+        let Some(end) = rest.find('"') else { break };
+        found(&rest[..end]);
+        rest = &rest[end..];
+    }
+}
+
 /// The states of the data keys `events` name (empty when they name none).
 async fn key_states_of<D: Dialect>(
     c: &mut D::Connection,
@@ -181,13 +193,9 @@ async fn key_states_of<D: Dialect>(
     // A page of thousands names a few dozen keys, each many times: a set, not a list scan.
     let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for e in events.iter() {
-        let mut rest = e.data.as_str();
-        while let Some(at) = rest.find("\"key\":\"") {
-            rest = &rest[at + 7..];
-            let Some(end) = rest.find('"') else { break };
-            ids.insert(&rest[..end]);
-            rest = &rest[end..];
-        }
+        key_ids_in(&e.data, |id| {
+            ids.insert(id);
+        });
     }
     if ids.is_empty() {
         return Ok(HashMap::new());

@@ -7,7 +7,7 @@ use crate::domain::session::Session;
 use crate::domain::token::{TokenHash, TokenKey};
 use crate::domain::user::User;
 use crate::domain::{Timestamp, format_timestamp};
-use crate::store::{ChainHead, EventFilter, RecordedEvent, StoreError, TokenRecord};
+use crate::store::{ChainHead, EventFilter, RecordedEvent, ReplayedEvent, StoreError, TokenRecord};
 use sqlx::Pool;
 use uuid::Uuid;
 
@@ -264,6 +264,50 @@ impl<D: Dialect> Tables<D> {
         let mut c = self.pool.acquire().await?;
         let opened = super::data_keys::open_values::<D>(&mut c, vault, &events).await?;
         Ok(events.into_iter().zip(opened).collect())
+    }
+
+    /// A page of a replay (see [`crate::store::Store::replay_page`]).
+    pub async fn replay_page(
+        &self,
+        after: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ReplayedEvent>, StoreError> {
+        let page = self
+            .events_parsed(&EventFilter {
+                after_position: after,
+                before_position: before,
+                limit: Some(limit),
+                ..Default::default()
+            })
+            .await?;
+        page.into_iter()
+            .map(|(e, data)| {
+                ReplayedEvent::decode(
+                    e.position,
+                    e.stream_id,
+                    &e.event_type,
+                    e.schema_version,
+                    &e.occurred_at,
+                    data,
+                )
+            })
+            .collect()
+    }
+
+    /// The states of the data keys `ids` (read now, as every read does), or none without the
+    /// vault.
+    pub async fn key_states(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, crate::store::vault::KeyState>, StoreError> {
+        match self.vault.get() {
+            Some(vault) if !ids.is_empty() => {
+                let mut c = self.pool.acquire().await?;
+                super::data_keys::states::<D>(&mut c, vault, ids).await
+            }
+            _ => Ok(Default::default()),
+        }
     }
 
     pub async fn raw_events(&self, f: &EventFilter) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -17,8 +17,8 @@ use crate::store::dispatch::tables::VaultSlot;
 use crate::store::dispatch::{data_keys, integrity, notices, oauth, registry, tables, verdicts};
 use crate::store::vault::{self, KeyState, Vault};
 use crate::store::{
-    ChainHead, EventFilter, NewEvent, PruneCounts, RecordedEvent, Resealed, StoreError,
-    TokenRecord, UnitOfWork,
+    ChainHead, EventFilter, NewEvent, PruneCounts, RecordedEvent, ReplayedEvent, Resealed,
+    StoreError, TokenRecord, UnitOfWork,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -387,8 +387,13 @@ impl<B: WriteBackend> OverlaySession<B> {
         };
         let backend = self.backend.as_mut().ok_or_else(pipeline::no_connection)?;
         backend.flush(rows, end).await?;
-        for (key, t, _) in tokens {
-            o.read_tokens.insert(key.hash, Some(t));
+        // A full overlay's early flush (a long batch, a rebuild) does not keep its tokens: no
+        // replay reads a token back, a rebuild would hold every token of the log, and a read
+        // now finds the row in the transaction anyway.
+        if end != FlushEnd::Open {
+            for (key, t, _) in tokens {
+                o.read_tokens.insert(key.hash, Some(t));
+            }
         }
         for s in sessions {
             o.read_sessions.insert(s.session_id, Some(s));
@@ -831,17 +836,11 @@ impl<B: WriteBackend> UnitOfWork for OverlaySession<B> {
         }))
     }
 
-    async fn index_address(
-        &mut self,
-        event: &RecordedEvent,
-        decoded: &Event,
-        data: &Value,
-    ) -> Result<(), StoreError> {
+    async fn index_address(&mut self, e: &ReplayedEvent) -> Result<(), StoreError> {
         let Some(vault) = self.vault.get().cloned() else {
             return Ok(());
         };
-        let at = event.occurred_at()?;
-        self.index_value(&vault, data, decoded, &event.stream_id, event.position, at)
+        self.index_value(&vault, &e.data, &e.event, &e.stream_id, e.position, e.at)
             .await
     }
 

@@ -2,6 +2,7 @@
 //! group-commit writer) appends and projects; a small pool serves reads. The WAL is checkpointed
 //! from the pool, never by the writer, so a checkpoint never stalls a commit.
 
+mod log_reader;
 mod rows;
 #[cfg(test)]
 mod tests;
@@ -68,6 +69,8 @@ pub struct SqliteStore {
     /// Set by the background checkpoint when the WAL is worth starting over; see
     /// [`SqliteStore::checkpoint`].
     wal_restart_due: Arc<AtomicBool>,
+    /// Read-only connections for [`SqliteStore::replay_page`].
+    log_reader: Arc<log_reader::LogReader>,
 }
 
 /// Turns off SQLite's memory statistics, once, before the process's first connection.
@@ -132,11 +135,32 @@ impl SqliteStore {
             options,
             path: path.to_owned(),
             wal_restart_due: Arc::default(),
+            log_reader: Arc::new(log_reader::LogReader::new(path.to_owned())),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A page of a replay, read on a blocking thread by the log reader, then opened (the data
+    /// keys read through the pool, as every read does) and decoded.
+    pub async fn replay_page(
+        &self,
+        after: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<crate::store::ReplayedEvent>, StoreError> {
+        let (reader, tables) = (self.log_reader.clone(), self.tables.clone());
+        let before = before.unwrap_or(i64::MAX);
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            reader.page(after, before, limit, |ids| {
+                runtime.block_on(tables.key_states(&ids))
+            })
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// A dedicated connection for the writer task (or a rebuild), positioned at the chain head.
